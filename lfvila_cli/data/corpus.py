@@ -1,0 +1,243 @@
+"""The long-form corpus: one JSON Lines record per long-form sample (the output of ``prepare``).
+
+A *long-form sample* (SPEC §1) is one source video cut into ``M`` consecutive segments, each
+paired with its sentence(s), in temporal order. Record fields:
+
+* ``id`` (str, unique), ``video`` (path relative to the corpus directory, absolute path or
+  fsspec URL), ``duration`` (seconds or null when unknown), ``split`` (train/val/test),
+* ``segments``: ``[{start, end, text}]`` in time order; a segment may carry its own ``video``
+  when the clip is stored as a separate file (HD-VILA clip layout): its frames are then spread
+  over that whole file, and ``start``/``end`` stay on the source timeline,
+* task fields, kept verbatim: QA ``question``, ``candidates``, ``answer``, ``span``,
+  ``subtitles``; entailment ``statement``, ``label``; anything a reader adds (``group``...).
+
+Invalid records are rejected with a reason that is counted in ``stats.json``; ``strict`` turns
+any rejection into a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from ..errors import DataError
+
+CORPUS_FILE = "samples.jsonl"
+STATS_FILE = "stats.json"
+SPLITS = ("train", "val", "test")
+# Annotated ends may overshoot the known duration by rounding (ActivityNet: end == duration).
+DURATION_TOLERANCE = 0.5
+
+
+@dataclass
+class Segment:
+    start: float
+    end: float
+    text: str
+    video: str | None = None
+
+    def to_json(self) -> dict:
+        out: dict[str, Any] = {"start": self.start, "end": self.end, "text": self.text}
+        if self.video is not None:
+            out["video"] = self.video
+        return out
+
+
+@dataclass
+class Sample:
+    id: str
+    video: str
+    duration: float | None
+    segments: list[Segment]
+    split: str
+    task: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def paragraph(self) -> str:
+        return " ".join(seg.text for seg in self.segments)
+
+    def to_json(self) -> dict:
+        out: dict[str, Any] = {
+            "id": self.id,
+            "video": self.video,
+            "duration": self.duration,
+            "split": self.split,
+            "segments": [seg.to_json() for seg in self.segments],
+        }
+        out.update(self.task)
+        return out
+
+    @classmethod
+    def from_json(cls, record: dict) -> "Sample":
+        """Parse one corpus record; raises ``ValueError`` with the reason when it is malformed."""
+        if not isinstance(record, dict):
+            raise ValueError("record is not a JSON object")
+        for name in ("id", "video", "segments"):
+            if name not in record:
+                raise ValueError(f"missing field '{name}'")
+        segments = record["segments"]
+        if not isinstance(segments, list):
+            raise ValueError("'segments' is not a list")
+        parsed = []
+        for i, seg in enumerate(segments):
+            if not isinstance(seg, dict):
+                raise ValueError(f"segments[{i}] is not an object")
+            for name in ("start", "end", "text"):
+                if name not in seg:
+                    raise ValueError(f"segments[{i}] missing field '{name}'")
+            start, end = _number(seg["start"], f"segments[{i}].start"), _number(seg["end"], f"segments[{i}].end")
+            if not isinstance(seg["text"], str):
+                raise ValueError(f"segments[{i}].text is not a string")
+            video = seg.get("video")
+            if video is not None and not isinstance(video, str):
+                raise ValueError(f"segments[{i}].video is not a string")
+            parsed.append(Segment(start, end, seg["text"], video))
+        duration = record.get("duration")
+        if duration is not None:
+            duration = _number(duration, "duration")
+        task = {k: v for k, v in record.items() if k not in ("id", "video", "duration", "split", "segments")}
+        return cls(
+            id=str(record["id"]),
+            video=str(record["video"]),
+            duration=duration,
+            segments=parsed,
+            split=str(record.get("split", "train")),
+            task=task,
+        )
+
+
+def _number(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"'{name}' is not a number: {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"'{name}' is not finite")
+    return value
+
+
+def validation_error(sample: Sample, min_segments: int = 1) -> str | None:
+    """The reason ``sample`` is invalid, or ``None``. Reasons are short and countable."""
+    if not sample.id:
+        return "empty id"
+    if not sample.video:
+        return "empty video path"
+    if sample.split not in SPLITS:
+        return f"unknown split '{sample.split}'"
+    if len(sample.segments) < min_segments:
+        return f"fewer than {min_segments} segments"
+    if sample.duration is not None and sample.duration <= 0:
+        return "non-positive duration"
+    for seg in sample.segments:
+        if seg.start < 0:
+            return "segment starts before 0"
+        if seg.end <= seg.start:
+            return "segment ends before it starts"
+        if not seg.text.strip():
+            return "empty text"
+        if sample.duration is not None and seg.video is None and seg.end > sample.duration + DURATION_TOLERANCE:
+            return "segment outside the video"
+    return None
+
+
+class Rejections:
+    """Counts rejected records by reason and keeps a few examples of each for ``stats.json``."""
+
+    def __init__(self, examples_per_reason: int = 5) -> None:
+        self.counts: Counter[str] = Counter()
+        self.examples: dict[str, list[str]] = {}
+        self._keep = examples_per_reason
+
+    def add(self, reason: str, where: str) -> None:
+        self.counts[reason] += 1
+        kept = self.examples.setdefault(reason, [])
+        if len(kept) < self._keep:
+            kept.append(where)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def first(self) -> str:
+        reason = next(iter(self.counts))
+        return f"{self.examples[reason][0]}: {reason}"
+
+    def to_json(self) -> dict:
+        return {"total": self.total, "by_reason": dict(self.counts), "examples": self.examples}
+
+
+def corpus_stats(samples: list[Sample], rejections: Rejections) -> dict:
+    """The ``stats.json`` summary of a corpus."""
+
+    def summary(values: list[float]) -> dict:
+        if not values:
+            return {"count": 0}
+        ordered = sorted(values)
+        return {
+            "count": len(values),
+            "min": ordered[0],
+            "mean": round(sum(values) / len(values), 4),
+            "median": ordered[len(ordered) // 2],
+            "max": ordered[-1],
+        }
+
+    per_split = Counter(s.split for s in samples)
+    durations = [s.duration for s in samples if s.duration is not None]
+    return {
+        "samples": len(samples),
+        "splits": {split: per_split.get(split, 0) for split in SPLITS},
+        "segments": sum(len(s.segments) for s in samples),
+        "sentences_per_paragraph": summary([len(s.segments) for s in samples]),
+        "words_per_sentence": summary([len(seg.text.split()) for s in samples for seg in s.segments]),
+        "segment_seconds": summary([seg.end - seg.start for s in samples for seg in s.segments]),
+        "duration_seconds": {**summary(durations), "total": round(sum(durations), 3)},
+        "videos": len({s.video for s in samples}),
+        "rejected": rejections.to_json(),
+    }
+
+
+def write_corpus(out_dir: str | Path, samples: Iterable[Sample], rejections: Rejections, name: str = CORPUS_FILE) -> dict:
+    """Write ``samples`` as JSON Lines plus ``stats.json``; duplicate ids are rejected."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    kept: list[Sample] = []
+    seen: set[str] = set()
+    with open(out_dir / name, "w", encoding="utf-8") as fh:
+        for sample in samples:
+            if sample.id in seen:
+                rejections.add("duplicate id", sample.id)
+                continue
+            seen.add(sample.id)
+            kept.append(sample)
+            fh.write(json.dumps(sample.to_json(), ensure_ascii=False) + "\n")
+    return corpus_stats(kept, rejections)
+
+
+def read_corpus(path: str | Path) -> Iterator[Sample]:
+    """Read a corpus JSON Lines file; a malformed line is a one-line error naming file and line."""
+    path = Path(path)
+    try:
+        fh = open(path, encoding="utf-8")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read corpus ({exc.strerror or exc})") from None
+    with fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                yield Sample.from_json(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
+            except ValueError as exc:
+                raise DataError(f"{path}:{lineno}: {exc}") from None
+
+
+def resolve_video(video: str, base: str | Path) -> str:
+    """A corpus video reference as an openable path or URL (relative paths are under ``base``)."""
+    if "://" in video or os.path.isabs(video):
+        return video
+    return str(Path(base) / video)
