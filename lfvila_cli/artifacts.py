@@ -1,0 +1,230 @@
+"""Content-addressed artifact store (DESIGN.md "Artifacts").
+
+Layout under the work directory::
+
+    store/<stage>/<key>/            a committed artifact: its files, config.json, manifest.json
+    store/<stage>/.tmp-<key>-<pid>  a stage being written (invisible to readers)
+    store/<stage>/<key>.partial/    a resumable stage's work in progress (cache)
+    refs/<stage>/<name>             a text file holding a key (``latest`` by default)
+
+An artifact exists only once ``manifest.json`` is written, and the directory appears under its
+final name by one atomic ``rename``: a stage killed at any moment leaves nothing a reader sees.
+The key is the SHA-256 of canonical JSON over the stage name and version, the stage's own
+resolved config (policy fields excluded), its input artifacts' keys and fingerprints of raw
+inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ArtifactError
+
+MANIFEST = "manifest.json"
+CONFIG = "config.json"
+KEY_CHARS = 16  # 64 bits of SHA-256 name a directory; the full digest stays in the manifest
+
+
+def canonical_json(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
+
+
+def compute_key(payload: dict) -> str:
+    """Full hex SHA-256 of the canonical JSON of ``payload``."""
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+
+
+def file_digest(path: str, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file's bytes (local path or fsspec URL)."""
+    import fsspec
+
+    digest = hashlib.sha256()
+    try:
+        with fsspec.open(path, "rb") as fh:
+            while block := fh.read(chunk):
+                digest.update(block)
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"{path}: cannot read input file ({exc})") from None
+    return digest.hexdigest()
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON via a temporary file + fsync + rename, so readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True, default=str)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+@dataclass
+class Artifact:
+    stage: str
+    key: str
+    path: Path
+    manifest: dict = field(default_factory=dict)
+
+    @property
+    def config(self) -> dict:
+        return json.loads((self.path / CONFIG).read_text())
+
+    @property
+    def summary(self) -> dict:
+        return self.manifest.get("summary", {})
+
+
+class Workdir:
+    """The work directory: committed artifacts, partial work and named references."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    # --- layout -------------------------------------------------------------------------
+    def stage_dir(self, stage: str) -> Path:
+        return self.root / "store" / stage
+
+    def artifact_dir(self, stage: str, key: str) -> Path:
+        return self.stage_dir(stage) / key[:KEY_CHARS]
+
+    def partial_dir(self, stage: str, key: str) -> Path:
+        return self.stage_dir(stage) / f"{key[:KEY_CHARS]}.partial"
+
+    def ref_path(self, stage: str, name: str) -> Path:
+        return self.root / "refs" / stage / name
+
+    # --- reading ------------------------------------------------------------------------
+    def get(self, stage: str, key: str) -> Artifact | None:
+        """The committed artifact ``stage/key`` or ``None`` (a directory without manifest is absent)."""
+        path = self.artifact_dir(stage, key)
+        manifest = path / MANIFEST
+        if not manifest.is_file():
+            return None
+        try:
+            data = json.loads(manifest.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ArtifactError(f"{manifest}: unreadable manifest ({exc})") from None
+        return Artifact(stage, data.get("key", key), path, data)
+
+    def artifacts(self, stage: str | None = None) -> list[Artifact]:
+        stages = [stage] if stage else sorted(p.name for p in (self.root / "store").glob("*") if p.is_dir())
+        found = []
+        for name in stages:
+            for path in sorted(self.stage_dir(name).glob("*")):
+                if path.is_dir() and not path.name.startswith(".") and not path.name.endswith(".partial"):
+                    artifact = self.get(name, path.name)
+                    if artifact is not None:
+                        found.append(artifact)
+        return sorted(found, key=lambda a: (a.stage, a.manifest.get("created", 0)))
+
+    def partials(self) -> list[Path]:
+        store = self.root / "store"
+        return sorted(p for p in store.glob("*/*") if p.is_dir() and (p.name.endswith(".partial") or p.name.startswith(".tmp-")))
+
+    def refs(self, stage: str) -> dict[str, str]:
+        folder = self.root / "refs" / stage
+        if not folder.is_dir():
+            return {}
+        return {p.name: p.read_text().strip() for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")}
+
+    def resolve(self, stage: str, ref: str = "latest") -> Artifact:
+        """Find an artifact of ``stage`` by ref name, key (or unique key prefix) or directory path."""
+        candidate = Path(ref)
+        if (candidate / MANIFEST).is_file():
+            data = json.loads((candidate / MANIFEST).read_text())
+            if data.get("stage") != stage:
+                raise ArtifactError(f"{candidate}: is a '{data.get('stage')}' artifact, expected '{stage}'")
+            return Artifact(stage, data["key"], candidate.resolve(), data)
+        refs = self.refs(stage)
+        key = refs.get(ref)
+        if key is None:
+            matches = [p.name for p in self.stage_dir(stage).glob(f"{ref}*") if p.is_dir() and (p / MANIFEST).is_file()] if ref else []
+            if len(matches) == 1:
+                key = matches[0]
+            elif len(matches) > 1:
+                raise ArtifactError(f"'{ref}' matches {len(matches)} {stage} artifacts; give more of the key")
+        if key is None:
+            if ref == "latest":
+                raise ArtifactError(f"no '{stage}' artifact in {self.root}: run `lfvila {stage}` first")
+            raise ArtifactError(f"no '{stage}' artifact named '{ref}' in {self.root} (refs: {', '.join(refs) or 'none'})")
+        artifact = self.get(stage, key)
+        if artifact is None:
+            raise ArtifactError(f"ref {stage}/{ref} points to {key[:KEY_CHARS]}, which is missing from {self.stage_dir(stage)}")
+        return artifact
+
+    # --- writing ------------------------------------------------------------------------
+    def set_ref(self, stage: str, name: str, key: str) -> None:
+        path = self.ref_path(stage, name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
+        tmp.write_text(key + "\n")
+        os.replace(tmp, path)
+
+    def new_temp_dir(self, stage: str, key: str) -> Path:
+        folder = self.stage_dir(stage)
+        folder.mkdir(parents=True, exist_ok=True)
+        self._remove_dead_temps(folder)
+        path = folder / f".tmp-{key[:KEY_CHARS]}-{os.getpid()}-{time.monotonic_ns() % 10**9}"
+        path.mkdir()
+        return path
+
+    @staticmethod
+    def _remove_dead_temps(folder: Path) -> None:
+        """Delete temporary directories whose writing process is gone (a killed earlier run)."""
+        for path in folder.glob(".tmp-*"):
+            try:
+                pid = int(path.name.split("-")[2])
+            except (IndexError, ValueError):
+                continue
+            if not _pid_alive(pid):
+                shutil.rmtree(path, ignore_errors=True)
+
+    def commit(self, work_dir: Path, stage: str, key: str, manifest: dict, config: dict) -> Artifact:
+        """Write config + manifest (last) into ``work_dir`` and rename it to its final name.
+
+        An existing artifact with the same key (``--force``) is moved aside first and deleted
+        only after the new one is in place.
+        """
+        write_json_atomic(work_dir / CONFIG, config)
+        write_json_atomic(work_dir / MANIFEST, manifest)
+        final = self.artifact_dir(stage, key)
+        trash = None
+        if final.exists():
+            trash = final.with_name(f".trash-{final.name}-{os.getpid()}")
+            os.replace(final, trash)
+        os.replace(work_dir, final)
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
+        _fsync_dir(final.parent)
+        return Artifact(stage, key, final, manifest)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,97 @@
+"""The ``prepare`` stage: turn a source's annotations into the long-form corpus.
+
+Every source module (``example`` and those in ``formats/``) yields parsed ``Sample`` records;
+this module validates them centrally (one rule set for every source), counts rejections by
+reason, writes ``samples.jsonl`` + ``stats.json`` and, with ``strict``, fails on the first
+rejection. The stage runner writes into a temporary directory, so a failed prepare leaves no
+artifact behind.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Literal
+
+from ..errors import DataError
+from .corpus import CORPUS_FILE, STATS_FILE, Rejections, Sample, validation_error, write_corpus
+from .example import ExampleConfig
+from .formats.activitynet import ActivityNetConfig
+from .formats.hdvila import HdvilaConfig
+from .formats.jsonl import JsonlConfig
+
+log = logging.getLogger(__name__)
+
+# source name -> module implementing ``read(cfg, out_dir, rejections)`` and ``raw_inputs(cfg)``
+SOURCES = {
+    "example": "lfvila_cli.data.example",
+    "hdvila": "lfvila_cli.data.formats.hdvila",
+    "activitynet": "lfvila_cli.data.formats.activitynet",
+    "jsonl": "lfvila_cli.data.formats.jsonl",
+}
+Source = Literal["example", "hdvila", "activitynet", "jsonl"]
+
+
+@dataclass
+class PrepareConfig:
+    source: Source = "example"
+    strict: bool = False  # any rejected record fails the stage
+    example: ExampleConfig = field(default_factory=ExampleConfig)
+    hdvila: HdvilaConfig = field(default_factory=HdvilaConfig)
+    activitynet: ActivityNetConfig = field(default_factory=ActivityNetConfig)
+    jsonl: JsonlConfig = field(default_factory=JsonlConfig)
+
+    def source_config(self):
+        return getattr(self, self.source)
+
+
+def key_config(cfg: PrepareConfig) -> dict:
+    """Only the selected source's options key the corpus: editing another source's options does not."""
+    from ..config import to_dict
+
+    return {"source": cfg.source, "strict": cfg.strict, cfg.source: to_dict(cfg.source_config())}
+
+
+def raw_inputs(cfg: PrepareConfig) -> list[str]:
+    return list(_module(cfg.source).raw_inputs(cfg.source_config()))
+
+
+def _module(source: str):
+    return importlib.import_module(SOURCES[source])
+
+
+def _validated(samples: Iterable[Sample], rejections: Rejections) -> Iterator[Sample]:
+    for sample in samples:
+        reason = validation_error(sample)
+        if reason is None:
+            yield sample
+        else:
+            rejections.add(reason, sample.id)
+
+
+def prepare(cfg: PrepareConfig, out_dir: Path) -> dict:
+    """Write the corpus for ``cfg.source`` into ``out_dir``; returns the stage summary."""
+    rejections = Rejections()
+    samples = _module(cfg.source).read(cfg.source_config(), out_dir, rejections)
+    stats = write_corpus(out_dir, _validated(samples, rejections), rejections)
+    stats["source"] = cfg.source
+    for extra in sorted(out_dir.glob("*.jsonl")):
+        if extra.name != CORPUS_FILE:
+            stats.setdefault("task_files", {})[extra.name] = sum(1 for line in extra.open() if line.strip())
+    (out_dir / STATS_FILE).write_text(json.dumps(stats, indent=2) + "\n")
+    if rejections.total:
+        log.warning("prepare: rejected %d record(s): %s", rejections.total, dict(rejections.counts))
+        if cfg.strict:
+            raise DataError(f"--strict: {rejections.total} record(s) rejected, first: {rejections.first()}")
+    if stats["samples"] == 0:
+        raise DataError(f"prepare --source {cfg.source}: no valid samples ({rejections.total} rejected)")
+    return {
+        "samples": stats["samples"],
+        "splits": stats["splits"],
+        "segments": stats["segments"],
+        "rejected": rejections.total,
+        "task_files": stats.get("task_files", {}),
+    }

@@ -1,0 +1,205 @@
+"""The ``lfvila`` command line: thin Typer commands over library functions.
+
+Heavy libraries (torch, decord, zarr, transformers, deepspeed) are imported inside the
+commands, so ``lfvila --help`` answers instantly. A user error prints one line and exits
+non-zero; ``LFVILA_DEBUG=1`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(
+    name="lfvila",
+    help="Long-form video-language pre-training (LF-VILA) as reproducible, cached stages.\n\n"
+    "Quickstart: lfvila run stages/quickstart.yaml",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+WorkdirOpt = typer.Option(Path("lfvila-work"), "--workdir", "-w", envvar="LFVILA_WORKDIR", help="Work directory holding the artifact store and refs.")
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file(s) for this stage, applied in order over the defaults.")
+SetOpt = typer.Option(None, "--set", "-s", help="Override one config key, e.g. --set example.train_videos=8 (repeatable).")
+ForceOpt = typer.Option(False, "--force", help="Rerun even if an artifact with the same key exists.")
+DryRunOpt = typer.Option(False, "--dry-run", help="Show whether the stage would run or is up to date; do no work.")
+NameOpt = typer.Option(None, "--name", help="Also record the artifact under this ref name (besides 'latest').")
+VerboseOpt = typer.Option(False, "--verbose", "-v", help="Log progress details (INFO level).")
+
+
+def _fail(message: str, code: int) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def command(func):
+    """Turn library errors into one line + exit code (tracebacks with LFVILA_DEBUG=1)."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        from .errors import LfvilaError
+
+        debug = os.environ.get("LFVILA_DEBUG", "") not in ("", "0")
+        try:
+            return func(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except LfvilaError as exc:
+            if debug:
+                raise
+            _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, exc.exit_code)
+        except KeyboardInterrupt:
+            if debug:
+                raise
+            _fail("interrupted; completed work is kept, rerun to resume", 130)
+
+    return wrapper
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _progress() -> bool:
+    return sys.stderr.isatty()
+
+
+def _run_single(stage_name: str, workdir: Path, config: list[Path] | None, overrides: list[str], inputs: dict[str, str], force: bool, dry_run: bool, name: str | None) -> None:
+    from .artifacts import Workdir
+    from .stages import get_stage, resolve_config, resolve_inputs, run_stage
+
+    stage = get_stage(stage_name)
+    cfg = resolve_config(stage, files=config or [], overrides=overrides)
+    wd = Workdir(workdir)
+    run_stage(wd, stage, cfg, resolve_inputs(wd, stage, inputs), force=force, dry_run=dry_run, name=name, progress=_progress(), echo=typer.echo)
+
+
+@app.command()
+@command
+def prepare(
+    source: Optional[str] = typer.Option(None, "--source", help="example | hdvila | activitynet | jsonl (shortcut for --set source=...)."),
+    strict: bool = typer.Option(False, "--strict", help="Fail on any rejected record instead of counting it in stats.json."),
+    workdir: Path = WorkdirOpt,
+    config: Optional[List[Path]] = ConfigOpt,
+    set_: Optional[List[str]] = SetOpt,
+    force: bool = ForceOpt,
+    dry_run: bool = DryRunOpt,
+    name: Optional[str] = NameOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Build the long-form corpus (samples.jsonl + stats.json) from a source.
+
+    Examples:
+
+      lfvila prepare --source example
+
+      lfvila prepare --source hdvila --set hdvila.metadata='hdvila_part*.jsonl' --set hdvila.text=asr.jsonl --set hdvila.video_root=s3://bucket/clips
+
+      lfvila prepare --source activitynet --set activitynet.annotations=captions/ --set activitynet.video_root=videos/
+
+      lfvila prepare --source jsonl --set jsonl.path=my_corpus.jsonl
+    """
+    _setup_logging(verbose)
+    overrides = ([f"source={source}"] if source else []) + (["strict=true"] if strict else []) + list(set_ or [])
+    _run_single("prepare", workdir, config, overrides, {}, force, dry_run, name)
+
+
+@app.command()
+@command
+def cache(
+    corpus: str = typer.Option("latest", "--corpus", help="The prepare artifact to cache: ref name, key (prefix) or artifact directory."),
+    max_failure_rate: Optional[float] = typer.Option(None, "--max-failure-rate", help="Fail when more than this fraction of segments cannot be decoded (default 0.05)."),
+    store_url: Optional[str] = typer.Option(None, "--store-url", help="Write the Zarr store here (local path or fsspec URL) instead of inside the artifact."),
+    workdir: Path = WorkdirOpt,
+    config: Optional[List[Path]] = ConfigOpt,
+    set_: Optional[List[str]] = SetOpt,
+    force: bool = ForceOpt,
+    dry_run: bool = DryRunOpt,
+    name: Optional[str] = NameOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Decode K frames per segment, resize + centre-crop, and write them to a Zarr v3 store.
+
+    Resumable: a killed run continues where it stopped. Under torchrun or the deepspeed
+    launcher each rank writes its own rows.
+
+    Examples:
+
+      lfvila cache --set frames_per_segment=8 --set height=192 --set width=320
+
+      torchrun --nproc_per_node 4 -m lfvila_cli.main cache --corpus latest
+    """
+    _setup_logging(verbose)
+    overrides = []
+    if max_failure_rate is not None:
+        overrides.append(f"max_failure_rate={max_failure_rate}")
+    if store_url is not None:
+        overrides.append(f"store_url={store_url}")
+    _run_single("cache", workdir, config, overrides + list(set_ or []), {"prepare": corpus}, force, dry_run, name)
+
+
+@app.command()
+@command
+def run(
+    pipeline: Path = typer.Argument(..., help="A pipeline file, e.g. stages/quickstart.yaml."),
+    workdir: Path = WorkdirOpt,
+    set_: Optional[List[str]] = typer.Option(None, "--set", "-s", help="Override a stage's key: STAGE.key=value, e.g. --set prepare.example.train_videos=8."),
+    force: bool = ForceOpt,
+    dry_run: bool = DryRunOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Run a chain of stages from a pipeline file; stages already done are skipped.
+
+    Example:
+
+      lfvila run stages/quickstart.yaml
+    """
+    from .artifacts import Workdir
+    from .stages import run_pipeline
+
+    _setup_logging(verbose)
+    run_pipeline(Workdir(workdir), pipeline, overrides=list(set_ or []), force=force, dry_run=dry_run, progress=_progress(), echo=typer.echo)
+
+
+@app.command()
+@command
+def status(workdir: Path = WorkdirOpt) -> None:
+    """List the artifacts in the work directory and whether each is current or stale."""
+    from .artifacts import Workdir
+    from .stages import status_rows
+
+    wd = Workdir(workdir)
+    rows = status_rows(wd)
+    if not rows:
+        typer.echo(f"no artifacts in {workdir}")
+    for row in rows:
+        refs = f" [{', '.join(row['refs'])}]" if row["refs"] else ""
+        typer.echo(f"{row['stage']:<8} {row['key']}{refs}  {row['created']}  {row['state']}  — {row['summary']}")
+    for partial in wd.partials():
+        typer.echo(f"{partial.parent.name:<8} {partial.name}  incomplete (rerun the stage to resume or finish it)")
+
+
+def _strip_launcher_args() -> None:
+    """The deepspeed launcher appends --local_rank=N; LOCAL_RANK in the environment says the same."""
+    sys.argv = [a for i, a in enumerate(sys.argv) if not a.startswith("--local_rank")]
+
+
+def main() -> None:
+    _strip_launcher_args()
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,424 @@
+"""Stages as data, and the runner that keys, skips, writes and commits them.
+
+A stage declares its contract (STYLE.md §2): name, version (bumped by hand when the meaning of
+its output changes), config dataclass, input stages, raw-input fingerprints and a ``run``
+function. ``run_stage`` computes the key, reports a hit in one line, or runs the stage into a
+temporary (or, for resumable stages, a ``.partial``) directory and commits it atomically.
+``run_pipeline`` runs a YAML chain of stages, each fed by the previous stage's artifact.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from . import __version__
+from .artifacts import KEY_CHARS, Artifact, Workdir, compute_key, file_digest
+from .config import from_dict, load_yaml, merge, parse_override, to_dict
+from .errors import ArtifactError, ConfigError, LfvilaError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StageContext:
+    workdir: Workdir
+    config: Any
+    inputs: dict[str, Artifact]
+    out_dir: Path
+    key: str
+    rank: int = 0
+    world_size: int = 1
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    version: int
+    config_path: str  # "module:Class", imported lazily so `lfvila --help` stays instant
+    run_path: str  # "module:function(ctx) -> summary dict"
+    inputs: tuple[str, ...] = ()
+    fingerprints_path: str | None = None  # "module:function(config, inputs) -> dict"
+    key_config_path: str | None = None  # "module:function(config) -> dict"; default: whole config
+    policy_fields: tuple[str, ...] = ()  # config fields that do not change the output
+    resumable: bool = False  # keep the partial directory across runs and resume in it
+    describe: Callable[[dict], str] = field(default=lambda summary: "")
+
+    @property
+    def config_cls(self) -> type:
+        return _load(self.config_path)
+
+    def key_payload(self, config: Any, inputs: dict[str, Artifact]) -> dict:
+        if self.key_config_path:
+            own = _load(self.key_config_path)(config)
+        else:
+            own = to_dict(config)
+        for name in self.policy_fields:
+            own.pop(name, None)
+        fingerprints = _load(self.fingerprints_path)(config, inputs) if self.fingerprints_path else {}
+        return {
+            "stage": self.name,
+            "version": self.version,
+            "config": own,
+            "inputs": {name: artifact.manifest.get("key", artifact.key) for name, artifact in sorted(inputs.items())},
+            "fingerprints": fingerprints,
+        }
+
+
+def _load(path: str):
+    module, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _describe_prepare(summary: dict) -> str:
+    splits = ", ".join(f"{k} {v}" for k, v in summary.get("splits", {}).items() if v)
+    rejected = f", {summary['rejected']} rejected" if summary.get("rejected") else ""
+    return f"{summary.get('samples', '?')} samples ({splits}), {summary.get('segments', '?')} segments{rejected}"
+
+
+def _describe_cache(summary: dict) -> str:
+    return f"{summary.get('ok', '?')}/{summary.get('rows', '?')} segments cached, {summary.get('failed', 0)} failed"
+
+
+STAGES: dict[str, Stage] = {
+    "prepare": Stage(
+        name="prepare",
+        version=1,
+        config_path="lfvila_cli.data.prepare:PrepareConfig",
+        run_path="lfvila_cli.stages:run_prepare",
+        fingerprints_path="lfvila_cli.stages:prepare_fingerprints",
+        key_config_path="lfvila_cli.data.prepare:key_config",
+        describe=_describe_prepare,
+    ),
+    "cache": Stage(
+        name="cache",
+        version=1,
+        config_path="lfvila_cli.data.cache:CacheConfig",
+        run_path="lfvila_cli.stages:run_cache",
+        inputs=("prepare",),
+        fingerprints_path="lfvila_cli.stages:cache_fingerprints",
+        policy_fields=("max_failure_rate", "workers"),
+        resumable=True,
+        describe=_describe_cache,
+    ),
+}
+
+
+def get_stage(name: str) -> Stage:
+    try:
+        return STAGES[name]
+    except KeyError:
+        raise ConfigError(f"unknown stage '{name}' (known: {', '.join(STAGES)})") from None
+
+
+# --- stage bodies ---------------------------------------------------------------------------
+
+
+def prepare_fingerprints(config, inputs) -> dict:
+    from .data.prepare import raw_inputs
+
+    return {path: file_digest(path) for path in raw_inputs(config)}
+
+
+def run_prepare(ctx: StageContext) -> dict:
+    from .data.prepare import prepare
+
+    return prepare(ctx.config, ctx.out_dir)
+
+
+def corpus_file(artifact: Artifact) -> Path:
+    from .data.corpus import CORPUS_FILE
+
+    return artifact.path / CORPUS_FILE
+
+
+def cache_fingerprints(config, inputs) -> dict:
+    """Size and modification time of every video outside the corpus artifact.
+
+    Videos inside the corpus artifact (the bundled example) are already covered by its key;
+    hashing the bytes of every external video would cost a full read of the dataset.
+    """
+    from .data.corpus import read_corpus
+
+    corpus = inputs["prepare"]
+    videos: set[str] = set()
+    for sample in read_corpus(corpus_file(corpus)):
+        for ref in [sample.video] + [seg.video for seg in sample.segments if seg.video]:
+            if "://" in ref or os.path.isabs(ref):
+                videos.add(ref)
+    return {video: _stat_fingerprint(video) for video in sorted(videos)}
+
+
+def _stat_fingerprint(url: str) -> list | None:
+    if "://" not in url:
+        try:
+            st = os.stat(url)
+        except OSError:
+            return None  # a missing video is recorded by the cache stage itself
+        return [st.st_size, st.st_mtime_ns]
+    import fsspec
+
+    try:
+        fs, path = fsspec.core.url_to_fs(url)
+        info = fs.info(path)
+    except (OSError, ValueError):
+        return None
+    return [info.get("size"), str(info.get("mtime") or info.get("LastModified") or info.get("ETag") or "")]
+
+
+def frame_store_url(artifact: Artifact) -> str:
+    """Where a cache artifact's Zarr store lives (inside the artifact unless configured)."""
+    url = artifact.summary.get("store_url") or ""
+    return url if url else str(artifact.path / "frames.zarr")
+
+
+def run_cache(ctx: StageContext) -> dict:
+    from .data.cache import cache_frames
+
+    url = ctx.config.store_url or str(ctx.out_dir / "frames.zarr")
+    summary = cache_frames(
+        corpus_file(ctx.inputs["prepare"]),
+        ctx.config,
+        url,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+        progress=ctx.progress,
+    )
+    summary["store_url"] = ctx.config.store_url
+    return summary
+
+
+# --- the runner -----------------------------------------------------------------------------
+
+
+@dataclass
+class StageResult:
+    stage: str
+    status: str  # "up to date", "done", "would run", "waiting for input"
+    key: str | None = None
+    artifact: Artifact | None = None
+    message: str = ""
+
+
+def dist_env() -> tuple[int, int]:
+    """(rank, world size) of a torchrun / deepspeed launch, (0, 1) otherwise."""
+    try:
+        return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        raise ConfigError("RANK and WORLD_SIZE must be integers") from None
+
+
+def resolve_inputs(workdir: Workdir, stage: Stage, refs: dict[str, str] | None = None) -> dict[str, Artifact]:
+    refs = refs or {}
+    return {name: workdir.resolve(name, refs.get(name) or "latest") for name in stage.inputs}
+
+
+def run_stage(
+    workdir: Workdir,
+    stage: Stage,
+    config: Any,
+    inputs: dict[str, Artifact],
+    *,
+    force: bool = False,
+    dry_run: bool = False,
+    name: str | None = None,
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+) -> StageResult:
+    """Run ``stage`` unless an artifact with the same key exists; commit atomically."""
+    rank, world_size = dist_env()
+    payload = stage.key_payload(config, inputs)
+    key = compute_key(payload)
+    short = key[:KEY_CHARS]
+    existing = workdir.get(stage.name, key)
+    if existing is not None and not force:
+        if not dry_run and rank == 0:
+            _set_refs(workdir, stage.name, key, name)
+        line = f"{stage.name}: up to date ({short}) — {stage.describe(existing.summary)}; nothing to do"
+        if rank == 0:
+            echo(line)
+        return StageResult(stage.name, "up to date", key, existing, line)
+    if dry_run:
+        line = f"{stage.name}: would run ({short})" + (" [--force]" if existing else "")
+        echo(line)
+        return StageResult(stage.name, "would run", key, None, line)
+    if force and world_size > 1 and stage.resumable:
+        raise ConfigError("--force under a multi-rank launch would race; run it once in a single process")
+
+    started = time.time()
+    if stage.resumable:
+        out_dir = workdir.partial_dir(stage.name, key)
+        if force and rank == 0:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        resumed = out_dir.exists()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if resumed and rank == 0:
+            echo(f"{stage.name}: resuming in {out_dir}")
+    else:
+        out_dir = workdir.new_temp_dir(stage.name, key)
+    ctx = StageContext(workdir, config, inputs, out_dir, key, rank, world_size, progress and rank == 0)
+    try:
+        summary = _load(stage.run_path)(ctx) or {}
+    except BaseException:
+        if not stage.resumable:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    if rank != 0:
+        line = f"{stage.name}: rank {rank}/{world_size} finished its rows; rank 0 commits"
+        echo(line)
+        return StageResult(stage.name, "done", key, None, line)
+    manifest = {
+        "stage": stage.name,
+        "version": stage.version,
+        "key": key,
+        "key_payload": payload,
+        "inputs": payload["inputs"],
+        "created": time.time(),
+        "seconds": round(time.time() - started, 3),
+        "lfvila_version": __version__,
+        "summary": summary,
+    }
+    artifact = workdir.commit(out_dir, stage.name, key, manifest, to_dict(config))
+    _set_refs(workdir, stage.name, key, name)
+    line = f"{stage.name}: done ({short}) in {manifest['seconds']:.1f}s — {stage.describe(summary)}"
+    echo(line)
+    return StageResult(stage.name, "done", key, artifact, line)
+
+
+def _set_refs(workdir: Workdir, stage: str, key: str, name: str | None) -> None:
+    workdir.set_ref(stage, "latest", key)
+    if name:
+        workdir.set_ref(stage, name, key)
+
+
+def resolve_config(stage: Stage, files=(), overrides=(), layers=()) -> Any:
+    from .config import resolve
+
+    return resolve(stage.config_cls, files=files, overrides=overrides, layers=layers)
+
+
+# --- pipelines ------------------------------------------------------------------------------
+
+
+def load_pipeline(path: str | Path) -> list[tuple[Stage, dict]]:
+    """Parse a pipeline file: ``stages: [{stage: NAME, config: {...}}, ...]``."""
+    data = load_yaml(path)
+    unknown = sorted(set(data) - {"stages", "description"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown pipeline key '{unknown[0]}' (known: description, stages)")
+    entries = data.get("stages")
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"{path}: 'stages' must be a non-empty list of {{stage: NAME, config: {{...}}}}")
+    chain = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or "stage" not in entry:
+            raise ConfigError(f"{path}: stages[{i}] needs a 'stage' name")
+        extra = sorted(set(entry) - {"stage", "config"})
+        if extra:
+            raise ConfigError(f"{path}: stages[{i}]: unknown key '{extra[0]}' (known: stage, config)")
+        config = entry.get("config") or {}
+        if not isinstance(config, dict):
+            raise ConfigError(f"{path}: stages[{i}].config must be a mapping")
+        chain.append((get_stage(entry["stage"]), config))
+    return chain
+
+
+def run_pipeline(
+    workdir: Workdir,
+    path: str | Path,
+    *,
+    overrides: list[str] = (),
+    force: bool = False,
+    dry_run: bool = False,
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+) -> list[StageResult]:
+    """Run every stage of a pipeline file in order; each stage's input is the artifact the
+    previous stage of the same pipeline produced (or found up to date).
+
+    ``overrides`` are ``STAGE.key=value`` (``prepare.example.num_videos=4``).
+    """
+    chain = load_pipeline(path)
+    per_stage: dict[str, list[str]] = {}
+    names = {stage.name for stage, _ in chain}
+    for text in overrides:
+        keys, _ = parse_override(text)
+        if keys[0] not in names or len(keys) < 2:
+            raise ConfigError(f"--set {text!r}: pipeline overrides start with a stage name ({', '.join(sorted(names))})")
+        per_stage.setdefault(keys[0], []).append(text.split(".", 1)[1])
+    produced: dict[str, Artifact] = {}
+    results = []
+    for stage, layer in chain:
+        config = resolve_config(stage, layers=[layer], overrides=per_stage.get(stage.name, []))
+        missing = [name for name in stage.inputs if name not in produced]
+        if dry_run and missing and any(r.status == "would run" for r in results):
+            line = f"{stage.name}: would run after {', '.join(missing)}"
+            echo(line)
+            results.append(StageResult(stage.name, "waiting for input", message=line))
+            continue
+        inputs = {name: produced.get(name) or workdir.resolve(name) for name in stage.inputs}
+        result = run_stage(workdir, stage, config, inputs, force=force, dry_run=dry_run, progress=progress, echo=echo)
+        results.append(result)
+        if result.artifact is not None:
+            produced[stage.name] = result.artifact
+        elif result.status == "done":  # a non-zero rank: rank 0 commits, later stages wait for it
+            break
+    return results
+
+
+# --- status ---------------------------------------------------------------------------------
+
+
+def artifact_state(workdir: Workdir, artifact: Artifact, _seen: dict | None = None) -> str:
+    """'current', or 'stale: <why>' when rerunning its stage now would produce another key."""
+    seen = _seen if _seen is not None else {}
+    if artifact.key in seen:
+        return seen[artifact.key]
+    stage = STAGES.get(artifact.stage)
+    if stage is None:
+        return "unknown stage"
+    if artifact.manifest.get("version") != stage.version:
+        state = f"stale: stage version {artifact.manifest.get('version')} → {stage.version}"
+    else:
+        state = "current"
+        try:
+            config = from_dict(stage.config_cls, artifact.config)
+            inputs = {}
+            for name, key in artifact.manifest.get("inputs", {}).items():
+                upstream = workdir.get(name, key)
+                if upstream is None:
+                    raise ArtifactError(f"input {name}/{key[:KEY_CHARS]} is gone")
+                upstream_state = artifact_state(workdir, upstream, seen)
+                if upstream_state != "current":
+                    raise ArtifactError(f"input {name}/{key[:KEY_CHARS]} is {upstream_state}")
+                inputs[name] = upstream
+            if compute_key(stage.key_payload(config, inputs)) != artifact.key:
+                state = "stale: raw inputs or config meaning changed"
+        except LfvilaError as exc:
+            state = f"stale: {exc}"
+    seen[artifact.key] = state
+    return state
+
+
+def status_rows(workdir: Workdir) -> list[dict]:
+    rows, seen = [], {}
+    for artifact in workdir.artifacts():
+        refs = [name for name, key in workdir.refs(artifact.stage).items() if key == artifact.key]
+        rows.append(
+            {
+                "stage": artifact.stage,
+                "key": artifact.key[:KEY_CHARS],
+                "refs": refs,
+                "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(artifact.manifest.get("created", 0))),
+                "state": artifact_state(workdir, artifact, seen),
+                "summary": STAGES[artifact.stage].describe(artifact.summary) if artifact.stage in STAGES else "",
+            }
+        )
+    return rows
