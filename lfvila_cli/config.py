@@ -80,7 +80,9 @@ def resolve(
     layers: Iterable[dict] = (),
 ) -> T:
     """Build ``cls`` from its defaults, then ``layers`` (dicts), YAML ``files``, then ``overrides``."""
-    data: dict = {}
+    # Start from the defaults as data so a mapping-valued field (e.g. a split table) can be
+    # changed one entry at a time with --set.
+    data: dict = to_dict(cls())
     for layer in layers:
         data = merge(data, layer)
     for path in files:
@@ -120,7 +122,7 @@ def _type_name(tp: Any) -> str:
 
 
 def _convert(tp: Any, value: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
+    origin = typing.get_origin(tp) or (tp if tp in (list, tuple, dict) else None)
     if tp is Any:
         return value
     if dataclasses.is_dataclass(tp):

@@ -193,7 +193,15 @@ def status(workdir: Path = WorkdirOpt) -> None:
 
 def _strip_launcher_args() -> None:
     """The deepspeed launcher appends --local_rank=N; LOCAL_RANK in the environment says the same."""
-    sys.argv = [a for i, a in enumerate(sys.argv) if not a.startswith("--local_rank")]
+    args, skip = [], False
+    for arg in sys.argv:
+        if skip:
+            skip = False
+        elif arg in ("--local_rank", "--local-rank"):
+            skip = True
+        elif not arg.startswith(("--local_rank=", "--local-rank=")):
+            args.append(arg)
+    sys.argv = args
 
 
 def main() -> None:

@@ -77,3 +77,13 @@ def test_bad_yaml_names_file_and_line(tmp_path):
 def test_optional_and_null():
     assert resolve(Outer, overrides=["path=null"]).path is None
     assert resolve(Outer, overrides=["path=/data"]).path == "/data"
+
+
+@dataclass
+class WithMapping:
+    splits: dict = field(default_factory=lambda: {"train": "train", "val_1": "val"})
+
+
+def test_mapping_fields_merge_one_entry_at_a_time():
+    cfg = resolve(WithMapping, overrides=["splits.val_1=test"])
+    assert cfg.splits == {"train": "train", "val_1": "test"}

@@ -1,0 +1,189 @@
+"""Readers of published annotation formats, one module per ``prepare --source``.
+
+Every source module has the same small contract, which the ``prepare`` stage relies on:
+
+* ``Config`` (alias of a typed dataclass such as ``HdvilaConfig``): its fields are the
+  ``--set <source>.<field>=...`` keys. Every field has a default and paths default to ``""``,
+  because the config is built even when another source is selected; ``read`` says which key
+  is missing.
+* ``read(cfg, out_dir, rejections) -> Iterator[Sample]``: yields parsed samples. A malformed or
+  unreadable *file* raises ``DataError`` naming the file and line; a record that cannot even be
+  turned into a ``Sample`` is counted in ``rejections`` with a short, countable reason. Samples
+  that parse but break a corpus rule (end before start, text outside the video...) are yielded
+  as they are: ``prepare`` applies ``corpus.validation_error`` to every source in one place.
+* ``raw_inputs(cfg) -> list[str]``: the annotation files whose bytes key the corpus artifact.
+
+The helpers below read through fsspec, so annotation files and video roots may be local paths
+or URLs (``s3://bucket/hdvila``); compressed files (``.gz``, ``.bz2``...) are inferred from the
+name.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+from typing import Any, Iterator
+
+from ...errors import DataError
+
+GLOB_CHARS = "*?["
+
+
+def is_url(path: str) -> bool:
+    return "://" in path
+
+
+def open_text(path: str):
+    """Open an annotation file for reading text; an unreadable path is a one-line ``DataError``."""
+    import fsspec
+
+    try:
+        return fsspec.open(path, "rt", encoding="utf-8", compression="infer").open()
+    except (OSError, ValueError, ImportError) as exc:
+        # ImportError: the URL's filesystem package (s3fs, gcsfs...) is not installed.
+        raise DataError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
+
+
+def iter_jsonl(path: str) -> Iterator[tuple[int, Any]]:
+    """``(line number, parsed value)`` for each non-blank line; bad JSON names ``file:line``."""
+    fh = open_text(path)
+    with fh:
+        lineno = 0
+        try:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    yield lineno, json.loads(line)
+                except json.JSONDecodeError as exc:
+                    # exc.pos, not exc.colno: a truncated line fails on its trailing newline.
+                    raise DataError(f"{path}:{lineno}: invalid JSON ({exc.msg}, column {exc.pos + 1})") from None
+        except UnicodeDecodeError:
+            raise DataError(f"{path}:{lineno + 1}: not UTF-8 text") from None
+        except OSError as exc:
+            raise DataError(f"{path}:{lineno + 1}: read failed ({exc.strerror or exc})") from None
+
+
+def load_json(path: str) -> Any:
+    """A whole-file JSON document; bad JSON names the file and the decoder's line."""
+    fh = open_text(path)
+    with fh:
+        try:
+            text = fh.read()
+        except UnicodeDecodeError:
+            raise DataError(f"{path}: not UTF-8 text") from None
+        except OSError as exc:
+            raise DataError(f"{path}: read failed ({exc.strerror or exc})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg}, column {exc.colno})") from None
+
+
+def expand(pattern: str, key: str) -> list[str]:
+    """The files named by ``pattern``: one path, or a glob (``hdvila_part*.jsonl``), sorted.
+
+    A glob that matches nothing is a ``DataError`` naming the config ``key``; a plain path is
+    returned as it is and checked when it is opened.
+    """
+    if not any(ch in pattern for ch in GLOB_CHARS):
+        return [pattern]
+    if is_url(pattern):
+        fs, stripped = _filesystem(pattern)
+        try:
+            matches = [fs.unstrip_protocol(p) for p in sorted(fs.glob(stripped))]
+        except OSError as exc:
+            raise DataError(f"{pattern}: cannot list ({exc.strerror or exc})") from None
+    else:
+        matches = sorted(p for p in glob.glob(os.path.expanduser(pattern)) if os.path.isfile(p))
+    if not matches:
+        raise DataError(f"{pattern}: no files match (config key '{key}')")
+    return matches
+
+
+def exists(path: str) -> bool:
+    if not is_url(path):
+        return os.path.isfile(os.path.expanduser(path))
+    fs, stripped = _filesystem(path)
+    try:
+        return fs.isfile(stripped)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot check ({exc.strerror or exc})") from None
+
+
+def _filesystem(url: str):
+    import fsspec
+
+    try:
+        return fsspec.core.url_to_fs(url)
+    except (ValueError, ImportError) as exc:
+        raise DataError(f"{url}: cannot open this URL ({exc})") from None
+
+
+def video_root(root: str) -> str:
+    """A video root as written into the corpus: URLs as given, local paths made absolute.
+
+    The corpus lives in the work directory, so a root relative to the current directory would
+    no longer resolve from there.
+    """
+    if is_url(root):
+        return root.rstrip("/")
+    return os.path.abspath(os.path.expanduser(root))
+
+
+def join(root: str, *parts: str) -> str:
+    """``root/part/...`` with ``/`` for URLs and local paths alike."""
+    return "/".join([root.rstrip("/"), *parts])
+
+
+def parent(path: str) -> str:
+    """The directory holding ``path`` (a local path or a URL)."""
+    if is_url(path):
+        return path.rstrip("/").rsplit("/", 1)[0]
+    return os.path.dirname(os.path.abspath(os.path.expanduser(path)))
+
+
+def safe_name(name: Any) -> bool:
+    """Whether ``name`` can be one component of a video path (no separators, not ``.``/``..``)."""
+    return isinstance(name, str) and bool(name) and name not in (".", "..") and not any(c in name for c in "/\\\0")
+
+
+def parse_time(value: Any) -> float:
+    """Seconds from a number or a timestamp string; raises ``ValueError`` when unparsable.
+
+    Accepted strings: ``HH:MM:SS.mmm`` (HD-VILA), ``H:MM:SS``, ``MM:SS.mmm`` and plain seconds
+    (``"62.5"``). Minutes and seconds below a larger unit must be under 60; negative times are
+    rejected.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"not a time: {value!r}")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str):
+        parts = value.strip().split(":")
+        if len(parts) > 3 or not all(parts):
+            raise ValueError(f"not a time: {value!r}")
+        *units, last = parts
+        if not all(_is_digits(p) for p in units) or not _is_decimal(last):
+            raise ValueError(f"not a time: {value!r}")
+        if (units and float(last) >= 60) or (len(units) == 2 and int(units[1]) >= 60):
+            raise ValueError(f"not a time: {value!r}")
+        seconds = float(last)
+        for i, unit in enumerate(reversed(units), 1):
+            seconds += int(unit) * 60**i
+    else:
+        raise ValueError(f"not a time: {value!r}")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"not a time: {value!r}")
+    return seconds
+
+
+def _is_digits(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
+def _is_decimal(text: str) -> bool:
+    whole, _, frac = text.partition(".")
+    return _is_digits(whole) and (frac == "" or _is_digits(frac))

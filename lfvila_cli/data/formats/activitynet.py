@@ -1,0 +1,151 @@
+"""ActivityNet Captions (official ``train.json``, ``val_1.json``, ``val_2.json``) -> paragraphs.
+
+Each file is one JSON object ``{"v_<youtube id>": {duration, timestamps: [[start, end], ...],
+sentences: [...]}}`` with ``timestamps[i]`` paired with ``sentences[i]`` (FORMATS.md). A video's
+paragraph is its sentences ordered by start time (a stable sort, so equal starts keep the file's
+order), each stripped of the leading spaces the release puts on all but the first. Integer
+times are read as floats; overlapping segments are kept; an end equal to the duration is valid.
+
+``activitynet.splits`` maps file stems to corpus splits (default ``train -> train``,
+``val_1 -> val``, ``val_2 -> test``, the retrieval papers' use); the files of that mapping that
+exist in ``activitynet.annotations`` are read. ``val_1`` and ``val_2`` annotate the *same*
+videos, so a key found in more than one file gets its file stem as a prefix
+(``val_1-v_abc``, ``val_2-v_abc``); a key in one file keeps its name as the sample id. The video
+is ``<video_root>/<key><video_ext>`` (keys already carry ``v_``).
+
+Rejected here: an entry that is not an object, lacks ``duration``/``timestamps``/``sentences``,
+has a non-number duration, a timestamp that is not a pair of numbers, a non-string sentence, or
+different numbers of timestamps and sentences. Ends before starts, empty sentences and ends past
+the duration are left to the central validation of ``prepare``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from ...config import check
+from ...errors import ConfigError, DataError
+from ..corpus import SPLITS, Rejections, Sample, Segment
+from . import exists, join, load_json, safe_name, video_root
+
+log = logging.getLogger(__name__)
+
+SOURCE = "activitynet"
+
+
+def _default_splits() -> dict[str, str]:
+    return {"train": "train", "val_1": "val", "val_2": "test"}
+
+
+@dataclass
+class ActivityNetConfig:
+    annotations: str = ""  # directory (or URL) holding train.json / val_1.json / val_2.json
+    video_root: str = ""  # directory or fsspec URL holding v_<id><video_ext>
+    video_ext: str = ".mp4"
+    splits: dict[str, str] = field(default_factory=_default_splits)  # file stem -> corpus split
+
+    def __post_init__(self) -> None:
+        check(self.video_ext == "" or self.video_ext.startswith("."), f"{SOURCE}.video_ext", f"must start with '.', got {self.video_ext!r}")
+        check(bool(self.splits), f"{SOURCE}.splits", "must name at least one annotation file")
+        for stem, split in self.splits.items():
+            check(safe_name(stem), f"{SOURCE}.splits", f"{stem!r} is not a file stem like 'val_1'")
+            check(split in SPLITS, f"{SOURCE}.splits.{stem}", f"expected one of {list(SPLITS)}, got {split!r}")
+
+
+Config = ActivityNetConfig
+
+
+def annotation_files(cfg: ActivityNetConfig) -> list[tuple[str, str, str]]:
+    """``(path, file stem, split)`` for each mapped annotation file that exists."""
+    _require(cfg, "annotations")
+    found = [(join(cfg.annotations, f"{stem}.json"), stem, split) for stem, split in cfg.splits.items()]
+    found = [entry for entry in found if exists(entry[0])]
+    if not found:
+        names = ", ".join(f"{stem}.json" for stem in cfg.splits)
+        raise DataError(f"{cfg.annotations}: none of {names} found (config key '{SOURCE}.annotations')")
+    return found
+
+
+def raw_inputs(cfg: ActivityNetConfig) -> list[str]:
+    return [path for path, _, _ in annotation_files(cfg)]
+
+
+def read(cfg: ActivityNetConfig, out_dir: Path, rejections: Rejections) -> Iterator[Sample]:
+    """One sample per video entry, files in ``splits`` order, entries in file order."""
+    files = annotation_files(cfg)
+    _require(cfg, "video_root")
+    root = video_root(cfg.video_root)
+    # The files are small (~10k videos each): load them all to find keys shared between files.
+    loaded = [(path, stem, split, _load(path)) for path, stem, split in files]
+    shared = Counter(key for *_, entries in loaded for key in entries)
+    for path, stem, split, entries in loaded:
+        count = 0
+        for key, entry in entries.items():
+            where = f"{path}#{key}"
+            segments = _segments(entry, key, where, rejections)
+            if segments is None:
+                continue
+            count += 1
+            yield Sample(
+                id=f"{stem}-{key}" if shared[key] > 1 else key,
+                video=join(root, f"{key}{cfg.video_ext}"),
+                duration=float(entry["duration"]),
+                segments=segments,
+                split=split,
+            )
+        log.info("activitynet: %s -> %d %s samples", path, count, split)
+
+
+def _load(path: str) -> dict:
+    data = load_json(path)
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a JSON object keyed by video id, got a {type(data).__name__}")
+    return data
+
+
+def _segments(entry: Any, key: str, where: str, rejections: Rejections) -> list[Segment] | None:
+    """The entry's segments in time order, or ``None`` after counting why it was rejected."""
+    reason = _entry_error(entry, key)
+    if reason is not None:
+        rejections.add(reason, where)
+        return None
+    pairs = [(float(start), float(end), sentence.strip()) for (start, end), sentence in zip(entry["timestamps"], entry["sentences"])]
+    pairs.sort(key=lambda p: p[0])
+    return [Segment(start, end, text) for start, end, text in pairs]
+
+
+def _entry_error(entry: Any, key: str) -> str | None:
+    if not safe_name(key):
+        return "bad video id"
+    if not isinstance(entry, dict):
+        return "record is not a JSON object"
+    for name in ("duration", "timestamps", "sentences"):
+        if name not in entry:
+            return f"missing field '{name}'"
+    if not _is_number(entry["duration"]):
+        return "duration is not a number"
+    timestamps, sentences = entry["timestamps"], entry["sentences"]
+    if not isinstance(timestamps, list) or not isinstance(sentences, list):
+        return "timestamps or sentences is not a list"
+    if len(timestamps) != len(sentences):
+        return "timestamps and sentences differ in length"
+    for pair in timestamps:
+        if not isinstance(pair, list) or len(pair) != 2 or not all(_is_number(t) for t in pair):
+            return "bad timestamp"
+    if not all(isinstance(s, str) for s in sentences):
+        return "sentence is not a string"
+    return None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _require(cfg: ActivityNetConfig, name: str) -> None:
+    if not getattr(cfg, name):
+        raise ConfigError(f"config key '{SOURCE}.{name}' is required for --source {SOURCE}")
