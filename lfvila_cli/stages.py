@@ -78,7 +78,8 @@ def _load(path: str):
 
 
 def _describe_prepare(summary: dict) -> str:
-    splits = ", ".join(f"{k} {v}" for k, v in summary.get("splits", {}).items() if v)
+    counts = summary.get("splits", {})
+    splits = ", ".join(f"{k} {counts[k]}" for k in ("train", "val", "test") if counts.get(k))
     rejected = f", {summary['rejected']} rejected" if summary.get("rejected") else ""
     return f"{summary.get('samples', '?')} samples ({splits}), {summary.get('segments', '?')} segments{rejected}"
 
@@ -409,7 +410,8 @@ def artifact_state(workdir: Workdir, artifact: Artifact, _seen: dict | None = No
 
 def status_rows(workdir: Workdir) -> list[dict]:
     rows, seen = [], {}
-    for artifact in workdir.artifacts():
+    order = {name: i for i, name in enumerate(STAGES)}  # pipeline order, not alphabetical
+    for artifact in sorted(workdir.artifacts(), key=lambda a: (order.get(a.stage, len(order)), a.manifest.get("created", 0))):
         refs = [name for name, key in workdir.refs(artifact.stage).items() if key == artifact.key]
         rows.append(
             {

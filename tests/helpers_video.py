@@ -1,0 +1,84 @@
+"""Synthetic videos for the cache tests: good ones whose frames say their own index, broken ones.
+
+Every frame's red channel is one flat level, ``index_level(i)``, so a decoded (resized,
+cropped) frame tells which source frame it is; green is a horizontal ramp and blue a vertical
+ramp with a moving square, so a misplaced crop or a wrong resize shows as well.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from lfvila_cli.data.video import write_video
+
+FPS = 8
+LEVEL_STEP = 8
+
+
+def index_level(i: int | np.ndarray) -> np.ndarray:
+    return 16 + LEVEL_STEP * np.asarray(i)
+
+
+def decoded_index(frames: np.ndarray) -> np.ndarray:
+    """Source frame index of each decoded frame ``(..., H, W, 3)`` read from its red channel."""
+    red = frames[..., frames.shape[-3] // 4 : -frames.shape[-3] // 4, :, 0].astype(np.float64)
+    return np.rint((red.mean(axis=(-2, -1)) - 16) / LEVEL_STEP).astype(int)
+
+
+def synthetic_frames(num_frames: int = 24, height: int = 64, width: int = 96, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    frames = np.empty((num_frames, height, width, 3), np.uint8)
+    ramp_x = np.linspace(0, 255, width)[None, :].repeat(height, 0)
+    ramp_y = np.linspace(0, 200, height)[:, None].repeat(width, 1)
+    y0, x0 = rng.integers(0, height // 2), rng.integers(0, width // 2)
+    for i in range(num_frames):
+        frames[i, ..., 0] = index_level(i)
+        frames[i, ..., 1] = ramp_x
+        blue = ramp_y.copy()
+        y, x = (y0 + 2 * i) % (height - 8), (x0 + 3 * i) % (width - 8)
+        blue[y : y + 8, x : x + 8] = 255
+        frames[i, ..., 2] = blue
+    return frames
+
+
+def make_video(path: Path, num_frames: int = 24, height: int = 64, width: int = 96, seed: int = 0, gop: int = 4) -> Path:
+    write_video(path, synthetic_frames(num_frames, height, width, seed), fps=FPS, gop=gop)
+    return path
+
+
+def make_broken(directory: Path, good: Path) -> dict[str, Path]:
+    """Broken videos next to a good one: missing, a text file, truncated, garbage in the middle.
+
+    What decord/PyAV make of them (checked here): missing -> "file not found"; text and
+    truncated (the mp4 index sits at the end of the file) -> "cannot open: Invalid data found
+    when processing input"; garbage in the middle opens fine and then fails while decoding
+    some spans ("Error sending packet") — which spans depends on decord's read-ahead thread,
+    so a test may only require each of its rows to be ok or failed.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    data = good.read_bytes()
+    text = directory / "text.mp4"
+    text.write_text("this is not a video\n")
+    truncated = directory / "truncated.mp4"
+    truncated.write_bytes(data[: len(data) // 2])
+    garbage = bytearray(data)
+    mid = len(garbage) // 2
+    garbage[mid : mid + 200] = np.random.default_rng(1).integers(0, 256, 200, dtype=np.uint8).tobytes()
+    corrupt = directory / "garbage.mp4"
+    corrupt.write_bytes(bytes(garbage))
+    return {"missing": directory / "missing.mp4", "text": text, "truncated": truncated, "garbage": corrupt}
+
+
+def sample(sample_id: str, video: str, bounds: list[tuple[float, float]], duration: float | None = 3.0, **extra) -> dict:
+    segments = [{"start": a, "end": b, "text": f"segment {i}"} for i, (a, b) in enumerate(bounds)]
+    return {"id": sample_id, "video": video, "duration": duration, "split": extra.pop("split", "train"), "segments": segments, **extra}
+
+
+def write_corpus_file(directory: Path, records: list[dict]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "samples.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path

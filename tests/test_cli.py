@@ -1,0 +1,150 @@
+"""The command line through Typer's runner: prepare, status, errors, dry runs."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from lfvila_cli.main import app
+
+FIXTURES = Path(__file__).parent / "fixtures" / "formats"
+TINY = ["--set", "example.train_videos=2", "--set", "example.val_videos=1", "--set", "example.test_videos=1", "--set", "example.max_clips=4"]
+
+
+def invoke(*args, env=None):
+    return CliRunner().invoke(app, [str(a) for a in args], env=env)
+
+
+def test_help_is_instant_and_imports_no_heavy_library():
+    code = (
+        "import sys; from typer.testing import CliRunner; from lfvila_cli.main import app;"
+        "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0, r.output;"
+        "heavy = [m for m in ('torch', 'zarr', 'decord', 'transformers', 'deepspeed', 'numpy') if m in sys.modules];"
+        "assert not heavy, heavy; print(r.output)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    for command in ("prepare", "cache", "run", "status"):
+        assert command in out
+
+
+def test_prepare_example_then_hit(tmp_path, monkeypatch):
+    wd = tmp_path / "wd"
+    first = invoke("prepare", "--source", "example", "--workdir", wd, *TINY)
+    assert first.exit_code == 0, first.output
+    assert "prepare: done" in first.output
+    stats = json.loads(next((wd / "store" / "prepare").glob("*/stats.json")).read_text())
+    assert stats["samples"] == 2 + 2 + 2  # val/test videos come with their reordered twins
+    assert stats["task_files"]["how2qa.jsonl"] > 0
+
+    # A hit must not touch the stage body: make the body explode and run again.
+    import lfvila_cli.data.prepare as prepare_module
+
+    monkeypatch.setattr(prepare_module, "prepare", lambda *a, **k: pytest.fail("a hit ran the stage"))
+    second = invoke("prepare", "--source", "example", "--workdir", wd, *TINY)
+    assert second.exit_code == 0, second.output
+    assert second.output.count("\n") == 1 and "up to date" in second.output
+
+    listing = invoke("status", "--workdir", wd)
+    assert listing.exit_code == 0 and "current" in listing.output and "[latest]" in listing.output
+
+
+def test_config_errors_are_one_line_and_exit_2(tmp_path):
+    result = invoke("prepare", "--workdir", tmp_path, "--set", "example.nope=1")
+    assert result.exit_code == 2
+    assert result.output.strip() == "error: unknown config key 'example.nope' (known at this level: " + ", ".join(
+        sorted(["seed", "train_videos", "val_videos", "test_videos", "min_clips", "max_clips", "clip_seconds", "fps", "height", "width", "qa_per_video"])
+    ) + ")"
+    wrong_type = invoke("prepare", "--workdir", tmp_path, "--set", "example.fps=fast")
+    assert wrong_type.exit_code == 2 and "'example.fps': expected int" in wrong_type.output
+    assert len(wrong_type.output.strip().splitlines()) == 1
+    missing = invoke("prepare", "--source", "hdvila", "--workdir", tmp_path)
+    assert missing.exit_code == 2 and "hdvila.metadata" in missing.output
+
+
+def test_debug_variable_shows_the_traceback(tmp_path):
+    from lfvila_cli.errors import ConfigError
+
+    result = invoke("prepare", "--workdir", tmp_path, "--set", "example.nope=1", env={"LFVILA_DEBUG": "1"})
+    assert result.exit_code != 0 and isinstance(result.exception, ConfigError)
+
+
+def test_strict_prepare_fails_and_leaves_nothing(tmp_path):
+    wd = tmp_path / "wd"
+    args = ["prepare", "--source", "jsonl", "--workdir", wd, "--set", f"jsonl.path={FIXTURES / 'jsonl' / 'corpus.jsonl'}"]
+    lenient = invoke(*args, "--dry-run")
+    assert lenient.exit_code == 0 and "would run" in lenient.output
+    assert not (wd / "store").exists() or not any((wd / "store").rglob("manifest.json"))
+    strict = invoke(*args, "--strict")
+    assert strict.exit_code == 1 and strict.output.startswith("error: --strict:")
+    assert not any((wd / "store").rglob("manifest.json")), "a failed prepare must leave no artifact"
+    assert not [p for p in (wd / "store" / "prepare").iterdir()], "nor a temporary directory"
+    ok = invoke(*args)
+    assert ok.exit_code == 0 and "rejected" in ok.output
+
+
+def test_malformed_file_names_file_and_line(tmp_path):
+    result = invoke("prepare", "--source", "jsonl", "--workdir", tmp_path, "--set", f"jsonl.path={FIXTURES / 'jsonl' / 'broken.jsonl'}")
+    assert result.exit_code == 1
+    assert "broken.jsonl:" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_cache_without_corpus_says_what_to_run(tmp_path):
+    result = invoke("cache", "--workdir", tmp_path)
+    assert result.exit_code == 1 and "run `lfvila prepare` first" in result.output
+
+
+def _corpus_with_broken_videos(tmp_path):
+    from helpers_video import make_broken, make_video
+
+    good = make_video(tmp_path / "videos" / "good.mp4")
+    broken = make_broken(tmp_path / "videos", good)
+    lines = []
+    for name, path in [("good", good), ("missing", broken["missing"]), ("text", broken["text"])]:
+        segs = [{"start": i * 0.5, "end": (i + 1) * 0.5, "text": f"part {i}"} for i in range(4)]
+        lines.append(json.dumps({"id": name, "video": str(path), "duration": 3.0, "split": "train", "segments": segs}))
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("\n".join(lines) + "\n")
+    return corpus
+
+
+def test_cache_through_cli_records_broken_videos(tmp_path):
+    wd = tmp_path / "wd"
+    corpus = _corpus_with_broken_videos(tmp_path)
+    assert invoke("prepare", "--source", "jsonl", "--workdir", wd, "--set", f"jsonl.path={corpus}").exit_code == 0
+    small = ["--set", "frames_per_segment=2", "--set", "height=32", "--set", "width=48"]
+    failed = invoke("cache", "--workdir", wd, *small)
+    assert failed.exit_code == 1
+    message = failed.output.strip().splitlines()[-1]
+    assert message.startswith("error:") and "missing.mp4" in message and "text.mp4" in message
+    assert not list((wd / "store" / "cache").glob("*/manifest.json")), "over the threshold nothing is committed"
+    # The failed rows are recorded: a rerun with a looser threshold commits without decoding again.
+    ok = invoke("cache", "--workdir", wd, *small, "--max-failure-rate", "0.9")
+    assert ok.exit_code == 0, ok.output
+    assert "4/12 segments cached, 8 failed" in ok.output
+    from lfvila_cli.artifacts import Workdir
+    from lfvila_cli.data.framestore import FrameStore
+    from lfvila_cli.stages import frame_store_url
+
+    store = FrameStore(frame_store_url(Workdir(wd).resolve("cache")))
+    frames, times = store.sample("good")
+    assert frames.shape == (4, 2, 32, 48, 3) and times.shape == (4, 2)
+    assert {f["sample"] for f in store.failures()} == {"missing", "text"}
+
+
+def test_quickstart_pipeline_end_to_end(tmp_path):
+    pipeline = Path(__file__).parents[1] / "stages" / "quickstart.yaml"
+    tiny = ["--set", "prepare.example.train_videos=2", "--set", "prepare.example.val_videos=1", "--set", "prepare.example.test_videos=0"]
+    first = invoke("run", pipeline, "--workdir", tmp_path, *tiny)
+    assert first.exit_code == 0, first.output
+    assert [line.split(":")[0] for line in first.output.strip().splitlines()] == ["prepare", "cache"]
+    assert "0 failed" in first.output
+    second = invoke("run", pipeline, "--workdir", tmp_path, *tiny)
+    lines = second.output.strip().splitlines()
+    assert len(lines) == 2 and all("up to date" in line for line in lines)
+    changed = invoke("run", pipeline, "--workdir", tmp_path, *tiny, "--set", "cache.height=64", "--dry-run")
+    assert "prepare: up to date" in changed.output and "cache: would run" in changed.output
+    seed = invoke("run", pipeline, "--workdir", tmp_path, *tiny, "--set", "prepare.example.seed=1", "--dry-run")
+    assert "prepare: would run" in seed.output and "cache: would run after prepare" in seed.output

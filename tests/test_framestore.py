@@ -1,0 +1,120 @@
+"""FrameStore, the reader of the frame store: exact round trip, index, errors, failures table."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers_video import sample, write_corpus_file
+from lfvila_cli.data import cache as cache_mod
+from lfvila_cli.data.cache import CacheConfig, plan_rows
+from lfvila_cli.data.framestore import ERROR_BYTES, FrameStore, UnknownSampleError, decode_reason, encode_reason, open_group
+from lfvila_cli.errors import DataError
+
+K, H, W = 3, 8, 12
+
+
+@pytest.fixture
+def written(tmp_path):
+    """A store laid out by the cache for 3 samples (2 + 3 + 1 segments), filled by hand:
+    random frames in every row except row 3 (failed) and row 5 (left pending)."""
+    records = [
+        sample("first", "a.mp4", [(0, 1), (1, 2)]),
+        sample("second", "b.mp4", [(0, 1), (1, 2), (2, 3)]),
+        sample("third", "a.mp4", [(0, 3)]),
+    ]
+    corpus = write_corpus_file(tmp_path, records)
+    cfg = CacheConfig(frames_per_segment=K, height=H, width=W)
+    plan = plan_rows(corpus, cfg)
+    url = str(tmp_path / "frames.zarr")
+    group = open_group(url, mode="a")
+    cache_mod._create_layout(group, cfg, plan)
+    arrays = cache_mod._Arrays(group["frames"], group["times"], group["status"], group["error"])
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (plan.rows, K, H, W, 3), dtype=np.uint8)
+    times = rng.random((plan.rows, K), dtype=np.float32)
+    for row in range(plan.rows):
+        if row == 3:
+            cache_mod._write_failed(arrays, row, "decode failed at frames 9-15: invalid data ✗")
+        elif row != 5:
+            cache_mod._write_ok(arrays, row, frames[row], times[row])
+    return url, frames, times
+
+
+def test_samples_read_back_exactly_what_was_written(written):
+    url, frames, times = written
+    store = FrameStore(url)
+    assert len(store) == 3 and store.sample_ids == ["first", "second", "third"] and "second" in store
+    assert (store.frames_per_segment, store.height, store.width, store.num_rows) == (K, H, W, 6)
+    assert list(store.rows("first")) == [0, 1] and list(store.rows("second")) == [2, 3, 4] and list(store.rows("third")) == [5]
+    got_frames, got_times = store.sample("first")
+    assert got_frames.dtype == np.uint8 and got_times.dtype == np.float32
+    np.testing.assert_array_equal(got_frames, frames[0:2])
+    np.testing.assert_array_equal(got_times, times[0:2])
+    # a window of consecutive segments reads only those rows (the 4-clip window of SPEC §1)
+    got_frames, got_times = store.sample("second", segments=slice(2, 3))
+    np.testing.assert_array_equal(got_frames, frames[4:5])
+    np.testing.assert_array_equal(got_times, times[4:5])
+    got_frames, _ = store.sample("second", segments=slice(0, 1))
+    np.testing.assert_array_equal(got_frames, frames[2:3])
+
+
+def test_unknown_failed_and_pending_samples_raise_naming_the_sample_and_reason(written):
+    url, _, _ = written
+    store = FrameStore(url)
+    with pytest.raises(UnknownSampleError, match="sample 'nope' is not in the frame store") as err:
+        store.sample("nope")
+    assert isinstance(err.value, KeyError) and isinstance(err.value, DataError)
+    assert str(err.value).startswith(url)  # one plain line, not KeyError's quoted repr
+    with pytest.raises(DataError, match=r"sample 'second' segment 1 \(row 3\) is failed: decode failed at frames 9-15: invalid data ✗"):
+        store.sample("second")
+    with pytest.raises(DataError, match=r"sample 'third' segment 0 \(row 5\) is still pending"):
+        store.sample("third")
+    # the failed row does not spoil the others of the sample
+    assert store.sample("second", segments=slice(2, 3))[0].shape == (1, K, H, W, 3)
+
+
+def test_status_counts_and_failures_table(written):
+    url, _, _ = written
+    store = FrameStore(url)
+    assert store.status_counts() == {"pending": 1, "ok": 4, "failed": 1}
+    assert store.failures() == [
+        {"row": 3, "sample": "second", "segment": 1, "reason": "decode failed at frames 9-15: invalid data ✗"}
+    ]
+
+
+def test_reason_encoding_cuts_on_a_character_boundary():
+    long = "é" * 200  # 400 bytes of utf-8
+    encoded = encode_reason(long)
+    assert encoded.shape == (ERROR_BYTES,) and encoded.dtype == np.uint8
+    assert decode_reason(encoded) == "é" * 128
+    assert decode_reason(encode_reason("file not found")) == "file not found"
+
+
+def test_opening_something_that_is_not_a_finished_store_is_a_clear_error(tmp_path, written):
+    with pytest.raises(DataError, match="no frame store here"):
+        FrameStore(tmp_path / "nothing.zarr")
+    half = open_group(str(tmp_path / "half.zarr"), mode="a")
+    half.attrs.update({"layout_version": 1})
+    with pytest.raises(DataError, match="never completely created"):
+        FrameStore(tmp_path / "half.zarr")
+    other = open_group(str(tmp_path / "other.zarr"), mode="a")
+    other.attrs.update({"layout_version": 99, "ready": True})
+    with pytest.raises(DataError, match="layout_version=99"):
+        FrameStore(tmp_path / "other.zarr")
+
+
+def test_layout_is_zarr_v3_one_row_per_chunk_without_sharding(written):
+    url, _, _ = written
+    group = open_group(url, mode="r")
+    assert group.metadata.zarr_format == 3
+    for name in ("frames", "times", "status", "error"):
+        array = group[name]
+        assert array.chunks[0] == 1 and array.shards is None, name
+    assert group["frames"].shape == (6, K, H, W, 3) and group["error"].shape == (6, ERROR_BYTES)
+    assert group.attrs["layout_version"] == 1 and group.attrs["ready"] is True
+    assert (group.attrs["frames_per_segment"], group.attrs["height"], group.attrs["width"]) == (K, H, W)
+    assert group.attrs["segment_mode"] == "clips"
+    root = json.loads((Path(url) / "zarr.json").read_text())
+    assert root.get("consolidated_metadata") is None  # it would go stale while rows are filled
