@@ -172,6 +172,23 @@ def test_cache_fills_every_row_and_matches_direct_decode(videos, tmp_path, kind)
     assert np.allclose(store.sample("d")[1][0], [0.125, 0.5, 0.875, 1.25])
 
 
+def test_zstd_compression_stores_the_same_frames_in_fewer_bytes(videos, tmp_path):
+    corpus = write_corpus_file(tmp_path / "corpus", good_records(videos))
+    plain, packed = str(tmp_path / "plain.zarr"), str(tmp_path / "packed.zarr")
+    cache_frames(corpus, cfg(), plain, progress=False)
+    cache_frames(corpus, cfg(compression="zstd"), packed, progress=False)
+    for sample_id in FrameStore(plain).sample_ids:
+        for a, b in zip(FrameStore(plain).sample(sample_id), FrameStore(packed).sample(sample_id)):
+            np.testing.assert_array_equal(a, b)
+
+    def size(url):
+        return sum(f.stat().st_size for f in (Path(url) / "frames").rglob("*") if f.is_file())
+
+    assert size(packed) < size(plain)
+    with pytest.raises(DataError, match="compression"):  # a store is resumed only with its own codec
+        cache_frames(corpus, cfg(compression="zstd"), plain, progress=False)
+
+
 def test_videos_can_be_fsspec_urls(videos, tmp_path):
     import fsspec
 

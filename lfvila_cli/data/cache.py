@@ -64,6 +64,7 @@ class CacheConfig:
     segment_mode: Literal["clips", "chunks"] = "clips"
     num_chunks: int = 4
     splits: list[str] = field(default_factory=list)  # empty = all splits
+    compression: Literal["none", "zstd"] = "none"  # frames codec: none is faster to write and read
     store_url: str = ""  # "" = <artifact dir>/frames.zarr; else any fsspec URL
     max_failure_rate: float = 0.05
     workers: int = 2
@@ -97,6 +98,7 @@ class CacheConfig:
             "segment_mode": self.segment_mode,
             "num_chunks": self.num_chunks if self.segment_mode == "chunks" else None,
             "splits": sorted(self.splits),
+            "compression": self.compression,
         }
 
 
@@ -246,10 +248,13 @@ def _create_layout(group, cfg: CacheConfig, plan: CachePlan) -> None:
     """Pre-size every array (only rank 0 does this: resizing from several writers races)."""
     import zarr.codecs
 
-    # Frames, the one big array: zstd level 1. On 192x320 frames the default level 3 gained
-    # little (~3%) at ~1.5x the encode time; no compression, zstd -1 or lz4 were slower end to
-    # end on local disk, where writing the extra bytes costs more than zstd saves.
-    frame_codec = zarr.codecs.ZstdCodec(level=1)
+    # Frames, the one big array. Decoded video frames compress poorly losslessly (~1.2x with
+    # zstd on the benchmark's textured footage) while zstd costs ~4 ms of CPU per 8-frame row
+    # on the two cores that decoding already saturates: "none" is the default (in one run of
+    # benchmarks/bench_cache.py: cache at 0.80x of raw decode vs 0.71x with zstd, and a training
+    # sample read in 3.9 ms vs 8.4 ms); "zstd" (level 1; level 3 gained ~3% for 1.5x the time)
+    # trades that for disk space.
+    frame_codec = zarr.codecs.ZstdCodec(level=1) if cfg.compression == "zstd" else None
     spec = _expected_arrays(cfg, plan)
     for name, (shape, chunks, dtype) in spec.items():
         kwargs = {}
@@ -267,7 +272,7 @@ def _create_layout(group, cfg: CacheConfig, plan: CachePlan) -> None:
         group["sample_row_start"][:] = plan.row_start
         group["sample_num_rows"][:] = plan.num_rows
     # ``ready`` last: other ranks (and resumes) trust the arrays only once it is set.
-    group.attrs.update({**_expected_attrs(cfg, plan), "frames_codec": "zstd-1", "ready": True})
+    group.attrs.update({**_expected_attrs(cfg, plan), "frames_codec": "zstd-1" if cfg.compression == "zstd" else "none", "ready": True})
 
 
 def _open_or_create(url: str, cfg: CacheConfig, plan: CachePlan) -> object:
