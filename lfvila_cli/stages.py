@@ -36,6 +36,7 @@ class StageContext:
     rank: int = 0
     world_size: int = 1
     progress: bool = True
+    force: bool = False  # resumable stages start their partial work afresh
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,14 @@ def _stat_fingerprint(url: str) -> list | None:
     return [info.get("size"), str(info.get("mtime") or info.get("LastModified") or info.get("ETag") or "")]
 
 
+def _remove_store(url: str) -> None:
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(url)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
 def frame_store_url(artifact: Artifact) -> str:
     """Where a cache artifact's Zarr store lives (inside the artifact unless configured)."""
     url = artifact.summary.get("store_url") or ""
@@ -184,6 +193,8 @@ def run_cache(ctx: StageContext) -> dict:
     from .data.cache import cache_frames
 
     url = ctx.config.store_url or str(ctx.out_dir / "frames.zarr")
+    if ctx.force and ctx.config.store_url and ctx.rank == 0:
+        _remove_store(ctx.config.store_url)  # the partial directory was wiped; an external store too
     summary = cache_frames(
         corpus_file(ctx.inputs["prepare"]),
         ctx.config,
@@ -264,7 +275,7 @@ def run_stage(
             echo(f"{stage.name}: resuming in {out_dir}")
     else:
         out_dir = workdir.new_temp_dir(stage.name, key)
-    ctx = StageContext(workdir, config, inputs, out_dir, key, rank, world_size, progress and rank == 0)
+    ctx = StageContext(workdir, config, inputs, out_dir, key, rank, world_size, progress and rank == 0, force)
     try:
         summary = _load(stage.run_path)(ctx) or {}
     except BaseException:

@@ -148,3 +148,46 @@ def test_quickstart_pipeline_end_to_end(tmp_path):
     assert "prepare: up to date" in changed.output and "cache: would run" in changed.output
     seed = invoke("run", pipeline, "--workdir", tmp_path, *tiny, "--set", "prepare.example.seed=1", "--dry-run")
     assert "prepare: would run" in seed.output and "cache: would run after prepare" in seed.output
+
+
+def test_force_restarts_an_external_store(tmp_path):
+    from helpers_video import make_video
+
+    wd = tmp_path / "wd"
+    video = make_video(tmp_path / "v.mp4")
+    corpus = tmp_path / "corpus.jsonl"
+    segs = [{"start": i * 0.5, "end": (i + 1) * 0.5, "text": f"part {i}"} for i in range(4)]
+    corpus.write_text(json.dumps({"id": "v", "video": str(video), "duration": 3.0, "segments": segs}) + "\n")
+    assert invoke("prepare", "--source", "jsonl", "--workdir", wd, "--set", f"jsonl.path={corpus}").exit_code == 0
+    store = tmp_path / "external.zarr"
+    args = ["cache", "--workdir", wd, "--store-url", store, "--set", "frames_per_segment=2", "--set", "height=32", "--set", "width=48"]
+    assert invoke(*args).exit_code == 0
+    marker = store / "stale-marker"
+    marker.write_text("left by the first run")
+    forced = invoke(*args, "--force")
+    assert forced.exit_code == 0 and "4/4 segments cached" in forced.output
+    assert not marker.exists(), "--force must rebuild the external store, not resume it"
+
+
+@pytest.mark.distributed
+def test_two_rank_launch_through_the_cli_commits_once(tmp_path):
+    """RANK/WORLD_SIZE as torchrun sets them: both ranks write rows, rank 0 commits one artifact."""
+    import os
+
+    wd = tmp_path / "wd"
+    corpus = _corpus_with_broken_videos(tmp_path)
+    assert invoke("prepare", "--source", "jsonl", "--workdir", wd, "--set", f"jsonl.path={corpus}").exit_code == 0
+    cmd = [sys.executable, "-m", "lfvila_cli.main", "cache", "--workdir", str(wd), "--max-failure-rate", "0.9",
+           "--set", "frames_per_segment=2", "--set", "height=32", "--set", "width=48", "--local_rank=0"]
+    procs = [
+        subprocess.Popen(cmd, env=dict(os.environ, RANK=str(r), WORLD_SIZE="2"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for r in (0, 1)
+    ]
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert "cache: done" in outputs[0] and "4/12 segments cached, 8 failed" in outputs[0]
+    assert "rank 1/2 finished its rows" in outputs[1]
+    from lfvila_cli.artifacts import Workdir
+
+    artifacts = Workdir(wd).artifacts("cache")
+    assert len(artifacts) == 1 and artifacts[0].summary["world_size"] == 2
