@@ -1,0 +1,473 @@
+"""LF-VILA pre-training objectives (SPEC §4): features in, losses out; no model code here.
+
+* **VPC — global Video–Paragraph Contrastive.** Symmetric InfoNCE between the L2-normalised
+  global video feature and paragraph feature of each sample, over the *global* batch
+  (features all-gathered across ranks with gradient), fixed temperature 0.05, the two
+  directions (video→paragraph, paragraph→video) summed. Stage-1 weight 1.0.
+* **MTC — Multimodal Temporal Contrastive.** Sentence ``i`` should be more similar to clips
+  nearer in time to ``i``, and clips likewise to sentences. Per sample: 2 distinct key
+  positions and 2 distinct value positions; a key's target is the value nearest to it in time
+  (rows with a tie are ignored), the other value is a hard negative from the same video, and
+  3 more negatives come from *other* videos of the global batch (**Decision**, SPEC §4: the
+  released code took one from the same video). Both directions (sentence keys → clip values,
+  clip keys → sentence values), cross-entropy at temperature 0.05, directions summed.
+  Stage-1 weight 0.25.
+* **MLM — Masked Language Modelling.** 15% of the real text tokens (never special or padding
+  tokens) are selected; of those 80% become ``[MASK]``, 10% a random token, 10% stay. The
+  loss is computed on matched video–text pairs only. Stage-2 weight 1.
+* **VTM — Video–Text Matching.** Half the pairs of a batch get another sample's video
+  (label 0), half stay matched (label 1); 2-way cross-entropy on the pooled token. Stage-2
+  weight 10.
+
+Distributed convention (open_clip style). ``all_gather_with_grad`` concatenates every rank's
+features; its backward **sums** the gradients that all ranks send to a slice and hands each
+rank its own slice. Each rank's loss is an average over its *local* rows (keys) scored
+against *global* columns (candidates), scaled so that the mean of the per-rank losses equals
+the single-process loss on the global batch. The optimised objective is therefore that mean,
+which is what DDP / DeepSpeed compute when they **average** parameter gradients over ranks:
+after that averaging the gradients equal the single-process gradients exactly. Before it, a
+rank's raw input gradient is ``world_size`` times the single-process gradient of its slice.
+Every rank must hold the same number of samples (use ``drop_last``).
+
+MTC draws its sampling plan for the whole global batch from the generator passed in; seed it
+identically on every rank (e.g. ``cfg.seed + step``, not the rank) and the 2-rank losses and
+gradients equal the single-process ones exactly. Seeded differently per rank, the loss stays
+valid but the draws differ.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from .config import check
+
+IGNORE_INDEX = -100  # MLM labels of unselected tokens (Hugging Face convention)
+NO_TARGET = -1  # MTC rows whose key is equally near to two values (ignored)
+
+
+@dataclass
+class ObjectiveConfig:
+    vpc_weight: float = 1.0
+    mtc_weight: float = 0.25
+    mlm_weight: float = 1.0
+    vtm_weight: float = 10.0
+    temperature: float = 0.05  # fixed, not learned (SPEC §4); used by VPC and MTC
+    mtc_num_key: int = 2
+    mtc_num_value: int = 2
+    mtc_num_other_neg: int = 3
+    mlm_probability: float = 0.15
+    seed: int = 0  # base seed of the MTC / MLM / VTM generators (same on every rank)
+
+    def __post_init__(self) -> None:
+        for name in ("vpc_weight", "mtc_weight", "mlm_weight", "vtm_weight"):
+            value = getattr(self, name)
+            check(value >= 0.0, name, f"must be >= 0, got {value}")
+        check(self.temperature > 0.0, "temperature", f"must be > 0, got {self.temperature}")
+        check(self.mtc_num_key >= 1, "mtc_num_key", f"must be >= 1, got {self.mtc_num_key}")
+        check(self.mtc_num_value >= 1, "mtc_num_value", f"must be >= 1, got {self.mtc_num_value}")
+        check(self.mtc_num_other_neg >= 0, "mtc_num_other_neg", f"must be >= 0, got {self.mtc_num_other_neg}")
+        check(
+            0.0 < self.mlm_probability <= 1.0,
+            "mlm_probability",
+            f"must be in (0, 1], got {self.mlm_probability}",
+        )
+        check(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+
+
+# --------------------------------------------------------------------------- distributed
+
+
+def _distributed(group=None) -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
+
+
+def rank_and_world(group=None) -> tuple[int, int]:
+    """(rank, world size) in ``group``; (0, 1) when torch.distributed is not in use."""
+    if not _distributed(group):
+        return 0, 1
+    return dist.get_rank(group), dist.get_world_size(group)
+
+
+class _AllGatherWithGrad(torch.autograd.Function):
+    """Concatenate ``x`` from all ranks along dim 0; backward sums over ranks, keeps our slice."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:
+        rank, world = dist.get_rank(group), dist.get_world_size(group)
+        ctx.rank, ctx.local, ctx.group = rank, x.shape[0], group
+        parts = [torch.empty_like(x) for _ in range(world)]
+        dist.all_gather(parts, x.contiguous(), group=group)
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        # Every rank's loss may depend on our slice (as candidates/negatives); the gradient of
+        # the sum of the per-rank losses w.r.t. our slice is the sum of what each rank sends.
+        # DDP's 1/world averaging of parameter gradients then turns the sum into the mean.
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
+        start = ctx.rank * ctx.local
+        return grad[start : start + ctx.local], None
+
+
+def _check_same_shape(x: torch.Tensor, group) -> None:
+    # all_gather needs identical shapes; with NCCL a mismatch can hang or return garbage.
+    shape = torch.tensor(list(x.shape), dtype=torch.long, device=x.device)
+    shapes = [torch.empty_like(shape) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(shapes, shape, group=group)
+    if any(not torch.equal(s, shape) for s in shapes):
+        found = [tuple(s.tolist()) for s in shapes]
+        raise ValueError(f"all_gather_with_grad: every rank needs the same shape (use drop_last), got {found}")
+
+
+def all_gather_with_grad(x: torch.Tensor, group=None) -> torch.Tensor:
+    """``x`` (B, ...) from every rank concatenated in rank order -> (world·B, ...).
+
+    Gradients flow back to each rank's own slice: backward all-reduces (sums) the incoming
+    gradient and returns this rank's rows (see the module docstring for the scaling). The
+    identity when torch.distributed is not initialised or the world has one rank.
+    """
+    if not _distributed(group):
+        return x
+    _check_same_shape(x, group)
+    return _AllGatherWithGrad.apply(x, group)
+
+
+def _upcast(x: torch.Tensor) -> torch.Tensor:
+    """fp16/bf16 logits at temperature 0.05 lose precision; score in at least float32."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def _zero_with_graph(*tensors: torch.Tensor) -> torch.Tensor:
+    """A 0 that still connects to the inputs, so ``backward`` works on every rank."""
+    return sum(t.sum() for t in tensors) * 0.0
+
+
+# --------------------------------------------------------------------------- VPC
+
+
+def video_paragraph_contrastive_loss(
+    video: torch.Tensor, paragraph: torch.Tensor, temperature: float = 0.05, group=None
+) -> torch.Tensor:
+    """Global video–paragraph contrastive loss (VPC), both directions summed.
+
+    video, paragraph: (B, D) local features, assumed L2-normalised; row ``b`` of each is the
+    same sample. Both are all-gathered (with gradient) to the global batch (G = world·B).
+    Returns a scalar: mean over the local rows of CE(video→all paragraphs) plus mean over the
+    local rows of CE(paragraph→all videos). The mean of this over ranks equals the
+    single-process loss on the global batch.
+    """
+    if video.shape != paragraph.shape or video.dim() != 2:
+        raise ValueError(f"video and paragraph must both be (B, D), got {tuple(video.shape)} and {tuple(paragraph.shape)}")
+    rank, _ = rank_and_world(group)
+    local = video.shape[0]
+    all_video = all_gather_with_grad(video, group)  # (G, D)
+    all_paragraph = all_gather_with_grad(paragraph, group)  # (G, D)
+    # Local rows against global columns; the positive of local row b is global column rank·B + b.
+    targets = torch.arange(local, device=video.device) + rank * local
+    video_to_paragraph = _upcast(video) @ _upcast(all_paragraph).t() / temperature  # (B, G)
+    paragraph_to_video = _upcast(paragraph) @ _upcast(all_video).t() / temperature  # (B, G)
+    return F.cross_entropy(video_to_paragraph, targets) + F.cross_entropy(paragraph_to_video, targets)
+
+
+# --------------------------------------------------------------------------- MTC
+
+
+@dataclass
+class TemporalContrastivePlan:
+    """The random draws of one MTC direction, for every sample of the global batch.
+
+    Positions index clips/sentences (0..M−1), videos index the global batch (0..G−1).
+    """
+
+    key_pos: torch.Tensor  # (G, num_key) long, distinct per row
+    value_pos: torch.Tensor  # (G, num_value) long, distinct per row
+    target: torch.Tensor  # (G, num_key) long: index into value_pos of the nearest value, or NO_TARGET on a tie
+    other_video: torch.Tensor  # (G, O) long: other videos (never the row's own), distinct when G−1 >= O
+    other_pos: torch.Tensor  # (G, O) long: one random position in each of those videos
+
+    def to(self, device) -> "TemporalContrastivePlan":
+        return TemporalContrastivePlan(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
+
+
+def sample_temporal_contrastive_plan(
+    num_videos: int, num_positions: int, cfg: ObjectiveConfig, generator: torch.Generator
+) -> TemporalContrastivePlan:
+    """Draw one MTC direction's keys, values and other-video negatives for a global batch.
+
+    All draws come from ``generator`` (on its device), in a fixed order, so a seeded generator
+    reproduces the plan. Other-video negatives are distinct videos when the batch has at least
+    ``num_other_neg + 1`` videos, drawn with replacement (still never the own video) when it
+    is smaller, and absent when it holds one video.
+    """
+    G, M = num_videos, num_positions
+    K, V, O = cfg.mtc_num_key, cfg.mtc_num_value, cfg.mtc_num_other_neg
+    if K > M or V > M:
+        raise ValueError(f"MTC needs mtc_num_key ({K}) and mtc_num_value ({V}) <= clips per sample ({M})")
+    device = generator.device
+
+    def distinct(count: int, choices: int) -> torch.Tensor:
+        # A uniformly random ordered subset per row: the first `count` of a random permutation.
+        return torch.rand(G, choices, generator=generator, device=device).argsort(dim=1)[:, :count]
+
+    key_pos = distinct(K, M)  # (G, K)
+    value_pos = distinct(V, M)  # (G, V)
+    distance = (key_pos[:, :, None] - value_pos[:, None, :]).abs()  # (G, K, V)
+    nearest = distance.min(dim=2, keepdim=True).values
+    tie = (distance == nearest).sum(dim=2) > 1  # (G, K)
+    target = distance.argmin(dim=2).masked_fill(tie, NO_TARGET)
+
+    if G == 1:
+        O = 0
+    if O <= G - 1:
+        # Distinct other videos: sort random keys with the own video pushed last.
+        scores = torch.rand(G, G, generator=generator, device=device)
+        scores.fill_diagonal_(2.0)
+        other_video = scores.argsort(dim=1)[:, :O]
+    else:
+        # Too few videos for distinct negatives: draw among the G−1 others, then skip the own index.
+        draw = torch.randint(0, G - 1, (G, O), generator=generator, device=device)
+        own = torch.arange(G, device=device)[:, None]
+        other_video = draw + (draw >= own).long()
+    other_pos = torch.randint(0, M, (G, O), generator=generator, device=device)
+    return TemporalContrastivePlan(key_pos, value_pos, target, other_video, other_pos)
+
+
+@dataclass
+class TemporalContrastiveOutput:
+    loss: torch.Tensor  # scalar: sentence_to_clip + clip_to_sentence
+    sentence_to_clip: torch.Tensor  # scalar
+    clip_to_sentence: torch.Tensor  # scalar
+    accuracy: torch.Tensor  # scalar, detached: share of this rank's scored rows whose target scores highest
+    num_rows: int  # rows scored on this rank (both directions)
+    num_ties: int  # rows ignored on this rank because two values were equally near
+    plans: tuple[TemporalContrastivePlan, TemporalContrastivePlan]  # (sentence→clip, clip→sentence), global
+
+
+def _temporal_direction(
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    plan: TemporalContrastivePlan,
+    rows: slice,
+    world: int,
+    temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One MTC direction. keys, values: (G, M, D) global. Returns (loss, correct rows)."""
+    # Normalise by the scored rows of the *global* plan so that the mean over ranks of the
+    # per-rank losses is the global mean, whatever the tie count on each rank.
+    global_rows = int((plan.target != NO_TARGET).sum())  # the plan is on the generator's device: no sync
+    plan = plan.to(keys.device)
+    local = torch.arange(rows.start, rows.stop, device=keys.device)  # global indices of our videos
+    key_pos, value_pos, target = plan.key_pos[rows], plan.value_pos[rows], plan.target[rows]  # (B, K), (B, V), (B, K)
+    query = keys[local[:, None], key_pos]  # (B, K, D)
+    same_video = values[local[:, None], value_pos]  # (B, V, D)
+    other = values[plan.other_video[rows], plan.other_pos[rows]]  # (B, O, D)
+    candidates = torch.cat([same_video, other], dim=1)  # (B, V+O, D)
+    logits = torch.einsum("bkd,bcd->bkc", _upcast(query), _upcast(candidates)) / temperature  # (B, K, V+O)
+    correct = ((logits.detach().argmax(dim=2) == target) & (target != NO_TARGET)).sum()
+    if global_rows == 0:
+        return _zero_with_graph(keys, values), correct
+    summed = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=NO_TARGET, reduction="sum")
+    return summed * world / global_rows, correct
+
+
+def temporal_contrastive_loss(
+    sentences: torch.Tensor,
+    clips: torch.Tensor,
+    generator: torch.Generator | None,
+    cfg: ObjectiveConfig | None = None,
+    *,
+    plans: tuple[TemporalContrastivePlan, TemporalContrastivePlan] | None = None,
+    group=None,
+) -> TemporalContrastiveOutput:
+    """Multimodal temporal contrastive loss (MTC), SPEC §4.
+
+    sentences, clips: (B, M, D) local, assumed L2-normalised; ``[b, i]`` is sentence/clip ``i``
+    of sample ``b``. Both are all-gathered (with gradient) so other-video negatives come from
+    the global batch. ``generator`` draws the two plans (sentence→clip first, then
+    clip→sentence) with ``sample_temporal_contrastive_plan``; pass ``plans`` instead to score
+    given draws. Each direction's loss is the mean cross-entropy over the non-tied rows of the
+    global batch (this rank's share, scaled as in the module docstring); the two are summed.
+    If every row of a direction is tied its loss is 0, still connected to the graph.
+    """
+    cfg = cfg or ObjectiveConfig()
+    if sentences.shape != clips.shape or sentences.dim() != 3:
+        raise ValueError(f"sentences and clips must both be (B, M, D), got {tuple(sentences.shape)} and {tuple(clips.shape)}")
+    rank, world = rank_and_world(group)
+    local, positions = sentences.shape[:2]
+    all_sentences = all_gather_with_grad(sentences, group)  # (G, M, D)
+    all_clips = all_gather_with_grad(clips, group)  # (G, M, D)
+    num_videos = all_sentences.shape[0]
+    if plans is None:
+        if generator is None:
+            raise ValueError("temporal_contrastive_loss needs a torch.Generator (or explicit plans)")
+        plans = (
+            sample_temporal_contrastive_plan(num_videos, positions, cfg, generator),
+            sample_temporal_contrastive_plan(num_videos, positions, cfg, generator),
+        )
+    for plan in plans:
+        if plan.key_pos.shape[0] != num_videos:
+            raise ValueError(f"MTC plan covers {plan.key_pos.shape[0]} videos, the global batch has {num_videos}")
+    rows = slice(rank * local, (rank + 1) * local)
+    s2c, correct_s2c = _temporal_direction(all_sentences, all_clips, plans[0], rows, world, cfg.temperature)
+    c2s, correct_c2s = _temporal_direction(all_clips, all_sentences, plans[1], rows, world, cfg.temperature)
+    scored = sum(int((p.target[rows] != NO_TARGET).sum()) for p in plans)
+    tied = sum(int((p.target[rows] == NO_TARGET).sum()) for p in plans)
+    return TemporalContrastiveOutput(
+        loss=s2c + c2s,
+        sentence_to_clip=s2c,
+        clip_to_sentence=c2s,
+        accuracy=(correct_s2c + correct_c2s).float() / max(scored, 1),
+        num_rows=scored,
+        num_ties=tied,
+        plans=plans,
+    )
+
+
+# --------------------------------------------------------------------------- MLM
+
+
+class MaskedTokens(NamedTuple):
+    input_ids: torch.Tensor  # (N, L) with [MASK] / random / kept tokens at the selected places
+    labels: torch.Tensor  # (N, L) original id at the selected places, IGNORE_INDEX elsewhere
+
+
+def mask_tokens(
+    input_ids: torch.Tensor,
+    special_tokens_mask: torch.Tensor,
+    vocab_size: int,
+    mask_token_id: int,
+    probability: float = 0.15,
+    generator: torch.Generator | None = None,
+    attention_mask: torch.Tensor | None = None,
+) -> MaskedTokens:
+    """BERT masking of text tokens: select ``probability`` of the eligible tokens; of those,
+    80% -> ``mask_token_id``, 10% -> a uniformly random id in [0, vocab_size), 10% unchanged.
+
+    input_ids: (N, L) text ids only (video tokens never pass through here).
+    special_tokens_mask: (N, L), true for [CLS]/[SEP]/[PAD] and other special tokens.
+    attention_mask: optional (N, L), 0 on padding; padding is never selected either way.
+    ``input_ids`` is not modified.
+    """
+    eligible = ~special_tokens_mask.bool()
+    if attention_mask is not None:
+        eligible &= attention_mask.bool()
+    device = generator.device if generator is not None else input_ids.device
+    shape = input_ids.shape
+    selected = (torch.rand(shape, generator=generator, device=device) < probability).to(input_ids.device) & eligible
+    how = torch.rand(shape, generator=generator, device=device).to(input_ids.device)
+    random_ids = torch.randint(0, vocab_size, shape, generator=generator, device=device).to(input_ids.device)
+    labels = input_ids.masked_fill(~selected, IGNORE_INDEX)
+    masked = input_ids.clone()
+    masked[selected & (how < 0.8)] = mask_token_id
+    to_random = selected & (how >= 0.8) & (how < 0.9)
+    masked[to_random] = random_ids[to_random].to(masked.dtype)
+    return MaskedTokens(masked, labels)
+
+
+def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the labelled tokens. logits (..., V), labels (...) with
+    IGNORE_INDEX on unlabelled tokens; 0 (with a graph) when no token is labelled."""
+    labels = labels.flatten()
+    # Sum / count rather than reduction="mean": no host sync, and 0 rather than NaN when empty.
+    summed = F.cross_entropy(_upcast(logits.flatten(0, -2)), labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    return summed / (labels != IGNORE_INDEX).sum().clamp(min=1)
+
+
+# --------------------------------------------------------------------------- VTM
+
+
+class VideoTextMatchingPairs(NamedTuple):
+    video_index: torch.Tensor  # (B,) long: the sample whose video pairs with text b
+    labels: torch.Tensor  # (B,) long: 1 matched (video_index[b] == b), 0 mismatched
+
+
+def _derangement(n: int, generator: torch.Generator) -> torch.Tensor:
+    """A uniformly random permutation of 0..n−1 with no fixed point (n >= 2); rejection
+    sampling accepts with probability ≈ 1/e."""
+    while True:
+        perm = torch.randperm(n, generator=generator, device=generator.device)
+        if not bool((perm == torch.arange(n, device=perm.device)).any()):
+            return perm
+
+
+def video_text_matching_pairs(batch_size: int, generator: torch.Generator) -> VideoTextMatchingPairs:
+    """Choose ``batch_size // 2`` samples to mismatch; the rest keep their own video.
+
+    The mismatched samples swap videos among themselves by a random derangement, so every
+    video is still used once and none pairs with its own text. With a single mismatched
+    sample (batch of 2 or 3) it takes the video of a random other sample instead. Tensors live
+    on the generator's device.
+    """
+    if batch_size < 1:
+        raise ValueError(f"video_text_matching_pairs: batch_size must be >= 1, got {batch_size}")
+    device = generator.device
+    video_index = torch.arange(batch_size, device=device)
+    labels = torch.ones(batch_size, dtype=torch.long, device=device)
+    num_mismatched = batch_size // 2
+    chosen = torch.randperm(batch_size, generator=generator, device=device)[:num_mismatched]
+    if num_mismatched >= 2:
+        video_index[chosen] = chosen[_derangement(num_mismatched, generator)]
+    elif num_mismatched == 1:
+        other = int(torch.randint(0, batch_size - 1, (1,), generator=generator, device=device))
+        video_index[chosen] = other + int(other >= int(chosen))
+    labels[chosen] = 0
+    return VideoTextMatchingPairs(video_index, labels)
+
+
+def vtm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Two-way cross-entropy: logits (N, 2), labels (N,) with 1 = matched, 0 = mismatched."""
+    return F.cross_entropy(_upcast(logits), labels)
+
+
+# --------------------------------------------------------------------------- stages
+
+
+def pretrain_stage1_loss(
+    video: torch.Tensor,
+    paragraph: torch.Tensor,
+    sentences: torch.Tensor,
+    clips: torch.Tensor,
+    generator: torch.Generator,
+    cfg: ObjectiveConfig | None = None,
+    group=None,
+) -> dict[str, torch.Tensor]:
+    """Stage 1: ``total = vpc_weight·VPC + mtc_weight·MTC`` (1.0 and 0.25 by default).
+
+    video, paragraph: (B, D) global features; sentences, clips: (B, M, D) local features;
+    all L2-normalised. Returns the weighted terms ``vpc`` and ``mtc`` and their sum ``total``.
+    """
+    cfg = cfg or ObjectiveConfig()
+    vpc = video_paragraph_contrastive_loss(video, paragraph, cfg.temperature, group=group)
+    mtc = temporal_contrastive_loss(sentences, clips, generator, cfg, group=group).loss
+    terms = {"vpc": cfg.vpc_weight * vpc, "mtc": cfg.mtc_weight * mtc}
+    terms["total"] = terms["vpc"] + terms["mtc"]
+    return terms
+
+
+def pretrain_stage2_loss(
+    mlm_logits: torch.Tensor,
+    mlm_labels: torch.Tensor,
+    vtm_logits: torch.Tensor,
+    vtm_labels: torch.Tensor,
+    cfg: ObjectiveConfig | None = None,
+) -> dict[str, torch.Tensor]:
+    """Stage 2: ``total = mlm_weight·MLM + vtm_weight·VTM`` (1 and 10 by default).
+
+    mlm_logits (N, L, V) and mlm_labels (N, L) come from the same forward pass as vtm_logits
+    (N, 2); MLM counts on matched pairs only, so labels of rows with ``vtm_labels == 0`` are
+    ignored. Returns the weighted terms ``mlm`` and ``vtm`` and their sum ``total``.
+    """
+    cfg = cfg or ObjectiveConfig()
+    matched_labels = mlm_labels.masked_fill(vtm_labels[:, None] == 0, IGNORE_INDEX)
+    terms = {
+        "mlm": cfg.mlm_weight * mlm_loss(mlm_logits, matched_labels),
+        "vtm": cfg.vtm_weight * vtm_loss(vtm_logits, vtm_labels),
+    }
+    terms["total"] = terms["mlm"] + terms["vtm"]
+    return terms
