@@ -1,0 +1,250 @@
+"""Heads on the encoders' features: contrastive projections, MLM, VTM and the QA heads.
+
+Paper ideas (LF-VILA, SPEC §4 and §6):
+
+* **Contrastive projections.** Features for VPC (global Video–Paragraph Contrastive) and MTC
+  (Multimodal Temporal Contrastive) go through a linear map (1024→1024 in the paper) and L2
+  normalisation; separate *global* projections (video, paragraph) and *local* ones (clip,
+  sentence). Input widths are configurable: the video side comes from the video encoder, the
+  text side is the BERT width H.
+* **MLM (Masked Language Modelling).** BERT's prediction head: dense + activation +
+  LayerNorm, then a decoder to the vocabulary with its own bias; the decoder can share the
+  word-embedding matrix (``tie_word_embeddings``). The authors did *not* tie it.
+* **VTM (Video–Text Matching).** A 2-way linear classifier on the pooled first token.
+* **Multiple-choice QA (How2QA).** One logit per candidate from the pooled output (the caller
+  applies the softmax over the K = 4 candidates), plus a per-frame span head: each frame's
+  fused video tokens, averaged, get 2 logits (out of / in the annotated span); per frame the
+  maximum over the candidates is kept, as in the release. ``class_balanced_span_loss`` is its
+  loss (weight 1 in the paper, applied by the caller).
+* **Classification QA (VIOLIN: 2 labels, ActivityNet-QA: 1654 answer classes).** A linear
+  classifier on the pooled output.
+
+Parameter names here against the authors' checkpoint keys (shared/fixtures/official-checkpoint-keys):
+
+    ContrastiveProjections: video.linear.*     video_global_proj.*
+                            paragraph.linear.* text_global_proj.*
+                            clip.linear.*      video_local_proj.*
+                            sentence.linear.*  text_local_proj.*
+    MaskedLanguageModelingHead: transform.dense.*, transform.LayerNorm.*
+                                               text_encoder.cls.predictions.transform.{dense,LayerNorm}.*
+                            decoder.weight     text_encoder.cls.predictions.decoder.weight (absent when tied)
+                            bias               text_encoder.cls.predictions.bias
+                                               (= ...decoder.bias, the same tensor saved twice)
+    VideoTextMatchingHead:  classifier.*       text_encoder.seq_relationship.*
+    MultipleChoiceHead:     classifier.*       text_encoder.classifier.*       [1, H]
+                            span_classifier.*  text_encoder.span_classifier.*  [2, H]
+    ClassificationHead:     classifier.*       text_encoder.classifier.*       [num_labels, H]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import check
+
+
+@dataclass
+class ProjectionConfig:
+    embed_dim: int = 1024  # width of the shared contrastive space
+    video_dim: int = 1024  # global video feature (mean of the video encoder's final tokens)
+    clip_dim: int = 1024  # clip feature (intra-clip layers + PatchMerging head, mean per clip)
+    text_dim: int = 1024  # BERT width H (paragraph and sentence features)
+
+    def __post_init__(self) -> None:
+        for name in ("embed_dim", "video_dim", "clip_dim", "text_dim"):
+            value = getattr(self, name)
+            check(value >= 1, name, f"must be >= 1, got {value}")
+
+
+def init_like_bert(module: nn.Module, std: float = 0.02) -> None:
+    """BERT's initialisation for fresh heads (what the release's ``post_init`` did):
+    linear weights N(0, std), biases 0, LayerNorm 1 / 0."""
+    for sub in module.modules():
+        if isinstance(sub, nn.Linear):
+            nn.init.normal_(sub.weight, std=std)
+            if sub.bias is not None:
+                nn.init.zeros_(sub.bias)
+        elif isinstance(sub, nn.LayerNorm):
+            nn.init.ones_(sub.weight)
+            nn.init.zeros_(sub.bias)
+
+
+class ProjectionHead(nn.Module):
+    """Linear map then L2 normalisation: (..., in_dim) -> (..., out_dim), unit norm.
+
+    Default ``nn.Linear`` initialisation, as in the release (plain modules there).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_dim, out_dim)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.linear(features), dim=-1)
+
+
+class ContrastiveProjections(nn.Module):
+    """The four projections: global (video, paragraph) for VPC, local (clip, sentence) for MTC."""
+
+    def __init__(self, cfg: ProjectionConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.video = ProjectionHead(cfg.video_dim, cfg.embed_dim)  # (B, Dv) -> (B, D)
+        self.paragraph = ProjectionHead(cfg.text_dim, cfg.embed_dim)  # (B, H) -> (B, D)
+        self.clip = ProjectionHead(cfg.clip_dim, cfg.embed_dim)  # (B, M, Dc) -> (B, M, D)
+        self.sentence = ProjectionHead(cfg.text_dim, cfg.embed_dim)  # (B, M, H) -> (B, M, D)
+
+
+class PredictionTransform(nn.Module):
+    """BERT's MLM transform: dense, activation, LayerNorm (names kept from BERT for weight import)."""
+
+    def __init__(self, hidden_size: int, hidden_act: str = "gelu", layer_norm_eps: float = 1e-12) -> None:
+        super().__init__()
+        from transformers.activations import get_activation
+
+        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.activation = get_activation(hidden_act)
+        self.LayerNorm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.activation(self.dense(hidden)))
+
+
+class MaskedLanguageModelingHead(nn.Module):
+    """Text token states (..., H) -> vocabulary logits (..., V).
+
+    With ``tied_embedding`` the decoder is that embedding's weight matrix, read at call time
+    and kept out of this module's parameters (saved once, under the embedding's name).
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        vocab_size: int,
+        hidden_act: str = "gelu",
+        layer_norm_eps: float = 1e-12,
+        tied_embedding: nn.Embedding | None = None,
+        initializer_range: float = 0.02,
+    ) -> None:
+        super().__init__()
+        self.transform = PredictionTransform(hidden_size, hidden_act, layer_norm_eps)
+        if tied_embedding is not None:
+            if tuple(tied_embedding.weight.shape) != (vocab_size, hidden_size):
+                raise ValueError(
+                    f"tied embedding is {tuple(tied_embedding.weight.shape)}, expected {(vocab_size, hidden_size)}"
+                )
+            self.decoder = None
+            self._tied = (tied_embedding,)  # a tuple: not registered as a submodule
+        else:
+            self.decoder = nn.Linear(hidden_size, vocab_size, bias=False)
+            self._tied = ()
+        self.bias = nn.Parameter(torch.zeros(vocab_size))
+        init_like_bert(self, initializer_range)
+
+    @classmethod
+    def from_bert(cls, bert: nn.Module, tie_word_embeddings: bool = False) -> "MaskedLanguageModelingHead":
+        """Sized from a ``transformers`` BERT (its config), optionally tied to its word embeddings."""
+        config = bert.config
+        return cls(
+            config.hidden_size,
+            config.vocab_size,
+            config.hidden_act,
+            config.layer_norm_eps,
+            tied_embedding=bert.get_input_embeddings() if tie_word_embeddings else None,
+            initializer_range=getattr(config, "initializer_range", 0.02),
+        )
+
+    @property
+    def decoder_weight(self) -> torch.Tensor:
+        return self._tied[0].weight if self._tied else self.decoder.weight
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, N, H), e.g. ``CrossModalOutput.text_states`` -> (B, N, V) logits."""
+        return F.linear(self.transform(hidden), self.decoder_weight, self.bias)
+
+
+class VideoTextMatchingHead(nn.Module):
+    """Pooled fusion output (B, H) -> (B, 2) logits: 0 = mismatched, 1 = matched."""
+
+    def __init__(self, hidden_size: int, initializer_range: float = 0.02) -> None:
+        super().__init__()
+        self.classifier = nn.Linear(hidden_size, 2)
+        init_like_bert(self, initializer_range)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.classifier(pooled)
+
+
+@dataclass
+class MultipleChoiceOutput:
+    choice_logits: torch.Tensor  # (B, K), softmax over K by the caller
+    span_logits: torch.Tensor | None  # (B, T, 2), out of / in the span, max over the K candidates
+
+
+class MultipleChoiceHead(nn.Module):
+    """How2QA head: 1 logit per candidate, plus the per-frame span classifier."""
+
+    def __init__(self, hidden_size: int, dropout: float = 0.1, initializer_range: float = 0.02) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden_size, 1)
+        self.span_classifier = nn.Linear(hidden_size, 2)
+        init_like_bert(self, initializer_range)
+
+    def forward(
+        self, pooled: torch.Tensor, num_choices: int, frame_states: torch.Tensor | None = None
+    ) -> MultipleChoiceOutput:
+        """pooled (B·K, H) and frame_states (B·K, T, H), candidate-major within a sample
+        (row b·K + k is candidate k of sample b) -> ``MultipleChoiceOutput``."""
+        if pooled.shape[0] % num_choices:
+            raise ValueError(f"{pooled.shape[0]} rows are not a multiple of num_choices={num_choices}")
+        choice_logits = self.classifier(self.dropout(pooled)).view(-1, num_choices)  # (B, K)
+        span_logits = None
+        if frame_states is not None:
+            per_choice = self.span_classifier(frame_states)  # (B·K, T, 2)
+            frames = per_choice.shape[1]
+            span_logits = per_choice.view(-1, num_choices, frames, 2).amax(dim=1)  # (B, T, 2)
+        return MultipleChoiceOutput(choice_logits=choice_logits, span_logits=span_logits)
+
+
+def class_balanced_span_loss(
+    span_logits: torch.Tensor, span_labels: torch.Tensor, frame_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-frame in/out-of-span cross-entropy, each class weighted to half of each sample's loss.
+
+    span_logits (B, T, 2), span_labels (B, T) in {0, 1}, frame_mask (B, T) optional (True =
+    real frame). Per sample: 0.5 · mean CE over its in-span frames + 0.5 · mean CE over its
+    out-of-span frames (a class the sample lacks adds 0); then the mean over samples. This is
+    the authors' weighting (frame weight T·0.5 / N_class, then the mean over all frames).
+    Two-way softmax CE equals BCE on the logit difference.
+    """
+    batch, frames, _ = span_logits.shape
+    ce = F.cross_entropy(span_logits.reshape(-1, 2).float(), span_labels.reshape(-1).long(), reduction="none")
+    ce = ce.view(batch, frames)
+    valid = torch.ones_like(ce, dtype=torch.bool) if frame_mask is None else frame_mask.to(torch.bool)
+    inside = (span_labels == 1) & valid
+    outside = (span_labels == 0) & valid
+    per_sample = 0.0
+    for members in (inside, outside):
+        weight = members.to(ce.dtype)
+        per_sample = per_sample + 0.5 * (ce * weight).sum(dim=1) / weight.sum(dim=1).clamp(min=1.0)
+    return per_sample.mean()
+
+
+class ClassificationHead(nn.Module):
+    """Pooled fusion output (B, H) -> (B, num_labels): VIOLIN (2), ActivityNet-QA (1654)."""
+
+    def __init__(
+        self, hidden_size: int, num_labels: int, dropout: float = 0.1, initializer_range: float = 0.02
+    ) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden_size, num_labels)
+        init_like_bert(self, initializer_range)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(pooled))
