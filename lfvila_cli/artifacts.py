@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,13 +115,20 @@ class Workdir:
             raise ArtifactError(f"{manifest}: unreadable manifest ({exc})") from None
         return Artifact(stage, data.get("key", key), path, data)
 
-    def artifacts(self, stage: str | None = None) -> list[Artifact]:
+    def artifacts(self, stage: str | None = None, damaged: list[Path] | None = None) -> list[Artifact]:
+        """Committed artifacts; directories whose manifest cannot be read go to ``damaged``."""
         stages = [stage] if stage else sorted(p.name for p in (self.root / "store").glob("*") if p.is_dir())
         found = []
         for name in stages:
             for path in sorted(self.stage_dir(name).glob("*")):
                 if path.is_dir() and not path.name.startswith(".") and not path.name.endswith(".partial"):
-                    artifact = self.get(name, path.name)
+                    try:
+                        artifact = self.get(name, path.name)
+                    except ArtifactError:
+                        if damaged is None:
+                            raise
+                        damaged.append(path)
+                        continue
                     if artifact is not None:
                         found.append(artifact)
         return sorted(found, key=lambda a: (a.stage, a.manifest.get("created", 0)))
@@ -172,20 +180,30 @@ class Workdir:
         folder = self.stage_dir(stage)
         folder.mkdir(parents=True, exist_ok=True)
         self._remove_dead_temps(folder)
-        path = folder / f".tmp-{key[:KEY_CHARS]}-{os.getpid()}-{time.monotonic_ns() % 10**9}"
+        path = folder / f".tmp-{key[:KEY_CHARS]}-{_HOST}-{os.getpid()}-{time.monotonic_ns() % 10**9}"
         path.mkdir()
         return path
 
     @staticmethod
     def _remove_dead_temps(folder: Path) -> None:
-        """Delete temporary directories whose writing process is gone (a killed earlier run)."""
-        for path in folder.glob(".tmp-*"):
+        """Delete temporary and trash directories left by a killed run of *this* host.
+
+        Names carry host and pid (``.tmp-<key>-<host>-<pid>-<n>``, ``.trash-<key>-<host>-<pid>``):
+        on a work directory shared between machines, another host's work in progress is left alone.
+        """
+        for path in list(folder.glob(".tmp-*")) + list(folder.glob(".trash-*")):
+            parts = path.name.split("-")
             try:
-                pid = int(path.name.split("-")[2])
+                host, pid = parts[2], int(parts[3])
             except (IndexError, ValueError):
                 continue
-            if not _pid_alive(pid):
+            if host == _HOST and not _pid_alive(pid):
                 shutil.rmtree(path, ignore_errors=True)
+
+    def invalidate(self, stage: str, key: str) -> None:
+        """Make a committed artifact invisible (``--force`` is about to replace its outputs)."""
+        manifest = self.artifact_dir(stage, key) / MANIFEST
+        manifest.unlink(missing_ok=True)
 
     def commit(self, work_dir: Path, stage: str, key: str, manifest: dict, config: dict) -> Artifact:
         """Write config + manifest (last) into ``work_dir`` and rename it to its final name.
@@ -198,13 +216,16 @@ class Workdir:
         final = self.artifact_dir(stage, key)
         trash = None
         if final.exists():
-            trash = final.with_name(f".trash-{final.name}-{os.getpid()}")
+            trash = final.with_name(f".trash-{final.name}-{_HOST}-{os.getpid()}")
             os.replace(final, trash)
         os.replace(work_dir, final)
         if trash is not None:
             shutil.rmtree(trash, ignore_errors=True)
         _fsync_dir(final.parent)
         return Artifact(stage, key, final, manifest)
+
+
+_HOST = "".join(c for c in socket.gethostname() if c.isalnum())[:32] or "host"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -214,7 +235,10 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # a killed process not yet reaped by its parent is a zombie: as good as gone
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def _fsync_dir(path: Path) -> None:

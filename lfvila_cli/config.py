@@ -29,9 +29,11 @@ def load_yaml(path: str | Path) -> dict:
 
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -45,21 +47,36 @@ def load_yaml(path: str | Path) -> dict:
     return data
 
 
+class Override(str):
+    """A ``--set`` value: the text as typed, plus its YAML reading.
+
+    A string field takes the text verbatim (``--set jsonl.path=2024-01-01.jsonl`` stays a path,
+    not a date); every other field takes the YAML value (``3``, ``true``, ``[1, 2]``, ``null``).
+    """
+
+    parsed: Any
+
+    def __new__(cls, raw: str, parsed: Any) -> "Override":
+        obj = super().__new__(cls, raw)
+        obj.parsed = parsed
+        return obj
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """``a.b=c`` -> (["a", "b"], value), the value read as YAML (``3`` int, ``[1,2]`` list)."""
+    """``a.b=c`` -> (["a", "b"], Override("c")), the value kept as text and as YAML."""
     import yaml
 
     if "=" not in text:
-        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set example.num_videos=12")
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set example.train_videos=12")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"--set {text!r}: empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        parsed = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
-        value = raw
-    return key.split("."), value
+        parsed = raw
+    return key.split("."), Override(raw, parsed)
 
 
 def merge(base: dict, update: dict) -> dict:
@@ -122,6 +139,13 @@ def _type_name(tp: Any) -> str:
 
 
 def _convert(tp: Any, value: Any, key: str) -> Any:
+    if isinstance(value, Override):
+        if tp is str:
+            value = str(value)
+        elif typing.get_origin(tp) in (Union, types.UnionType) and str in typing.get_args(tp):
+            value = None if str(value).strip() in ("null", "~") else str(value)
+        else:
+            value = value.parsed
     origin = typing.get_origin(tp) or (tp if tp in (list, tuple, dict) else None)
     if tp is Any:
         return value

@@ -28,7 +28,7 @@ app = typer.Typer(
 
 WorkdirOpt = typer.Option(Path("lfvila-work"), "--workdir", "-w", envvar="LFVILA_WORKDIR", help="Work directory holding the artifact store and refs.")
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file(s) for this stage, applied in order over the defaults.")
-SetOpt = typer.Option(None, "--set", "-s", help="Override one config key, e.g. --set example.train_videos=8 (repeatable).")
+SetOpt = typer.Option(None, "--set", "-s", help="Override one config key of this stage, KEY=VALUE (repeatable); see the examples below.")
 ForceOpt = typer.Option(False, "--force", help="Rerun even if an artifact with the same key exists.")
 DryRunOpt = typer.Option(False, "--dry-run", help="Show whether the stage would run or is up to date; do no work.")
 NameOpt = typer.Option(None, "--name", help="Also record the artifact under this ref name (besides 'latest').")
@@ -60,6 +60,15 @@ def command(func):
             if debug:
                 raise
             _fail("interrupted; completed work is kept, rerun to resume", 130)
+        except OSError as exc:  # a path the user gave: a file where a directory should be, no permission...
+            if debug:
+                raise
+            where = exc.filename or ""
+            _fail(f"{where}: {exc.strerror or exc}" if where else str(exc), 1)
+        except ImportError as exc:  # e.g. an s3:// URL without s3fs installed
+            if debug:
+                raise
+            _fail(f"missing package: {exc}", 1)
 
     return wrapper
 
@@ -122,6 +131,7 @@ def cache(
     corpus: str = typer.Option("latest", "--corpus", help="The prepare artifact to cache: ref name, key (prefix) or artifact directory."),
     max_failure_rate: Optional[float] = typer.Option(None, "--max-failure-rate", help="Fail when more than this fraction of segments cannot be decoded (default 0.05)."),
     store_url: Optional[str] = typer.Option(None, "--store-url", help="Write the Zarr store here (local path or fsspec URL) instead of inside the artifact."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Decode again the segments an unfinished earlier run recorded as failed (e.g. one stopped by --max-failure-rate); a committed cache is redone with --force."),
     workdir: Path = WorkdirOpt,
     config: Optional[List[Path]] = ConfigOpt,
     set_: Optional[List[str]] = SetOpt,
@@ -147,6 +157,8 @@ def cache(
         overrides.append(f"max_failure_rate={max_failure_rate}")
     if store_url is not None:
         overrides.append(f"store_url={store_url}")
+    if retry_failed:
+        overrides.append("retry_failed=true")
     _run_single("cache", workdir, config, overrides + list(set_ or []), {"prepare": corpus}, force, dry_run, name)
 
 

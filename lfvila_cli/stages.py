@@ -50,6 +50,7 @@ class Stage:
     key_config_path: str | None = None  # "module:function(config) -> dict"; default: whole config
     policy_fields: tuple[str, ...] = ()  # config fields that do not change the output
     resumable: bool = False  # keep the partial directory across runs and resume in it
+    verify_path: str | None = None  # "module:function(artifact) -> problem | None", checked on a hit
     describe: Callable[[dict], str] = field(default=lambda summary: "")
 
     @property
@@ -106,7 +107,8 @@ STAGES: dict[str, Stage] = {
         run_path="lfvila_cli.stages:run_cache",
         inputs=("prepare",),
         fingerprints_path="lfvila_cli.stages:cache_fingerprints",
-        policy_fields=("max_failure_rate", "workers"),
+        key_config_path="lfvila_cli.stages:cache_key_config",
+        verify_path="lfvila_cli.stages:verify_cache",
         resumable=True,
         describe=_describe_cache,
     ),
@@ -176,11 +178,40 @@ def _stat_fingerprint(url: str) -> list | None:
 
 
 def _remove_store(url: str) -> None:
+    """Delete the frame store at ``url`` — only if it is one (never a directory of other data)."""
+    import json
+
     import fsspec
 
     fs, path = fsspec.core.url_to_fs(url)
-    if fs.exists(path):
-        fs.rm(path, recursive=True)
+    if not fs.exists(path):
+        return
+    try:
+        with fs.open(f"{path.rstrip('/')}/zarr.json", "rb") as fh:
+            is_store = "layout_version" in json.load(fh).get("attributes", {})
+    except (OSError, ValueError):
+        is_store = False
+    if not is_store:
+        raise ConfigError(f"store_url {url}: exists and is not an lfvila frame store; --force will not delete it")
+    fs.rm(path, recursive=True)
+
+
+def cache_key_config(config) -> dict:
+    """What shapes the frames (``layout``: unused and order-only differences removed) and where they go."""
+    return {**config.layout(), "store_url": config.store_url}
+
+
+def verify_cache(artifact: Artifact) -> str | None:
+    """A committed cache is usable only while its Zarr store is still there."""
+    import fsspec
+
+    url = frame_store_url(artifact)
+    try:
+        fs, path = fsspec.core.url_to_fs(url)
+        present = fs.exists(f"{path.rstrip('/')}/zarr.json")
+    except (OSError, ValueError, ImportError) as exc:
+        return f"cannot reach its frame store {url}: {exc}"
+    return None if present else f"its frame store {url} is missing"
 
 
 def frame_store_url(artifact: Artifact) -> str:
@@ -192,6 +223,8 @@ def frame_store_url(artifact: Artifact) -> str:
 def run_cache(ctx: StageContext) -> dict:
     from .data.cache import cache_frames
 
+    if ctx.config.store_url.startswith("memory://"):
+        raise ConfigError("store_url: a memory:// store vanishes when the process ends; use a path or a persistent URL")
     url = ctx.config.store_url or str(ctx.out_dir / "frames.zarr")
     if ctx.force and ctx.config.store_url and ctx.rank == 0:
         _remove_store(ctx.config.store_url)  # the partial directory was wiped; an external store too
@@ -232,6 +265,9 @@ def resolve_inputs(workdir: Workdir, stage: Stage, refs: dict[str, str] | None =
     return {name: workdir.resolve(name, refs.get(name) or "latest") for name in stage.inputs}
 
 
+RANK_WAIT_S = float(os.environ.get("LFVILA_RANK_WAIT_S", "3600"))  # other ranks wait this long for rank 0
+
+
 def run_stage(
     workdir: Workdir,
     stage: Stage,
@@ -244,32 +280,49 @@ def run_stage(
     progress: bool = True,
     echo: Callable[[str], None] = print,
 ) -> StageResult:
-    """Run ``stage`` unless an artifact with the same key exists; commit atomically."""
+    """Run ``stage`` unless an artifact with the same key exists; commit atomically.
+
+    Under a multi-rank launch only rank 0 runs a stage and commits it; the other ranks take
+    part only in resumable stages (their own rows of ``cache``) and then wait for rank 0's
+    commit, so a pipeline continues on every rank with the same artifacts.
+    """
     rank, world_size = dist_env()
+    if name is not None:
+        check_ref_name(name)
     payload = stage.key_payload(config, inputs)
     key = compute_key(payload)
     short = key[:KEY_CHARS]
     existing = workdir.get(stage.name, key)
     if existing is not None and not force:
-        if not dry_run and rank == 0:
-            _set_refs(workdir, stage.name, key, name)
-        line = f"{stage.name}: up to date ({short}) — {stage.describe(existing.summary)}; nothing to do"
+        problem = _load(stage.verify_path)(existing) if stage.verify_path else None
+        if problem is None:
+            if not dry_run and rank == 0:
+                _set_refs(workdir, stage.name, key, name)
+            line = f"{stage.name}: up to date ({short}) — {stage.describe(existing.summary)}; nothing to do"
+            if rank == 0:
+                echo(line)
+            return StageResult(stage.name, "up to date", key, existing, line)
         if rank == 0:
-            echo(line)
-        return StageResult(stage.name, "up to date", key, existing, line)
+            echo(f"{stage.name}: artifact {short} is unusable ({problem}); running again")
+        force = True
     if dry_run:
         line = f"{stage.name}: would run ({short})" + (" [--force]" if existing else "")
         echo(line)
         return StageResult(stage.name, "would run", key, None, line)
     if force and world_size > 1 and stage.resumable:
         raise ConfigError("--force under a multi-rank launch would race; run it once in a single process")
+    if rank != 0 and not stage.resumable:
+        return _wait_for_commit(workdir, stage, key, rank, world_size, echo)
 
     started = time.time()
+    if force and existing is not None:
+        # The old artifact stops being visible before any of its outputs are replaced.
+        workdir.invalidate(stage.name, key)
     if stage.resumable:
         out_dir = workdir.partial_dir(stage.name, key)
         if force and rank == 0:
             shutil.rmtree(out_dir, ignore_errors=True)
-        resumed = out_dir.exists()
+        resumed = out_dir.is_dir() and any(out_dir.iterdir())
         out_dir.mkdir(parents=True, exist_ok=True)
         if resumed and rank == 0:
             echo(f"{stage.name}: resuming in {out_dir}")
@@ -281,17 +334,20 @@ def run_stage(
     except BaseException:
         if not stage.resumable:
             shutil.rmtree(out_dir, ignore_errors=True)
+        elif rank == 0 and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # nothing to resume: do not list it as incomplete work
         raise
     if rank != 0:
-        line = f"{stage.name}: rank {rank}/{world_size} finished its rows; rank 0 commits"
-        echo(line)
-        return StageResult(stage.name, "done", key, None, line)
+        echo(f"{stage.name}: rank {rank}/{world_size} finished its rows; rank 0 commits")
+        return _wait_for_commit(workdir, stage, key, rank, world_size, echo)
     manifest = {
         "stage": stage.name,
         "version": stage.version,
         "key": key,
         "key_payload": payload,
         "inputs": payload["inputs"],
+        # Where each input lived, so `status` finds inputs from another work directory.
+        "input_paths": {name: str(artifact.path.resolve()) for name, artifact in sorted(inputs.items())},
         "created": time.time(),
         "seconds": round(time.time() - started, 3),
         "lfvila_version": __version__,
@@ -302,6 +358,31 @@ def run_stage(
     line = f"{stage.name}: done ({short}) in {manifest['seconds']:.1f}s — {stage.describe(summary)}"
     echo(line)
     return StageResult(stage.name, "done", key, artifact, line)
+
+
+def _wait_for_commit(workdir: Workdir, stage: Stage, key: str, rank: int, world_size: int, echo) -> StageResult:
+    """A rank other than 0 waits for rank 0 to commit ``stage``/``key``."""
+    deadline = time.monotonic() + RANK_WAIT_S
+    delay = 0.05
+    while (artifact := workdir.get(stage.name, key)) is None:
+        if time.monotonic() > deadline:
+            raise ArtifactError(
+                f"rank {rank}/{world_size}: rank 0 did not commit {stage.name}/{key[:KEY_CHARS]} within "
+                f"{RANK_WAIT_S:.0f}s (LFVILA_RANK_WAIT_S); see rank 0's output"
+            )
+        time.sleep(delay)
+        delay = min(delay * 2, 2.0)
+    return StageResult(stage.name, "up to date", key, artifact, f"{stage.name}: rank {rank} sees {key[:KEY_CHARS]}")
+
+
+def check_ref_name(name: str) -> None:
+    """A ref name becomes a file name under refs/<stage>/: plain characters only."""
+    import re
+
+    if name == "latest" or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name):
+        raise ConfigError(
+            f"--name {name!r}: use letters, digits, '.', '_' or '-' (not starting with '.' or '-'); 'latest' is reserved"
+        )
 
 
 def _set_refs(workdir: Workdir, stage: str, key: str, name: str | None) -> None:
@@ -355,7 +436,7 @@ def run_pipeline(
     """Run every stage of a pipeline file in order; each stage's input is the artifact the
     previous stage of the same pipeline produced (or found up to date).
 
-    ``overrides`` are ``STAGE.key=value`` (``prepare.example.num_videos=4``).
+    ``overrides`` are ``STAGE.key=value`` (``prepare.example.train_videos=4``).
     """
     chain = load_pipeline(path)
     per_stage: dict[str, list[str]] = {}
@@ -367,8 +448,11 @@ def run_pipeline(
         per_stage.setdefault(keys[0], []).append(text.split(".", 1)[1])
     produced: dict[str, Artifact] = {}
     results = []
-    for stage, layer in chain:
-        config = resolve_config(stage, layers=[layer], overrides=per_stage.get(stage.name, []))
+    for i, (stage, layer) in enumerate(chain):
+        try:
+            config = resolve_config(stage, layers=[layer], overrides=per_stage.get(stage.name, []))
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: stages[{i}] ({stage.name}): {exc}") from None
         missing = [name for name in stage.inputs if name not in produced]
         if dry_run and missing and any(r.status == "would run" for r in results):
             line = f"{stage.name}: would run after {', '.join(missing)}"
@@ -380,8 +464,6 @@ def run_pipeline(
         results.append(result)
         if result.artifact is not None:
             produced[stage.name] = result.artifact
-        elif result.status == "done":  # a non-zero rank: rank 0 commits, later stages wait for it
-            break
     return results
 
 
@@ -405,6 +487,9 @@ def artifact_state(workdir: Workdir, artifact: Artifact, _seen: dict | None = No
             inputs = {}
             for name, key in artifact.manifest.get("inputs", {}).items():
                 upstream = workdir.get(name, key)
+                elsewhere = artifact.manifest.get("input_paths", {}).get(name)
+                if upstream is None and elsewhere and Path(elsewhere, "manifest.json").is_file():
+                    upstream = Workdir(Path(elsewhere).parent.parent.parent).get(name, key)
                 if upstream is None:
                     raise ArtifactError(f"input {name}/{key[:KEY_CHARS]} is gone")
                 upstream_state = artifact_state(workdir, upstream, seen)
@@ -413,16 +498,23 @@ def artifact_state(workdir: Workdir, artifact: Artifact, _seen: dict | None = No
                 inputs[name] = upstream
             if compute_key(stage.key_payload(config, inputs)) != artifact.key:
                 state = "stale: raw inputs or config meaning changed"
+            elif stage.verify_path and (problem := _load(stage.verify_path)(artifact)):
+                state = f"stale: {problem}"
         except LfvilaError as exc:
             state = f"stale: {exc}"
+        except (OSError, ValueError) as exc:  # a damaged artifact directory (e.g. config.json deleted)
+            state = f"unreadable: {exc}"
     seen[artifact.key] = state
     return state
 
 
 def status_rows(workdir: Workdir) -> list[dict]:
-    rows, seen = [], {}
+    rows, seen, damaged = [], {}, []
     order = {name: i for i, name in enumerate(STAGES)}  # pipeline order, not alphabetical
-    for artifact in sorted(workdir.artifacts(), key=lambda a: (order.get(a.stage, len(order)), a.manifest.get("created", 0))):
+    artifacts = workdir.artifacts(damaged=damaged)
+    for path in damaged:
+        rows.append({"stage": path.parent.name, "key": path.name, "refs": [], "created": "?", "state": "unreadable manifest", "summary": str(path)})
+    for artifact in sorted(artifacts, key=lambda a: (order.get(a.stage, len(order)), a.manifest.get("created", 0))):
         refs = [name for name, key in workdir.refs(artifact.stage).items() if key == artifact.key]
         rows.append(
             {

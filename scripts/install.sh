@@ -1,11 +1,20 @@
 #!/usr/bin/env bash
 # Create .venv and install lfvila with its test dependencies, pinned by constraints.txt.
 # Used by the README's set-up command and by CI (.ci/run), so both install the same way.
+# A torch already installed in .venv (e.g. a CUDA build you chose) is kept as it is;
+# otherwise torch==2.13.0 is installed (on the project's CPU machines: the local CPU build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt torch==2.13.0
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
+PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+if .venv/bin/python -c "import torch" 2>/dev/null; then
+    echo "keeping the installed torch $(.venv/bin/python -c 'import torch; print(torch.__version__)')"
+    grep -v '^torch==' constraints.txt > .venv/constraints.txt
+else
+    "${PIP[@]}" -c constraints.txt torch==2.13.0
+    cp constraints.txt .venv/constraints.txt
+fi
+"${PIP[@]}" -c .venv/constraints.txt -e ".[dev]"
 .venv/bin/lfvila --help > /dev/null
 echo "lfvila installed in .venv"

@@ -17,7 +17,7 @@ from lfvila_cli.config import from_dict
 from lfvila_cli.data import cache as cache_mod
 from lfvila_cli.data.cache import CacheConfig, cache_frames
 from lfvila_cli.data.framestore import PENDING, FrameStore
-from lfvila_cli.data.video import VideoDecoder, decode_span, frame_indices, resize_frames, span_times
+from lfvila_cli.data.video import VideoDecoder, VideoError, decode_span, frame_indices, resize_frames, span_times
 from lfvila_cli.errors import ConfigError, DataError
 
 TESTS = Path(__file__).parent
@@ -200,6 +200,55 @@ def test_videos_can_be_fsspec_urls(videos, tmp_path):
     assert summary["ok"] == 2
     frames, _ = FrameStore(tmp_path / "frames.zarr").sample("remote")
     np.testing.assert_array_equal(frames[1], expected_span(videos / "v1.mp4", 1, 2)[0])
+
+
+def test_unreadable_video_urls_fail_their_rows_and_the_run_goes_on(videos, tmp_path):
+    """A missing object, an unknown protocol or a filesystem without its package (http:// here,
+    or a refused connection where aiohttp is installed) fails that video's rows, with the reason."""
+    records = good_records(videos) + [
+        sample("gone", f"memory://lfvila-videos-{tmp_path.name}/gone.mp4", [(0, 1), (1, 2)]),
+        sample("weird", "weird://host/v.mp4", [(0, 1)]),
+        sample("http", "http://127.0.0.1:9/v.mp4", [(0, 1)]),
+    ]
+    corpus = write_corpus_file(tmp_path, records)
+    summary = cache_frames(corpus, cfg(max_failure_rate=1.0), str(tmp_path / "frames.zarr"), progress=False)
+    assert (summary["ok"], summary["failed"], summary["pending"]) == (8, 4, 0)
+    reasons = {(f["sample"], f["segment"]): f["reason"] for f in summary["failures"]}
+    assert reasons[("gone", 0)] == reasons[("gone", 1)] == "cannot read: file not found"
+    assert reasons[("weird", 0)] == "cannot read: Protocol not known: weird"
+    assert reasons[("http", 0)].startswith("cannot read: ")
+    assert_matches_direct_decode_of_good_rows(FrameStore(tmp_path / "frames.zarr"), videos)
+
+
+def assert_matches_direct_decode_of_good_rows(store: FrameStore, videos: Path) -> None:
+    frames, times = store.sample("b")
+    for m, (start, end) in enumerate([(0, 1.5), (1.5, 3)]):
+        ref_frames, ref_times = expected_span(videos / "v1.mp4", start, end)
+        np.testing.assert_array_equal(frames[m], ref_frames)
+        np.testing.assert_array_equal(times[m], ref_times)
+
+
+def test_segments_past_the_end_are_cut_at_the_end_or_fail(videos, tmp_path):
+    with VideoDecoder(str(videos / "v1.mp4"), H, W) as decoder:  # 24 frames, 3 s
+        # partly past the end: the frames are spread over [2, 3], the part that exists
+        frames, times = decoder.span(2.0, 5.0, K)
+        assert np.allclose(times, [2.125, 2.375, 2.625, 2.875])
+        assert decoded_index(frames).tolist() == [17, 19, 21, 23]
+        for start, end in [(3.0, 4.0), (4.5, 6.0)]:
+            with pytest.raises(VideoError, match=rf"segment {start:.1f}–{end:.1f} s is outside the video \(3\.0 s\)"):
+                decoder.span(start, end, K)
+        whole_frames, whole_times = decoder.span(None, None, K)  # the whole file is unaffected
+        assert np.allclose(whole_times, [0.375, 1.125, 1.875, 2.625])
+
+    corpus = write_corpus_file(tmp_path, [sample("long", str(videos / "v1.mp4"), [(0, 2), (2, 5), (5, 7)], duration=7.0)])
+    summary = cache_frames(corpus, cfg(max_failure_rate=1.0), str(tmp_path / "frames.zarr"), progress=False)
+    assert (summary["ok"], summary["failed"]) == (2, 1)
+    assert summary["failures"] == [
+        {"sample": "long", "segment": 2, "video": str(videos / "v1.mp4"), "reason": "segment 5.0–7.0 s is outside the video (3.0 s)"}
+    ]
+    store = FrameStore(tmp_path / "frames.zarr")
+    frames, times = store.sample("long", slice(1, 2))
+    assert np.allclose(times[0], [2.125, 2.375, 2.625, 2.875]) and decoded_index(frames[0]).tolist() == [17, 19, 21, 23]
 
 
 def test_each_video_is_opened_once_for_all_its_segments(videos, tmp_path, monkeypatch):
@@ -458,6 +507,91 @@ def test_a_store_made_with_another_config_or_corpus_is_refused(videos, tmp_path)
     assert cache_frames(corpus, cfg(workers=1, max_failure_rate=0.0), url, progress=False)["skipped"] == 8
 
 
+def test_retry_failed_decodes_failed_rows_again(videos, tmp_path):
+    late = tmp_path / "late.mp4"
+    corpus = write_corpus_file(tmp_path / "corpus", good_records(videos) + [sample("late", str(late), [(0, 1), (1, 2)])])
+    url = str(tmp_path / "frames.zarr")
+    first = cache_frames(corpus, cfg(max_failure_rate=1.0), url, progress=False)
+    assert (first["ok"], first["failed"], first["retried"]) == (8, 2, 0)
+    make_video(late, seed=1)  # the video turns up
+
+    again = cache_frames(corpus, cfg(max_failure_rate=1.0), url, progress=False)
+    assert (again["ok"], again["failed"], again["written"], again["retried"]) == (8, 2, 0, 0)
+    assert [f["reason"] for f in again["failures"]] == ["file not found"] * 2
+
+    retried = cache_frames(corpus, cfg(retry_failed=True), url, progress=False)
+    assert (retried["ok"], retried["failed"], retried["written"], retried["skipped"], retried["retried"]) == (10, 0, 2, 8, 2)
+    store = FrameStore(url)
+    assert store.failures() == [] and store.status_counts()["ok"] == 10
+    frames, times = store.sample("late")
+    np.testing.assert_array_equal(frames[1], expected_span(late, 1, 2)[0])
+    np.testing.assert_array_equal(times[1], expected_span(late, 1, 2)[1])
+    # retry_failed touches failed rows only: ok rows are not decoded again
+    late.write_text("not a video any more\n")
+    relapse = cache_frames(corpus, cfg(retry_failed=True, max_failure_rate=1.0), url, progress=False)
+    assert (relapse["retried"], relapse["written"], relapse["ok"]) == (0, 0, 10)
+
+
+def test_retry_failed_clears_the_old_reason(videos, tmp_path):
+    bad = tmp_path / "bad.mp4"
+    bad.write_text("not a video\n")
+    corpus = write_corpus_file(tmp_path / "corpus", [sample("bad", str(bad), [(0, 1)])])
+    url = str(tmp_path / "frames.zarr")
+    first = cache_frames(corpus, cfg(max_failure_rate=1.0), url, progress=False)
+    assert first["failures"][0]["reason"].startswith("cannot open: Invalid data")
+    bad.unlink()
+    second = cache_frames(corpus, cfg(max_failure_rate=1.0, retry_failed=True), url, progress=False)
+    assert second["retried"] == 1 and [f["reason"] for f in FrameStore(url).failures()] == ["file not found"]
+
+
+@pytest.mark.filterwarnings("ignore:Object at stray.txt is not recognized")
+def test_a_location_that_is_not_a_frame_store_is_left_alone(videos, tmp_path):
+    import zarr
+
+    corpus = write_corpus_file(tmp_path / "corpus", good_records(videos))
+    data = tmp_path / "data"
+    (data / "frames").mkdir(parents=True)
+    (data / "frames" / "keep.txt").write_text("precious")
+    (data / "notes.txt").write_text("precious")
+    with pytest.raises(DataError, match=r"data: not a frame store and not empty \(holds notes\.txt\)"):
+        cache_frames(corpus, cfg(), str(data), progress=False)
+    assert sorted(p.name for p in data.rglob("*")) == ["frames", "keep.txt", "notes.txt"]  # nothing written
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    with pytest.raises(DataError, match="is a file"):
+        cache_frames(corpus, cfg(), str(a_file), progress=False)
+    with pytest.raises(DataError, match="cannot open as a frame store"):
+        cache_frames(corpus, cfg(), str(a_file / "frames.zarr"), progress=False)
+    assert a_file.read_text() == "x"
+
+    other = zarr.open_group(str(tmp_path / "other.zarr"), mode="w")
+    other.attrs["tool"] = "someone else"
+    with pytest.raises(DataError, match="a Zarr group that is not a frame store"):
+        cache_frames(corpus, cfg(), str(tmp_path / "other.zarr"), progress=False)
+    assert sorted(p.name for p in (tmp_path / "other.zarr").iterdir()) == ["zarr.json"]
+    # an empty directory is fine, and so are stray files in a finished store (resumed as is)
+    (tmp_path / "empty").mkdir()
+    assert cache_frames(corpus, cfg(), str(tmp_path / "empty"), progress=False)["ok"] == 8
+    (tmp_path / "empty" / "stray.txt").write_text("x")
+    assert cache_frames(corpus, cfg(), str(tmp_path / "empty"), progress=False)["skipped"] == 8
+
+
+def test_a_refused_store_is_left_as_it_was(videos, tmp_path):
+    corpus = write_corpus_file(tmp_path / "corpus", good_records(videos) + [sample("missing", str(videos / "missing.mp4"), [(0, 1)])])
+    url = str(tmp_path / "frames.zarr")
+    cache_frames(corpus, cfg(max_failure_rate=1.0), url, progress=False)
+
+    def snapshot():
+        return {p.relative_to(url): p.read_bytes() for p in Path(url).rglob("*") if p.is_file()}
+
+    before = snapshot()
+    with pytest.raises(DataError, match="does not match"):  # even with retry_failed: checked first
+        cache_frames(corpus, cfg(width=40, retry_failed=True), url, progress=False)
+    assert snapshot() == before
+    assert FrameStore(url).status_counts() == {"pending": 0, "ok": 8, "failed": 1}
+
+
 # --- ranks ---------------------------------------------------------------------------------------
 
 RANK_RUN = """
@@ -563,5 +697,6 @@ def test_config_validation_names_the_key(changes, key):
 def test_config_defaults_and_policy_fields():
     config = from_dict(CacheConfig, {"splits": ["train"], "workers": 4})
     assert (config.frames_per_segment, config.height, config.width, config.segment_mode) == (8, 192, 320, "clips")
-    assert set(cache_mod.POLICY_FIELDS) == {"max_failure_rate", "workers"}
+    assert set(cache_mod.POLICY_FIELDS) == {"max_failure_rate", "workers", "retry_failed"}
+    assert config.retry_failed is False
     assert not set(cache_mod.POLICY_FIELDS) & set(config.layout())

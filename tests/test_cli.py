@@ -191,3 +191,109 @@ def test_two_rank_launch_through_the_cli_commits_once(tmp_path):
 
     artifacts = Workdir(wd).artifacts("cache")
     assert len(artifacts) == 1 and artifacts[0].summary["world_size"] == 2
+
+
+def _tiny_corpus(tmp_path, wd):
+    from helpers_video import make_video
+
+    video = make_video(tmp_path / "v.mp4")
+    corpus = tmp_path / "corpus.jsonl"
+    segs = [{"start": i * 0.5, "end": (i + 1) * 0.5, "text": f"part {i}"} for i in range(4)]
+    corpus.write_text(json.dumps({"id": "v", "video": str(video), "duration": 3.0, "segments": segs}) + "\n")
+    assert invoke("prepare", "--source", "jsonl", "--workdir", wd, "--set", f"jsonl.path={corpus}").exit_code == 0
+    return ["--set", "frames_per_segment=2", "--set", "height=32", "--set", "width=48"]
+
+
+def test_a_cache_whose_store_was_deleted_is_rebuilt(tmp_path):
+    import shutil
+
+    wd = tmp_path / "wd"
+    small = _tiny_corpus(tmp_path, wd)
+    assert invoke("cache", "--workdir", wd, *small).exit_code == 0
+    store = next((wd / "store" / "cache").glob("*/frames.zarr"))
+    shutil.rmtree(store)
+    assert "stale: its frame store" in invoke("status", "--workdir", wd).output
+    again = invoke("cache", "--workdir", wd, *small)
+    assert again.exit_code == 0 and "is unusable" in again.output and "cache: done" in again.output
+    assert (store / "zarr.json").is_file()
+
+
+def test_an_interrupted_force_hides_the_old_artifact(tmp_path, monkeypatch):
+    from lfvila_cli.artifacts import Workdir
+    import lfvila_cli.data.cache as cache_module
+
+    wd = tmp_path / "wd"
+    small = _tiny_corpus(tmp_path, wd)
+    args = ["cache", "--workdir", wd, "--store-url", tmp_path / "ext.zarr", *small]
+    assert invoke(*args).exit_code == 0
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cache_module, "cache_frames", interrupted)
+    assert invoke(*args, "--force").exit_code == 130
+    assert Workdir(wd).artifacts("cache") == [], "an artifact whose store was wiped must not stay visible"
+    monkeypatch.undo()
+    assert "cache: done" in invoke(*args).output
+
+
+def test_user_mistakes_are_one_line(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for args, fragment in [
+        (["prepare", "--workdir", afile, *TINY], "afile"),
+        (["prepare", "--workdir", tmp_path / "w", "--name", "a/b", *TINY], "--name 'a/b'"),
+        (["prepare", "--workdir", tmp_path / "w", "--name", "latest", *TINY], "reserved"),
+    ]:
+        result = invoke(*args)
+        assert result.exit_code != 0 and fragment in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1, result.output
+    assert not (tmp_path / "w" / "store" / "prepare").exists() or not list((tmp_path / "w" / "store" / "prepare").glob("*/manifest.json"))
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text("stages:\n  - stage: prepare\n    config: {exmple: {}}\n")
+    result = invoke("run", pipeline, "--workdir", tmp_path / "w")
+    assert result.exit_code == 2 and "p.yaml: stages[0] (prepare): unknown config key 'exmple'" in result.output
+
+
+def test_status_survives_damaged_artifacts(tmp_path):
+    wd = tmp_path / "wd"
+    assert invoke("prepare", "--workdir", wd, *TINY).exit_code == 0
+    assert invoke("prepare", "--workdir", wd, *TINY, "--set", "example.seed=3").exit_code == 0
+    first, second = sorted((wd / "store" / "prepare").glob("*/manifest.json"))
+    first.write_text("{not json")
+    (second.parent / "config.json").unlink()
+    result = invoke("status", "--workdir", wd)
+    assert result.exit_code == 0, result.output
+    assert "unreadable manifest" in result.output and "unreadable:" in result.output
+
+
+def test_relative_paths_are_keyed_absolute(tmp_path, monkeypatch):
+    wd = tmp_path / "wd"
+    (tmp_path / "data").mkdir()
+    corpus = tmp_path / "data" / "c.jsonl"
+    segs = [{"start": 0, "end": 1, "text": "a"}]
+    corpus.write_text(json.dumps({"id": "x", "video": "x.mp4", "segments": segs}) + "\n")
+    monkeypatch.chdir(tmp_path / "data")
+    assert invoke("prepare", "--source", "jsonl", "--workdir", wd, "--set", "jsonl.path=c.jsonl").exit_code == 0
+    monkeypatch.chdir(tmp_path)
+    assert "current" in invoke("status", "--workdir", wd).output
+    saved = json.loads(next((wd / "store" / "prepare").glob("*/config.json")).read_text())
+    assert saved["jsonl"]["path"] == str(corpus)
+
+
+@pytest.mark.distributed
+def test_pipeline_under_a_two_rank_launch_runs_prepare_once(tmp_path):
+    import os
+
+    pipeline = Path(__file__).parents[1] / "stages" / "quickstart.yaml"
+    cmd = [sys.executable, "-m", "lfvila_cli.main", "run", str(pipeline), "--workdir", str(tmp_path),
+           "--set", "prepare.example.train_videos=2", "--set", "prepare.example.val_videos=0", "--set", "prepare.example.test_videos=0"]
+    procs = [
+        subprocess.Popen(cmd, env=dict(os.environ, RANK=str(r), WORLD_SIZE="2"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for r in (0, 1)
+    ]
+    outputs = [p.communicate(timeout=180)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert "prepare: done" in outputs[0] and "cache: done" in outputs[0]
+    assert "prepare" not in outputs[1] and "cache: rank 1/2 finished its rows" in outputs[1]
+    assert len(list((tmp_path / "store" / "prepare").glob("*/manifest.json"))) == 1

@@ -87,3 +87,25 @@ class WithMapping:
 def test_mapping_fields_merge_one_entry_at_a_time():
     cfg = resolve(WithMapping, overrides=["splits.val_1=test"])
     assert cfg.splits == {"train": "train", "val_1": "test"}
+
+
+@dataclass
+class Texts:
+    path: str = ""
+    maybe: str | None = "x"
+    count: int = 1
+
+
+def test_set_gives_string_fields_the_text_as_typed():
+    cfg = resolve(Texts, overrides=["path=2024-01-01.jsonl", "maybe=on", "count=3"])
+    assert cfg.path == "2024-01-01.jsonl" and cfg.maybe == "on" and cfg.count == 3
+    assert resolve(Texts, overrides=["path=#1.jsonl"]).path == "#1.jsonl"
+    assert resolve(Texts, overrides=["path=a: b"]).path == "a: b"
+    assert resolve(Texts, overrides=["maybe=null"]).maybe is None
+
+
+def test_non_utf8_config_file_is_one_line(tmp_path):
+    bad = tmp_path / "bin.yaml"
+    bad.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ConfigError, match="bin.yaml: not a UTF-8 text file"):
+        resolve(Outer, files=[bad])

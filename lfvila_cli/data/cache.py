@@ -22,7 +22,13 @@ Robustness and scale:
   rows failed with the reason and the run goes on; only when the failed fraction exceeds
   ``max_failure_rate`` does the stage fail, naming the first failing videos. Lightly corrupted
   payloads can decode to garbage without any error (decord/FFmpeg conceal them): no cache can
-  tell those apart from real content.
+  tell those apart from real content. Failed rows stay failed on a rerun (``skipped``) unless
+  ``retry_failed`` is set: then each rank first turns its failed rows back to pending (status
+  first, then the reason cleared) and decodes them again — after fixing or restoring videos.
+  Ranks must be launched together for this: rank 0 takes another rank's row that is still
+  failed as final.
+* **Segments past the end of a video** (annotations often run a few seconds longer than the
+  file) are cut at its end; one that starts after the end fails with that reason.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 import threading
 import time
 from collections import Counter
@@ -49,7 +56,7 @@ from .video import VideoDecoder, VideoError
 
 log = logging.getLogger(__name__)
 
-POLICY_FIELDS = ("max_failure_rate", "workers")  # change how the run behaves, not what it makes
+POLICY_FIELDS = ("max_failure_rate", "workers", "retry_failed")  # change how the run behaves, not what it makes
 MAX_LISTED_FAILURES = 1000  # in the returned summary; the store keeps every reason
 LOGGED_FAILURES = 10  # logged one by one, then one line per FAILURE_LOG_INTERVAL_S
 FAILURE_LOG_INTERVAL_S = 30.0
@@ -68,8 +75,12 @@ class CacheConfig:
     store_url: str = ""  # "" = <artifact dir>/frames.zarr; else any fsspec URL
     max_failure_rate: float = 0.05
     workers: int = 2
+    retry_failed: bool = False  # on an existing store, decode this rank's failed rows again
 
     def __post_init__(self) -> None:
+        if self.store_url and "://" not in self.store_url:
+            # Saved absolute, so the artifact finds its store from any working directory.
+            self.store_url = os.path.abspath(os.path.expanduser(self.store_url))
         check(self.frames_per_segment >= 1, "frames_per_segment", f"must be >= 1, got {self.frames_per_segment}")
         check(self.height >= 1, "height", f"must be >= 1, got {self.height}")
         check(self.width >= 1, "width", f"must be >= 1, got {self.width}")
@@ -275,12 +286,45 @@ def _create_layout(group, cfg: CacheConfig, plan: CachePlan) -> None:
     group.attrs.update({**_expected_attrs(cfg, plan), "frames_codec": "zstd-1" if cfg.compression == "zstd" else "none", "ready": True})
 
 
+def _foreign_content(url: str, cfg: CacheConfig, plan: CachePlan) -> str | None:
+    """What at ``url`` is no part of a frame store (or of one being created), if anything."""
+    import fsspec
+
+    try:
+        fs, path = fsspec.core.url_to_fs(url)
+        if fs.isfile(path):
+            return "is a file"
+        entries = fs.ls(path, detail=False)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, ImportError):
+        return None  # open_group reports what is wrong with the location
+    ours = {"zarr.json", *_expected_arrays(cfg, plan)}
+    other = sorted({str(e).rstrip("/").rsplit("/", 1)[-1] for e in entries} - ours)
+    return f"holds {', '.join(other[:3])}{' ...' if len(other) > 3 else ''}" if other else None
+
+
 def _open_or_create(url: str, cfg: CacheConfig, plan: CachePlan) -> object:
+    # Creating writes zarr.json and replaces the arrays (overwrite=True): never do that in a
+    # location that holds anything else, e.g. a store_url pointing at a data directory. Checked
+    # before opening, because opening for writing already puts a zarr.json there.
+    foreign = _foreign_content(url, cfg, plan)
+    if foreign:
+        try:
+            existing = open_group(url, mode="r")
+        except DataError:
+            existing = None
+        if existing is None or not existing.attrs.get("ready"):
+            raise StoreMismatchError(
+                f"{url}: not a frame store and not empty ({foreign}); point store_url at a new or empty location"
+            )
     group = open_group(url, mode="a")
     if group.attrs.get("ready"):
         _check_layout(group, cfg, plan, url)
         log.info("cache: resuming in %s", url)
         return group
+    if group.attrs.asdict():  # another tool's Zarr group (ours gets its attributes with ``ready``)
+        raise StoreMismatchError(f"{url}: a Zarr group that is not a frame store; point store_url at a new or empty location")
     # Without ``ready`` no row was ever written (writers start after it): (re)create everything.
     _create_layout(group, cfg, plan)
     return group
@@ -518,6 +562,23 @@ def _wait_for_rows(status, rows: np.ndarray, url: str, timeout_s: float, poll_s:
     return final
 
 
+def _reset_failed(arrays: _Arrays, tasks: list[VideoTask]) -> int:
+    """Turn the failed rows of ``tasks`` back to pending (``retry_failed``); returns how many.
+
+    Status first, then the reason: a run killed in between leaves a pending row with a stale
+    reason, which nothing reads (a new failure overwrites all of it), never a failed row
+    without one.
+    """
+    if not tasks:
+        return 0
+    rows = np.concatenate([np.asarray(t.rows, dtype=np.int64) for t in tasks])
+    failed = rows[np.asarray(arrays.status.oindex[rows], dtype=np.uint8) == FAILED]
+    if failed.size:
+        arrays.status.oindex[failed] = np.full(failed.size, PENDING, dtype=np.uint8)
+        arrays.error.oindex[failed, :] = np.zeros((failed.size, ERROR_BYTES), dtype=np.uint8)
+    return int(failed.size)
+
+
 # --- the stage ----------------------------------------------------------------------------------
 
 
@@ -538,7 +599,8 @@ def cache_frames(
     Returns a JSON-able summary ``{rows, ok, failed, failure_rate, frames_per_second, seconds,
     failures: [{sample, segment, video, reason}], ...}``: for the whole store on rank 0 (after
     every rank finished), for this rank's rows elsewhere. ``frames_per_second`` and
-    ``written`` count this run only; rows found finished are ``skipped``. Raises ``DataError``
+    ``written`` count this run only; rows found finished are ``skipped``, failed rows turned
+    back to pending by ``cfg.retry_failed`` are ``retried`` (and then written). Raises ``DataError``
     on rank 0 when the failed fraction exceeds ``cfg.max_failure_rate``. ``layout_timeout_s``
     bounds how long ranks > 0 wait for rank 0 to create the store, ``wait_timeout_s`` how long
     rank 0 waits for other ranks' rows without seeing any of them finish.
@@ -562,6 +624,9 @@ def cache_frames(
     arrays = _Arrays(**writable)
 
     tasks = plan.tasks_of_rank(rank, world_size)
+    retried = _reset_failed(arrays, tasks) if cfg.retry_failed else 0
+    if retried:
+        log.info("cache: rank %d: retrying %d failed segment(s)", rank, retried)
     own_rows = sum(len(t.rows) for t in tasks)
     log.info("cache: rank %d/%d: %d segments of %d videos -> %s", rank, world_size, own_rows, len(tasks), url)
     with _progress_bar(own_rows, progress and rank == 0) as bar:
@@ -604,6 +669,7 @@ def cache_frames(
         "seconds": round(time.perf_counter() - started, 3),
         "written": int(sum(int((r.before == PENDING).sum()) for r in results)),
         "skipped": skipped,
+        "retried": retried,
         "frames": frames,
         "videos": len(tasks) if rank else len(plan.tasks),
         "samples": len(plan.sample_ids),

@@ -54,6 +54,8 @@ def open_group(url: str | Path, mode: str):
         raise DataError(f"{url}: no frame store here (run `lfvila cache` first)") from None
     except (ValueError, TypeError) as exc:  # e.g. an array, not a group, at that path
         raise DataError(f"{url}: cannot open as a frame store ({exc})") from None
+    except OSError as exc:  # e.g. a file where a directory of the path should be
+        raise DataError(f"{url}: cannot open as a frame store ({exc.strerror or exc})") from None
 
 
 def encode_reason(reason: str) -> np.ndarray:

@@ -49,10 +49,13 @@ class PrepareConfig:
 
 
 def key_config(cfg: PrepareConfig) -> dict:
-    """Only the selected source's options key the corpus: editing another source's options does not."""
+    """Only the selected source's options key the corpus: editing another source's options does not.
+
+    ``strict`` is left out: it decides whether the stage fails, never what a finished corpus holds.
+    """
     from ..config import to_dict
 
-    return {"source": cfg.source, "strict": cfg.strict, cfg.source: to_dict(cfg.source_config())}
+    return {"source": cfg.source, cfg.source: to_dict(cfg.source_config())}
 
 
 def raw_inputs(cfg: PrepareConfig) -> list[str]:

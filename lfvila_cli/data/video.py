@@ -173,8 +173,15 @@ def _open_source(source: str):
     if "://" in source and not source.startswith("file://"):
         import fsspec
 
-        with fsspec.open(source, "rb") as fh:
-            return io.BytesIO(fh.read())
+        # A missing object, an unknown protocol ("Protocol not known") or a filesystem whose
+        # package is not installed (ImportError) fails this video, not the whole run.
+        try:
+            with fsspec.open(source, "rb") as fh:
+                return io.BytesIO(fh.read())
+        except FileNotFoundError:
+            raise VideoError("cannot read: file not found") from None
+        except (OSError, ValueError, ImportError) as exc:
+            raise VideoError(f"cannot read: {_short_reason(exc)}") from None
     path = source[len("file://") :] if source.startswith("file://") else source
     if not os.path.exists(path):
         raise VideoError("file not found")
@@ -242,9 +249,20 @@ class VideoDecoder:
         return resize_frames(native, self.height, self.width), self.frame_starts[idx].astype(np.float32)
 
     def span(self, start: float | None, end: float | None, num_frames: int) -> tuple[np.ndarray, np.ndarray]:
-        """``num_frames`` evenly spaced frames of ``[start, end]``; ``None`` means the whole file."""
-        start = float(self.frame_starts[0]) if start is None else start
-        end = self.info.duration if end is None else end
+        """``num_frames`` evenly spaced frames of ``[start, end]``; ``None`` means the whole file.
+
+        A span that runs past the end of the video is cut at its end, so the frames are spread
+        over the part that exists (ActivityNet videos are often a few seconds shorter than
+        their annotations); the returned times tell where they came from. A span that starts
+        at or after the end is a ``VideoError``: it has no frames of its own (clamping would
+        give ``num_frames`` copies of the last frame).
+        """
+        duration = self.info.duration
+        start = float(self.frame_starts[0]) if start is None else float(start)
+        end = duration if end is None else float(end)
+        if start >= duration - 1e-6:
+            raise VideoError(f"segment {start:.1f}–{end:.1f} s is outside the video ({duration:.1f} s)")
+        end = min(end, duration)
         return self.frames_at(span_times(start, end, num_frames))
 
     def close(self) -> None:

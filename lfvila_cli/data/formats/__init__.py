@@ -122,6 +122,17 @@ def _filesystem(url: str):
         raise DataError(f"{url}: cannot open this URL ({exc})") from None
 
 
+def absolute(path: str) -> str:
+    """A local path made absolute (``""`` and URLs as given).
+
+    Config paths are normalised when the config is built, so the artifact key and the saved
+    config do not depend on the directory the command ran from.
+    """
+    if not path or is_url(path):
+        return path
+    return os.path.abspath(os.path.expanduser(path))
+
+
 def video_root(root: str) -> str:
     """A video root as written into the corpus: URLs as given, local paths made absolute.
 

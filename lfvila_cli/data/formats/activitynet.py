@@ -31,7 +31,7 @@ from typing import Any, Iterator
 from ...config import check
 from ...errors import ConfigError, DataError
 from ..corpus import SPLITS, Rejections, Sample, Segment
-from . import exists, join, load_json, safe_name, video_root
+from . import absolute, exists, join, load_json, safe_name, video_root
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ class ActivityNetConfig:
     splits: dict[str, str] = field(default_factory=_default_splits)  # file stem -> corpus split
 
     def __post_init__(self) -> None:
+        self.annotations, self.video_root = absolute(self.annotations), absolute(self.video_root)
         check(self.video_ext == "" or self.video_ext.startswith("."), f"{SOURCE}.video_ext", f"must start with '.', got {self.video_ext!r}")
         check(bool(self.splits), f"{SOURCE}.splits", "must name at least one annotation file")
         for stem, split in self.splits.items():
@@ -78,6 +79,9 @@ def raw_inputs(cfg: ActivityNetConfig) -> list[str]:
 def read(cfg: ActivityNetConfig, out_dir: Path, rejections: Rejections) -> Iterator[Sample]:
     """One sample per video entry, files in ``splits`` order, entries in file order."""
     files = annotation_files(cfg)
+    absent = sorted(set(cfg.splits) - {stem for _, stem, _ in files})
+    if absent:  # a misnamed train.json would otherwise give a corpus without its train split
+        log.warning("activitynet: %s not found in %s; their splits stay empty", ", ".join(f"{s}.json" for s in absent), cfg.annotations)
     _require(cfg, "video_root")
     root = video_root(cfg.video_root)
     # The files are small (~10k videos each): load them all to find keys shared between files.

@@ -49,7 +49,7 @@ from typing import Any, Iterator, Literal
 from ...config import check
 from ...errors import ConfigError
 from ..corpus import SPLITS, Rejections, Sample, Segment
-from . import expand, iter_jsonl, join, parse_time, safe_name, video_root
+from . import absolute, expand, iter_jsonl, join, parse_time, safe_name, video_root
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,7 @@ class HdvilaConfig:
     gap_tolerance: float = 0.5  # seconds of gap or overlap between clips still counted as contiguous
 
     def __post_init__(self) -> None:
+        self.metadata, self.text, self.video_root = absolute(self.metadata), absolute(self.text), absolute(self.video_root)
         check(self.layout in ("clips", "source"), f"{SOURCE}.layout", f"expected 'clips' or 'source', got {self.layout!r}")
         check(self.split in SPLITS, f"{SOURCE}.split", f"expected one of {list(SPLITS)}, got {self.split!r}")
         check(self.min_clips >= 1, f"{SOURCE}.min_clips", f"must be at least 1, got {self.min_clips}")

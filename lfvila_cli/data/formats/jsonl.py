@@ -24,7 +24,7 @@ from typing import Iterator
 
 from ...errors import ConfigError
 from ..corpus import Rejections, Sample
-from . import is_url, iter_jsonl, join, parent, video_root
+from . import absolute, is_url, iter_jsonl, join, parent, video_root
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,9 @@ SOURCE = "jsonl"
 class JsonlConfig:
     path: str = ""  # the corpus JSON Lines file (path or fsspec URL)
     video_root: str = ""  # base of relative video paths; "" = the directory holding `path`
+
+    def __post_init__(self) -> None:
+        self.path, self.video_root = absolute(self.path), absolute(self.video_root)
 
 
 Config = JsonlConfig
