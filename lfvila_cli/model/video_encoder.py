@@ -598,7 +598,7 @@ class VideoEncoder(nn.Module):
         self.config = config
         cfg = config
         self.patch_embed = PatchEmbed3D(cfg.patch_size, cfg.in_chans, cfg.embed_dim)
-        rates = torch.linspace(0, cfg.drop_path_rate, sum(cfg.depths)).tolist()
+        rates = torch.linspace(0, cfg.drop_path_rate, sum(cfg.depths), device="cpu").tolist()  # works under a meta device context
         self.layers = nn.ModuleList()
         for i, (dim, depth) in enumerate(zip(cfg.layer_dims, cfg.depths)):
             start = sum(cfg.depths[:i])
