@@ -28,7 +28,7 @@ app = typer.Typer(
 
 WorkdirOpt = typer.Option(Path("lfvila-work"), "--workdir", "-w", envvar="LFVILA_WORKDIR", help="Work directory holding the artifact store and refs.")
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file(s) for this stage, applied in order over the defaults.")
-SetOpt = typer.Option(None, "--set", "-s", help="Override one config key of this stage, KEY=VALUE (repeatable); see the examples below.")
+SetOpt = typer.Option(None, "--set", "-s", help="Override one config key of this stage, KEY=VALUE (repeatable); see the examples above.")
 ForceOpt = typer.Option(False, "--force", help="Rerun even if an artifact with the same key exists.")
 DryRunOpt = typer.Option(False, "--dry-run", help="Show whether the stage would run or is up to date; do no work.")
 NameOpt = typer.Option(None, "--name", help="Also record the artifact under this ref name (besides 'latest').")
@@ -119,6 +119,12 @@ def prepare(
       lfvila prepare --source activitynet --set activitynet.annotations=captions/ --set activitynet.video_root=videos/
 
       lfvila prepare --source jsonl --set jsonl.path=my_corpus.jsonl
+
+    Config keys: source, strict, and per source example.* (seed, train_videos, val_videos,
+    test_videos, min_clips, max_clips, clip_seconds, fps, height, width, qa_per_video),
+    hdvila.* (metadata, text, video_root, layout, video_ext, split, min_clips, max_clips,
+    gap_tolerance), activitynet.* (annotations, video_root, video_ext, splits), jsonl.*
+    (path, video_root).
     """
     _setup_logging(verbose)
     overrides = ([f"source={source}"] if source else []) + (["strict=true"] if strict else []) + list(set_ or [])
@@ -150,6 +156,10 @@ def cache(
       lfvila cache --set frames_per_segment=8 --set height=192 --set width=320
 
       torchrun --nproc_per_node 4 -m lfvila_cli.main cache --corpus latest
+
+    Config keys: frames_per_segment (8), height (192), width (320), segment_mode (clips |
+    chunks), num_chunks (4), splits ([] = all), store_url, compression (none | zstd),
+    max_failure_rate (0.05), workers (2), retry_failed (false).
     """
     _setup_logging(verbose)
     overrides = []

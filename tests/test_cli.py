@@ -297,3 +297,17 @@ def test_pipeline_under_a_two_rank_launch_runs_prepare_once(tmp_path):
     assert "prepare: done" in outputs[0] and "cache: done" in outputs[0]
     assert "prepare" not in outputs[1] and "cache: rank 1/2 finished its rows" in outputs[1]
     assert len(list((tmp_path / "store" / "prepare").glob("*/manifest.json"))) == 1
+
+
+def test_help_lists_every_config_key():
+    from dataclasses import fields
+
+    from lfvila_cli.data.cache import CacheConfig
+    from lfvila_cli.data.prepare import PrepareConfig
+
+    cache_help = " ".join(invoke("cache", "--help").output.split())
+    assert all(f.name in cache_help for f in fields(CacheConfig)), cache_help
+    prepare_help = " ".join(invoke("prepare", "--help").output.split())
+    for group in fields(PrepareConfig):
+        names = [group.name] if group.name in ("source", "strict") else [g.name for g in fields(group.default_factory())]
+        assert all(name in prepare_help for name in names), (group.name, prepare_help)
