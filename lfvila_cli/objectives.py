@@ -461,10 +461,16 @@ def pretrain_stage2_loss(
 
     mlm_logits (N, L, V) and mlm_labels (N, L) come from the same forward pass as vtm_logits
     (N, 2); MLM counts on matched pairs only, so labels of rows with ``vtm_labels == 0`` are
-    ignored. Returns the weighted terms ``mlm`` and ``vtm`` and their sum ``total``.
+    ignored. Labels may live on another device or have another integer dtype than the logits
+    (they are moved to the logits' device as long). Returns the weighted terms ``mlm`` and
+    ``vtm`` and their sum ``total``.
     """
     cfg = cfg or ObjectiveConfig()
-    matched_labels = mlm_labels.masked_fill(vtm_labels[:, None] == 0, IGNORE_INDEX)
+    # ``video_text_matching_pairs`` makes its labels on the generator's device (often the CPU)
+    # while the logits may be on an accelerator: bring the labels to the logits, as class indices.
+    vtm_labels = torch.as_tensor(vtm_labels).to(device=vtm_logits.device, dtype=torch.long)
+    mlm_labels = torch.as_tensor(mlm_labels).to(device=mlm_logits.device, dtype=torch.long)
+    matched_labels = mlm_labels.masked_fill(vtm_labels[:, None].to(mlm_labels.device) == 0, IGNORE_INDEX)
     terms = {
         "mlm": cfg.mlm_weight * mlm_loss(mlm_logits, matched_labels),
         "vtm": cfg.vtm_weight * vtm_loss(vtm_logits, vtm_labels),

@@ -12,9 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from lfvila_cli.config import from_dict, to_dict
-from lfvila_cli.errors import ConfigError
+from lfvila_cli.errors import ConfigError, LfvilaError
 from lfvila_cli.model.heads import class_balanced_span_loss
 from lfvila_cli.model.lfvila import (
+    EmptySentenceSlotError,
     LfvilaConfig,
     LfvilaModel,
     build_model,
@@ -299,6 +300,41 @@ def test_stage1_needs_one_sentence_per_clip():
         model.forward_pretrain_stage1(frames(1, 16), *text(1, 3, 8))
     with pytest.raises(ValueError, match="unknown forward mode"):
         model("stage3")
+
+
+def test_stage1_refuses_empty_sentence_slots_naming_how_many_samples():
+    model = build_model(variant_config("lfvila-tiny", "stage1"))
+    ids, mask = text(3, 2, 8)
+    ids[1, 1], mask[1, 1] = 0, 0  # sample 1: its second slot is empty
+    ids[2, 0], mask[2, 0] = 0, 0  # sample 2: its first slot is empty
+    with pytest.raises(EmptySentenceSlotError, match="2 of 3 samples have empty sentence slots") as caught:
+        model.forward_pretrain_stage1(frames(3, 16), ids, mask)
+    assert isinstance(caught.value, (LfvilaError)) and isinstance(caught.value, ValueError)
+
+
+def test_stage2_keeps_the_frozen_stage1_parts_in_eval_mode():
+    config = variant_config("lfvila-tiny", "stage2")
+    config.video.drop_path_rate = 0.3
+    config.text.bert_config = {**config.text.bert_config, "hidden_dropout_prob": 0.1}
+    torch.manual_seed(0)
+    model = build_model(config)
+    model.set_trainable("stage2")
+    model.train()
+    video = frames(4, 16)
+    first, second = model.video_encoder(video), model.video_encoder(video)
+    torch.testing.assert_close(first.tokens, second.tokens, rtol=0, atol=0)  # no stochastic depth
+    bert = model.text_encoder.bert
+    frozen = [bert.embeddings, bert.encoder.layer[0], bert.encoder.layer[1], model.text_encoder.paragraph_embedding]
+    assert all(not m.training for part in frozen for m in part.modules())
+    assert any(isinstance(m, nn.Dropout) for m in bert.encoder.layer[0].modules())
+    trainable = [bert.encoder.layer[2], bert.encoder.layer[3], model.fusion, model.mlm_head, model.vtm_head]
+    assert all(m.training for part in trainable for m in part.modules())
+    assert model.training
+    model.eval()
+    assert not any(m.training for m in model.modules())
+    model.set_trainable("finetune")
+    model.train()
+    assert all(m.training for m in model.modules())
 
 
 def test_stage_parameter_split_follows_the_spec(tiny_stage2):

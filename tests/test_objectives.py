@@ -335,3 +335,20 @@ def test_stage2_counts_mlm_on_matched_pairs_only():
     assert terms["mlm"].item() == pytest.approx(mlm_loss(mlm_logits[matched], mlm_labels[matched]).item(), rel=1e-6)
     assert terms["vtm"].item() == pytest.approx(10.0 * vtm_loss(vtm_logits, vtm_labels).item(), rel=1e-6)
     assert terms["total"].item() == pytest.approx(terms["mlm"].item() + terms["vtm"].item(), rel=1e-6)
+
+
+def test_stage2_loss_moves_labels_to_the_logits_device_and_dtype():
+    """``video_text_matching_pairs`` makes labels on the generator's device (CPU) while the logits
+    may be on an accelerator; the loss brings the labels over (as long class indices)."""
+    g = torch.Generator().manual_seed(0)
+    mlm_logits, vtm_logits = torch.randn(4, 6, 11, generator=g), torch.randn(4, 2, generator=g)
+    mlm_labels = torch.randint(0, 11, (4, 6), generator=g)
+    vtm_labels = video_text_matching_pairs(4, g).labels
+    reference = pretrain_stage2_loss(mlm_logits, mlm_labels, vtm_logits, vtm_labels)
+    # Other integer dtypes (as a data loader may give) are accepted and give the same loss.
+    terms = pretrain_stage2_loss(mlm_logits, mlm_labels.int(), vtm_logits, vtm_labels.to(torch.int32))
+    for name in reference:
+        torch.testing.assert_close(terms[name], reference[name])
+    # Logits on another device than the CPU labels (meta stands in for an accelerator here).
+    meta = pretrain_stage2_loss(mlm_logits.to("meta"), mlm_labels, vtm_logits.to("meta"), vtm_labels)
+    assert all(t.device.type == "meta" for t in meta.values())

@@ -211,13 +211,19 @@ def test_clamped_window_bias_uses_its_own_offsets():
 
 def test_gradient_checkpointing_gives_the_same_gradients():
     video = frames(2, 16, 32, 48)
-    grads = []
+    grads, calls = [], []
     for use_checkpoint in (False, True):
         model = tiny_encoder(drop_path_rate=0.2, gradient_checkpointing=use_checkpoint).train()
+        count = [0]
+        # a pre-hook: non-reentrant checkpointing stops the recomputation early, before forward hooks
+        model.layers[0].blocks[0].register_forward_pre_hook(lambda *_: count.__setitem__(0, count[0] + 1))
         torch.manual_seed(123)  # same stochastic-depth draws in both runs
         out = model(video)
         (out.tokens.square().mean() + out.clip_features.square().mean()).backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+        calls.append(count[0])
+    # Checkpointing really happens: the block runs again during the backward pass.
+    assert calls == [1, 2]
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-7, msg=name)

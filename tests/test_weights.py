@@ -191,6 +191,116 @@ def test_fp32_safetensors_and_wrapped_checkpoints_load(tiny_pair, tmp_path):
             torch.testing.assert_close(target.state_dict()[key], value, rtol=0, atol=0, msg=key)
 
 
+def tiny_inputs(batch: int = 2):
+    g = torch.Generator().manual_seed(5)
+    video = torch.randn(batch, 16, 3, 64, 96, generator=g)
+    ids = torch.randint(1000, 30522, (batch, 2, 8), generator=g)
+    ids[..., 0], ids[..., -1] = 101, 102
+    mask = torch.ones_like(ids)
+    mask[0, 1, 5:] = 0
+    return video, ids * mask, mask
+
+
+def test_a_model_built_on_meta_loads_its_own_export_exactly(tiny_pair):
+    source, _ = tiny_pair
+    source.eval()
+    exported = {k: v.clone() for k, v in export_official_state_dict(source, dtype=None).items()}
+    target = build_model(get_preset("lfvila-tiny", "stage2"), "meta")
+    # Non-persistent index buffers (no state dict restores them) are real from the start.
+    assert not target.text_encoder.bert.embeddings.position_ids.is_meta
+    report = load_official_checkpoint(target, exported, strict=True)
+    assert report.missing == [] and report.unexpected == []
+    tensors = [*target.named_parameters(), *target.named_buffers()]
+    assert [n for n, t in tensors if t.is_meta] == []
+    for name, buffer in source.named_buffers():
+        torch.testing.assert_close(target.get_buffer(name), buffer, rtol=0, atol=0, msg=name)
+    target.eval()
+    video, ids, mask = tiny_inputs()
+    with torch.no_grad():
+        want_text, got_text = source.encode_text(ids, mask), target.encode_text(ids, mask)
+        want_video, got_video = source.encode_video(video), target.encode_video(video)
+        want_fused = source.forward_stage2(video, ids, mask)
+        got_fused = target.forward_stage2(video, ids, mask)
+    assert torch.isfinite(got_text.features.token_states).all()
+    for want, got in [
+        (want_text.paragraph_embedding, got_text.paragraph_embedding),
+        (want_text.sentence_embeddings, got_text.sentence_embeddings),
+        (want_text.features.token_states, got_text.features.token_states),
+        (want_video.global_embedding, got_video.global_embedding),
+        (want_video.clip_embeddings, got_video.clip_embeddings),
+        (want_fused.mlm_logits, got_fused.mlm_logits),
+        (want_fused.vtm_logits, got_fused.vtm_logits),
+    ]:
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_a_qa_model_built_on_meta_from_a_stage2_file_initialises_the_missing_heads(tiny_pair):
+    source, _ = tiny_pair
+    exported = {k: v.clone() for k, v in export_official_state_dict(source, dtype=None).items()}
+    torch.manual_seed(0)
+    target = build_model(get_preset("lfvila-tiny", "qa-multichoice"), "meta")
+    report = load_official_checkpoint(target, exported)
+    head = target.multiple_choice_head
+    assert report.missing == sorted(f"multiple_choice_head.{n}" for n, _ in head.named_parameters())
+    assert any("fresh initialisation" in note for note in report.notes)
+    assert not any(t.is_meta for t in [*target.parameters(), *target.buffers()])
+    # The head's fresh initialisation: BERT's rule (normal weights, zero biases).
+    weight = head.classifier.weight
+    assert torch.isfinite(weight).all() and weight.std() > 0 and weight.abs().max() < 0.2
+    assert torch.equal(head.classifier.bias, torch.zeros_like(head.classifier.bias))
+    # The loaded parts are the source's.
+    torch.testing.assert_close(target.video_encoder.norm.weight, source.video_encoder.norm.weight, rtol=0, atol=0)
+    video, ids, mask = tiny_inputs()
+    with torch.no_grad():
+        out = target.eval().forward_multiple_choice(video, ids[:, None].expand(-1, 3, -1, -1), mask[:, None].expand(-1, 3, -1, -1))
+    assert torch.isfinite(out.choice_logits).all() and torch.isfinite(out.span_logits).all()
+
+
+def test_a_module_with_no_initialisation_rule_left_on_meta_is_refused(tiny_pair, monkeypatch):
+    from lfvila_cli.model import lfvila
+
+    source, _ = tiny_pair
+    exported = {k: v.clone() for k, v in export_official_state_dict(source, dtype=None).items()}
+    exported.pop("text_encoder.classifier.weight", None)
+    target = build_model(get_preset("lfvila-tiny", "qa-multichoice"), "meta")
+    monkeypatch.setattr(lfvila, "materialise_meta", lambda model, device="cpu": [])
+    with pytest.raises(WeightImportError, match="still on the meta device.*multiple_choice_head"):
+        load_official_checkpoint(target, exported)
+
+
+def release_clip_head_state():
+    """A release-layout file with the clip head (local_feat_proj, norm_local)."""
+    torch.manual_seed(4)
+    intra = build_model(get_preset("lfvila-tiny", "stage1"))
+    return export_official_state_dict(intra, dtype=None)
+
+
+def test_final_clip_features_skip_the_release_clip_head_with_the_reason():
+    state = release_clip_head_state()
+    assert any(k.startswith("video_encoder.local_feat_proj.") for k in state)
+    config = get_preset("lfvila-tiny", "stage1")
+    config.video.clip_features = "final"
+    config.projections.clip_dim = config.video.clip_feature_dim
+    model = build_model(config)
+    report = load_official_checkpoint(model, state, strict=True)
+    assert report.unexpected == []
+    clip_head = {k: why for k, why in report.skipped.items() if k.startswith(("video_encoder.local_feat_proj.", "video_encoder.norm_local."))}
+    assert sorted(clip_head) == sorted(k for k in state if k.startswith(("video_encoder.local_feat_proj.", "video_encoder.norm_local.")))
+    assert {why for why in clip_head.values()} == {
+        "the release never used its clip head: its forward reset local_feat each layer "
+        "(video.clip_features: final reads the final-layer features, as the release did)"
+    }
+
+
+def test_intra_clip_features_load_the_release_clip_head_with_a_note_that_it_was_never_trained():
+    state = release_clip_head_state()
+    model = build_model(get_preset("lfvila-tiny", "stage1"))
+    report = load_official_checkpoint(model, state, strict=True)
+    assert "video_encoder.clip_merge.reduction.weight" in report.loaded
+    notes = [n for n in report.notes if "local_feat_proj" in n]
+    assert len(notes) == 1 and "never trained" in notes[0] and "clip_features: final" in notes[0]
+
+
 class Payload:
     """Unpickling this would create a file; weights_only loading must refuse before that."""
 

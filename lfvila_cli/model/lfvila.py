@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from ..config import check
-from ..errors import ConfigError
+from ..errors import ConfigError, LfvilaError
 from ..objectives import ObjectiveConfig
 from .fusion import CrossModalConfig, CrossModalEncoder, CrossModalOutput
 from .heads import (
@@ -208,6 +208,10 @@ class ClassificationModelOutput:
 Stage = Literal["stage1", "stage2", "finetune"]
 
 
+class EmptySentenceSlotError(LfvilaError, ValueError):
+    """Stage-1 input whose text leaves a sentence slot empty (MTC needs one sentence per clip)."""
+
+
 class LfvilaModel(nn.Module):
     """The LF-VILA model. Build it with a config (``presets.get_preset``); parts the config
     leaves out are ``None``. ``forward(mode, ...)`` dispatches to the ``forward_*`` methods so
@@ -216,6 +220,7 @@ class LfvilaModel(nn.Module):
     def __init__(self, config: LfvilaConfig) -> None:
         super().__init__()
         self.config = config
+        self.frozen_modules: list[str] = []  # kept in eval mode by train(); see set_trainable
         heads = config.heads
         self.video_encoder = VideoEncoder(config.video)
         self.text_encoder = HierarchicalTextEncoder(config.text)
@@ -302,6 +307,16 @@ class LfvilaModel(nn.Module):
         text = self.encode_text(input_ids, attention_mask)
         if video.clip_embeddings is None or text.sentence_embeddings is None:
             raise ConfigError("config key 'heads.projections': stage 1 needs the local projections ('global+local')")
+        # MTC pairs sentence i with clip i and has no notion of an empty slot: an empty slot's zero
+        # feature would still project to a unit vector and act as a key / target / negative. Stage 1
+        # always draws M consecutive clips each with its sentence, so an empty slot is a data error.
+        empty = ~text.sentence_mask.bool()
+        if bool(empty.any()):
+            samples = int(empty.any(dim=1).sum())
+            raise EmptySentenceSlotError(
+                f"stage 1 needs a sentence in every slot (MTC pairs sentence i with clip i): "
+                f"{samples} of {empty.shape[0]} samples have empty sentence slots ({int(empty.sum())} slots in all)"
+            )
         return Stage1Output(
             video_embedding=video.global_embedding,
             paragraph_embedding=text.paragraph_embedding,
@@ -416,13 +431,45 @@ class LfvilaModel(nn.Module):
         raise ValueError(f"unknown stage {stage!r}; expected stage1, stage2 or finetune")
 
     def set_trainable(self, stage: Stage) -> int:
-        """Set ``requires_grad`` for ``stage`` (others frozen); returns the trainable count."""
+        """Set ``requires_grad`` for ``stage`` (others frozen); returns the trainable count.
+
+        The largest submodules left wholly frozen are remembered (``frozen_modules``) and kept in
+        eval mode by ``train()``, as the authors call ``.eval()`` on frozen parts: no dropout or
+        stochastic depth where nothing learns (in stage 2: the video encoder, BERT's embeddings
+        and text layers, the paragraph embedding, the projections).
+        """
         trainable = set(self.stage_parameter_names(stage))
         count = 0
         for name, param in self.named_parameters():
             param.requires_grad_(name in trainable)
             count += param.numel() if name in trainable else 0
+        self.frozen_modules = self._wholly_frozen_modules()
+        self.train(self.training)
         return count
+
+    def _wholly_frozen_modules(self) -> list[str]:
+        """Names of the largest submodules that hold parameters, none of them trainable."""
+        frozen: list[str] = []
+
+        def walk(prefix: str, module: nn.Module) -> None:
+            for name, child in module.named_children():
+                path = f"{prefix}{name}"
+                params = list(child.parameters())
+                if params and not any(p.requires_grad for p in params):
+                    frozen.append(path)
+                elif params:
+                    walk(path + ".", child)
+
+        walk("", self)
+        return frozen
+
+    def train(self, mode: bool = True) -> "LfvilaModel":
+        """``nn.Module.train``, except that the submodules ``set_trainable`` froze stay in eval mode."""
+        super().train(mode)
+        if mode:
+            for name in getattr(self, "frozen_modules", ()):
+                self.get_submodule(name).eval()
+        return self
 
 
 # ---------------------------------------------------------------------------------------------
@@ -432,7 +479,8 @@ class LfvilaModel(nn.Module):
 
 @contextlib.contextmanager
 def parameters_on_meta() -> Iterator[None]:
-    """Create every parameter and buffer on the meta device (shapes only, no memory, no init cost).
+    """Create every parameter and persistent buffer on the meta device (shapes only, no memory,
+    no init cost). Non-persistent buffers (index tensors no checkpoint holds) stay real.
 
     Module code may still compute small things on the CPU while it is built (e.g. a drop-path
     schedule with ``.tolist()``), which a ``torch.device("meta")`` context would break; only
@@ -449,7 +497,11 @@ def parameters_on_meta() -> Iterator[None]:
             module._parameters[name] = type(param)(param.to("meta"), requires_grad=param.requires_grad)
 
     def meta_buffer(module: nn.Module, name: str, tensor, persistent: bool = True) -> None:
-        register_buffer(module, name, tensor.to("meta") if tensor is not None else None, persistent)
+        # Non-persistent buffers (BERT's position_ids / token_type_ids) are in no state dict, so
+        # no checkpoint could restore them: keep them real (they are small index tensors).
+        if persistent and tensor is not None:
+            tensor = tensor.to("meta")
+        register_buffer(module, name, tensor, persistent)
 
     nn.Module.register_parameter = meta_parameter
     nn.Module.register_buffer = meta_buffer
@@ -458,6 +510,81 @@ def parameters_on_meta() -> Iterator[None]:
     finally:
         nn.Module.register_parameter = register_parameter
         nn.Module.register_buffer = register_buffer
+
+
+def meta_tensor_names(model: nn.Module) -> list[str]:
+    """Names of the parameters and buffers of ``model`` still on the meta device."""
+    tensors = list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False))
+    return sorted({name for name, tensor in tensors if tensor is not None and tensor.is_meta})
+
+
+@torch.no_grad()
+def _fresh_init(module: nn.Module, part: str, std: float) -> None:
+    """The initialisation ``module`` (a leaf owner of tensors, materialised empty) gets when the
+    model is built: ``part`` is its top-level attribute name, ``std`` BERT's initializer_range."""
+    from .fusion import VideoTokenEmbedding
+    from .video_encoder import WindowAttention3D, _init_weights as video_init
+
+    if isinstance(module, nn.LayerNorm):
+        if module.weight is not None:
+            nn.init.ones_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif part == "video_encoder" and isinstance(module, (nn.Linear, WindowAttention3D)):
+        video_init(module)  # truncated normal 0.02, zero biases
+    elif part == "projections" or isinstance(module, nn.modules.conv._ConvNd):
+        module.reset_parameters()  # PyTorch's default, as the projections and the patch kernel get
+    elif isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=std)  # BERT's rule: its layers and the fresh heads
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=std)
+        if module.padding_idx is not None:
+            module.weight[module.padding_idx].zero_()
+    elif isinstance(module, VideoTokenEmbedding):
+        module.spatial_embedding.normal_(std=0.02)
+        module.temporal_embedding.normal_(std=0.02)
+    elif isinstance(module, MaskedLanguageModelingHead):
+        module.bias.zero_()
+    # anything else stays uninitialised memory and is not reported as materialised
+
+
+def materialise_meta(model: "LfvilaModel", device: str | torch.device = "cpu") -> list[str]:
+    """Give every parameter still on the meta device real memory on ``device`` and its
+    fresh initialisation (what ``LfvilaModel(config)`` would have drawn), module by module.
+
+    For a model built on meta and then loaded from a file that lacks some parts (a QA model from
+    a stage-2 file: the QA head): those parts keep their fresh initialisation. Returns the names
+    materialised; tensors of a module with no known initialisation stay on meta.
+    """
+    from .fusion import VideoTokenEmbedding
+    from .video_encoder import WindowAttention3D
+
+    initialisable = (
+        nn.LayerNorm, nn.Linear, nn.Embedding, nn.modules.conv._ConvNd,
+        MaskedLanguageModelingHead, VideoTokenEmbedding, WindowAttention3D,
+    )
+    bert_config = getattr(getattr(getattr(model, "text_encoder", None), "bert", None), "config", None)
+    std = getattr(bert_config, "initializer_range", 0.02)
+    done: list[str] = []
+    for name, module in model.named_modules():
+        params = [n for n, t in module._parameters.items() if t is not None and t.is_meta]
+        buffers = [n for n, t in module._buffers.items() if t is not None and t.is_meta]
+        # A module with no known initialisation, or a meta buffer (we cannot recompute it), stays
+        # on meta so that the caller sees what is still missing.
+        if not params or buffers or not isinstance(module, initialisable):
+            continue
+        # Materialise the meta parameters (to_empty for those only); a loaded parameter of the same
+        # module is swapped out for a scratch copy while the module's init runs, so it is kept.
+        loaded = {n: t for n, t in module._parameters.items() if t is not None and not t.is_meta}
+        for n, t in module._parameters.items():
+            if t is not None:
+                module._parameters[n] = nn.Parameter(torch.empty_like(t, device=device), requires_grad=t.requires_grad)
+        _fresh_init(module, name.split(".", 1)[0], std)
+        module._parameters.update(loaded)
+        done.extend(f"{name}.{n}" if name else n for n in params)
+    return sorted(done)
 
 
 def build_model(config: LfvilaConfig, device: str | torch.device | None = None) -> LfvilaModel:

@@ -12,7 +12,11 @@ exclusion, or a part the target model does not have), and source keys *unexpecte
 maps them: usually a different model or format). A shape mismatch is refused with a one-line
 ``WeightImportError`` naming the key and both shapes. Models built on the meta device
 (``lfvila.build_model(cfg, "meta")``) are materialised straight from the checkpoint
-(``load_state_dict(assign=True)``); others are copied into, cast to their own dtype.
+(``load_state_dict(assign=True)``); others are copied into, cast to their own dtype. After
+``load_official_checkpoint`` from real tensors, the parts of a meta-built model that the file
+lacks get real memory and their fresh initialisation (``lfvila.materialise_meta``), and a
+tensor still on meta is refused (``WeightImportError``); a shape-only (meta) source leaves a
+shape-only model. Non-persistent index buffers are never on meta (``parameters_on_meta``).
 
 **(a) Swin-2D → HTWA (SPEC §2).** Accepts the original Swin release (``patch_embed.proj``,
 ``layers.{s}.blocks.{j}.attn.qkv``, ``layers.{s}.downsample``, ``norm``; optionally wrapped in
@@ -84,6 +88,12 @@ Name rules (``OFFICIAL_KEY_MAP``, longest prefix wins; ours ← theirs):
     multiple_choice_head.classifier.*       text_encoder.classifier.*   (multiple-choice model)
     classification_head.classifier.*        text_encoder.classifier.*   (classification model)
     multiple_choice_head.span_classifier.*  text_encoder.span_classifier.*
+
+The release's clip head (``local_feat_proj``, ``norm_local``) was never used by its forward
+(``local_feat`` was reset at every layer) and so never trained: with
+``video.clip_features="final"`` (the release's behaviour) those keys are *skipped* with that
+reason; with ``"intra"`` they are loaded into ``clip_merge`` / ``clip_norm`` and the report notes
+that they are untrained (set ``clip_features: final`` to evaluate released weights).
 
 Exclusions (``OFFICIAL_EXCLUSIONS``; skipped, never loaded): ``*.relative_position_index``
 (index buffers, recomputed from the window), ``*.attn_mask`` (absent from the release; shift
@@ -631,6 +641,19 @@ OFFICIAL_EXCLUSIONS: list[tuple[str, str]] = [
 
 PARAGRAPH_POSITIONS = "text_encoder.paragraph_embedding.position_embeddings.weight"
 
+# The release's clip-feature head. Its forward reset ``local_feat`` at every layer, so MTC read
+# the final-layer features and these weights never received a gradient (video_encoder.py).
+RELEASE_CLIP_HEAD = ("video_encoder.local_feat_proj.", "video_encoder.norm_local.")
+CLIP_HEAD_UNUSED = (
+    "the release never used its clip head: its forward reset local_feat each layer "
+    "(video.clip_features: final reads the final-layer features, as the release did)"
+)
+CLIP_HEAD_UNTRAINED = (
+    "video_encoder.local_feat_proj.* / norm_local.* -> clip_merge / clip_norm: the release never "
+    "trained these weights (its forward reset local_feat each layer, so MTC used the final-layer "
+    "features); to evaluate released weights set video.clip_features: final"
+)
+
 # Top-level parts -> the config key that adds them (for "skipped" reasons).
 _PART_KEYS = {
     "mlm_head.decoder": "heads.tie_mlm_decoder",
@@ -687,10 +710,15 @@ def convert_official_state_dict(
     report = ImportReport(source=label)
     own = model.state_dict()
     converted: dict[str, tuple[str, torch.Tensor]] = {}
+    video_config = getattr(getattr(model, "video_encoder", None), "config", None)
+    clip_mode = getattr(video_config, "clip_features", None)
     for key, tensor in state.items():
         reason = _match(OFFICIAL_EXCLUSIONS, key)
         if reason is not None:
             report.skipped[key] = reason
+            continue
+        if key.startswith(RELEASE_CLIP_HEAD) and clip_mode == "final":
+            report.skipped[key] = CLIP_HEAD_UNUSED
             continue
         candidates = _rename(OFFICIAL_KEY_MAP, key)
         if not candidates:
@@ -713,6 +741,8 @@ def convert_official_state_dict(
                 )
                 tensor = tensor[:rows]
         converted[target] = (key, tensor)
+    if clip_mode == "intra" and any(source.startswith(RELEASE_CLIP_HEAD) for source, _ in converted.values()):
+        report.notes.append(CLIP_HEAD_UNTRAINED)
     bias, twin = "text_encoder.cls.predictions.bias", "text_encoder.cls.predictions.decoder.bias"
     if bias in state and twin in state and not (state[bias].is_meta or state[twin].is_meta):
         if not torch.equal(state[bias], state[twin]):
@@ -732,10 +762,34 @@ def load_official_checkpoint(
     state, label = read_state_dict(source)
     converted, report = convert_official_state_dict(state, model, label)
     _load_into(model, converted, report, assign)
+    if not any(t.is_meta for t in state.values()):  # a shape-only (meta) source gives a shape-only model
+        _materialise_after_load(model, report)
     report.log()
     if strict:
         report.check()
     return report
+
+
+def _materialise_after_load(model: nn.Module, report: ImportReport) -> None:
+    """After loading real tensors into a model built on meta: the parts the file lacks get real
+    memory and their fresh initialisation; anything still on meta is refused."""
+    from .lfvila import materialise_meta, meta_tensor_names
+
+    if not meta_tensor_names(model):
+        return
+    real = next((t for t in (*model.parameters(), *model.buffers()) if not t.is_meta), None)
+    device = real.device if real is not None else torch.device("cpu")
+    fresh = materialise_meta(model, device)
+    if fresh:
+        report.notes.append(
+            f"{len(fresh)} model tensors the file lacks got their fresh initialisation ({_abbreviate(fresh)})"
+        )
+    left = meta_tensor_names(model)
+    if left:
+        raise WeightImportError(
+            f"{report.source}: {len(left)} model tensors are still on the meta device after the import "
+            f"and have no initialisation rule ({_abbreviate(left)})"
+        )
 
 
 def export_official_state_dict(model: nn.Module, dtype: Optional[torch.dtype] = torch.float16) -> dict[str, torch.Tensor]:
