@@ -1,0 +1,397 @@
+"""The trainer core over the DeepSpeed engine (model-agnostic; SPEC §5 recipe).
+
+``Trainer(model, loss_fn, cfg, run_dir).train(batches, steps_per_epoch, resume="auto")`` runs
+forward / backward / step with DeepSpeed (ZeRO 1 or 2, fp32 / bf16 / fp16), AdamW with no weight
+decay on biases, norms and position tables, linear warm-up then linear decay to
+``final_lr_ratio`` of the peak, a NaN/Inf check before every optimizer step, metrics as JSON Lines
+and checkpoints that count only once their completion marker is written.
+
+Bad steps: a micro-batch whose total loss is NaN/Inf is not back-propagated through the model;
+instead every trainable gradient is set to NaN, so that ZeRO's overflow check (which runs on the
+reduced gradients before the update, also catching a finite loss with an Inf/NaN gradient) skips
+the whole optimizer step on every rank: no parameter update, optimizer state untouched. Skipped
+steps still advance the step counter, the data position and the LR schedule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import logging
+import os
+import random
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Literal, Mapping, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..config import check, to_dict
+from ..errors import ConfigError, LfvilaError
+from . import checkpoint as ckpt
+from .schedule import lr_factor, parameter_groups
+
+log = logging.getLogger(__name__)
+
+LossFn = Callable[[Any, Any, int], Mapping[str, torch.Tensor]]
+# batches(epoch, start) -> iterable of micro-batches of that epoch, beginning at micro-batch
+# index ``start`` (the data position saved in the checkpoint).
+BatchSource = Callable[[int, int], Iterable[Any]]
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation recipe (SPEC §5). Steps are optimizer steps (``grad_accum`` micro-batches)."""
+
+    lr: float = 5e-5
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-8
+    weight_decay: float = 0.05
+    # Warm-up: ``warmup_steps`` if set, else ``warmup_ratio`` of the total (1 of 10 epochs).
+    warmup_steps: Optional[int] = None
+    warmup_ratio: float = 0.1
+    final_lr_ratio: float = 0.01
+    micro_batch: int = 16
+    grad_accum: int = 1
+    # SPEC §5 names no clipping; 1.0 (global L2 norm) is the usual BERT/ViT pre-training choice.
+    grad_clip: float = 1.0
+    zero_stage: int = 2
+    precision: Literal["fp32", "bf16", "fp16"] = "bf16"
+    epochs: int = 10
+    max_steps: Optional[int] = None  # stop earlier than ``epochs`` (smoke runs, tests)
+    log_every: int = 1
+    checkpoint_every: int = 1000
+    keep_last_k: int = 2
+    max_bad_steps: int = 10  # NaN/Inf steps tolerated over the whole run
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
+        check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "train.betas", f"expected two values in [0, 1), got {list(self.betas)}")
+        check(self.eps > 0, "train.eps", f"must be > 0, got {self.eps}")
+        check(self.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        check(self.warmup_steps is None or self.warmup_steps >= 0, "train.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        check(0 <= self.warmup_ratio < 1, "train.warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
+        check(0 <= self.final_lr_ratio <= 1, "train.final_lr_ratio", f"must be in [0, 1], got {self.final_lr_ratio}")
+        check(self.micro_batch >= 1, "train.micro_batch", f"must be >= 1, got {self.micro_batch}")
+        check(self.grad_accum >= 1, "train.grad_accum", f"must be >= 1, got {self.grad_accum}")
+        check(self.grad_clip >= 0, "train.grad_clip", f"must be >= 0 (0 disables clipping), got {self.grad_clip}")
+        # ZeRO 1/2 only: the bad-step skip relies on their overflow check (stage 0 has none).
+        check(self.zero_stage in (1, 2), "train.zero_stage", f"must be 1 or 2, got {self.zero_stage}")
+        check(self.precision in ("fp32", "bf16", "fp16"), "train.precision", f"expected fp32, bf16 or fp16, got {self.precision!r}")
+        check(self.epochs >= 1, "train.epochs", f"must be >= 1, got {self.epochs}")
+        check(self.max_steps is None or self.max_steps >= 1, "train.max_steps", f"must be >= 1, got {self.max_steps}")
+        check(self.log_every >= 1, "train.log_every", f"must be >= 1, got {self.log_every}")
+        check(self.checkpoint_every >= 1, "train.checkpoint_every", f"must be >= 1, got {self.checkpoint_every}")
+        check(self.keep_last_k >= 1, "train.keep_last_k", f"must be >= 1, got {self.keep_last_k}")
+        check(self.max_bad_steps >= 0, "train.max_bad_steps", f"must be >= 0, got {self.max_bad_steps}")
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        planned = self.epochs * steps_per_epoch
+        return min(planned, self.max_steps) if self.max_steps is not None else planned
+
+    def resolved_warmup_steps(self, steps_per_epoch: int) -> int:
+        if self.warmup_steps is not None:
+            return self.warmup_steps
+        return int(round(self.warmup_ratio * self.epochs * steps_per_epoch))
+
+
+def check_precision_supported(cfg: TrainConfig) -> None:
+    """fp16 needs a GPU: DeepSpeed refuses it on the CPU accelerator."""
+    if cfg.precision == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("config key 'train.precision': fp16 needs a GPU (DeepSpeed refuses it on CPU); use bf16 or fp32")
+
+
+def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict:
+    """The DeepSpeed JSON for ``cfg`` (saved with the run as ``deepspeed_config.json``).
+
+    The optimizer is a torch AdamW passed to ``deepspeed.initialize`` (no JIT-built fused/CPU
+    Adam), hence ``zero_allow_untested_optimizer``; the LR is set by the trainer each step.
+    """
+    return {
+        "train_micro_batch_size_per_gpu": cfg.micro_batch,
+        "gradient_accumulation_steps": cfg.grad_accum,
+        "train_batch_size": cfg.micro_batch * cfg.grad_accum * world_size,
+        "gradient_clipping": cfg.grad_clip,
+        "zero_optimization": {"stage": cfg.zero_stage},
+        "zero_allow_untested_optimizer": True,
+        "bf16": {"enabled": cfg.precision == "bf16", "check_grad_overflow": True},
+        "fp16": {"enabled": cfg.precision == "fp16", "loss_scale": 0, "initial_scale_power": 16},
+        "steps_per_print": 2**31 - 1,  # our own metrics replace DeepSpeed's progress lines
+        "wall_clock_breakdown": False,
+    }
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed_cpu() -> None:
+    """Prepare DeepSpeed for CPU (idempotent): accelerator ``cpu``, the rendezvous variables of a
+    single process where the launcher set none, no JIT build of the shared-memory comm op (only
+    used for inference all-reduce), and a gloo process group."""
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    os.environ.setdefault("LOCAL_RANK", "0")
+    import deepspeed
+    import deepspeed.comm.torch  # noqa: F401  (so that sys.modules holds it)
+
+    # Through sys.modules: ``import deepspeed.comm.torch as m`` would bind torch itself.
+    sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
+    if not deepspeed.comm.is_initialized():
+        deepspeed.init_distributed(dist_backend="gloo" if not torch.cuda.is_available() else "nccl")
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    bad_steps: int
+    last_checkpoint: Optional[Path]
+    losses: list[float]  # total loss of each step run by this call (rank mean)
+
+
+class Trainer:
+    """Runs the SPEC §5 recipe for ``model`` with ``loss_fn(engine, batch, step) -> {"total": ..,
+    term: ..}`` in ``run_dir`` (metrics.jsonl, checkpoints/, the configs).
+
+    Trainable parameters are those with ``requires_grad`` when the Trainer is built (call e.g.
+    ``model.set_trainable("stage2")`` first). ``generators`` are extra torch Generators whose
+    state is checkpointed per rank (e.g. the MTC sampling generator).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        cfg: TrainConfig,
+        run_dir: str | Path,
+        generators: Optional[Mapping[str, torch.Generator]] = None,
+    ) -> None:
+        check_precision_supported(cfg)
+        if not torch.cuda.is_available():
+            init_distributed_cpu()
+        import deepspeed
+        import deepspeed.comm as dist
+
+        self.cfg = cfg
+        self.loss_fn = loss_fn
+        self.run_dir = Path(run_dir)
+        self.ckpt_root = self.run_dir / "checkpoints"
+        self.generators = dict(generators or {})
+        self.dist = dist
+        self.rank = dist.get_rank()
+        self.world_size = dist.get_world_size()
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+
+        groups = parameter_groups(model.named_parameters(), cfg.weight_decay)
+        if not groups:
+            raise ConfigError("the model has no trainable parameters (all have requires_grad=False)")
+        self.trainable = [p for g in groups for p in g["params"]]
+        optimizer = torch.optim.AdamW(
+            [{k: v for k, v in g.items() if k != "names"} for g in groups],
+            lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
+        )
+        self.ds_config = deepspeed_config(cfg, self.world_size)
+        started = time.perf_counter()
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=self.ds_config)
+        self.init_seconds = time.perf_counter() - started
+        # Check the reduced gradients for Inf/NaN before every update, in every precision.
+        self.optimizer.check_grad_overflow = True
+        self.step = 0
+        self.epoch = 0
+        self.position = 0  # micro-batch index inside the epoch
+        self.bad_steps = 0
+        self.last_checkpoint: Optional[Path] = ckpt.latest_complete(self.ckpt_root)
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self) -> Path:
+        """Save at the current step; the marker is written once every rank has finished."""
+        tag = ckpt.tag_for(self.step)
+        client_state = {
+            "step": self.step, "epoch": self.epoch, "position": self.position,
+            "bad_steps": self.bad_steps, "world_size": self.world_size,
+        }
+        self.engine.save_checkpoint(str(self.ckpt_root), tag=tag, client_state=client_state, save_latest=False)
+        path = self.ckpt_root / tag
+        ckpt.save_rng(path, self.rank, self.generators)
+        self.dist.barrier()
+        if self.rank == 0:
+            ckpt.mark_complete(path, client_state)
+            ckpt.prune(self.ckpt_root, self.cfg.keep_last_k)
+        self.dist.barrier()
+        self.last_checkpoint = path
+        return path
+
+    def resume(self, path: Optional[str | Path] = "auto") -> Optional[Path]:
+        """Load ``path`` or, with "auto", the newest complete checkpoint (None if there is none)."""
+        path = ckpt.latest_complete(self.ckpt_root) if path == "auto" else Path(path)
+        if path is None:
+            return None
+        if not (path / ckpt.MARKER).is_file():
+            raise LfvilaError(f"{path}: checkpoint is incomplete (no {ckpt.MARKER} marker)")
+        load_path, state = self.engine.load_checkpoint(
+            str(path.parent), tag=path.name, load_optimizer_states=True, load_lr_scheduler_states=False
+        )
+        if load_path is None:
+            raise LfvilaError(f"{path}: DeepSpeed could not load this checkpoint")
+        if state["world_size"] != self.world_size:
+            log.warning("resuming a %d-rank checkpoint on %d ranks: data order will differ", state["world_size"], self.world_size)
+        self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
+        self.bad_steps = state["bad_steps"]
+        ckpt.load_rng(path, min(self.rank, state["world_size"] - 1), self.generators)
+        self.last_checkpoint = path
+        if self.rank == 0:
+            self._truncate_metrics(self.step)
+        log.info("resumed from %s at step %d (epoch %d, micro-batch %d)", path, self.step, self.epoch, self.position)
+        return path
+
+    # ------------------------------------------------------------------ loop
+    def train(self, batches: BatchSource, steps_per_epoch: int, resume: Optional[str] = None) -> TrainResult:
+        """Train until ``cfg.epochs`` (or ``cfg.max_steps``) optimizer steps are done.
+
+        An epoch is ``steps_per_epoch`` optimizer steps of ``grad_accum`` micro-batches taken from
+        ``batches(epoch, start)``; an epoch whose iterator ends early ends there (a trailing
+        partial accumulation group is dropped). A checkpoint is saved every ``checkpoint_every``
+        steps and at the end.
+        """
+        cfg = self.cfg
+        if steps_per_epoch < 1:
+            raise ConfigError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
+        total = cfg.total_steps(steps_per_epoch)
+        warmup = cfg.resolved_warmup_steps(steps_per_epoch)
+        if resume is None or self.resume(resume) is None:
+            self._seed_everything()
+        if self.rank == 0:
+            self._write_run_files(total, warmup, steps_per_epoch)
+
+        per_epoch = steps_per_epoch * cfg.grad_accum
+        losses: list[float] = []
+        bar = self._progress(total)
+        saved_at = self.step if self.last_checkpoint is not None and ckpt._step_of(self.last_checkpoint) == self.step else None
+        while self.step < total:
+            micro = iter(batches(self.epoch, self.position))
+            while self.step < total and self.position < per_epoch:
+                group = list(itertools.islice(micro, cfg.grad_accum))
+                if len(group) < cfg.grad_accum:
+                    break
+                record = self._train_step(group, lr_factor(self.step, warmup, total, cfg.final_lr_ratio) * cfg.lr)
+                losses.append(record["loss/total"])
+                self.position += cfg.grad_accum
+                self.step += 1
+                if self.rank == 0 and (self.step % cfg.log_every == 0 or self.step == total):
+                    self._log(record)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{record['loss/total']:.4f}")
+                if not record["step_applied"]:
+                    self._on_bad_step()
+                if self.step % cfg.checkpoint_every == 0:
+                    self.save()
+                    saved_at = self.step
+            if self.step < total:
+                self.epoch += 1
+                self.position = 0
+        if saved_at != self.step:
+            self.save()
+        if bar is not None:
+            bar.close()
+        return TrainResult(steps=self.step, bad_steps=self.bad_steps, last_checkpoint=self.last_checkpoint, losses=losses)
+
+    def _train_step(self, group: list, lr: float) -> dict:
+        started = time.perf_counter()
+        for param_group in self.optimizer.param_groups:
+            param_group["lr"] = lr
+        sums: dict[str, float] = {}
+        for batch in group:
+            out = self.loss_fn(self.engine, batch, self.step)
+            if "total" not in out:
+                raise LfvilaError("loss_fn must return a dict with a 'total' loss")
+            total = out["total"]
+            if bool(torch.isfinite(total.detach()).all()):
+                self.engine.backward(total)
+            else:
+                # Checked before backward: nothing flows through the model; NaN gradients make
+                # ZeRO's overflow check skip this optimizer step on every rank.
+                self.engine.backward(self._poisoned_loss())
+            self.engine.step()
+            for name, value in out.items():
+                sums[name] = sums.get(name, 0.0) + float(value.detach().float())
+        applied = bool(self.engine.was_step_applied())
+        grad_norm = self.engine.get_global_grad_norm()
+        terms = self._rank_mean({k: v / len(group) for k, v in sums.items()})
+        seconds = time.perf_counter() - started
+        record: dict[str, Any] = {"step": self.step + 1, "epoch": self.epoch, "lr": lr}
+        record.update({f"loss/{k}": v for k, v in terms.items()})
+        record.update(
+            grad_norm=float(grad_norm) if grad_norm is not None else None,
+            samples_per_s=self.cfg.micro_batch * len(group) * self.world_size / max(seconds, 1e-9),
+            step_applied=applied,
+            skipped_steps=self.bad_steps + (0 if applied else 1),
+        )
+        return record
+
+    def _poisoned_loss(self) -> torch.Tensor:
+        return sum(p.sum() for p in self.trainable) * float("nan")
+
+    def _on_bad_step(self) -> None:
+        self.bad_steps += 1
+        log.warning("step %d skipped: non-finite loss or gradient norm (%d so far)", self.step, self.bad_steps)
+        if self.bad_steps > self.cfg.max_bad_steps:
+            where = self.last_checkpoint if self.last_checkpoint is not None else "none saved yet"
+            raise LfvilaError(
+                f"training stopped at step {self.step}: {self.bad_steps} steps had a non-finite loss or gradient "
+                f"(budget train.max_bad_steps={self.cfg.max_bad_steps}); last good checkpoint: {where}"
+            )
+
+    def _rank_mean(self, values: dict[str, float]) -> dict[str, float]:
+        if self.world_size == 1:
+            return values
+        names = sorted(values)
+        tensor = torch.tensor([values[n] for n in names], dtype=torch.float64)
+        self.dist.all_reduce(tensor)
+        return {n: float(v) / self.world_size for n, v in zip(names, tensor.tolist())}
+
+    # ------------------------------------------------------------------ bookkeeping
+    def _seed_everything(self) -> None:
+        random.seed(self.cfg.seed)
+        np.random.seed(self.cfg.seed)
+        torch.manual_seed(self.cfg.seed)
+
+    def _write_run_files(self, total: int, warmup: int, steps_per_epoch: int) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "deepspeed_config.json").write_text(json.dumps(self.ds_config, indent=2) + "\n", encoding="utf-8")
+        plan = {"total_steps": total, "warmup_steps": warmup, "steps_per_epoch": steps_per_epoch, "world_size": self.world_size}
+        (self.run_dir / "train_config.json").write_text(json.dumps({**to_dict(self.cfg), **plan}, indent=2) + "\n", encoding="utf-8")
+
+    def _log(self, record: dict) -> None:
+        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            # NaN/Inf are not JSON: a skipped step logs its bad loss as null.
+            clean = {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in record.items()}
+            f.write(json.dumps(clean) + "\n")
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop records past the resumed step (written by the run that died after its last save)."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.is_file():
+            return
+        kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+    def _progress(self, total: int):
+        if self.rank != 0 or not sys.stderr.isatty():
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=total, initial=self.step, desc="train", dynamic_ncols=True)
