@@ -1,0 +1,404 @@
+"""The pre-training data pipeline: corpus + frame store → batches of 4-clip windows (SPEC §1).
+
+Each training example is a *window* of ``clips_per_sample`` (4) consecutive clips of one
+long-form sample: their ``K`` frames each (``T = clips · K`` frames, ImageNet-normalised) and
+their sentences, each tokenised alone as ``[CLS] sentence [SEP]`` padded/truncated to
+``max_tokens``. Train augmentation: ONE RandomResizedCrop (area 0.8–1.0, aspect 3/4–4/3)
+and ONE horizontal flip for all ``T`` frames of the example; eval: none (the store's frames
+are already resized and centre-cropped to ``H × W``).
+
+Reproducibility and robustness:
+
+* ``dataset[index]`` is a pure function of ``(seed, epoch, index)``: every random choice comes
+  from a generator keyed by those three numbers, so an example is the same in the main
+  process, in any DataLoader worker, on any rank, and after a resume.
+* **Every** valid window start is reachable: a sample of ``M`` segments has ``M − C + 1``
+  starts (the authors' release drew from ``M − C`` and never used the last clip's window).
+* Failed or pending store rows are never swapped for another sample (open_clip style: count,
+  log, never hide). A window that touches such a row is excluded; a sample left with no
+  window, or with fewer than ``C`` segments, is skipped at construction and counted in
+  ``dataset.skipped`` by reason.
+* The frame store (Zarr) is opened lazily, once per process: handles are not fork-safe, so a
+  DataLoader worker opens its own on first use.
+* ``source="decode"`` reads the same rows straight from the videos with ``VideoDecoder``
+  (the path the cache stage uses), the slow reference of the store (STYLE.md §7).
+
+``make_loader`` shards with a deterministic distributed batch sampler (order a pure function of
+``(seed, epoch)``, disjoint per rank) and resumes mid-epoch by skipping batches unloaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Literal, Sequence
+
+import numpy as np
+import torch
+
+from ..config import check
+from ..errors import DataError
+from .corpus import Sample, resolve_video
+from .framestore import FAILED, OK, PENDING, FrameStore
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+_CROP_TRIES = 10  # torchvision's RandomResizedCrop: then fall back to a centre crop
+_SAMPLER_STREAM = 1  # keeps the shuffle generator apart from the per-example generators
+
+
+@dataclass
+class LoaderConfig:
+    clips_per_sample: int = 4
+    frames_per_clip: int = 0  # 0 = the store's frames_per_segment; else must equal it
+    max_tokens: int = 50
+    image_mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    image_std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    crop_scale: list[float] = field(default_factory=lambda: [0.8, 1.0])  # of the frame's area
+    crop_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])  # width / height
+    flip_prob: float = 0.5
+    seed: int = 0
+    source: Literal["store", "decode"] = "store"
+
+    def __post_init__(self) -> None:
+        check(self.clips_per_sample >= 1, "clips_per_sample", f"must be >= 1, got {self.clips_per_sample}")
+        check(self.frames_per_clip >= 0, "frames_per_clip", f"must be >= 0 (0 = from the store), got {self.frames_per_clip}")
+        check(self.max_tokens >= 2, "max_tokens", f"must be >= 2 ([CLS] and [SEP]), got {self.max_tokens}")
+        for name in ("image_mean", "image_std"):
+            check(len(getattr(self, name)) == 3, name, f"needs 3 values (RGB), got {getattr(self, name)}")
+        check(all(s > 0 for s in self.image_std), "image_std", f"must be positive, got {self.image_std}")
+        lo, hi = (self.crop_scale + [0, 0])[:2]
+        check(len(self.crop_scale) == 2 and 0 < lo <= hi <= 1, "crop_scale", f"needs 0 < min <= max <= 1, got {self.crop_scale}")
+        lo, hi = (self.crop_ratio + [0, 0])[:2]
+        check(len(self.crop_ratio) == 2 and 0 < lo <= hi, "crop_ratio", f"needs 0 < min <= max, got {self.crop_ratio}")
+        check(0.0 <= self.flip_prob <= 1.0, "flip_prob", f"must be in [0, 1], got {self.flip_prob}")
+        check(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+        check(self.source in ("store", "decode"), "source", f"must be 'store' or 'decode', got {self.source!r}")
+
+
+def crop_params(rng: np.random.Generator, height: int, width: int, scale: Sequence[float], ratio: Sequence[float]) -> tuple[int, int, int, int]:
+    """RandomResizedCrop's box ``(top, left, h, w)`` (torchvision's algorithm, numpy generator)."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(_CROP_TRIES):
+        target = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+    aspect = width / height  # fallback: the largest centred box with an allowed aspect
+    if aspect < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif aspect > ratio[1]:
+        h, w = height, int(round(height * ratio[1]))
+    else:
+        h, w = height, width
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One usable sample: where its rows are and which window starts avoid bad rows."""
+
+    sample: int  # index into the samples list
+    row_start: int
+    starts: np.ndarray  # valid window starts (segment indices), ascending
+
+
+class PretrainDataset(torch.utils.data.Dataset):
+    """4-clip windows of long-form samples of one split.
+
+    ``dataset[i]`` (or ``dataset[(epoch, i)]``) → ``{"frames": (C·K, 3, H, W) float32,
+    "times": (C·K,) float32 seconds, "input_ids": (C, L) int64, "attention_mask": (C, L)
+    int64, "sample_id": str, "window_start": int, "index": int}`` with ``C`` =
+    ``clips_per_sample`` and ``L`` = ``max_tokens``.
+
+    ``store`` is a ``FrameStore`` or its URL (reopened lazily in each process); with
+    ``source="decode"`` it still decides which rows are usable, and ``video_root`` (the
+    corpus directory) resolves relative video paths. Construction reads the status of every
+    store row once.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        store: FrameStore | str | Path,
+        tokenizer,
+        cfg: LoaderConfig,
+        train: bool,
+        video_root: str | Path | None = None,
+    ) -> None:
+        self.samples = list(samples)
+        self.cfg, self.train, self.tokenizer = cfg, train, tokenizer
+        self.video_root = Path(video_root) if video_root is not None else None
+        self.epoch = 0
+        if isinstance(store, FrameStore):
+            self.store_url, self._store, self._store_pid = store.url, store, os.getpid()
+        else:
+            self.store_url, self._store, self._store_pid = str(store), None, None
+        if cfg.source == "decode" and self.video_root is None:
+            raise DataError("source 'decode' needs video_root (the corpus directory) to find the videos")
+        splits = sorted({s.split for s in self.samples})
+        if len(splits) > 1:
+            raise DataError(f"PretrainDataset takes the samples of one split, got {splits}")
+
+        st = self.store
+        if st.segment_mode != "clips":
+            raise DataError(f"{st.url}: pre-training needs a store of clips, this one has segment_mode={st.segment_mode!r}")
+        if cfg.frames_per_clip and cfg.frames_per_clip != st.frames_per_segment:
+            raise DataError(
+                f"config key 'frames_per_clip': {cfg.frames_per_clip} but the store at {st.url} holds "
+                f"{st.frames_per_segment} frames per segment (cache again, or set 0 to use the store's)"
+            )
+        self.frames_per_clip = st.frames_per_segment
+        self.height, self.width = st.height, st.width
+        self._mean = torch.tensor(cfg.image_mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self._std = torch.tensor(cfg.image_std, dtype=torch.float32).view(1, 3, 1, 1)
+
+        status = st.status()
+        self.skipped: Counter[str] = Counter()
+        self.excluded_windows = 0  # windows of kept samples lost to failed/pending rows
+        entries: list[_Entry] = []
+        c = cfg.clips_per_sample
+        for i, sample in enumerate(self.samples):
+            if sample.id not in st:
+                self.skipped["not in frame store"] += 1
+                continue
+            rows = st.rows(sample.id)
+            if len(rows) != len(sample.segments):
+                raise DataError(
+                    f"{st.url}: sample {sample.id!r} has {len(rows)} rows but {len(sample.segments)} segments in "
+                    "the corpus: the store was cached from another corpus"
+                )
+            m = len(rows)
+            if m < c:
+                self.skipped[f"fewer than {c} segments"] += 1
+                continue
+            bad = status[rows.start : rows.stop] != OK
+            # window s touches rows s..s+c-1: it is valid when none of them is bad
+            bad_in_window = np.convolve(bad.astype(np.int64), np.ones(c, np.int64), mode="valid")  # (m - c + 1,)
+            starts = np.flatnonzero(bad_in_window == 0)
+            if starts.size == 0:
+                kind = "failed" if (status[rows.start : rows.stop] == FAILED).any() else "pending"
+                self.skipped[f"no window without {kind} rows"] += 1
+                continue
+            self.excluded_windows += (m - c + 1) - starts.size
+            entries.append(_Entry(i, rows.start, starts))
+        self._entries = entries
+        if self.skipped or self.excluded_windows:
+            log.warning(
+                "pretrain data: %d of %d samples usable; skipped %s; %d windows excluded for failed/pending rows",
+                len(entries), len(self.samples), dict(self.skipped), self.excluded_windows,
+            )
+        if (status == PENDING).any():
+            log.warning("pretrain data: %s still has pending rows (cache not finished)", st.url)
+        if self._store_pid is None:
+            self._store = None  # built here only to index: workers open their own
+
+    # --- lazily opened store ------------------------------------------------------------------
+
+    @property
+    def store(self) -> FrameStore:
+        pid = os.getpid()
+        if self._store is None or self._store_pid != pid:  # first use, or a forked worker
+            self._store, self._store_pid = FrameStore(self.store_url), pid
+        return self._store
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_store"], state["_store_pid"] = None, None  # spawned workers open their own
+        return state
+
+    # --- the dataset ----------------------------------------------------------------------------
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def sample_id(self, index: int) -> str:
+        return self.samples[self._entries[index].sample].id
+
+    def valid_starts(self, index: int) -> np.ndarray:
+        """Window starts of example ``index`` that avoid failed/pending rows."""
+        return self._entries[index].starts.copy()
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
+        return self.get(int(index), int(epoch))
+
+    def get(self, index: int, epoch: int) -> dict[str, Any]:
+        """Example ``index`` of ``epoch``: a pure function of ``(cfg.seed, epoch, index)``."""
+        if not 0 <= index < len(self._entries):
+            raise IndexError(f"index {index} out of range for {len(self._entries)} examples")
+        entry = self._entries[index]
+        sample = self.samples[entry.sample]
+        # Eval examples keep one window for every epoch; train draws a new one each epoch.
+        rng = np.random.default_rng([self.cfg.seed, epoch if self.train else 0, index])
+        start = int(entry.starts[rng.integers(0, entry.starts.size)])
+        c = self.cfg.clips_per_sample
+        frames, times = self._read(sample, entry, start)  # (C, K, H, W, 3) uint8, (C, K)
+        video = torch.from_numpy(np.ascontiguousarray(frames.reshape((-1,) + frames.shape[2:])))  # (T, H, W, 3)
+        video = video.permute(0, 3, 1, 2).float().div_(255.0)  # (T, 3, H, W)
+        if self.train:
+            video = self._augment(video, rng)
+        video = (video - self._mean) / self._std
+        texts = [seg.text for seg in sample.segments[start : start + c]]
+        tokens = self.tokenizer(
+            texts, max_length=self.cfg.max_tokens, truncation=True, padding="max_length", return_tensors="pt",
+            return_token_type_ids=False,
+        )
+        return {
+            "frames": video.contiguous(),
+            "times": torch.from_numpy(np.asarray(times, np.float32).reshape(-1)),
+            "input_ids": tokens["input_ids"].long(),  # (C, L)
+            "attention_mask": tokens["attention_mask"].long(),  # (C, L)
+            "sample_id": sample.id,
+            "window_start": start,
+            "index": index,
+        }
+
+    def _augment(self, video: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """One crop box and one flip decision for all frames: ``(T, 3, H, W)`` → same shape."""
+        import torch.nn.functional as F
+
+        h, w = self.height, self.width
+        top, left, ch, cw = crop_params(rng, h, w, self.cfg.crop_scale, self.cfg.crop_ratio)
+        flip = bool(rng.random() < self.cfg.flip_prob)
+        video = video[:, :, top : top + ch, left : left + cw]
+        if (ch, cw) != (h, w):
+            video = F.interpolate(video, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+        if flip:
+            video = video.flip(-1)
+        return video
+
+    def _read(self, sample: Sample, entry: _Entry, start: int) -> tuple[np.ndarray, np.ndarray]:
+        c = self.cfg.clips_per_sample
+        if self.cfg.source == "store":
+            return self.store.sample(sample.id, slice(start, start + c))
+        from .video import VideoDecoder, VideoError
+
+        frames, times = [], []
+        decoders: dict[str, VideoDecoder] = {}
+        try:
+            for seg in sample.segments[start : start + c]:
+                source = resolve_video(seg.video or sample.video, self.video_root)
+                if source not in decoders:
+                    decoders[source] = VideoDecoder(source, self.height, self.width)
+                # the cache stage's spans: a segment with its own file spans all of it
+                span = (None, None) if seg.video is not None else (seg.start, seg.end)
+                f, t = decoders[source].span(*span, self.frames_per_clip)
+                frames.append(f)
+                times.append(t)
+        except VideoError as exc:
+            raise DataError(f"sample {sample.id!r}: cannot decode window at segment {start}: {exc}") from None
+        finally:
+            for decoder in decoders.values():
+                decoder.close()
+        return np.stack(frames), np.stack(times)
+
+
+def collate_pretrain(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack examples: ``frames (B, T, 3, H, W)``, ``times (B, T)``, ``input_ids`` and
+    ``attention_mask (B, C, L)``, ``window_start (B,)``, ``index (B,)``, ``sample_ids`` list."""
+    return {
+        "frames": torch.stack([it["frames"] for it in items]),
+        "times": torch.stack([it["times"] for it in items]),
+        "input_ids": torch.stack([it["input_ids"] for it in items]),
+        "attention_mask": torch.stack([it["attention_mask"] for it in items]),
+        "window_start": torch.tensor([it["window_start"] for it in items], dtype=torch.long),
+        "index": torch.tensor([it["index"] for it in items], dtype=torch.long),
+        "sample_ids": [it["sample_id"] for it in items],
+    }
+
+
+class DistributedBatchSampler(torch.utils.data.Sampler):
+    """Batches of ``(epoch, index)`` keys for one rank; the order is a pure function of
+    ``(seed, epoch)``.
+
+    The epoch's permutation is cut to a multiple of ``world_size`` (``drop_last``) or padded
+    with its own head (otherwise, like torch's ``DistributedSampler``); rank ``r`` takes
+    positions ``r, r + world_size, ...``, so ranks are disjoint (up to that padding) and
+    together cover the epoch. ``start_index`` skips this rank's first batches without
+    producing them (mid-epoch resume). The epoch travels inside each key, so workers need
+    no ``set_epoch``.
+    """
+
+    def __init__(
+        self, num_examples: int, batch_size: int, rank: int = 0, world_size: int = 1, epoch: int = 0,
+        seed: int = 0, shuffle: bool = True, drop_last: bool = True, start_index: int = 0,
+    ) -> None:
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in a world of size {world_size}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if start_index < 0:
+            raise ValueError(f"start_index must be >= 0, got {start_index}")
+        self.num_examples, self.batch_size = num_examples, batch_size
+        self.rank, self.world_size, self.epoch, self.seed = rank, world_size, epoch, seed
+        self.shuffle, self.drop_last, self.start_index = shuffle, drop_last, start_index
+
+    def rank_indices(self) -> np.ndarray:
+        """This rank's example indices for the whole epoch, in order."""
+        n = self.num_examples
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch, _SAMPLER_STREAM]).permutation(n)
+        else:
+            order = np.arange(n)
+        if self.drop_last:
+            order = order[: n - n % self.world_size]
+        elif n % self.world_size and n:
+            pad = self.world_size - n % self.world_size
+            order = np.concatenate([order, np.resize(order, pad)])
+        return order[self.rank :: self.world_size]
+
+    def _batches(self) -> int:
+        per_rank = len(self.rank_indices())
+        return per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
+
+    def __len__(self) -> int:
+        return max(0, self._batches() - self.start_index)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        indices = self.rank_indices()
+        for b in range(self.start_index, self._batches()):
+            chunk = indices[b * self.batch_size : (b + 1) * self.batch_size]
+            yield [(self.epoch, int(i)) for i in chunk]
+
+
+def make_loader(
+    dataset: PretrainDataset,
+    batch_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+    epoch: int = 0,
+    num_workers: int = 0,
+    drop_last: bool = True,
+    start_index: int = 0,
+    shuffle: bool | None = None,
+) -> torch.utils.data.DataLoader:
+    """A DataLoader over ``dataset`` for one rank and one epoch.
+
+    ``start_index``: batches of this rank already consumed this epoch (from a checkpoint);
+    they are skipped without being loaded. ``shuffle`` defaults to ``dataset.train``.
+    """
+    dataset.set_epoch(epoch)
+    sampler = DistributedBatchSampler(
+        len(dataset), batch_size, rank=rank, world_size=world_size, epoch=epoch, seed=dataset.cfg.seed,
+        shuffle=dataset.train if shuffle is None else shuffle, drop_last=drop_last, start_index=start_index,
+    )
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate_pretrain,
+        persistent_workers=False,
+    )
