@@ -1,0 +1,122 @@
+"""Validation metrics of the dual encoder (SPEC §6): paragraph→video retrieval and temporal order.
+
+* ``paragraph_to_video_retrieval(video_emb, text_emb)``: text i's ground-truth video is video i
+  (the diagonal). Recall@K is the *fraction* (0–1) of paragraphs whose own video ranks in the
+  top K; MedR the median rank (1 = best). Ranks are pessimistic on ties: a video scoring exactly
+  as high as the true one counts as ranked above it, so constant embeddings give chance, not 1.
+* ``temporal_order_accuracy``: the bundled example gives each val/test base video a reordered
+  twin (same events in another order; corpus task fields ``group`` and ``hard_negative_of``).
+  The metric is the fraction of paragraphs (base and twin alike) more similar to their own video
+  than to its twin (text→video; chance 0.5, ties count as wrong).
+* ``evaluate_stage1(model, val_dataset, batch_size)``: embeds every example of a (non-training)
+  ``PretrainDataset`` in eval mode under ``no_grad`` — the dataset's deterministic eval window
+  (no augmentation; a val sample with more than ``clips_per_sample`` clips is seen through one
+  window, the same for its text and its video) — and returns both metrics plus the chance level.
+  The twin of a sample is seen through *its own* eval window: with videos of exactly
+  ``clips_per_sample`` clips the pair differs by order only, with longer ones the windows may
+  also differ in content.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+
+def _similarity(video_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+    video_emb = torch.as_tensor(video_emb, dtype=torch.float64)
+    text_emb = torch.as_tensor(text_emb, dtype=torch.float64)
+    if video_emb.dim() != 2 or video_emb.shape != text_emb.shape:
+        raise ValueError(f"video and text embeddings must both be (N, D), got {tuple(video_emb.shape)} and {tuple(text_emb.shape)}")
+    return text_emb @ video_emb.t()  # (N texts, N videos)
+
+
+def retrieval_ranks(video_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+    """(N,) long: rank (1 = best) of video i among all videos for text i (ties pessimistic)."""
+    sim = _similarity(video_emb, text_emb)
+    own = sim.diagonal()[:, None]
+    above = (sim >= own).sum(dim=1) - 1  # every other video scoring >= the true one
+    return above + 1
+
+
+def paragraph_to_video_retrieval(video_emb: torch.Tensor, text_emb: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """Text→video retrieval with video i the match of text i: ``{"R@1", "R@5", "R@10"`` (fractions),
+    ``"MedR"}`` over N paragraphs (``video_emb``, ``text_emb``: (N, D), any normalisation —
+    scores are dot products, so pass L2-normalised embeddings for cosine similarity)."""
+    ranks = retrieval_ranks(video_emb, text_emb).double()
+    if ranks.numel() == 0:
+        raise ValueError("paragraph_to_video_retrieval: no paragraphs")
+    out = {f"R@{k}": float((ranks <= k).double().mean()) for k in ks}
+    out["MedR"] = float(np.median(ranks.numpy()))
+    return out
+
+
+def temporal_order_accuracy(
+    video_emb: torch.Tensor,
+    text_emb: torch.Tensor,
+    sample_ids: Sequence[str],
+    hard_negative_of: Mapping[str, str],
+) -> dict[str, float]:
+    """Fraction of paragraphs whose similarity to their own video exceeds that to their
+    reordered twin's video. ``sample_ids[i]`` names row i of both embeddings;
+    ``hard_negative_of[id]`` names its twin. Rows whose twin is absent are not counted.
+    Returns ``{"accuracy": fraction (NaN without pairs), "pairs": number of paragraphs scored}``."""
+    sim = _similarity(video_emb, text_emb)
+    row = {sid: i for i, sid in enumerate(sample_ids)}
+    wins, count = 0, 0
+    for i, sid in enumerate(sample_ids):
+        twin = hard_negative_of.get(sid)
+        if twin is None or twin not in row:
+            continue
+        count += 1
+        wins += int(sim[i, i] > sim[i, row[twin]])
+    return {"accuracy": wins / count if count else float("nan"), "pairs": count}
+
+
+@torch.no_grad()
+def embed_dataset(model, dataset, batch_size: int) -> dict[str, Any]:
+    """Global video and paragraph embeddings (float32, CPU) of every example of ``dataset``, in
+    index order, in eval mode (the model's previous mode is restored)."""
+    from .data.loader import make_loader
+
+    was_training = model.training
+    model.eval()
+    try:
+        param = next(model.parameters())
+        videos, texts, ids = [], [], []
+        loader = make_loader(dataset, batch_size, shuffle=False, drop_last=False)
+        for batch in loader:
+            frames = batch["frames"].to(device=param.device, dtype=param.dtype)
+            input_ids = batch["input_ids"].to(param.device)
+            mask = batch["attention_mask"].to(param.device)
+            videos.append(model.encode_video(frames).global_embedding.float().cpu())
+            texts.append(model.encode_text(input_ids, mask).paragraph_embedding.float().cpu())
+            ids.extend(batch["sample_ids"])
+    finally:
+        model.train(was_training)
+    return {"video": torch.cat(videos), "text": torch.cat(texts), "sample_ids": ids}
+
+
+def evaluate_stage1(model, val_dataset, batch_size: int = 8) -> dict[str, float]:
+    """Paragraph→video retrieval over ``val_dataset`` (a ``PretrainDataset`` with ``train=False``)
+    and, where samples carry ``hard_negative_of``, temporal-order accuracy. Keys: ``R@1``,
+    ``R@5``, ``R@10``, ``MedR``, ``chance_R@1`` (1/N), ``num_videos``, and
+    ``temporal_order_accuracy``/``temporal_order_pairs`` when twins are present."""
+    if len(val_dataset) == 0:
+        raise ValueError("evaluate_stage1: the validation dataset is empty")
+    emb = embed_dataset(model, val_dataset, batch_size)
+    n = len(emb["sample_ids"])
+    out: dict[str, float] = dict(paragraph_to_video_retrieval(emb["video"], emb["text"]))
+    out["chance_R@1"] = 1.0 / n
+    out["num_videos"] = n
+    twins = {
+        s.id: str(s.task["hard_negative_of"]) for s in val_dataset.samples if s.task.get("hard_negative_of")
+    }
+    if twins:
+        order = temporal_order_accuracy(emb["video"], emb["text"], emb["sample_ids"], twins)
+        if order["pairs"]:
+            out["temporal_order_accuracy"] = order["accuracy"]
+            out["temporal_order_pairs"] = order["pairs"]
+    return out

@@ -1,0 +1,573 @@
+"""The body of ``lfvila pretrain --stage 1|2`` (SPEC §4, §5) as a library function.
+
+``run_pretrain(cfg, corpus_path, store_url, out_dir, init_from=..., rank=..., world_size=...,
+progress=..., resume=...)`` trains one pre-training stage over the corpus' train split, validates
+on its val split every ``cfg.val_every`` steps and at the end, and writes the finished model:
+
+    out_dir/config.json        the LfvilaConfig (``lfvila_cli.config.to_dict``)
+    out_dir/model.safetensors  the state dict (tensors shared under several names stored once;
+                               the aliases are in the file's metadata, ``load_weights`` restores them)
+    out_dir/tokenizer/         the tokenizer the model was trained with
+    out_dir/metrics.jsonl      every logged training step, then the validation records ("split": "val")
+    out_dir/loss.png           the loss curves (one panel per term), drawn without matplotlib
+    out_dir/run/               the trainer's run directory (checkpoints, configs, its metrics)
+
+Stage 1 trains the video encoder, text layers 0–11 and the projections on VPC + MTC; stage 2
+starts from a stage-1 artifact (``init_from``): its weights are loaded strictly into every part
+that a stage-1 model has, everything from stage 1 is frozen, and layers 12–23, the video token
+embedding and the MLM/VTM heads train on MLM + VTM. Stage 2 reuses the stage-1 tokenizer unless
+one is named.
+
+Every random draw of a loss (the MTC plan, MLM masking, VTM pairing) comes from a generator seeded
+by ``(objectives.seed, step)``: the same on every rank and after a resume.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import struct
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from ..config import check, from_dict, to_dict
+from ..errors import ConfigError, DataError, LfvilaError
+from ..data.loader import LoaderConfig
+from .engine import TrainConfig
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+TOKENIZER_DIR = "tokenizer"
+METRICS_FILE = "metrics.jsonl"
+PLOT_FILE = "loss.png"
+VAL_FILE = "val_metrics.jsonl"  # in run/, next to the trainer's metrics.jsonl
+_STAGE2_STREAM = 2  # keeps stage-2 draws apart from stage-1 draws at the same step
+
+
+def _quickstart_train() -> TrainConfig:
+    # Quickstart defaults: a few hundred steps of the tiny model on the bundled example, on a CPU.
+    return TrainConfig(lr=5e-4, micro_batch=4, epochs=10, precision="fp32", checkpoint_every=200, warmup_ratio=0.1)
+
+
+@dataclass
+class PretrainConfig:
+    stage: int = 1
+    model: str = "lfvila-tiny"  # preset name
+    text_model: str = "random"  # "random" = the preset's BERT architecture, random weights; else hub id / path
+    tokenizer: str = ""  # "" = train a WordPiece tokenizer on the train sentences (stage 2: the stage-1 one)
+    tokenizer_vocab_size: int = 2000
+    loader: LoaderConfig = field(default_factory=lambda: LoaderConfig(max_tokens=32))
+    train: TrainConfig = field(default_factory=_quickstart_train)
+    val_every: int = 50  # steps; 0 = only at the end
+    val_max_samples: int = 256  # 0 = the whole val split
+    val_batch: int = 8
+
+    def __post_init__(self) -> None:
+        check(self.stage in (1, 2), "stage", f"must be 1 or 2, got {self.stage}")
+        check(bool(self.model), "model", "needs a preset name (e.g. lfvila-tiny)")
+        check(self.tokenizer_vocab_size > 5, "tokenizer_vocab_size", f"must be > 5, got {self.tokenizer_vocab_size}")
+        check(self.val_every >= 0, "val_every", f"must be >= 0, got {self.val_every}")
+        check(self.val_max_samples >= 0, "val_max_samples", f"must be >= 0, got {self.val_max_samples}")
+        check(self.val_batch >= 1, "val_batch", f"must be >= 1, got {self.val_batch}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights and finished-model files
+# ---------------------------------------------------------------------------------------------
+
+
+def _storage_key(t: torch.Tensor) -> tuple:
+    return (t.device.type, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+
+
+def save_weights(state: dict[str, torch.Tensor], path: str | Path) -> dict[str, str]:
+    """Save ``state`` with safetensors; a tensor shared under several names (tied weights) is
+    stored once under its first name and the others are recorded as aliases in the metadata.
+    Returns the aliases ``{alias: stored name}``."""
+    from safetensors.torch import save_file
+
+    stored: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple, str] = {}
+    for name, tensor in state.items():
+        tensor = tensor.detach()
+        key = _storage_key(tensor) if tensor.numel() else None
+        if key is not None and key in seen:
+            aliases[name] = seen[key]
+            continue
+        if key is not None:
+            seen[key] = name
+        stored[name] = tensor.to("cpu").contiguous().clone()
+    save_file(stored, str(path), metadata={"format": "pt", "aliases": json.dumps(aliases, sort_keys=True)})
+    return aliases
+
+
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict written by ``save_weights``, aliases restored."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    state = load_file(str(path), device="cpu")
+    with safe_open(str(path), framework="pt") as f:
+        aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
+    for alias, name in aliases.items():
+        state[alias] = state[name]
+    return state
+
+
+def load_pretrained(model_dir: str | Path):
+    """Rebuild a finished pre-training model: ``config.json`` + ``model.safetensors`` (strict)."""
+    from ..model.lfvila import LfvilaConfig, build_model
+
+    model_dir = Path(model_dir)
+    try:
+        config = from_dict(LfvilaConfig, json.loads((model_dir / CONFIG_FILE).read_text(encoding="utf-8")))
+    except OSError as exc:
+        raise LfvilaError(f"{model_dir}: cannot read {CONFIG_FILE} ({exc.strerror or exc})") from None
+    model = build_model(config)
+    model.load_state_dict(load_weights(model_dir / WEIGHTS_FILE), strict=True)
+    return model
+
+
+def load_stage1_into(model, stage1_dir: str | Path) -> dict[str, int]:
+    """Load a stage-1 artifact's weights into a stage-2 ``model``: every tensor of the file must
+    exist in the model with the same shape, and every tensor a stage-1 model of the same
+    configuration has must be in the file (strict on the stage-1 parts)."""
+    from ..model.lfvila import LfvilaConfig, build_model
+
+    stage1_dir = Path(stage1_dir)
+    weights = stage1_dir / WEIGHTS_FILE
+    if not weights.is_file():
+        raise LfvilaError(f"--init-from {stage1_dir}: no {WEIGHTS_FILE} (is it a finished stage-1 artifact?)")
+    state = load_weights(weights)
+    config = from_dict(LfvilaConfig, json.loads((stage1_dir / CONFIG_FILE).read_text(encoding="utf-8")))
+    expected = set(build_model(config, device="meta").state_dict())
+    own = model.state_dict()
+    missing = sorted(expected - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape))
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"not in the stage-2 model {len(unexpected)} (e.g. {unexpected[0]})")
+        if wrong:
+            k = wrong[0]
+            parts.append(f"shape mismatch {len(wrong)} (e.g. {k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)})")
+        raise LfvilaError(f"--init-from {stage1_dir}: the stage-1 weights do not fit this model: {'; '.join(parts)}")
+    result = model.load_state_dict(state, strict=False)
+    return {"loaded": len(state), "fresh": len(result.missing_keys)}
+
+
+# ---------------------------------------------------------------------------------------------
+# The loss-curve PNG (no matplotlib): a numpy rasteriser and a minimal PNG writer
+# ---------------------------------------------------------------------------------------------
+
+
+def write_png(path: str | Path, image: np.ndarray) -> None:
+    """Write an (H, W, 3) uint8 RGB image as a PNG (zlib + struct; filter 0 on every row)."""
+    image = np.ascontiguousarray(image, dtype=np.uint8)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"write_png expects (H, W, 3) uint8, got {image.shape}")
+    h, w = image.shape[:2]
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    raw = np.concatenate([np.zeros((h, 1), np.uint8), image.reshape(h, w * 3)], axis=1).tobytes()
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+    png += chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
+    Path(path).write_bytes(png)
+
+
+_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
+
+
+def _draw_line(canvas: np.ndarray, x0: float, y0: float, x1: float, y1: float, colour, thick: int = 1) -> None:
+    n = int(max(abs(x1 - x0), abs(y1 - y0))) + 2
+    xs = np.rint(np.linspace(x0, x1, n)).astype(int)
+    ys = np.rint(np.linspace(y0, y1, n)).astype(int)
+    h, w = canvas.shape[:2]
+    for dy in range(-(thick // 2), thick - thick // 2):
+        for dx in range(-(thick // 2), thick - thick // 2):
+            x, y = xs + dx, ys + dy
+            keep = (x >= 0) & (x < w) & (y >= 0) & (y < h)
+            canvas[y[keep], x[keep]] = colour
+
+
+def plot_curves(series: dict[str, tuple[list[float], list[float]]], path: str | Path, width: int = 640, panel_height: int = 140) -> None:
+    """One panel per named series ``{name: (steps, values)}`` (non-finite values dropped), stacked
+    vertically, each scaled to its own range, on a white background with a grey frame and the
+    zero line when in range. Written with ``write_png``."""
+    names = [n for n, (xs, ys) in series.items() if any(np.isfinite(ys))] or ["(no data)"]
+    margin, gap = 10, 8
+    height = margin * 2 + len(names) * panel_height + (len(names) - 1) * gap
+    canvas = np.full((height, width, 3), 255, np.uint8)
+    for p, name in enumerate(names):
+        top = margin + p * (panel_height + gap)
+        left, right, bottom = margin, width - margin - 1, top + panel_height - 1
+        for (a, b, c, d) in ((left, top, right, top), (left, bottom, right, bottom), (left, top, left, bottom), (right, top, right, bottom)):
+            _draw_line(canvas, a, b, c, d, (160, 160, 160))
+        if name not in series:
+            continue
+        xs, ys = (np.asarray(v, np.float64) for v in series[name])
+        ok = np.isfinite(ys) & np.isfinite(xs)
+        xs, ys = xs[ok], ys[ok]
+        if xs.size == 0:
+            continue
+        x_lo, x_hi = float(xs.min()), float(xs.max())
+        y_lo, y_hi = float(ys.min()), float(ys.max())
+        x_span, y_span = (x_hi - x_lo) or 1.0, (y_hi - y_lo) or 1.0
+        px = left + 3 + (xs - x_lo) / x_span * (right - left - 6)
+        py = bottom - 3 - (ys - y_lo) / y_span * (bottom - top - 6)
+        if y_lo < 0 < y_hi:
+            zero = bottom - 3 - (0 - y_lo) / y_span * (bottom - top - 6)
+            _draw_line(canvas, left, zero, right, zero, (210, 210, 210))
+        colour = _COLOURS[p % len(_COLOURS)]
+        if px.size == 1:
+            _draw_line(canvas, px[0] - 2, py[0], px[0] + 2, py[0], colour, thick=3)
+        for i in range(px.size - 1):
+            _draw_line(canvas, px[i], py[i], px[i + 1], py[i + 1], colour, thick=2)
+    write_png(path, canvas)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pre-training
+# ---------------------------------------------------------------------------------------------
+
+
+def _step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
+    # One generator per (seed, step, stream): identical on every rank and after a resume.
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 7 + stream)
+
+
+def _read_split(corpus_path: Path, split: str) -> list:
+    from ..data.corpus import read_corpus
+
+    return [s for s in read_corpus(corpus_path) if s.split == split]
+
+
+def _tokenizer_for(
+    cfg: PretrainConfig, train_samples: list, init_from: Optional[Path], out_tok: Path, rank: int, world_size: int, resume: Optional[str]
+):
+    """Load or train the tokenizer; it is saved to ``out_tok`` either way."""
+    from ..data.tokenizer import load_tokenizer, train_wordpiece_tokenizer
+
+    source: Optional[Path] = None  # a local tokenizer directory, copied as it is
+    if resume is not None and (out_tok / "tokenizer_config.json").is_file():
+        # A resumed run must read the ids its checkpoint was trained on: never retrain (WordPiece
+        # training may order equally frequent pieces differently from one process to the next).
+        return load_tokenizer(out_tok, local_files_only=True)
+    if cfg.tokenizer:
+        tokenizer = load_tokenizer(cfg.tokenizer)
+        source = Path(cfg.tokenizer) if Path(cfg.tokenizer).is_dir() else None
+    elif init_from is not None and (init_from / TOKENIZER_DIR).is_dir():
+        source = init_from / TOKENIZER_DIR
+        tokenizer = load_tokenizer(source, local_files_only=True)
+    elif cfg.stage == 2:
+        raise ConfigError("config key 'tokenizer': stage 2 needs the stage-1 artifact's tokenizer (none in --init-from) or a named one")
+    else:
+        texts = [seg.text for s in train_samples for seg in s.segments]
+        if rank == 0:
+            tokenizer = train_wordpiece_tokenizer(texts, cfg.tokenizer_vocab_size, out_tok)
+        _barrier(world_size)
+        if rank != 0:
+            tokenizer = load_tokenizer(out_tok, local_files_only=True)
+        return tokenizer
+    if rank == 0:
+        if source is not None:
+            # save_pretrained of a loaded fast tokenizer drops vocab.txt: copy the files instead
+            shutil.copytree(source, out_tok, dirs_exist_ok=True)
+        else:
+            tokenizer.save_pretrained(str(out_tok))
+    return tokenizer
+
+
+def _ensure_distributed(world_size: int) -> None:
+    """Start the process group early (the tokenizer step needs a barrier) when several ranks run."""
+    if world_size <= 1:
+        return
+    import deepspeed
+
+    if not torch.cuda.is_available():
+        from .engine import init_distributed_cpu
+
+        init_distributed_cpu()
+    elif not deepspeed.comm.is_initialized():
+        deepspeed.init_distributed()
+
+
+def _barrier(world_size: int) -> None:
+    if world_size > 1:
+        import deepspeed.comm as dist
+
+        dist.barrier()
+
+
+def _move(batch: dict, param: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    frames = batch["frames"].to(device=param.device, dtype=param.dtype)
+    return frames, batch["input_ids"].to(param.device), batch["attention_mask"].to(param.device)
+
+
+def _special_tokens_mask(input_ids: torch.Tensor, tokenizer) -> torch.Tensor:
+    special = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=input_ids.dtype, device=input_ids.device)
+    return torch.isin(input_ids, special)
+
+
+def stage1_loss(model_call, model, batch: dict, step: int, objectives) -> dict[str, torch.Tensor]:
+    frames, ids, mask = _move(batch, next(model.parameters()))
+    out = model_call("stage1", frames, ids, mask)
+    from ..objectives import pretrain_stage1_loss
+
+    gen = _step_generator(objectives.seed, step)
+    return pretrain_stage1_loss(out.video_embedding, out.paragraph_embedding, out.sentence_embeddings, out.clip_embeddings, gen, objectives)
+
+
+def stage2_loss(model_call, model, batch: dict, step: int, objectives, tokenizer, with_accuracy: bool = False) -> dict[str, torch.Tensor]:
+    from ..objectives import mask_tokens, pretrain_stage2_loss, video_text_matching_pairs
+
+    frames, ids, mask = _move(batch, next(model.parameters()))
+    b, m, length = ids.shape
+    gen = _step_generator(objectives.seed, step, _STAGE2_STREAM)
+    pairs = video_text_matching_pairs(b, gen)
+    flat = ids.reshape(b * m, length)
+    masked = mask_tokens(
+        flat, _special_tokens_mask(flat, tokenizer), len(tokenizer), tokenizer.mask_token_id,
+        objectives.mlm_probability, gen, attention_mask=mask.reshape(b * m, length),
+    )
+    out = model_call("stage2", frames, masked.input_ids.reshape(b, m, length), mask, video_index=pairs.video_index)
+    terms = pretrain_stage2_loss(out.mlm_logits, masked.labels.reshape(b, m * length), out.vtm_logits, pairs.labels, objectives)
+    if with_accuracy:
+        terms["vtm_correct"] = (out.vtm_logits.argmax(-1).cpu() == pairs.labels.cpu()).sum().float()
+    return terms
+
+
+@torch.no_grad()
+def validate_stage2(model, dataset, batch_size: int, objectives, tokenizer) -> dict[str, float]:
+    """Mean MLM and VTM losses (weighted, as in training) and VTM accuracy over ``dataset``, with
+    masking/pairing draws fixed per batch (eval mode)."""
+    from ..data.loader import make_loader
+
+    was = model.training
+    model.eval()
+    sums = {"mlm": 0.0, "vtm": 0.0, "total": 0.0}
+    correct, seen, batches = 0.0, 0, 0
+    try:
+        for i, batch in enumerate(make_loader(dataset, batch_size, shuffle=False, drop_last=False)):
+            if batch["frames"].shape[0] < 2:
+                continue  # VTM needs two samples to mismatch
+            terms = stage2_loss(model, model, batch, 10**6 + i, objectives, tokenizer, with_accuracy=True)
+            for k in sums:
+                sums[k] += float(terms[k])
+            correct += float(terms["vtm_correct"])
+            seen += batch["frames"].shape[0]
+            batches += 1
+    finally:
+        model.train(was)
+    if batches == 0:
+        return {}
+    out = {f"loss/{k}": v / batches for k, v in sums.items()}
+    out["vtm_accuracy"] = correct / seen
+    return out
+
+
+def _subset_samples(samples: list, limit: int) -> list:
+    """The first ``limit`` samples (the example lists each twin right after its base)."""
+    if not limit or len(samples) <= limit:
+        return samples
+    return samples[:limit]
+
+
+def run_pretrain(
+    cfg: PretrainConfig,
+    corpus_path: Path,
+    store_url: str,
+    out_dir: Path,
+    *,
+    init_from: Optional[Path] = None,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: bool = True,
+    resume: Optional[str] = None,
+) -> dict[str, Any]:
+    """Train pre-training stage ``cfg.stage`` and write the finished model into ``out_dir``
+    (see the module docstring). ``resume``: None (fresh), "auto" (newest complete checkpoint in
+    ``out_dir/run``) or a checkpoint path. Returns a JSON-able summary."""
+    from ..data.loader import PretrainDataset, make_loader
+    from ..evaluation import evaluate_stage1
+    from ..model.lfvila import build_model, count_parameters
+    from ..model.presets import get_preset
+    from .engine import Trainer
+
+    corpus_path, out_dir = Path(corpus_path), Path(out_dir)
+    init_from = Path(init_from) if init_from is not None else None
+    if cfg.stage == 2 and init_from is None:
+        raise ConfigError("pretrain --stage 2 starts from a stage-1 artifact: give init_from (--init-from)")
+    if cfg.stage == 1 and init_from is not None:
+        raise ConfigError("pretrain --stage 1 starts from scratch (or the preset's pretrained text model): init_from is for stage 2")
+    if init_from is not None and not (init_from / WEIGHTS_FILE).is_file():
+        raise LfvilaError(f"--init-from {init_from}: no {WEIGHTS_FILE} (is it a finished stage-1 artifact?)")
+    started = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = out_dir / "run"
+
+    _ensure_distributed(world_size)
+    train_samples = _read_split(corpus_path, "train")
+    val_samples = _subset_samples(_read_split(corpus_path, "val"), cfg.val_max_samples)
+    if not train_samples:
+        raise DataError(f"{corpus_path}: no train-split samples to pre-train on")
+    tokenizer = _tokenizer_for(cfg, train_samples, init_from, out_dir / TOKENIZER_DIR, rank, world_size, resume)
+    train_ds = PretrainDataset(train_samples, store_url, tokenizer, cfg.loader, train=True, video_root=corpus_path.parent)
+    val_ds = PretrainDataset(val_samples, store_url, tokenizer, cfg.loader, train=False, video_root=corpus_path.parent) if val_samples else None
+    if val_ds is not None and len(val_ds) == 0:
+        val_ds = None
+    per_rank = len(train_ds) // world_size
+    steps_per_epoch = per_rank // cfg.train.micro_batch // cfg.train.grad_accum
+    if steps_per_epoch < 1:
+        raise DataError(
+            f"{corpus_path}: {len(train_ds)} usable train samples make no full step of "
+            f"{cfg.train.micro_batch} × {cfg.train.grad_accum} × {world_size} ranks (lower train.micro_batch)"
+        )
+
+    variant = "stage1" if cfg.stage == 1 else "stage2"
+    config = get_preset(cfg.model, variant, text_model=cfg.text_model)
+    if cfg.loader.max_tokens > config.text.max_tokens:
+        raise ConfigError(f"config key 'loader.max_tokens': {cfg.loader.max_tokens} exceeds the model's {config.text.max_tokens} tokens per sentence")
+    torch.manual_seed(cfg.train.seed)  # the fresh initialisation is reproducible
+    model = build_model(config)
+    init_report = None
+    if cfg.stage == 2:
+        init_report = load_stage1_into(model, init_from)
+    trainable = model.set_trainable(variant)
+    objectives = config.objectives
+
+    if cfg.stage == 1:
+        def loss_fn(engine, batch, step):
+            return stage1_loss(engine, engine.module, batch, step, objectives)
+    else:
+        def loss_fn(engine, batch, step):
+            return stage2_loss(engine, engine.module, batch, step, objectives, tokenizer)
+
+    trainer = Trainer(model, loss_fn, cfg.train, run_dir)
+    if (trainer.rank, trainer.world_size) != (rank, world_size):
+        raise LfvilaError(
+            f"run_pretrain was told rank {rank} of {world_size}, the process group says {trainer.rank} of {trainer.world_size}"
+        )
+    if not progress:
+        trainer._progress = lambda total: None  # no bar even on a terminal
+    val_records: list[dict] = []
+    val_path = run_dir / VAL_FILE
+
+    def validate(step: int) -> None:
+        if val_ds is None or rank != 0:
+            return
+        if val_records and val_records[-1]["step"] == step:
+            return
+        t0 = time.perf_counter()
+        module = trainer.engine.module
+        with torch.random.fork_rng(devices=[]):  # validation leaves the training RNG (dropout) untouched
+            if cfg.stage == 1:
+                metrics = evaluate_stage1(module, val_ds, cfg.val_batch)
+            else:
+                metrics = validate_stage2(module, val_ds, cfg.val_batch, objectives, tokenizer)
+        record = {"step": step, "split": "val", **metrics, "seconds": time.perf_counter() - t0}
+        val_records.append(record)
+        with open(val_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(_json_clean(record)) + "\n")
+        log.info("val at step %d: %s", step, {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
+
+    def batches(epoch: int, start: int):
+        loader = make_loader(train_ds, cfg.train.micro_batch, rank=rank, world_size=world_size, epoch=epoch, start_index=start)
+        # A DataLoader iterator draws its base seed from the global torch RNG; a resumed run opens
+        # one more iterator than the uninterrupted run, so keep that draw off the training RNG.
+        with torch.random.fork_rng(devices=[]):
+            iterator = iter(loader)
+        for i, batch in enumerate(iterator):
+            step = trainer.step
+            if cfg.val_every and step and step % cfg.val_every == 0 and (start + i) % cfg.train.grad_accum == 0:
+                validate(step)  # between optimizer steps, before the next micro-batch is used
+            yield batch
+
+    if rank == 0 and resume is None and val_path.exists():
+        val_path.unlink()  # a fresh run starts its validation log afresh
+    if rank == 0 and resume is not None and val_path.exists():
+        val_records.extend(json.loads(line) for line in val_path.read_text(encoding="utf-8").splitlines() if line.strip())
+    before = None
+    if cfg.stage == 1 and resume is None and rank == 0 and val_ds is not None:
+        before = evaluate_stage1(model, val_ds, cfg.val_batch)  # the untrained model: a baseline
+    result = trainer.train(batches, steps_per_epoch, resume=resume)
+    if rank == 0:
+        val_records[:] = [r for r in val_records if r["step"] <= result.steps]
+        validate(result.steps)
+    _barrier(world_size)
+
+    summary: dict[str, Any] = {
+        "stage": cfg.stage,
+        "model": cfg.model,
+        "steps": result.steps,
+        "steps_this_run": len(result.losses),
+        "skipped_steps": result.bad_steps,
+        "skipped_samples": {"train": dict(train_ds.skipped), "val": dict(val_ds.skipped) if val_ds is not None else {}},
+        "excluded_windows": train_ds.excluded_windows,
+        "train_samples": len(train_ds),
+        "val_samples": len(val_ds) if val_ds is not None else 0,
+        "trainable_parameters": trainable,
+        "parameters": count_parameters(model),
+        "seconds": time.perf_counter() - started,
+    }
+    if init_report is not None:
+        summary["init_from"] = {"path": str(init_from), **init_report}
+    if rank == 0:
+        train_records = _read_jsonl(run_dir / "metrics.jsonl")
+        last = train_records[-1] if train_records else {}
+        summary["final_losses"] = {k[len("loss/"):]: v for k, v in last.items() if k.startswith("loss/")}
+        summary["first_losses"] = {k[len("loss/"):]: v for k, v in train_records[0].items() if k.startswith("loss/")} if train_records else {}
+        train_time = [r.get("samples_per_s") for r in train_records if r.get("samples_per_s")]
+        if train_time:
+            summary["samples_per_s"] = float(np.median(train_time))
+        summary["val"] = {k: v for k, v in val_records[-1].items() if k not in ("split",)} if val_records else {}
+        if before is not None:
+            summary["val_untrained"] = before
+        _write_finished(model, config, out_dir, train_records, val_records)
+    return summary
+
+
+def _json_clean(record: dict) -> dict:
+    return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in record.items()}
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _write_finished(model, config, out_dir: Path, train_records: list[dict], val_records: list[dict]) -> None:
+    """config.json, model.safetensors, metrics.jsonl and loss.png (the tokenizer is already there)."""
+    (out_dir / CONFIG_FILE).write_text(json.dumps(to_dict(config), indent=2) + "\n", encoding="utf-8")
+    state = {k: v.detach().float() if v.is_floating_point() else v.detach() for k, v in model.state_dict().items()}
+    save_weights(state, out_dir / WEIGHTS_FILE)
+    with open(out_dir / METRICS_FILE, "w", encoding="utf-8") as f:
+        for record in train_records:
+            f.write(json.dumps({"split": "train", **record}) + "\n")
+        for record in val_records:
+            f.write(json.dumps(_json_clean(record)) + "\n")
+    series: dict[str, tuple[list, list]] = {}
+    for key in sorted({k for r in train_records for k in r if k.startswith("loss/")}, key=lambda k: (k != "loss/total", k)):
+        pts = [(r["step"], r[key]) for r in train_records if r.get(key) is not None]
+        series[f"train {key}"] = ([p[0] for p in pts], [p[1] for p in pts])
+    for key in ("R@1", "loss/total"):
+        pts = [(r["step"], r[key]) for r in val_records if isinstance(r.get(key), (int, float))]
+        if pts:
+            series[f"val {key}"] = ([p[0] for p in pts], [p[1] for p in pts])
+    plot_curves(series, out_dir / PLOT_FILE)
