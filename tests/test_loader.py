@@ -279,3 +279,22 @@ def test_resume_yields_exactly_the_remaining_batches_without_loading_the_skipped
     assert len(loaded) == sum(len(b["sample_ids"]) for b in full[1:])
     for a, b in zip(full[1:], rest, strict=True):
         assert a["sample_ids"] == b["sample_ids"] and torch.equal(a["frames"], b["frames"])
+
+
+def test_trained_tokenizer_is_identical_across_processes(tmp_path):
+    """The same texts give the same vocabulary ids in separate processes (hash order varies)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from lfvila_cli.data.tokenizer import train_wordpiece_tokenizer;"
+        "texts = ['the red circle moves to the left.', 'the blue square grows.', 'a green triangle spins slowly.'] * 3;"
+        "train_wordpiece_tokenizer(texts, 500, sys.argv[1])"
+    )
+    vocabs = []
+    for i in range(3):
+        out = tmp_path / f"tok{i}"
+        subprocess.run([sys.executable, "-c", code, str(out)], check=True, env={**__import__("os").environ, "PYTHONHASHSEED": str(i)})
+        vocabs.append((out / "vocab.txt").read_text())
+    assert vocabs[0] == vocabs[1] == vocabs[2]
+    assert vocabs[0].splitlines()[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]

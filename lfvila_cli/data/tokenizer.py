@@ -49,33 +49,38 @@ def load_tokenizer(path_or_hub_id: str | Path, local_files_only: bool | None = N
 
 
 def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path, min_frequency: int = 1):
-    """Train an uncased BERT WordPiece tokenizer on ``texts`` and save it to ``out_dir``.
+    """Build an uncased BERT WordPiece vocabulary from ``texts`` and save it to ``out_dir``.
 
     BERT normaliser (clean text, lower case, split CJK characters) and pre-tokeniser
     (whitespace + punctuation), ``##`` continuation prefix, special tokens ``[PAD] [UNK]
-    [CLS] [SEP] [MASK]`` at ids 0–4, ``[CLS] text [SEP]`` post-processing. The vocabulary
-    has at most ``vocab_size`` entries (fewer when the texts have fewer distinct pieces).
+    [CLS] [SEP] [MASK]`` at ids 0–4, ``[CLS] text [SEP]`` post-processing.
+
+    The vocabulary is whole words plus every character (alone and as ``##`` continuation), so
+    any word can still be spelled. Words are kept by frequency (ties alphabetically) while
+    ``vocab_size`` allows, those seen fewer than ``min_frequency`` times are left out. The
+    ``tokenizers`` WordPiece trainer was not used: its merges break ties in an order that
+    changes from process to process, so the same texts gave different vocabularies and ids.
     Returns the loaded tokenizer (what ``load_tokenizer(out_dir)`` gives).
     """
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from collections import Counter
+
+    from tokenizers import normalizers, pre_tokenizers
     from transformers import BertTokenizer
 
     if vocab_size < len(SPECIAL_TOKENS) + 1:
         raise ValueError(f"vocab_size must be > {len(SPECIAL_TOKENS)}, got {vocab_size}")
-    model = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    model.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=True)
-    model.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size,
-        min_frequency=min_frequency,
-        special_tokens=list(SPECIAL_TOKENS),
-        continuing_subword_prefix="##",
-        show_progress=False,
-    )
-    model.train_from_iterator((t for t in texts), trainer)
-    vocab = model.get_vocab()
-    if len(vocab) <= len(SPECIAL_TOKENS):
+    normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    words: Counter[str] = Counter()
+    for text in texts:
+        words.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    if not words:
         raise DataError("cannot train a tokenizer: the texts are empty")
+    chars = sorted({c for word in words for c in word})
+    pieces = [*chars, *(f"##{c}" for c in chars)]
+    budget = max(vocab_size - len(SPECIAL_TOKENS) - len(pieces), 0)
+    ranked = sorted((w for w, n in words.items() if n >= min_frequency and len(w) > 1), key=lambda w: (-words[w], w))
+    vocab = {token: i for i, token in enumerate([*SPECIAL_TOKENS, *pieces, *ranked[:budget]])}
     # BertTokenizer sets the BERT normaliser, pre-tokeniser, decoder and [CLS] $A [SEP] itself.
     tokenizer = BertTokenizer(vocab=dict(sorted(vocab.items(), key=lambda kv: kv[1])), do_lower_case=True)
     out_dir = Path(out_dir)
