@@ -2,7 +2,7 @@
 
 Layout under the work directory::
 
-    store/<stage>/<key>/            a committed artifact: its files, config.json, manifest.json
+    store/<stage>/<key>/            a committed artifact: its files, stage_config.json, manifest.json
     store/<stage>/.tmp-<key>-<pid>  a stage being written (invisible to readers)
     store/<stage>/<key>.partial/    a resumable stage's work in progress (cache)
     refs/<stage>/<name>             a text file holding a key (``latest`` by default)
@@ -29,7 +29,7 @@ from typing import Any
 from .errors import ArtifactError
 
 MANIFEST = "manifest.json"
-CONFIG = "config.json"
+CONFIG = "stage_config.json"  # config.json is left to the artifact (a finished model's own)
 KEY_CHARS = 16  # 64 bits of SHA-256 name a directory; the full digest stays in the manifest
 
 

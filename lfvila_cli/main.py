@@ -174,6 +174,46 @@ def cache(
 
 @app.command()
 @command
+def pretrain(
+    stage: int = typer.Option(1, "--stage", help="1: VPC + 0.25·MTC, everything trainable; 2: MLM + 10·VTM on top of a frozen stage-1 model."),
+    cache: str = typer.Option("latest", "--cache", help="The cache artifact to train on: ref name, key (prefix) or artifact directory."),
+    init: str = typer.Option("latest", "--init", help="Stage 2: the stage-1 (pretrain1) artifact to start from."),
+    workdir: Path = WorkdirOpt,
+    config: Optional[List[Path]] = ConfigOpt,
+    set_: Optional[List[str]] = SetOpt,
+    force: bool = ForceOpt,
+    dry_run: bool = DryRunOpt,
+    name: Optional[str] = NameOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Pre-train LF-VILA on a frame store with DeepSpeed (stage 1 or 2).
+
+    A killed run resumes from its newest complete checkpoint when the same command runs again
+    (--force starts afresh). The finished model (config.json, model.safetensors, tokenizer/,
+    metrics.jsonl, loss.png) is the artifact store/pretrain<STAGE>/<key>/.
+
+    Examples:
+
+      lfvila pretrain --stage 1 --set train.max_steps=200
+
+      lfvila pretrain --stage 2 --set train.precision=bf16
+
+    Config keys: model (preset), text_model, tokenizer, tokenizer_vocab_size, loader.* (LoaderConfig),
+    train.* (lr, betas, eps, weight_decay, warmup_steps, warmup_ratio, final_lr_ratio,
+    micro_batch, grad_accum, grad_clip, zero_stage, precision, epochs, max_steps, log_every,
+    checkpoint_every, keep_last_k, max_bad_steps, seed), val_every, val_max_samples, val_batch.
+    """
+    from .errors import ConfigError
+
+    _setup_logging(verbose)
+    if stage not in (1, 2):
+        raise ConfigError(f"--stage must be 1 or 2, got {stage}")
+    inputs = {"cache": cache} if stage == 1 else {"cache": cache, "pretrain1": init}
+    _run_single(f"pretrain{stage}", workdir, config, list(set_ or []), inputs, force, dry_run, name)
+
+
+@app.command()
+@command
 def run(
     pipeline: Path = typer.Argument(..., help="A pipeline file, e.g. stages/quickstart.yaml."),
     workdir: Path = WorkdirOpt,

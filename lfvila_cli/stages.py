@@ -51,6 +51,7 @@ class Stage:
     policy_fields: tuple[str, ...] = ()  # config fields that do not change the output
     resumable: bool = False  # keep the partial directory across runs and resume in it
     verify_path: str | None = None  # "module:function(artifact) -> problem | None", checked on a hit
+    fixed: dict = field(default_factory=dict)  # config values the stage itself sets (pretrain1: stage=1)
     describe: Callable[[dict], str] = field(default=lambda summary: "")
 
     @property
@@ -86,6 +87,19 @@ def _describe_prepare(summary: dict) -> str:
     return f"{summary.get('samples', '?')} samples ({splits}), {summary.get('segments', '?')} segments{rejected}"
 
 
+def _describe_pretrain(summary: dict) -> str:
+    parts = [f"{summary.get('steps', '?')} steps"]
+    val = summary.get("val") or {}
+    if "R@1" in val:
+        parts.append(f"val R@1 {val['R@1']:.3f} (chance {val.get('chance_R@1', float('nan')):.3f})")
+    if "temporal_order_accuracy" in val:
+        parts.append(f"temporal-order accuracy {val['temporal_order_accuracy']:.3f}")
+    for name in ("mlm_accuracy", "vtm_accuracy"):
+        if name in val:
+            parts.append(f"{name.replace('_', ' ')} {val[name]:.3f}")
+    return ", ".join(parts)
+
+
 def _describe_cache(summary: dict) -> str:
     return f"{summary.get('ok', '?')}/{summary.get('rows', '?')} segments cached, {summary.get('failed', 0)} failed"
 
@@ -100,6 +114,26 @@ STAGES: dict[str, Stage] = {
         key_config_path="lfvila_cli.data.prepare:key_config",
         describe=_describe_prepare,
     ),
+    "pretrain1": Stage(
+        name="pretrain1",
+        version=1,
+        config_path="lfvila_cli.train.pretrain:PretrainConfig",
+        run_path="lfvila_cli.stages:run_pretrain_stage",
+        inputs=("cache",),
+        resumable=True,
+        fixed={"stage": 1},
+        describe=lambda s: _describe_pretrain(s),
+    ),
+    "pretrain2": Stage(
+        name="pretrain2",
+        version=1,
+        config_path="lfvila_cli.train.pretrain:PretrainConfig",
+        run_path="lfvila_cli.stages:run_pretrain_stage",
+        inputs=("cache", "pretrain1"),
+        resumable=True,
+        fixed={"stage": 2},
+        describe=lambda s: _describe_pretrain(s),
+    ),
     "cache": Stage(
         name="cache",
         version=1,
@@ -113,6 +147,9 @@ STAGES: dict[str, Stage] = {
         describe=_describe_cache,
     ),
 }
+
+
+STAGES = {name: STAGES[name] for name in ("prepare", "cache", "pretrain1", "pretrain2")}  # pipeline order
 
 
 def get_stage(name: str) -> Stage:
@@ -138,9 +175,7 @@ def run_prepare(ctx: StageContext) -> dict:
 
 
 def corpus_file(artifact: Artifact) -> Path:
-    from .data.corpus import CORPUS_FILE
-
-    return artifact.path / CORPUS_FILE
+    return corpus_file_in(artifact.path)
 
 
 def cache_fingerprints(config, inputs) -> dict:
@@ -238,6 +273,34 @@ def run_cache(ctx: StageContext) -> dict:
     )
     summary["store_url"] = ctx.config.store_url
     return summary
+
+
+def run_pretrain_stage(ctx: StageContext) -> dict:
+    """Pre-training stage 1 or 2 over a frame store (and, for stage 2, a stage-1 model)."""
+    from .train.pretrain import run_pretrain
+
+    cache = ctx.inputs["cache"]
+    corpus = Path(cache.manifest.get("input_paths", {}).get("prepare", ""))
+    if not (corpus / "manifest.json").is_file():
+        corpus = ctx.workdir.resolve("prepare", cache.manifest["inputs"]["prepare"]).path
+    init_from = ctx.inputs["pretrain1"].path if "pretrain1" in ctx.inputs else None
+    return run_pretrain(
+        ctx.config,
+        corpus_file_in(corpus),
+        frame_store_url(cache),
+        ctx.out_dir,
+        init_from=init_from,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+        progress=ctx.progress,
+        resume=None if ctx.force else "auto",
+    )
+
+
+def corpus_file_in(corpus_dir: Path) -> Path:
+    from .data.corpus import CORPUS_FILE
+
+    return corpus_dir / CORPUS_FILE
 
 
 # --- the runner -----------------------------------------------------------------------------
@@ -394,7 +457,11 @@ def _set_refs(workdir: Workdir, stage: str, key: str, name: str | None) -> None:
 def resolve_config(stage: Stage, files=(), overrides=(), layers=()) -> Any:
     from .config import resolve
 
-    return resolve(stage.config_cls, files=files, overrides=overrides, layers=layers)
+    config = resolve(stage.config_cls, files=files, overrides=overrides, layers=[stage.fixed, *layers])
+    for key, value in stage.fixed.items():
+        if getattr(config, key) != value:
+            raise ConfigError(f"config key '{key}': the {stage.name} stage fixes it to {value!r}")
+    return config
 
 
 # --- pipelines ------------------------------------------------------------------------------
@@ -502,7 +569,7 @@ def artifact_state(workdir: Workdir, artifact: Artifact, _seen: dict | None = No
                 state = f"stale: {problem}"
         except LfvilaError as exc:
             state = f"stale: {exc}"
-        except (OSError, ValueError) as exc:  # a damaged artifact directory (e.g. config.json deleted)
+        except (OSError, ValueError) as exc:  # a damaged artifact directory (e.g. stage_config.json deleted)
             state = f"unreadable: {exc}"
     seen[artifact.key] = state
     return state

@@ -261,7 +261,7 @@ def test_status_survives_damaged_artifacts(tmp_path):
     assert invoke("prepare", "--workdir", wd, *TINY, "--set", "example.seed=3").exit_code == 0
     first, second = sorted((wd / "store" / "prepare").glob("*/manifest.json"))
     first.write_text("{not json")
-    (second.parent / "config.json").unlink()
+    (second.parent / "stage_config.json").unlink()
     result = invoke("status", "--workdir", wd)
     assert result.exit_code == 0, result.output
     assert "unreadable manifest" in result.output and "unreadable:" in result.output
@@ -277,7 +277,7 @@ def test_relative_paths_are_keyed_absolute(tmp_path, monkeypatch):
     assert invoke("prepare", "--source", "jsonl", "--workdir", wd, "--set", "jsonl.path=c.jsonl").exit_code == 0
     monkeypatch.chdir(tmp_path)
     assert "current" in invoke("status", "--workdir", wd).output
-    saved = json.loads(next((wd / "store" / "prepare").glob("*/config.json")).read_text())
+    saved = json.loads(next((wd / "store" / "prepare").glob("*/stage_config.json")).read_text())
     assert saved["jsonl"]["path"] == str(corpus)
 
 
@@ -311,3 +311,25 @@ def test_help_lists_every_config_key():
     for group in fields(PrepareConfig):
         names = [group.name] if group.name in ("source", "strict") else [g.name for g in fields(group.default_factory())]
         assert all(name in prepare_help for name in names), (group.name, prepare_help)
+
+
+@pytest.mark.slow
+def test_pretrain_stages_through_the_cli(tmp_path):
+    wd = tmp_path / "wd"
+    sizes = ["--set", "example.train_videos=3", "--set", "example.val_videos=1", "--set", "example.test_videos=0", "--set", "example.max_clips=4"]
+    assert invoke("prepare", "--workdir", wd, *sizes).exit_code == 0
+    assert invoke("cache", "--workdir", wd, "--set", "height=64", "--set", "width=96").exit_code == 0
+    quick = ["--set", "train.max_steps=2", "--set", "val_every=0", "--set", "train.micro_batch=2"]
+    first = invoke("pretrain", "--stage", "1", "--workdir", wd, *quick)
+    assert first.exit_code == 0, first.output
+    assert "pretrain1: done" in first.output and "val R@1" in first.output and "temporal-order accuracy" in first.output
+    model_dir = next((wd / "store" / "pretrain1").glob("*/manifest.json")).parent
+    for name in ("config.json", "model.safetensors", "tokenizer", "loss.png", "metrics.jsonl", "stage_config.json"):
+        assert (model_dir / name).exists(), name
+    second = invoke("pretrain", "--stage", "2", "--workdir", wd, *quick)
+    assert second.exit_code == 0 and "pretrain2: done" in second.output, second.output
+    assert "up to date" in invoke("pretrain", "--stage", "1", "--workdir", wd, *quick).output
+    bad = invoke("pretrain", "--stage", "3", "--workdir", wd)
+    assert bad.exit_code == 2 and "--stage must be 1 or 2" in bad.output
+    fixed = invoke("pretrain", "--stage", "1", "--workdir", wd, "--set", "stage=2")
+    assert fixed.exit_code == 2 and "fixes it to 1" in fixed.output
