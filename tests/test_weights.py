@@ -244,9 +244,10 @@ def test_a_qa_model_built_on_meta_from_a_stage2_file_initialises_the_missing_hea
     assert report.missing == sorted(f"multiple_choice_head.{n}" for n, _ in head.named_parameters())
     assert any("fresh initialisation" in note for note in report.notes)
     assert not any(t.is_meta for t in [*target.parameters(), *target.buffers()])
-    # The head's fresh initialisation: BERT's rule (normal weights, zero biases).
+    # The head's fresh initialisation: BERT's rule (normal(0, initializer_range) weights, zero biases).
     weight = head.classifier.weight
-    assert torch.isfinite(weight).all() and weight.std() > 0 and weight.abs().max() < 0.2
+    init_std = target.text_encoder.bert.config.initializer_range
+    assert torch.isfinite(weight).all() and weight.std() > 0 and weight.abs().max() < 5 * init_std
     assert torch.equal(head.classifier.bias, torch.zeros_like(head.classifier.bias))
     # The loaded parts are the source's.
     torch.testing.assert_close(target.video_encoder.norm.weight, source.video_encoder.norm.weight, rtol=0, atol=0)
