@@ -169,9 +169,7 @@ def test_same_config_gives_identical_records_and_frames(corpus, tmp_path):
     for name in ("how2qa.jsonl", "violin.jsonl", "example.json"):
         assert (tmp_path / name).read_bytes() == (out / name).read_bytes(), name
     for sample in samples:
-        # libx264 with fixed options is deterministic, so even the files match byte for byte.
-        assert (tmp_path / sample.video).read_bytes() == (out / sample.video).read_bytes(), sample.id
-        assert np.array_equal(_decode(tmp_path / sample.video), _decode(out / sample.video))
+        assert np.array_equal(_decode(tmp_path / sample.video), _decode(out / sample.video)), sample.id
 
 
 def test_different_seed_gives_different_data():

@@ -36,7 +36,9 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float, crf: int = 23,
         stream = container.add_stream("libx264", rate=int(round(fps)))
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         # One encoder thread: multi-threaded x264 output can vary with scheduling, and the
-        # bundled example must come out byte-identical from the same seed.
+        # bundled example must come out byte-identical from the same seed. PyAV sets the
+        # context's own thread count (0 = auto, slice threads), which wins over an option.
+        stream.codec_context.thread_count = 1
         stream.options = {"crf": str(crf), "preset": "veryfast", "g": str(gop), "bf": "0", "threads": "1"}
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
