@@ -209,7 +209,7 @@ def test_stage2_from_stage1(stage1, data):
     assert set(summary["final_losses"]) == {"mlm", "vtm", "total"}
     assert all(math.isfinite(v) for v in summary["final_losses"].values())
     assert summary["init_from"]["loaded"] == len(s1) and summary["init_from"]["fresh"] > 0
-    assert 0.0 <= summary["val"]["vtm_accuracy"] <= 1.0
+    assert 0.0 <= summary["val"]["vtm_accuracy"] <= 1.0 and 0.0 <= summary["val"]["mlm_accuracy"] <= 1.0
     s2 = load_weights(out / "model.safetensors")
     model = load_pretrained(out)
     assert model.config.fusion is not None
@@ -261,3 +261,38 @@ def test_stage1_resume_continues_to_the_same_weights(stage1, data, tmp_path):
     # the uninterrupted 4-step run with validation gives the same weights too (validation draws nothing)
     ref = load_weights(stage1[0] / "model.safetensors")
     assert all(torch.allclose(ref[n], full[n], atol=1e-6, rtol=0) for n in full)
+
+
+def test_stage2_mlm_accuracy_scores_masked_tokens_of_matched_pairs():
+    """A model that predicts the original tokens scores 1.0; one that echoes its (masked) input
+    scores what masking left unchanged (10% kept), far below 1."""
+    from types import SimpleNamespace
+
+    from lfvila_cli.data.tokenizer import train_wordpiece_tokenizer
+    from lfvila_cli.objectives import ObjectiveConfig
+    from lfvila_cli.train.pretrain import stage2_loss
+
+    import tempfile
+
+    tok = train_wordpiece_tokenizer(["the red circle moves left", "a blue square grows"] * 4, 200, tempfile.mkdtemp())
+    b, m, length = 8, 2, 12
+    enc = tok(["the red circle moves left", "a blue square grows"] * (b * m // 2), padding="max_length", max_length=length, return_tensors="pt")
+    batch = {"frames": torch.zeros(b, 2, 3, 4, 4), "input_ids": enc["input_ids"].reshape(b, m, length), "attention_mask": enc["attention_mask"].reshape(b, m, length)}
+    vocab = len(tok)
+    param = torch.nn.Parameter(torch.zeros(1))
+    model = SimpleNamespace(parameters=lambda: iter([param]))
+
+    def answering(tokens):
+        def call(mode, frames, ids, mask, video_index=None):
+            logits = torch.nn.functional.one_hot(tokens.reshape(b, m * length), vocab).float() + 0 * param
+            return SimpleNamespace(mlm_logits=logits, vtm_logits=torch.zeros(b, 2) + 0 * param)
+        return call
+
+    def echo(mode, frames, ids, mask, video_index=None):
+        return answering(ids)(mode, frames, ids, mask)
+
+    cfg = ObjectiveConfig(mlm_probability=0.5)
+    right = stage2_loss(answering(batch["input_ids"]), model, batch, 7, cfg, tok, with_accuracy=True)
+    assert right["mlm_count"] > 0 and right["mlm_correct"] == right["mlm_count"]
+    echoed = stage2_loss(echo, model, batch, 7, cfg, tok, with_accuracy=True)
+    assert echoed["mlm_count"] == right["mlm_count"] and echoed["mlm_correct"] < 0.5 * echoed["mlm_count"]

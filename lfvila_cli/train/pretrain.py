@@ -334,7 +334,7 @@ def stage1_loss(model_call, model, batch: dict, step: int, objectives) -> dict[s
 
 
 def stage2_loss(model_call, model, batch: dict, step: int, objectives, tokenizer, with_accuracy: bool = False) -> dict[str, torch.Tensor]:
-    from ..objectives import mask_tokens, pretrain_stage2_loss, video_text_matching_pairs
+    from ..objectives import IGNORE_INDEX, mask_tokens, pretrain_stage2_loss, video_text_matching_pairs
 
     frames, ids, mask = _move(batch, next(model.parameters()))
     b, m, length = ids.shape
@@ -349,19 +349,25 @@ def stage2_loss(model_call, model, batch: dict, step: int, objectives, tokenizer
     terms = pretrain_stage2_loss(out.mlm_logits, masked.labels.reshape(b, m * length), out.vtm_logits, pairs.labels, objectives)
     if with_accuracy:
         terms["vtm_correct"] = (out.vtm_logits.argmax(-1).cpu() == pairs.labels.cpu()).sum().float()
+        # MLM is scored where it is trained: masked tokens of matched pairs only.
+        labels = masked.labels.reshape(b, m * length).to(out.mlm_logits.device)
+        scored = (labels != IGNORE_INDEX) & (pairs.labels.to(labels.device) == 1)[:, None]
+        terms["mlm_correct"] = ((out.mlm_logits.argmax(-1) == labels) & scored).sum().float().cpu()
+        terms["mlm_count"] = scored.sum().float().cpu()
     return terms
 
 
 @torch.no_grad()
 def validate_stage2(model, dataset, batch_size: int, objectives, tokenizer) -> dict[str, float]:
-    """Mean MLM and VTM losses (weighted, as in training) and VTM accuracy over ``dataset``, with
-    masking/pairing draws fixed per batch (eval mode)."""
+    """Mean MLM and VTM losses (weighted, as in training), VTM accuracy and MLM accuracy (masked
+    tokens of matched pairs) over ``dataset``, with masking/pairing draws fixed per batch (eval mode)."""
     from ..data.loader import make_loader
 
     was = model.training
     model.eval()
     sums = {"mlm": 0.0, "vtm": 0.0, "total": 0.0}
     correct, seen, batches = 0.0, 0, 0
+    mlm_correct, mlm_count = 0.0, 0.0
     try:
         for i, batch in enumerate(make_loader(dataset, batch_size, shuffle=False, drop_last=False)):
             if batch["frames"].shape[0] < 2:
@@ -370,6 +376,8 @@ def validate_stage2(model, dataset, batch_size: int, objectives, tokenizer) -> d
             for k in sums:
                 sums[k] += float(terms[k])
             correct += float(terms["vtm_correct"])
+            mlm_correct += float(terms["mlm_correct"])
+            mlm_count += float(terms["mlm_count"])
             seen += batch["frames"].shape[0]
             batches += 1
     finally:
@@ -378,6 +386,8 @@ def validate_stage2(model, dataset, batch_size: int, objectives, tokenizer) -> d
         return {}
     out = {f"loss/{k}": v / batches for k, v in sums.items()}
     out["vtm_accuracy"] = correct / seen
+    if mlm_count:
+        out["mlm_accuracy"] = mlm_correct / mlm_count
     return out
 
 
