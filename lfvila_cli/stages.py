@@ -104,6 +104,20 @@ def _describe_cache(summary: dict) -> str:
     return f"{summary.get('ok', '?')}/{summary.get('rows', '?')} segments cached, {summary.get('failed', 0)} failed"
 
 
+def _pretrain_stage(number: int, inputs: tuple[str, ...]) -> Stage:
+    """``pretrain1`` / ``pretrain2``: one config class, the stage number fixed by the stage."""
+    return Stage(
+        name=f"pretrain{number}",
+        version=1,
+        config_path="lfvila_cli.train.pretrain:PretrainConfig",
+        run_path="lfvila_cli.stages:run_pretrain_stage",
+        inputs=inputs,
+        resumable=True,
+        fixed={"stage": number},
+        describe=_describe_pretrain,
+    )
+
+
 STAGES: dict[str, Stage] = {
     "prepare": Stage(
         name="prepare",
@@ -114,26 +128,8 @@ STAGES: dict[str, Stage] = {
         key_config_path="lfvila_cli.data.prepare:key_config",
         describe=_describe_prepare,
     ),
-    "pretrain1": Stage(
-        name="pretrain1",
-        version=1,
-        config_path="lfvila_cli.train.pretrain:PretrainConfig",
-        run_path="lfvila_cli.stages:run_pretrain_stage",
-        inputs=("cache",),
-        resumable=True,
-        fixed={"stage": 1},
-        describe=lambda s: _describe_pretrain(s),
-    ),
-    "pretrain2": Stage(
-        name="pretrain2",
-        version=1,
-        config_path="lfvila_cli.train.pretrain:PretrainConfig",
-        run_path="lfvila_cli.stages:run_pretrain_stage",
-        inputs=("cache", "pretrain1"),
-        resumable=True,
-        fixed={"stage": 2},
-        describe=lambda s: _describe_pretrain(s),
-    ),
+    "pretrain1": _pretrain_stage(1, inputs=("cache",)),
+    "pretrain2": _pretrain_stage(2, inputs=("cache", "pretrain1")),
     "cache": Stage(
         name="cache",
         version=1,
@@ -175,7 +171,22 @@ def run_prepare(ctx: StageContext) -> dict:
 
 
 def corpus_file(artifact: Artifact) -> Path:
-    return corpus_file_in(artifact.path)
+    from .data.corpus import CORPUS_FILE
+
+    return artifact.path / CORPUS_FILE
+
+
+def input_artifact(workdir: Workdir, artifact: Artifact, name: str) -> Artifact | None:
+    """The input ``name`` an artifact was built from: in this work directory, or where it lived
+    when it was built (``--corpus DIR`` from another work directory); ``None`` when gone."""
+    key = artifact.manifest.get("inputs", {}).get(name)
+    if key is None:
+        return None
+    found = workdir.get(name, key)
+    elsewhere = artifact.manifest.get("input_paths", {}).get(name)
+    if found is None and elsewhere and Path(elsewhere, "manifest.json").is_file():
+        found = Workdir(Path(elsewhere).parent.parent.parent).get(name, key)
+    return found
 
 
 def cache_fingerprints(config, inputs) -> dict:
@@ -280,13 +291,13 @@ def run_pretrain_stage(ctx: StageContext) -> dict:
     from .train.pretrain import run_pretrain
 
     cache = ctx.inputs["cache"]
-    corpus = Path(cache.manifest.get("input_paths", {}).get("prepare", ""))
-    if not (corpus / "manifest.json").is_file():
-        corpus = ctx.workdir.resolve("prepare", cache.manifest["inputs"]["prepare"]).path
+    corpus = input_artifact(ctx.workdir, cache, "prepare")
+    if corpus is None:
+        raise ArtifactError(f"the corpus cache {cache.key[:KEY_CHARS]} was built from is gone")
     init_from = ctx.inputs["pretrain1"].path if "pretrain1" in ctx.inputs else None
     return run_pretrain(
         ctx.config,
-        corpus_file_in(corpus),
+        corpus_file(corpus),
         frame_store_url(cache),
         ctx.out_dir,
         init_from=init_from,
@@ -295,12 +306,6 @@ def run_pretrain_stage(ctx: StageContext) -> dict:
         progress=ctx.progress,
         resume=None if ctx.force else "auto",
     )
-
-
-def corpus_file_in(corpus_dir: Path) -> Path:
-    from .data.corpus import CORPUS_FILE
-
-    return corpus_dir / CORPUS_FILE
 
 
 # --- the runner -----------------------------------------------------------------------------
@@ -553,10 +558,7 @@ def artifact_state(workdir: Workdir, artifact: Artifact, _seen: dict | None = No
             config = from_dict(stage.config_cls, artifact.config)
             inputs = {}
             for name, key in artifact.manifest.get("inputs", {}).items():
-                upstream = workdir.get(name, key)
-                elsewhere = artifact.manifest.get("input_paths", {}).get(name)
-                if upstream is None and elsewhere and Path(elsewhere, "manifest.json").is_file():
-                    upstream = Workdir(Path(elsewhere).parent.parent.parent).get(name, key)
+                upstream = input_artifact(workdir, artifact, name)
                 if upstream is None:
                     raise ArtifactError(f"input {name}/{key[:KEY_CHARS]} is gone")
                 upstream_state = artifact_state(workdir, upstream, seen)

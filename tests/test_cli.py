@@ -151,16 +151,10 @@ def test_quickstart_pipeline_end_to_end(tmp_path):
 
 
 def test_force_restarts_an_external_store(tmp_path):
-    from helpers_video import make_video
-
     wd = tmp_path / "wd"
-    video = make_video(tmp_path / "v.mp4")
-    corpus = tmp_path / "corpus.jsonl"
-    segs = [{"start": i * 0.5, "end": (i + 1) * 0.5, "text": f"part {i}"} for i in range(4)]
-    corpus.write_text(json.dumps({"id": "v", "video": str(video), "duration": 3.0, "segments": segs}) + "\n")
-    assert invoke("prepare", "--source", "jsonl", "--workdir", wd, "--set", f"jsonl.path={corpus}").exit_code == 0
+    small = _tiny_corpus(tmp_path, wd)
     store = tmp_path / "external.zarr"
-    args = ["cache", "--workdir", wd, "--store-url", store, "--set", "frames_per_segment=2", "--set", "height=32", "--set", "width=48"]
+    args = ["cache", "--workdir", wd, "--store-url", store, *small]
     assert invoke(*args).exit_code == 0
     marker = store / "stale-marker"
     marker.write_text("left by the first run")

@@ -37,7 +37,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import os
 import threading
 import time
 from collections import Counter
@@ -51,6 +50,7 @@ import numpy as np
 from ..config import check
 from ..errors import DataError
 from .corpus import SPLITS, read_corpus, resolve_video
+from .formats import absolute
 from .framestore import ERROR_BYTES, FAILED, LAYOUT_VERSION, OK, PENDING, decode_reason, encode_reason, open_group
 from .video import VideoDecoder, VideoError
 
@@ -78,9 +78,7 @@ class CacheConfig:
     retry_failed: bool = False  # on an existing store, decode this rank's failed rows again
 
     def __post_init__(self) -> None:
-        if self.store_url and "://" not in self.store_url:
-            # Saved absolute, so the artifact finds its store from any working directory.
-            self.store_url = os.path.abspath(os.path.expanduser(self.store_url))
+        self.store_url = absolute(self.store_url)  # the artifact finds its store from any directory
         check(self.frames_per_segment >= 1, "frames_per_segment", f"must be >= 1, got {self.frames_per_segment}")
         check(self.height >= 1, "height", f"must be >= 1, got {self.height}")
         check(self.width >= 1, "width", f"must be >= 1, got {self.width}")

@@ -139,9 +139,7 @@ def video_root(root: str) -> str:
     The corpus lives in the work directory, so a root relative to the current directory would
     no longer resolve from there.
     """
-    if is_url(root):
-        return root.rstrip("/")
-    return os.path.abspath(os.path.expanduser(root))
+    return absolute(root).rstrip("/") if is_url(root) else absolute(root)
 
 
 def join(root: str, *parts: str) -> str:
