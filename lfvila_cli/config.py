@@ -9,6 +9,7 @@ artifact via ``to_dict``.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -138,6 +139,9 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _convert(tp: Any, value: Any, key: str) -> Any:
     if isinstance(value, Override):
         if tp is str:
@@ -193,6 +197,8 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads '2e-3' (no dot) as a string
         raise ConfigError(f"config key '{key}': expected float, got {value!r}")
     if tp is str:
         if isinstance(value, str):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -172,12 +173,35 @@ def cache(
     _run_single("cache", workdir, config, overrides + list(set_ or []), {"prepare": corpus}, force, dry_run, name)
 
 
+def _given_args(ctx: typer.Context, leave_out: tuple[str, ...] = ()) -> list[str]:
+    """The command line that reproduces this command's options as given (on the command line or
+    through an environment variable), in canonical form; defaults are left to the defaults."""
+    args = [ctx.info_name]
+    for param in ctx.command.params:
+        source = ctx.get_parameter_source(param.name)  # an enum of Typer's own (vendored) click
+        if param.name in leave_out or source is None or source.name == "DEFAULT":
+            continue
+        value, flag = ctx.params[param.name], param.opts[0]
+        if getattr(param, "is_flag", False):
+            args += [flag] if value else []
+        elif param.multiple:
+            for item in value or ():
+                args += [flag, str(item)]
+        elif value is not None:
+            args += [flag, str(value)]
+    return args
+
+
 @app.command()
 @command
 def pretrain(
+    ctx: typer.Context,
     stage: int = typer.Option(1, "--stage", help="1: VPC + 0.25·MTC, everything trainable; 2: MLM + 10·VTM on top of a frozen stage-1 model."),
     cache: str = typer.Option("latest", "--cache", help="The cache artifact to train on: ref name, key (prefix) or artifact directory."),
     init: str = typer.Option("latest", "--init", help="Stage 2: the stage-1 (pretrain1) artifact to start from."),
+    num_gpus: Optional[int] = typer.Option(None, "--num-gpus", help="Run N ranks on this machine's GPUs (with --hostfile: at most N per machine) through the DeepSpeed launcher; without CUDA, N CPU ranks over gloo."),
+    hostfile: Optional[Path] = typer.Option(None, "--hostfile", help="Run on the machines of this DeepSpeed hostfile ('<host> slots=<n>' lines; reached with ssh) through the DeepSpeed launcher."),
+    master_port: Optional[int] = typer.Option(None, "--master-port", help="The rendezvous port of a --num-gpus / --hostfile launch (DeepSpeed's default: 29500)."),
     workdir: Path = WorkdirOpt,
     config: Optional[List[Path]] = ConfigOpt,
     set_: Optional[List[str]] = SetOpt,
@@ -192,22 +216,47 @@ def pretrain(
     (--force starts afresh). The finished model (config.json, model.safetensors, tokenizer/,
     metrics.jsonl, loss.png) is the artifact store/pretrain<STAGE>/<key>/.
 
+    One process by default. --num-gpus N / --hostfile FILE run the same command on N GPUs / on
+    every slot of the hostfile's machines through the DeepSpeed launcher (its command line is
+    printed first); torchrun or the deepspeed command can launch it too. Inside a launched rank
+    (RANK or LOCAL_RANK set) these options are ignored. Without CUDA, --num-gpus N starts N CPU
+    ranks (gloo), as does torchrun.
+
     Examples:
 
       lfvila pretrain --stage 1 --set train.max_steps=200
 
       lfvila pretrain --stage 2 --set train.precision=bf16
 
+      lfvila pretrain --stage 1 --num-gpus 8
+
+      lfvila pretrain --stage 1 --hostfile hosts.txt --master-port 29600
+
+      torchrun --nproc_per_node 2 -m lfvila_cli.main pretrain --stage 1   (2 CPU ranks, no GPU)
+
     Config keys: model (preset), text_model, tokenizer, tokenizer_vocab_size, loader.* (LoaderConfig),
-    train.* (lr, betas, eps, weight_decay, warmup_steps, warmup_ratio, final_lr_ratio,
+    objectives.* (vpc_weight, mtc_weight, mlm_weight, vtm_weight, temperature, ...), train.* (lr, betas, eps, weight_decay, warmup_steps, warmup_ratio, final_lr_ratio,
     micro_batch, grad_accum, grad_clip, zero_stage, precision, epochs, max_steps, log_every,
-    checkpoint_every, keep_last_k, max_bad_steps, seed), val_every, val_max_samples, val_batch.
+    checkpoint_every, keep_last_k, max_bad_steps, seed), val_every, val_max_samples, val_batch, workers (1; not part of the key).
     """
     from .errors import ConfigError
+    from .launch import check_launch_options, in_launched_rank, launch, launcher_command
 
     _setup_logging(verbose)
     if stage not in (1, 2):
         raise ConfigError(f"--stage must be 1 or 2, got {stage}")
+    if (num_gpus is not None or hostfile is not None or master_port is not None) and not in_launched_rank():
+        check_launch_options(num_gpus, hostfile, master_port)
+        if force:
+            raise ConfigError("--force under a multi-rank launch would race; run it once in a single process")
+        args = _given_args(ctx, leave_out=("num_gpus", "hostfile", "master_port"))
+        if dry_run:  # the key does not depend on the number of ranks: answer here
+            typer.echo("would launch: " + shlex.join(launcher_command(args, num_gpus=num_gpus, hostfile=hostfile, master_port=master_port)))
+        else:
+            code = launch(args, num_gpus=num_gpus, hostfile=hostfile, master_port=master_port, echo=typer.echo)
+            if code:
+                raise typer.Exit(code)
+            return
     inputs = {"cache": cache} if stage == 1 else {"cache": cache, "pretrain1": init}
     _run_single(f"pretrain{stage}", workdir, config, list(set_ or []), inputs, force, dry_run, name)
 

@@ -108,10 +108,11 @@ def _pretrain_stage(number: int, inputs: tuple[str, ...]) -> Stage:
     """``pretrain1`` / ``pretrain2``: one config class, the stage number fixed by the stage."""
     return Stage(
         name=f"pretrain{number}",
-        version=1,
+        version=2,  # 2: lfvila-tiny with 8×8 patches and a 128-wide BERT sized to the tokenizer
         config_path="lfvila_cli.train.pretrain:PretrainConfig",
         run_path="lfvila_cli.stages:run_pretrain_stage",
         inputs=inputs,
+        key_config_path="lfvila_cli.train.pretrain:key_config",
         resumable=True,
         fixed={"stage": number},
         describe=_describe_pretrain,

@@ -136,16 +136,25 @@ def test_cache_through_cli_records_broken_videos(tmp_path):
 
 def test_quickstart_pipeline_end_to_end(tmp_path):
     pipeline = Path(__file__).parents[1] / "stages" / "quickstart.yaml"
-    tiny = ["--set", "prepare.example.train_videos=2", "--set", "prepare.example.val_videos=1", "--set", "prepare.example.test_videos=0"]
+    tiny = [
+        "--set", "prepare.example.train_videos=4", "--set", "prepare.example.val_videos=1", "--set", "prepare.example.test_videos=0",
+        "--set", "pretrain1.train.micro_batch=2", "--set", "pretrain1.train.epochs=1", "--set", "pretrain1.val_every=0",
+        "--set", "pretrain2.train.micro_batch=2", "--set", "pretrain2.train.epochs=1",
+    ]
     first = invoke("run", pipeline, "--workdir", tmp_path, *tiny)
     assert first.exit_code == 0, first.output
-    assert [line.split(":")[0] for line in first.output.strip().splitlines()] == ["prepare", "cache"]
-    assert "0 failed" in first.output
+    lines = first.output.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["prepare", "cache", "pretrain1", "pretrain2"]
+    assert "0 failed" in lines[1]
+    # Stage 1 reports retrieval with its chance level (2 val videos: the base and its twin) and order.
+    assert "val R@1" in lines[2] and "(chance 0.500)" in lines[2] and "temporal-order accuracy" in lines[2]
+    assert "mlm accuracy" in lines[3] and "vtm accuracy" in lines[3]
     second = invoke("run", pipeline, "--workdir", tmp_path, *tiny)
     lines = second.output.strip().splitlines()
-    assert len(lines) == 2 and all("up to date" in line for line in lines)
-    changed = invoke("run", pipeline, "--workdir", tmp_path, *tiny, "--set", "cache.height=64", "--dry-run")
+    assert len(lines) == 4 and all("up to date" in line for line in lines)
+    changed = invoke("run", pipeline, "--workdir", tmp_path, *tiny, "--set", "cache.height=32", "--dry-run")
     assert "prepare: up to date" in changed.output and "cache: would run" in changed.output
+    assert "pretrain1: would run after cache" in changed.output
     seed = invoke("run", pipeline, "--workdir", tmp_path, *tiny, "--set", "prepare.example.seed=1", "--dry-run")
     assert "prepare: would run" in seed.output and "cache: would run after prepare" in seed.output
 
@@ -174,7 +183,9 @@ def test_two_rank_launch_through_the_cli_commits_once(tmp_path):
     cmd = [sys.executable, "-m", "lfvila_cli.main", "cache", "--workdir", str(wd), "--max-failure-rate", "0.9",
            "--set", "frames_per_segment=2", "--set", "height=32", "--set", "width=48", "--local_rank=0"]
     procs = [
-        subprocess.Popen(cmd, env=dict(os.environ, RANK=str(r), WORLD_SIZE="2"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        subprocess.Popen(cmd, env=dict(os.environ, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                                       MASTER_PORT=str(port), OMP_NUM_THREADS="1"),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for r in (0, 1)
     ]
     outputs = [p.communicate(timeout=120)[0] for p in procs]
@@ -279,18 +290,27 @@ def test_relative_paths_are_keyed_absolute(tmp_path, monkeypatch):
 def test_pipeline_under_a_two_rank_launch_runs_prepare_once(tmp_path):
     import os
 
+    from lfvila_cli.train.engine import _free_port
+
+    port = _free_port()
     pipeline = Path(__file__).parents[1] / "stages" / "quickstart.yaml"
     cmd = [sys.executable, "-m", "lfvila_cli.main", "run", str(pipeline), "--workdir", str(tmp_path),
-           "--set", "prepare.example.train_videos=2", "--set", "prepare.example.val_videos=0", "--set", "prepare.example.test_videos=0"]
+           "--set", "prepare.example.train_videos=4", "--set", "prepare.example.val_videos=0", "--set", "prepare.example.test_videos=0"]
+    for stage in ("pretrain1", "pretrain2"):  # both ranks train: 1 sample each per step
+        cmd += ["--set", f"{stage}.train.micro_batch=1", "--set", f"{stage}.train.max_steps=2", "--set", f"{stage}.val_every=0"]
     procs = [
-        subprocess.Popen(cmd, env=dict(os.environ, RANK=str(r), WORLD_SIZE="2"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        subprocess.Popen(cmd, env=dict(os.environ, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                                       MASTER_PORT=str(port), OMP_NUM_THREADS="1"),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for r in (0, 1)
     ]
     outputs = [p.communicate(timeout=180)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     assert "prepare: done" in outputs[0] and "cache: done" in outputs[0]
     assert "prepare" not in outputs[1] and "cache: rank 1/2 finished its rows" in outputs[1]
-    assert len(list((tmp_path / "store" / "prepare").glob("*/manifest.json"))) == 1
+    assert "pretrain1: done" in outputs[0] and "pretrain2: done" in outputs[0]
+    for stage in ("prepare", "pretrain1", "pretrain2"):
+        assert len(list((tmp_path / "store" / stage).glob("*/manifest.json"))) == 1, stage
 
 
 def test_help_lists_every_config_key():

@@ -109,3 +109,14 @@ def test_non_utf8_config_file_is_one_line(tmp_path):
     bad.write_bytes(b"\xff\xfe\x00")
     with pytest.raises(ConfigError, match="bin.yaml: not a UTF-8 text file"):
         resolve(Outer, files=[bad])
+
+
+@pytest.mark.parametrize("text, value", [("2e-3", 2e-3), ("1E5", 1e5), ("-.5e-1", -0.05), ("3", 3.0)])
+def test_float_keys_take_exponents_without_a_dot(text, value):
+    # YAML 1.1 reads '2e-3' as a string; a float key must still take it.
+    assert resolve(Outer, overrides=[f"inner.rate={text}"]).inner.rate == pytest.approx(value)
+
+
+def test_float_key_rejects_words():
+    with pytest.raises(ConfigError, match="inner.rate"):
+        resolve(Outer, overrides=["inner.rate=fast"])

@@ -223,6 +223,16 @@ def test_twin_starts_from_the_same_state_and_carries_it_over():
             assert reach - 0.5 <= state.y <= TINY.height - reach + 0.5
 
 
+def test_default_size_objects_stay_in_the_frame_in_every_video():
+    # The default objects are large (colour and shape must survive a 64×96 cache): a shape that
+    # grows and travels both ways shrinks to fit, so no video ever pushes it off the frame.
+    cfg = ExampleConfig(train_videos=300)
+    for plan in example.plan_videos(cfg):
+        for state in plan.states():
+            reach = state.size * example.SHAPE_EXTENT[plan.shape]
+            assert reach <= state.x <= cfg.width - reach and reach <= state.y <= cfg.height - reach, plan.id
+
+
 # ----------------------------------------------------------------------------- QA
 
 
@@ -302,6 +312,6 @@ def test_invalid_config_names_the_key(change, key):
 
 def test_defaults_are_small_and_valid():
     cfg = ExampleConfig()
-    assert (cfg.height, cfg.width, cfg.frames_per_clip) == (112, 192, 16)
+    assert (cfg.height, cfg.width, cfg.frames_per_clip) == (128, 192, 16)
     assert example.raw_inputs(cfg) == []
     assert len(example.plan_videos(cfg)) == 24 + 2 * (6 + 6)

@@ -22,7 +22,7 @@ from lfvila_cli.model.lfvila import (
     count_parameters,
     parameters_on_meta,
 )
-from lfvila_cli.model.presets import VARIANTS, get_preset, list_presets, release_parameter_count
+from lfvila_cli.model.presets import BERT_TINY, VARIANTS, get_preset, list_presets, release_parameter_count
 from lfvila_cli.objectives import (
     mask_tokens,
     pretrain_stage1_loss,
@@ -218,7 +218,7 @@ def test_tiny_stage2_trains_only_the_cross_modal_part(tiny_stage2):
     model.zero_grad()
     out = model("stage2", video, masked.input_ids, mask, video_index=pairs.video_index)
     assert out.mlm_logits.shape == (4, 2 * 16, VOCAB) and out.vtm_logits.shape == (4, 2)
-    assert out.fusion.sequence.shape == (4, 1 + 2 * 16 + 16 * 6, 32)
+    assert out.fusion.sequence.shape == (4, 1 + 2 * 16 + 16 * 6, BERT_TINY["hidden_size"])
     losses = pretrain_stage2_loss(out.mlm_logits, masked.labels.flatten(1), out.vtm_logits, pairs.labels)
     losses["total"].backward()
     assert all(torch.isfinite(v) for v in losses.values()) and float(losses["mlm"].detach()) > 0

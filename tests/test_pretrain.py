@@ -296,3 +296,24 @@ def test_stage2_mlm_accuracy_scores_masked_tokens_of_matched_pairs():
     assert right["mlm_count"] > 0 and right["mlm_correct"] == right["mlm_count"]
     echoed = stage2_loss(echo, model, batch, 7, cfg, tok, with_accuracy=True)
     assert echoed["mlm_count"] == right["mlm_count"] and echoed["mlm_correct"] < 0.5 * echoed["mlm_count"]
+
+
+def test_objectives_from_the_config_reach_the_loss_and_the_saved_model(data, tmp_path):
+    cfg = _cfg(1, 2)
+    cfg.objectives.mtc_weight = 0.0
+    cfg.workers = 0
+    summary = run_pretrain(cfg, data["corpus"], data["store"], tmp_path / "nomtc", progress=False)
+    assert summary["final_losses"]["total"] == pytest.approx(summary["final_losses"]["vpc"])
+    assert summary["final_losses"]["mtc"] == 0.0  # weighted by 0: not computed
+    saved = json.loads((tmp_path / "nomtc" / "config.json").read_text())
+    assert saved["objectives"]["mtc_weight"] == 0.0
+
+
+def test_pretrain_key_leaves_out_the_loader_workers():
+    from lfvila_cli.train.pretrain import key_config
+
+    one, two = _cfg(1, 2), _cfg(1, 2)
+    two.workers = 3
+    assert key_config(one) == key_config(two) and "workers" not in key_config(one)
+    two.objectives.mtc_weight = 0.0
+    assert key_config(one) != key_config(two)

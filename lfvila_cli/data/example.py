@@ -80,7 +80,9 @@ SHAPE_SIDES = {"square": 4, "triangle": 3}
 
 GROW, SHRINK = 1.6, 1 / 1.6  # size factors
 SPIN_DEGREES = 90.0
-SIZE_FRACTION = (0.10, 0.12)  # object size as a fraction of min(H, W)
+# Object size as a fraction of min(H, W): big enough that colour and shape survive a 64×96 cache
+# (about a 9–11 pixel radius there), shrunk where needed so every event order stays in the frame.
+SIZE_FRACTION = (0.14, 0.17)
 STEP_FRACTION = 0.22  # a move covers this fraction of the frame's width (left/right) or height (up/down)
 
 # One slot per possible event of a video; a video's events are a random subset, so none repeats.
@@ -119,7 +121,7 @@ class ExampleConfig:
     max_clips: int = 8
     clip_seconds: float = 2.0
     fps: int = 8
-    height: int = 112
+    height: int = 128  # 3:2, as the 64×96 cache of lfvila-tiny: nothing is cropped away
     width: int = 192
     qa_per_video: int = 2
 
@@ -268,12 +270,16 @@ def _plan_base(cfg: ExampleConfig, split: str, index: int) -> VideoPlan:
     step = (STEP_FRACTION * w, STEP_FRACTION * h)
     # Start where every order of these events stays in the frame: each direction and "grow"
     # happen at most once, so the extremes are start ± one step at the largest size.
-    reach = size * (GROW if "grow" in kinds else 1.0) * SHAPE_EXTENT[shape]
+    scale = (GROW if "grow" in kinds else 1.0) * SHAPE_EXTENT[shape]
+    room_x = (w - step[0] * (("move-left" in kinds) + ("move-right" in kinds))) / 2
+    room_y = (h - step[1] * (("move-up" in kinds) + ("move-down" in kinds))) / 2
+    size = min(size, 0.98 * min(room_x, room_y) / scale)  # a large shape that must travel far shrinks
+    reach = size * scale
     lo_x = reach + (step[0] if "move-left" in kinds else 0.0)
     hi_x = w - reach - (step[0] if "move-right" in kinds else 0.0)
     lo_y = reach + (step[1] if "move-up" in kinds else 0.0)
     hi_y = h - reach - (step[1] if "move-down" in kinds else 0.0)
-    # Degenerate sizes (tiny frames) leave no room: centre it and accept some clipping.
+    # The shrink above leaves room on both axes; the centre is a guard against rounding.
     x = float(rng.uniform(lo_x, hi_x)) if lo_x < hi_x else (lo_x + hi_x) / 2
     y = float(rng.uniform(lo_y, hi_y)) if lo_y < hi_y else (lo_y + hi_y) / 2
     angle = float(rng.uniform(0.0, 360.0 / SHAPE_SIDES.get(shape, 1)))

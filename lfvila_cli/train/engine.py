@@ -134,23 +134,30 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def init_distributed_cpu() -> None:
-    """Prepare DeepSpeed for CPU (idempotent): accelerator ``cpu``, the rendezvous variables of a
-    single process where the launcher set none, no JIT build of the shared-memory comm op (only
-    used for inference all-reduce), and a gloo process group."""
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+def init_distributed() -> None:
+    """Prepare DeepSpeed's process group (idempotent). Where no launcher set the rendezvous
+    variables (a plain ``lfvila pretrain``), set those of a single process, so DeepSpeed never
+    falls back to MPI discovery. Without CUDA: accelerator ``cpu``, no JIT build of the
+    shared-memory comm op (only used for inference all-reduce), and gloo; with CUDA: nccl."""
+    cuda = torch.cuda.is_available()
+    if not cuda:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
     os.environ.setdefault("LOCAL_RANK", "0")
     import deepspeed
-    import deepspeed.comm.torch  # noqa: F401  (so that sys.modules holds it)
 
-    # Through sys.modules: ``import deepspeed.comm.torch as m`` would bind torch itself.
-    sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
+    if not cuda:
+        import deepspeed.comm.torch  # noqa: F401  (so that sys.modules holds it)
+
+        # Through sys.modules: ``import deepspeed.comm.torch as m`` would bind torch itself.
+        sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
     if not deepspeed.comm.is_initialized():
-        deepspeed.init_distributed(dist_backend="gloo" if not torch.cuda.is_available() else "nccl")
+        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
+    if cuda:
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
 
 
 @dataclass
@@ -179,8 +186,7 @@ class Trainer:
         generators: Optional[Mapping[str, torch.Generator]] = None,
     ) -> None:
         check_precision_supported(cfg)
-        if not torch.cuda.is_available():
-            init_distributed_cpu()
+        init_distributed()
         import deepspeed
         import deepspeed.comm as dist
 

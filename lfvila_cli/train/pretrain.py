@@ -40,6 +40,7 @@ import torch
 from ..config import check, from_dict, to_dict
 from ..errors import ConfigError, DataError, LfvilaError
 from ..data.loader import LoaderConfig
+from ..objectives import ObjectiveConfig
 from .engine import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -54,8 +55,10 @@ _STAGE2_STREAM = 2  # keeps stage-2 draws apart from stage-1 draws at the same s
 
 
 def _quickstart_train() -> TrainConfig:
-    # Quickstart defaults: a few hundred steps of the tiny model on the bundled example, on a CPU.
-    return TrainConfig(lr=5e-4, micro_batch=4, epochs=10, precision="fp32", checkpoint_every=200, warmup_ratio=0.1)
+    # The tiny model on the bundled example, on a CPU (stages/quickstart.yaml sets the epochs).
+    # Peak lr 2e-4: at 5e-4 and above the tiny model's embeddings collapsed to one point in the
+    # first few dozen steps (VPC stuck at 2·ln B) or learned far slower (README, "Learning check").
+    return TrainConfig(lr=2e-4, micro_batch=16, epochs=10, precision="fp32", checkpoint_every=200, warmup_steps=20)
 
 
 @dataclass
@@ -66,10 +69,13 @@ class PretrainConfig:
     tokenizer: str = ""  # "" = train a WordPiece tokenizer on the train sentences (stage 2: the stage-1 one)
     tokenizer_vocab_size: int = 2000
     loader: LoaderConfig = field(default_factory=lambda: LoaderConfig(max_tokens=32))
+    # Loss weights, temperature, MTC sampling, MLM rate (SPEC §4); saved in the model's config.json.
+    objectives: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     train: TrainConfig = field(default_factory=_quickstart_train)
     val_every: int = 50  # steps; 0 = only at the end
     val_max_samples: int = 256  # 0 = the whole val split
     val_batch: int = 8
+    workers: int = 1  # DataLoader worker processes feeding training (0 = load in the training process)
 
     def __post_init__(self) -> None:
         check(self.stage in (1, 2), "stage", f"must be 1 or 2, got {self.stage}")
@@ -78,6 +84,15 @@ class PretrainConfig:
         check(self.val_every >= 0, "val_every", f"must be >= 0, got {self.val_every}")
         check(self.val_max_samples >= 0, "val_max_samples", f"must be >= 0, got {self.val_max_samples}")
         check(self.val_batch >= 1, "val_batch", f"must be >= 1, got {self.val_batch}")
+        check(self.workers >= 0, "workers", f"must be >= 0, got {self.workers}")
+
+
+POLICY_FIELDS = ("workers",)  # change how a run goes, not what it makes: left out of the artifact key
+
+
+def key_config(cfg: PretrainConfig) -> dict:
+    """The config that shapes the model (the artifact key): everything but ``POLICY_FIELDS``."""
+    return {k: v for k, v in to_dict(cfg).items() if k not in POLICY_FIELDS}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,16 +310,10 @@ def _tokenizer_for(
 
 def _ensure_distributed(world_size: int) -> None:
     """Start the process group early (the tokenizer step needs a barrier) when several ranks run."""
-    if world_size <= 1:
-        return
-    import deepspeed
+    if world_size > 1:
+        from .engine import init_distributed
 
-    if not torch.cuda.is_available():
-        from .engine import init_distributed_cpu
-
-        init_distributed_cpu()
-    elif not deepspeed.comm.is_initialized():
-        deepspeed.init_distributed()
+        init_distributed()
 
 
 def _barrier(world_size: int) -> None:
@@ -451,10 +460,18 @@ def run_pretrain(
 
     variant = "stage1" if cfg.stage == 1 else "stage2"
     config = get_preset(cfg.model, variant, text_model=cfg.text_model)
+    config.objectives = cfg.objectives
+    if config.text.bert_config is not None:
+        # A randomly initialised BERT takes the tokenizer's vocabulary: with BERT's 30,522 rows
+        # for the example's ~90 words, the MLM head spends stage 2 unlearning ids that never occur.
+        config.text.bert_config = {**config.text.bert_config, "vocab_size": len(tokenizer)}
     if cfg.loader.max_tokens > config.text.max_tokens:
         raise ConfigError(f"config key 'loader.max_tokens': {cfg.loader.max_tokens} exceeds the model's {config.text.max_tokens} tokens per sentence")
     torch.manual_seed(cfg.train.seed)  # the fresh initialisation is reproducible
     model = build_model(config)
+    rows = model.text_encoder.word_embeddings.num_embeddings
+    if len(tokenizer) > rows:
+        raise ConfigError(f"config key 'tokenizer': {len(tokenizer)} tokens, but the text model '{cfg.text_model}' has {rows} embedding rows")
     init_report = None
     if cfg.stage == 2:
         init_report = load_stage1_into(model, init_from)
@@ -497,7 +514,9 @@ def run_pretrain(
         log.info("val at step %d: %s", step, {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
 
     def batches(epoch: int, start: int):
-        loader = make_loader(train_ds, cfg.train.micro_batch, rank=rank, world_size=world_size, epoch=epoch, start_index=start)
+        loader = make_loader(
+            train_ds, cfg.train.micro_batch, rank=rank, world_size=world_size, epoch=epoch, start_index=start, num_workers=cfg.workers
+        )
         # A DataLoader iterator draws its base seed from the global torch RNG; a resumed run opens
         # one more iterator than the uninterrupted run, so keep that draw off the training RNG.
         with torch.random.fork_rng(devices=[]):
