@@ -194,6 +194,24 @@ def test_one_crop_and_flip_shared_by_all_frames(data, tmp_path):
     assert len(crops) > 2  # and the crop box moves
 
 
+def test_uint8_augment_matches_the_float_reference():
+    from lfvila_cli.data.loader import augment, augment_reference
+
+    g = torch.Generator().manual_seed(0)
+    # Smooth content plus noise: the uint8 path rounds each output pixel, nothing more.
+    video = (torch.rand(8, 3, H, W, generator=g) * 60 + torch.linspace(0, 190, W)).to(torch.uint8)
+    video = video.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)  # channels-last, as the store gives it
+    rng = np.random.default_rng(1)
+    for flip in (False, True):
+        for _ in range(10):
+            box = crop_params(rng, H, W, (0.8, 1.0), (3 / 4, 4 / 3))
+            fast = augment(video, box, flip, (H, W))
+            ref = augment_reference(video, box, flip, (H, W))
+            assert fast.dtype == torch.uint8 and fast.shape == ref.shape == (8, 3, H, W)
+            assert (fast.float() - ref).abs().max() <= 1.0, box  # within one grey level
+    assert torch.equal(augment(video, (0, 0, H, W), False, (H, W)), video)  # full box: untouched
+
+
 def test_crop_params_stay_inside_the_frame_with_the_requested_area():
     rng = np.random.default_rng(0)
     for _ in range(200):

@@ -131,13 +131,15 @@ class FrameStore:
     def num_segments(self, sample_id: str) -> int:
         return len(self.rows(sample_id))
 
-    def sample(self, sample_id: str, segments: slice | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def sample(self, sample_id: str, segments: slice | None = None, check_status: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Frames ``(M, K, H, W, 3)`` uint8 and times ``(M, K)`` float32 of one sample.
 
         ``segments`` picks consecutive segments (e.g. ``slice(s, s + 4)`` for the 4-clip window
         of SPEC §1) so only those rows are read. Any selected row that is not ok is an error
         naming the sample, the segment and the reason: training never silently swaps a failed
-        video for another.
+        video for another. ``check_status=False`` skips re-reading the rows' status (a reader
+        that already checked it, as the training loader does at construction, saves a chunk
+        read per row).
         """
         rows = self.rows(sample_id)
         if segments is not None:
@@ -147,8 +149,8 @@ class FrameStore:
         if len(rows) == 0:
             empty = (0, self.frames_per_segment)
             return np.zeros(empty + (self.height, self.width, 3), np.uint8), np.zeros(empty, np.float32)
-        status, frames, times = self._read_rows(slice(rows.start, rows.stop))
-        if (status != OK).any():
+        status, frames, times = self._read_rows(slice(rows.start, rows.stop), check_status)
+        if check_status and (status != OK).any():
             bad = int(np.flatnonzero(status != OK)[0])
             row = rows.start + bad
             segment = row - int(self._row_start[self._index[sample_id]])
@@ -159,20 +161,19 @@ class FrameStore:
             raise DataError(f"{self.url}: sample {sample_id!r} segment {segment} (row {row}) is {why}")
         return frames, times
 
-    def _read_rows(self, rows: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Status, frames and times of ``rows`` in one round trip through Zarr's event loop
-        (three synchronous reads cost ~2 ms more per training sample)."""
+    def _read_rows(self, rows: slice, with_status: bool = True) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+        """Status (unless ``with_status`` is false: None), frames and times of ``rows`` in one
+        round trip through Zarr's event loop (separate synchronous reads cost ~2 ms more per
+        training sample)."""
         from zarr.core.sync import sync
 
-        async def read():
-            return await asyncio.gather(
-                self._status.async_array.getitem(rows),
-                self._frames.async_array.getitem(rows),
-                self._times.async_array.getitem(rows),
-            )
+        arrays = ([self._status] if with_status else []) + [self._frames, self._times]
 
-        status, frames, times = sync(read())
-        return np.asarray(status), np.asarray(frames), np.asarray(times)
+        async def read():
+            return await asyncio.gather(*(a.async_array.getitem(rows) for a in arrays))
+
+        out = [np.asarray(x) for x in sync(read())]
+        return (out[0] if with_status else None), out[-2], out[-1]
 
     def status(self) -> np.ndarray:
         """Status of every row (0 pending, 1 ok, 2 failed); reads one tiny chunk per row."""
