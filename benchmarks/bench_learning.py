@@ -1,8 +1,9 @@
 """The honest learning check of stage 1: does ``lfvila-tiny`` learn long-form alignment on the
 bundled example, and does MTC help it tell temporal order?
 
-Builds (or, with ``--dir``, reuses) the example corpus and its 64×96 frame store through the
-project's own stages, then runs ``run_pretrain`` (the real Trainer, stage 1) with the
+Builds (or, with ``--dir``, reuses) the quickstart's example corpus and 64×96 frame store through
+the project's own stages, then runs ``run_pretrain`` (the real Trainer) with the quickstart's
+stage-1 recipe (``stages/quickstart.yaml``: 300 steps of 16), with the
 multimodal temporal contrastive loss on (``objectives.mtc_weight`` 0.25, SPEC §4) and off (0),
 ``--seeds`` seeds each (the seed sets the initialisation, the data order and augmentation, and
 the MTC draws), and reports on the val split, for the model at the end of training:
@@ -12,7 +13,7 @@ the MTC draws), and reports on the val split, for the model at the end of traini
   reordered twin (same events, another order; chance 0.5);
 * the untrained model's figures (the same, before the first step) as a baseline.
 
-    python benchmarks/bench_learning.py                        # 2 × 3 runs, ~30 min on 2 cores
+    python benchmarks/bench_learning.py                        # 2 × 3 runs, ~25 min on 2 cores
     python benchmarks/bench_learning.py --seeds 1 --epochs 4   # a quick look
 """
 
@@ -29,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_train import build_data  # noqa: E402
+from bench_train import build_data, quickstart_layer  # noqa: E402
 
 from lfvila_cli.config import resolve  # noqa: E402
 from lfvila_cli.train.pretrain import PretrainConfig, run_pretrain  # noqa: E402
@@ -43,11 +44,10 @@ def run_one(corpus: Path, store: str, out_dir: Path, mtc_weight: float, seed: in
         f"objectives.seed={seed}",
         f"train.seed={seed}",
         f"loader.seed={seed}",
-        f"train.epochs={args.epochs}",
         "val_every=0",
         "val_max_samples=0",
-    ]
-    cfg = resolve(PretrainConfig, overrides=overrides + list(args.set or []))
+    ] + ([f"train.epochs={args.epochs}"] if args.epochs is not None else [])
+    cfg = resolve(PretrainConfig, layers=[quickstart_layer("pretrain1")], overrides=overrides + list(args.set or []))
     started = time.perf_counter()
     summary = run_pretrain(cfg, corpus, store, out_dir, progress=False)
     val, before = summary["val"], summary.get("val_untrained", {})
@@ -82,13 +82,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dir", type=Path, default=None, help="work directory for the data and runs (default: a temporary one)")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=None, help="train.epochs (default: the pretrain default)")
+    parser.add_argument("--epochs", type=int, default=None, help="train.epochs (default: the quickstart's)")
     parser.add_argument("--workers", type=int, default=2, help="cache workers")
     parser.add_argument("--set", action="append", help="extra PretrainConfig override, e.g. train.lr=3e-4 (repeatable)")
     parser.add_argument("--json", type=Path, default=None, help="write every run's figures here")
     args = parser.parse_args(argv)
-    if args.epochs is None:
-        args.epochs = PretrainConfig().train.epochs
 
     root = args.dir or Path(tempfile.mkdtemp(prefix="lfvila-bench-learning-"))
     print(f"data and runs in {root}")

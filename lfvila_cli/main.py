@@ -201,6 +201,7 @@ def pretrain(
     init: str = typer.Option("latest", "--init", help="Stage 2: the stage-1 (pretrain1) artifact to start from."),
     num_gpus: Optional[int] = typer.Option(None, "--num-gpus", help="Run N ranks on this machine's GPUs (with --hostfile: at most N per machine) through the DeepSpeed launcher; without CUDA, N CPU ranks over gloo."),
     hostfile: Optional[Path] = typer.Option(None, "--hostfile", help="Run on the machines of this DeepSpeed hostfile ('<host> slots=<n>' lines; reached with ssh) through the DeepSpeed launcher."),
+    resume: str = typer.Option("auto", "--resume", help="auto: continue from the newest complete checkpoint of an interrupted run of this config (the default); never: discard it and start afresh (as --force)."),
     master_port: Optional[int] = typer.Option(None, "--master-port", help="The rendezvous port of a --num-gpus / --hostfile launch (DeepSpeed's default: 29500)."),
     workdir: Path = WorkdirOpt,
     config: Optional[List[Path]] = ConfigOpt,
@@ -213,7 +214,7 @@ def pretrain(
     """Pre-train LF-VILA on a frame store with DeepSpeed (stage 1 or 2).
 
     A killed run resumes from its newest complete checkpoint when the same command runs again
-    (--force starts afresh). The finished model (config.json, model.safetensors, tokenizer/,
+    (--resume auto, the default; --resume never or --force starts afresh). The finished model (config.json, model.safetensors, tokenizer/,
     metrics.jsonl, loss.png) is the artifact store/pretrain<STAGE>/<key>/.
 
     One process by default. --num-gpus N / --hostfile FILE run the same command on N GPUs / on
@@ -245,6 +246,9 @@ def pretrain(
     _setup_logging(verbose)
     if stage not in (1, 2):
         raise ConfigError(f"--stage must be 1 or 2, got {stage}")
+    if resume not in ("auto", "never"):
+        raise ConfigError(f"--resume must be auto or never, got {resume!r}")
+    force = force or resume == "never"
     if (num_gpus is not None or hostfile is not None or master_port is not None) and not in_launched_rank():
         check_launch_options(num_gpus, hostfile, master_port)
         if force:

@@ -342,7 +342,11 @@ def test_pretrain_stages_through_the_cli(tmp_path):
         assert (model_dir / name).exists(), name
     second = invoke("pretrain", "--stage", "2", "--workdir", wd, *quick)
     assert second.exit_code == 0 and "pretrain2: done" in second.output, second.output
-    assert "up to date" in invoke("pretrain", "--stage", "1", "--workdir", wd, *quick).output
+    assert "up to date" in invoke("pretrain", "--stage", "1", "--workdir", wd, *quick, "--resume", "auto").output
+    again = invoke("pretrain", "--stage", "1", "--workdir", wd, *quick, "--resume", "never")
+    assert again.exit_code == 0 and "pretrain1: done" in again.output, again.output  # afresh, as --force
+    bad_resume = invoke("pretrain", "--stage", "1", "--workdir", wd, "--resume", "sometimes")
+    assert bad_resume.exit_code == 2 and "--resume must be auto or never" in bad_resume.output
     bad = invoke("pretrain", "--stage", "3", "--workdir", wd)
     assert bad.exit_code == 2 and "--stage must be 1 or 2" in bad.output
     fixed = invoke("pretrain", "--stage", "1", "--workdir", wd, "--set", "stage=2")

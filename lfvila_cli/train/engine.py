@@ -300,7 +300,7 @@ class Trainer:
                     self._log(record)
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{record['loss/total']:.4f}")
+                    bar.set_postfix({"loss": f"{record['loss/total']:.4f}", "samples/s": f"{record['samples_per_s']:.1f}"})
                 if not record["step_applied"]:
                     self._on_bad_step()
                 if self.step % cfg.checkpoint_every == 0:
