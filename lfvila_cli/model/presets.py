@@ -59,12 +59,13 @@ BERT_BASE = dict(
     vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
     intermediate_size=3072, max_position_embeddings=512, type_vocab_size=2,
 )
-# bert-base-uncased WordPiece vocabulary size, so any uncased BERT tokenizer fits the tiny model.
+# bert-base-uncased WordPiece vocabulary size, so any uncased BERT tokenizer fits the tiny model
+# (`lfvila pretrain` sizes a random BERT to the tokenizer it trains instead).
 # A random BERT barely tells sentences apart at BERT's initializer_range 0.02 (every linear map
 # shrinks its input; the [CLS] / paragraph summary of two sentences differ by ~0.1% at 32 wide,
 # and 0.1 dropout swamps that): stage 1 then sits at chance. 128 wide with std 0.15 and no
 # dropout gives sentence features with cosine ~0.79 between different sentences at init (0.99 at
-# 32 wide), and the text side costs ~5% of a stage-1 step (the video encoder is the rest).
+# 32 wide); its forward + backward takes 0.07 s for 16 paragraphs against 0.28 s for their video.
 BERT_TINY = dict(
     vocab_size=30522, hidden_size=128, num_hidden_layers=4, num_attention_heads=2,
     intermediate_size=512, max_position_embeddings=512, type_vocab_size=2,
