@@ -4,6 +4,10 @@
   (the diagonal). Recall@K is the *fraction* (0–1) of paragraphs whose own video ranks in the
   top K; MedR the median rank (1 = best). Ranks are pessimistic on ties: a video scoring exactly
   as high as the true one counts as ranked above it, so constant embeddings give chance, not 1.
+* ``retrieval_metrics(video_emb, text_emb)``: both directions (text→video, video→text),
+  R@1/5/10/50, MedR and MnR (mean rank), ranked ``chunk`` queries at a time by
+  ``ranks_chunked`` so memory stays ~chunk × N scores (20,000 × 20,000 at 1024 dimensions:
+  ``benchmarks/bench_ranking.py``); ``retrieval_ranks`` is the full-matrix reference.
 * ``temporal_order_accuracy``: the bundled example gives each val/test base video a reordered
   twin (same events in another order; corpus task fields ``group`` and ``hard_negative_of``).
   The metric is the fraction of paragraphs (base and twin alike) more similar to their own video
@@ -34,23 +38,73 @@ def _similarity(video_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor
 
 
 def retrieval_ranks(video_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
-    """(N,) long: rank (1 = best) of video i among all videos for text i (ties pessimistic)."""
+    """(N,) long: rank (1 = best) of video i among all videos for text i (ties pessimistic).
+
+    The reference: one float64 (N, N) similarity matrix. ``ranks_chunked`` is the path used
+    for evaluation (bounded memory), tested equal to this one."""
     sim = _similarity(video_emb, text_emb)
     own = sim.diagonal()[:, None]
     above = (sim >= own).sum(dim=1) - 1  # every other video scoring >= the true one
     return above + 1
 
 
+def ranks_chunked(query: torch.Tensor, keys: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """(N,) long: rank (1 = best) of ``keys[i]`` among all keys for ``query[i]`` by dot product,
+    ties pessimistic, computed ``chunk`` queries at a time: peak memory ~ chunk × N scores
+    instead of N × N. Scores are in the inputs' dtype (float32 or float64); a query's own score
+    is read from the same product as the others, so ties compare exactly.
+
+    Text→video ranks: ``ranks_chunked(text, video)``; video→text: ``ranks_chunked(video, text)``."""
+    if query.dim() != 2 or query.shape != keys.shape:
+        raise ValueError(f"query and keys must both be (N, D), got {tuple(query.shape)} and {tuple(keys.shape)}")
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    if not query.is_floating_point() or query.dtype in (torch.float16, torch.bfloat16):
+        query = query.float()
+    keys = keys.to(query.dtype)
+    n = query.shape[0]
+    ranks = torch.empty(n, dtype=torch.long)
+    keys_t = keys.t().contiguous()
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        scores = query[start:stop] @ keys_t  # (c, N)
+        rows = torch.arange(stop - start)
+        own = scores[rows, rows + start][:, None]
+        ranks[start:stop] = (scores >= own).sum(dim=1).cpu()  # counts itself: rank 1 when alone on top
+    return ranks
+
+
+def rank_metrics(ranks: torch.Tensor, ks: Sequence[int] = (1, 5, 10, 50)) -> dict[str, float]:
+    """Recall@K (fractions), MedR and MnR (mean rank) of 1-based ``ranks``."""
+    if ranks.numel() == 0:
+        raise ValueError("rank_metrics: no queries")
+    ranks = ranks.double()
+    out = {f"R@{k}": float((ranks <= k).double().mean()) for k in ks}
+    out["MedR"] = float(np.median(ranks.numpy()))
+    out["MnR"] = float(ranks.mean())
+    return out
+
+
+def retrieval_metrics(
+    video_emb: torch.Tensor, text_emb: torch.Tensor, ks: Sequence[int] = (1, 5, 10, 50), chunk: int = 1024
+) -> dict[str, dict[str, float]]:
+    """Both directions with video i the match of text i: ``{"text_to_video": {R@K.., MedR, MnR},
+    "video_to_text": {...}}`` by dot product, chunked (``ranks_chunked``)."""
+    return {
+        "text_to_video": rank_metrics(ranks_chunked(text_emb, video_emb, chunk), ks),
+        "video_to_text": rank_metrics(ranks_chunked(video_emb, text_emb, chunk), ks),
+    }
+
+
 def paragraph_to_video_retrieval(video_emb: torch.Tensor, text_emb: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
     """Text→video retrieval with video i the match of text i: ``{"R@1", "R@5", "R@10"`` (fractions),
     ``"MedR"}`` over N paragraphs (``video_emb``, ``text_emb``: (N, D), any normalisation —
     scores are dot products, so pass L2-normalised embeddings for cosine similarity)."""
-    ranks = retrieval_ranks(video_emb, text_emb).double()
-    if ranks.numel() == 0:
+    text, video = (torch.as_tensor(x, dtype=torch.float64) for x in (text_emb, video_emb))
+    if video.shape[0] == 0:
         raise ValueError("paragraph_to_video_retrieval: no paragraphs")
-    out = {f"R@{k}": float((ranks <= k).double().mean()) for k in ks}
-    out["MedR"] = float(np.median(ranks.numpy()))
-    return out
+    metrics = rank_metrics(ranks_chunked(text, video), ks)
+    return {k: v for k, v in metrics.items() if k != "MnR"}
 
 
 def temporal_order_accuracy(

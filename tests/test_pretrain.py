@@ -317,3 +317,25 @@ def test_pretrain_key_leaves_out_the_loader_workers():
     assert key_config(one) == key_config(two) and "workers" not in key_config(one)
     two.objectives.mtc_weight = 0.0
     assert key_config(one) != key_config(two)
+
+
+def test_chunked_ranks_equal_the_full_matrix_reference_with_ties():
+    from lfvila_cli.evaluation import ranks_chunked, rank_metrics, retrieval_metrics
+
+    g = torch.Generator().manual_seed(3)
+    video = torch.randn(37, 6, generator=g, dtype=torch.float64)
+    text = video + 0.9 * torch.randn(37, 6, generator=g, dtype=torch.float64)
+    video[5] = video[9]  # exact ties: pessimistic in both paths
+    text[20] = text[21]
+    want = retrieval_ranks(video, text)
+    for chunk in (1, 4, 37, 100):
+        assert torch.equal(ranks_chunked(text, video, chunk), want), chunk
+    # video→text is the same ranking with the roles swapped
+    assert torch.equal(ranks_chunked(video, text, 5), retrieval_ranks(text, video))
+    both = retrieval_metrics(video.float(), text.float(), chunk=8)
+    assert both["text_to_video"]["R@1"] == pytest.approx(float((want == 1).double().mean()))
+    assert both["text_to_video"]["MnR"] == pytest.approx(float(want.double().mean()))
+    assert set(both["video_to_text"]) == {"R@1", "R@5", "R@10", "R@50", "MedR", "MnR"}
+    assert rank_metrics(torch.tensor([1, 2, 3, 50]), ks=(1, 50)) == {"R@1": 0.25, "R@50": 1.0, "MedR": 2.5, "MnR": 14.0}
+    with pytest.raises(ValueError):
+        ranks_chunked(text, video[:-1])
