@@ -99,7 +99,7 @@ def _run_single(stage_name: str, workdir: Path, config: list[Path] | None, overr
 @app.command()
 @command
 def prepare(
-    source: Optional[str] = typer.Option(None, "--source", help="example | hdvila | activitynet | jsonl (shortcut for --set source=...)."),
+    source: Optional[str] = typer.Option(None, "--source", help="example | hdvila | activitynet | didemo | jsonl (shortcut for --set source=...)."),
     strict: bool = typer.Option(False, "--strict", help="Fail on any rejected record instead of counting it in stats.json."),
     workdir: Path = WorkdirOpt,
     config: Optional[List[Path]] = ConfigOpt,
@@ -119,13 +119,15 @@ def prepare(
 
       lfvila prepare --source activitynet --set activitynet.annotations=captions/ --set activitynet.video_root=videos/
 
+      lfvila prepare --source didemo --set didemo.annotations=didemo/ --set didemo.video_root=videos/
+
       lfvila prepare --source jsonl --set jsonl.path=my_corpus.jsonl
 
     Config keys: source, strict, and per source example.* (seed, train_videos, val_videos,
     test_videos, min_clips, max_clips, clip_seconds, fps, height, width, qa_per_video),
     hdvila.* (metadata, text, video_root, layout, video_ext, split, min_clips, max_clips,
-    gap_tolerance), activitynet.* (annotations, video_root, video_ext, splits), jsonl.*
-    (path, video_root).
+    gap_tolerance), activitynet.* (annotations, video_root, video_ext, splits), didemo.*
+    (annotations, video_root, video_ext, splits), jsonl.* (path, video_root).
     """
     _setup_logging(verbose)
     overrides = ([f"source={source}"] if source else []) + (["strict=true"] if strict else []) + list(set_ or [])

@@ -13,13 +13,14 @@ import pytest
 
 from lfvila_cli.config import from_dict
 from lfvila_cli.data.corpus import Rejections, Sample, validation_error
-from lfvila_cli.data.formats import activitynet, hdvila, jsonl, parse_time
+from lfvila_cli.data.formats import activitynet, didemo, hdvila, jsonl, parse_time
 from lfvila_cli.data.formats.hdvila import Clip, chain_runs, window_sizes
 from lfvila_cli.errors import ConfigError, DataError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "formats"
 HDVILA = FIXTURES / "hdvila"
 ANET = FIXTURES / "activitynet"
+DIDEMO = FIXTURES / "didemo"
 JSONL = FIXTURES / "jsonl"
 EXAMPLE = Path(__file__).parent.parent / "examples" / "custom_dataset" / "my_corpus.jsonl"
 
@@ -437,3 +438,59 @@ def test_prepare_counts_reader_and_central_rejections(tmp_path):
         "empty text": 1,
         "segment outside the video": 1,
     }
+
+
+# --- didemo ---------------------------------------------------------------------------------
+
+
+def didemo_cfg(**kwargs) -> didemo.DidemoConfig:
+    return didemo.DidemoConfig(**{"annotations": str(DIDEMO), "video_root": "s3://bucket/didemo", **kwargs})
+
+
+def test_didemo_paragraphs_consensus_times_and_rejections(tmp_path):
+    samples, rejections = read_all(didemo, didemo_cfg(), tmp_path)
+    assert [(s.id, s.split) for s in samples] == [
+        ("10015567@N08_3655084291", "train"),
+        ("12090392@N02_13482799053_87ef417396", "train"),
+        ("54321@N00_2222222222", "val"),
+    ]
+    pool, dog, street = samples
+    # Moments ordered by time; each takes its annotators' most frequent pair (ties: the first
+    # listed), chunks of 5 s with the end chunk inclusive; text stripped.
+    assert [(g.start, g.end, g.text) for g in pool.segments] == [
+        (0.0, 5.0, "a child stands at the edge"),
+        (10.0, 15.0, "the man in the red shirt jumps into the pool"),
+        (20.0, 30.0, "everyone swims to the side"),  # [4,5] x2 vs [5,5] x2: the first listed
+    ]
+    assert [(g.start, g.end) for g in dog.segments] == [(0.0, 10.0), (15.0, 25.0)]
+    assert [g.text for g in street.segments] == ["a car drives past", "the street is empty"]  # equal times: file order
+    assert pool.video == "s3://bucket/didemo/10015567@N08_3655084291.mov" and pool.duration is None
+    assert all(validation_error(s) is None for s in samples)
+    assert dict(rejections.counts) == {
+        "no valid times pair": 1,
+        "missing field 'times'": 1,
+        "record is not a JSON object": 1,
+        "bad video name": 1,
+        "description is not a string": 1,
+    }
+    assert rejections.examples["missing field 'times'"] == [f"{DIDEMO / 'train_data.json'}#6"]
+
+
+def test_didemo_video_ext_and_split_mapping(tmp_path):
+    samples, _ = read_all(didemo, didemo_cfg(video_ext=".mp4", splits={"val_data": "test"}), tmp_path)
+    assert [(s.id, s.split, s.video) for s in samples] == [("54321@N00_2222222222", "test", "s3://bucket/didemo/54321@N00_2222222222.mp4")]
+    assert didemo.consensus([[9, 9], [1, 2], [0, 0], [1, 2]]) == (5.0, 15.0)  # invalid pairs do not vote
+
+
+def test_didemo_malformed_files_and_config(tmp_path):
+    (tmp_path / "train_data.json").write_text('{"video": "a.mp4"}')
+    with pytest.raises(DataError, match="expected a JSON list of moments"):
+        read_all(didemo, didemo_cfg(annotations=str(tmp_path)), tmp_path)
+    with pytest.raises(DataError, match="none of train_data.json"):
+        read_all(didemo, didemo_cfg(annotations=str(tmp_path / "missing")), tmp_path)
+    with pytest.raises(ConfigError, match="didemo.video_root"):
+        read_all(didemo, didemo_cfg(video_root=""), tmp_path)
+    with pytest.raises(ConfigError, match="didemo.video_ext"):
+        didemo.DidemoConfig(video_ext="mp4")
+    with pytest.raises(ConfigError, match="didemo.splits.val_data"):
+        didemo.DidemoConfig(splits={"val_data": "validation"})

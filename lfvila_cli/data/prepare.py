@@ -20,6 +20,7 @@ from ..errors import DataError
 from .corpus import CORPUS_FILE, STATS_FILE, Rejections, Sample, validation_error, write_corpus
 from .example import ExampleConfig
 from .formats.activitynet import ActivityNetConfig
+from .formats.didemo import DidemoConfig
 from .formats.hdvila import HdvilaConfig
 from .formats.jsonl import JsonlConfig
 
@@ -30,9 +31,10 @@ SOURCES = {
     "example": "lfvila_cli.data.example",
     "hdvila": "lfvila_cli.data.formats.hdvila",
     "activitynet": "lfvila_cli.data.formats.activitynet",
+    "didemo": "lfvila_cli.data.formats.didemo",
     "jsonl": "lfvila_cli.data.formats.jsonl",
 }
-Source = Literal["example", "hdvila", "activitynet", "jsonl"]
+Source = Literal["example", "hdvila", "activitynet", "didemo", "jsonl"]
 
 
 @dataclass
@@ -42,6 +44,7 @@ class PrepareConfig:
     example: ExampleConfig = field(default_factory=ExampleConfig)
     hdvila: HdvilaConfig = field(default_factory=HdvilaConfig)
     activitynet: ActivityNetConfig = field(default_factory=ActivityNetConfig)
+    didemo: DidemoConfig = field(default_factory=DidemoConfig)
     jsonl: JsonlConfig = field(default_factory=JsonlConfig)
 
     def source_config(self):

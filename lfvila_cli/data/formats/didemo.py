@@ -1,0 +1,151 @@
+"""DiDeMo (official ``train_data.json``, ``val_data.json``, ``test_data.json``) -> paragraphs.
+
+Each file is a JSON *list* of moments (FORMATS.md): ``video`` (the file name, extensions
+vary: ``.mov``, ``.mp4``, ``.avi``, ``.m4v``...), ``times`` (one ``[start_chunk, end_chunk]``
+pair per annotator, usually 4 and sometimes more; chunks are 5 s, the end chunk inclusive,
+indices 0-5), ``description``, ``annotation_id`` and other fields we ignore. Several moments
+share a video: the video's paragraph is its descriptions ordered by time, one segment each.
+
+A moment's time is the *consensus* of its annotators: the most frequent ``times`` pair, ties
+going to the pair listed first (the release's evaluation likewise scores against the majority).
+Chunks ``[s, e]`` become seconds ``[5·s, 5·(e + 1))``. Segments sort by (start, end), equal
+times keeping file order. DiDeMo does not give durations: samples carry none, and a chunk that
+runs past a short video's end is cut there by the cache stage.
+
+``didemo.splits`` maps file stems to corpus splits (default ``train_data -> train``,
+``val_data -> val``, ``test_data -> test``). The sample id is the video file name without its
+extension; the video is ``<video_root>/<video>`` as named in the file, or with its extension
+replaced by ``didemo.video_ext`` when that is set (for a transcoded copy, e.g. ``.mp4``).
+
+Rejected here (counted, the file goes on): a moment that is not an object, lacks
+``video``/``times``/``description``, has an unsafe video name, a non-string description, or no
+valid ``times`` pair (a pair of integers 0-5 with start <= end). A video whose moments were all
+rejected yields no sample.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any, Iterator
+
+from ...config import check
+from ...errors import ConfigError, DataError
+from ..corpus import SPLITS, Rejections, Sample, Segment
+from . import absolute, exists, join, load_json, safe_name, video_root
+
+log = logging.getLogger(__name__)
+
+SOURCE = "didemo"
+CHUNK_SECONDS = 5.0
+NUM_CHUNKS = 6
+
+
+def _default_splits() -> dict[str, str]:
+    return {"train_data": "train", "val_data": "val", "test_data": "test"}
+
+
+@dataclass
+class DidemoConfig:
+    annotations: str = ""  # directory (or URL) holding train_data.json / val_data.json / test_data.json
+    video_root: str = ""  # directory or fsspec URL holding the videos
+    video_ext: str = ""  # "" = the file name as annotated; ".mp4" = same stem, this extension
+    splits: dict[str, str] = field(default_factory=_default_splits)  # file stem -> corpus split
+
+    def __post_init__(self) -> None:
+        self.annotations, self.video_root = absolute(self.annotations), absolute(self.video_root)
+        check(self.video_ext == "" or self.video_ext.startswith("."), f"{SOURCE}.video_ext", f"must start with '.', got {self.video_ext!r}")
+        check(bool(self.splits), f"{SOURCE}.splits", "must name at least one annotation file")
+        for stem, split in self.splits.items():
+            check(safe_name(stem), f"{SOURCE}.splits", f"{stem!r} is not a file stem like 'val_data'")
+            check(split in SPLITS, f"{SOURCE}.splits.{stem}", f"expected one of {list(SPLITS)}, got {split!r}")
+
+
+Config = DidemoConfig
+
+
+def annotation_files(cfg: DidemoConfig) -> list[tuple[str, str, str]]:
+    """``(path, file stem, split)`` for each mapped annotation file that exists."""
+    _require(cfg, "annotations")
+    found = [(join(cfg.annotations, f"{stem}.json"), stem, split) for stem, split in cfg.splits.items()]
+    found = [entry for entry in found if exists(entry[0])]
+    if not found:
+        names = ", ".join(f"{stem}.json" for stem in cfg.splits)
+        raise DataError(f"{cfg.annotations}: none of {names} found (config key '{SOURCE}.annotations')")
+    return found
+
+
+def raw_inputs(cfg: DidemoConfig) -> list[str]:
+    return [path for path, _, _ in annotation_files(cfg)]
+
+
+def read(cfg: DidemoConfig, out_dir, rejections: Rejections) -> Iterator[Sample]:
+    """One sample per video, files in ``splits`` order, videos in order of first appearance."""
+    files = annotation_files(cfg)
+    absent = sorted(set(cfg.splits) - {stem for _, stem, _ in files})
+    if absent:
+        log.warning("didemo: %s not found in %s; their splits stay empty", ", ".join(f"{s}.json" for s in absent), cfg.annotations)
+    _require(cfg, "video_root")
+    root = video_root(cfg.video_root)
+    for path, stem, split in files:
+        moments = load_json(path)
+        if not isinstance(moments, list):
+            raise DataError(f"{path}: expected a JSON list of moments, got a {type(moments).__name__}")
+        by_video: dict[str, list[tuple[float, float, str]]] = {}
+        for i, moment in enumerate(moments):
+            reason = _moment_error(moment)
+            if reason is not None:
+                rejections.add(reason, f"{path}#{i}")
+                continue
+            start, end = consensus(moment["times"])
+            by_video.setdefault(moment["video"], []).append((start, end, moment["description"].strip()))
+        for video, segments in by_video.items():
+            segments.sort(key=lambda s: (s[0], s[1]))  # stable: equal times keep file order
+            name = video if not cfg.video_ext else PurePosixPath(video).stem + cfg.video_ext
+            yield Sample(
+                id=PurePosixPath(video).stem,
+                video=join(root, name),
+                duration=None,
+                segments=[Segment(start, end, text) for start, end, text in segments],
+                split=split,
+            )
+        log.info("didemo: %s -> %d %s samples from %d moments", path, len(by_video), split, len(moments))
+
+
+def consensus(times: list) -> tuple[float, float]:
+    """Seconds ``(start, end)`` of the most frequent valid ``[start_chunk, end_chunk]`` pair (ties:
+    the first listed), the end chunk inclusive."""
+    pairs = [tuple(p) for p in times if _valid_pair(p)]
+    counts = Counter(pairs)
+    best = max(pairs, key=lambda p: (counts[p], -pairs.index(p)))
+    return best[0] * CHUNK_SECONDS, (best[1] + 1) * CHUNK_SECONDS
+
+
+def _valid_pair(pair: Any) -> bool:
+    return (
+        isinstance(pair, list) and len(pair) == 2
+        and all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < NUM_CHUNKS for c in pair)
+        and pair[0] <= pair[1]
+    )
+
+
+def _moment_error(moment: Any) -> str | None:
+    if not isinstance(moment, dict):
+        return "record is not a JSON object"
+    for name in ("video", "times", "description"):
+        if name not in moment:
+            return f"missing field '{name}'"
+    if not safe_name(moment["video"]):
+        return "bad video name"
+    if not isinstance(moment["description"], str):
+        return "description is not a string"
+    if not isinstance(moment["times"], list) or not any(_valid_pair(p) for p in moment["times"]):
+        return "no valid times pair"
+    return None
+
+
+def _require(cfg: DidemoConfig, name: str) -> None:
+    if not getattr(cfg, name):
+        raise ConfigError(f"config key '{SOURCE}.{name}' is required for --source {SOURCE}")
