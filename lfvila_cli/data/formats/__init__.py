@@ -26,7 +26,7 @@ import math
 import os
 from typing import Any, Iterator
 
-from ...errors import DataError
+from ...errors import ConfigError, DataError
 
 GLOB_CHARS = "*?["
 
@@ -196,3 +196,47 @@ def _is_digits(text: str) -> bool:
 def _is_decimal(text: str) -> bool:
     whole, _, frac = text.partition(".")
     return _is_digits(whole) and (frac == "" or _is_digits(frac))
+
+
+# --- sources whose splits are separate annotation files (<stem>.json per split) --------------
+
+
+def require(cfg: Any, name: str, source: str) -> None:
+    """A one-line error when the config path ``<source>.<name>`` is empty."""
+    if not getattr(cfg, name):
+        raise ConfigError(f"config key '{source}.{name}' is required for --source {source}")
+
+
+def check_split_config(source: str, video_ext: str, splits: dict[str, str], example_stem: str) -> None:
+    """Config checks shared by such sources: ``video_ext`` and the file-stem -> split table."""
+    from ...config import check
+    from ..corpus import SPLITS
+
+    check(video_ext == "" or video_ext.startswith("."), f"{source}.video_ext", f"must start with '.', got {video_ext!r}")
+    check(bool(splits), f"{source}.splits", "must name at least one annotation file")
+    for stem, split in splits.items():
+        check(safe_name(stem), f"{source}.splits", f"{stem!r} is not a file stem like '{example_stem}'")
+        check(split in SPLITS, f"{source}.splits.{stem}", f"expected one of {list(SPLITS)}, got {split!r}")
+
+
+def split_files(annotations: str, splits: dict[str, str], source: str) -> list[tuple[str, str, str]]:
+    """``(path, file stem, split)`` for each ``<stem>.json`` of ``splits`` found in ``annotations``;
+    none found is a one-line error."""
+    found = [(join(annotations, f"{stem}.json"), stem, split) for stem, split in splits.items()]
+    found = [entry for entry in found if exists(entry[0])]
+    if not found:
+        names = ", ".join(f"{stem}.json" for stem in splits)
+        raise DataError(f"{annotations}: none of {names} found (config key '{source}.annotations')")
+    return found
+
+
+def warn_missing_splits(found: list[tuple[str, str, str]], annotations: str, splits: dict[str, str], source: str) -> None:
+    """Warn about mapped files ``split_files`` did not find (a misnamed train file would
+    otherwise give a corpus without its train split)."""
+    import logging
+
+    absent = sorted(set(splits) - {stem for _, stem, _ in found})
+    if absent:
+        logging.getLogger(f"lfvila_cli.data.formats.{source}").warning(
+            "%s: %s not found in %s; their splits stay empty", source, ", ".join(f"{s}.json" for s in absent), annotations
+        )

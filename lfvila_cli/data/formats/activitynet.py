@@ -28,10 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from ...config import check
-from ...errors import ConfigError, DataError
-from ..corpus import SPLITS, Rejections, Sample, Segment
-from . import absolute, exists, join, load_json, safe_name, video_root
+from ...errors import DataError
+from ..corpus import Rejections, Sample, Segment
+from . import absolute, check_split_config, join, load_json, require, safe_name, split_files, video_root, warn_missing_splits
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +50,7 @@ class ActivityNetConfig:
 
     def __post_init__(self) -> None:
         self.annotations, self.video_root = absolute(self.annotations), absolute(self.video_root)
-        check(self.video_ext == "" or self.video_ext.startswith("."), f"{SOURCE}.video_ext", f"must start with '.', got {self.video_ext!r}")
-        check(bool(self.splits), f"{SOURCE}.splits", "must name at least one annotation file")
-        for stem, split in self.splits.items():
-            check(safe_name(stem), f"{SOURCE}.splits", f"{stem!r} is not a file stem like 'val_1'")
-            check(split in SPLITS, f"{SOURCE}.splits.{stem}", f"expected one of {list(SPLITS)}, got {split!r}")
+        check_split_config(SOURCE, self.video_ext, self.splits, "val_1")
 
 
 Config = ActivityNetConfig
@@ -63,13 +58,8 @@ Config = ActivityNetConfig
 
 def annotation_files(cfg: ActivityNetConfig) -> list[tuple[str, str, str]]:
     """``(path, file stem, split)`` for each mapped annotation file that exists."""
-    _require(cfg, "annotations")
-    found = [(join(cfg.annotations, f"{stem}.json"), stem, split) for stem, split in cfg.splits.items()]
-    found = [entry for entry in found if exists(entry[0])]
-    if not found:
-        names = ", ".join(f"{stem}.json" for stem in cfg.splits)
-        raise DataError(f"{cfg.annotations}: none of {names} found (config key '{SOURCE}.annotations')")
-    return found
+    require(cfg, "annotations", SOURCE)
+    return split_files(cfg.annotations, cfg.splits, SOURCE)
 
 
 def raw_inputs(cfg: ActivityNetConfig) -> list[str]:
@@ -79,10 +69,8 @@ def raw_inputs(cfg: ActivityNetConfig) -> list[str]:
 def read(cfg: ActivityNetConfig, out_dir: Path, rejections: Rejections) -> Iterator[Sample]:
     """One sample per video entry, files in ``splits`` order, entries in file order."""
     files = annotation_files(cfg)
-    absent = sorted(set(cfg.splits) - {stem for _, stem, _ in files})
-    if absent:  # a misnamed train.json would otherwise give a corpus without its train split
-        log.warning("activitynet: %s not found in %s; their splits stay empty", ", ".join(f"{s}.json" for s in absent), cfg.annotations)
-    _require(cfg, "video_root")
+    warn_missing_splits(files, cfg.annotations, cfg.splits, SOURCE)
+    require(cfg, "video_root", SOURCE)
     root = video_root(cfg.video_root)
     # The files are small (~10k videos each): load them all to find keys shared between files.
     loaded = [(path, stem, split, _load(path)) for path, stem, split in files]
@@ -148,8 +136,3 @@ def _entry_error(entry: Any, key: str) -> str | None:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _require(cfg: ActivityNetConfig, name: str) -> None:
-    if not getattr(cfg, name):
-        raise ConfigError(f"config key '{SOURCE}.{name}' is required for --source {SOURCE}")
