@@ -64,7 +64,7 @@ def ranks_chunked(query: torch.Tensor, keys: torch.Tensor, chunk: int = 1024) ->
     keys = keys.to(query.dtype)
     n = query.shape[0]
     ranks = torch.empty(n, dtype=torch.long)
-    keys_t = keys.t().contiguous()
+    keys_t = keys.t()  # a view: BLAS reads it transposed, no copy
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         scores = query[start:stop] @ keys_t  # (c, N)

@@ -105,10 +105,9 @@ def read(cfg: DidemoConfig, out_dir, rejections: Rejections) -> Iterator[Sample]
 def consensus(times: list) -> tuple[float, float]:
     """Seconds ``(start, end)`` of the most frequent valid ``[start_chunk, end_chunk]`` pair (ties:
     the first listed), the end chunk inclusive."""
-    pairs = [tuple(p) for p in times if _valid_pair(p)]
-    counts = Counter(pairs)
-    best = max(pairs, key=lambda p: (counts[p], -pairs.index(p)))
-    return best[0] * CHUNK_SECONDS, (best[1] + 1) * CHUNK_SECONDS
+    # most_common keeps first-seen order among equal counts
+    (start, end), _ = Counter(tuple(p) for p in times if _valid_pair(p)).most_common(1)[0]
+    return start * CHUNK_SECONDS, (end + 1) * CHUNK_SECONDS
 
 
 def _valid_pair(pair: Any) -> bool:
