@@ -174,3 +174,114 @@ def evaluate_stage1(model, val_dataset, batch_size: int = 8) -> dict[str, float]
             out["temporal_order_accuracy"] = order["accuracy"]
             out["temporal_order_pairs"] = order["pairs"]
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Downstream tasks (fine-tuning validation, ``lfvila evaluate``)
+# ---------------------------------------------------------------------------------------------
+
+
+def dual_softmax_ranks(query: torch.Tensor, keys: torch.Tensor, temperature: float = 0.01, chunk: int = 1024) -> torch.Tensor:
+    """Ranks as ``ranks_chunked`` after dual-softmax re-scoring (Cheng et al. 2021): each score
+    ``s[q, k]`` is multiplied by ``softmax_q(s[:, k] / temperature)``, the prior of query ``q``
+    among all queries for key ``k``. This uses every query at once — a transductive step — so
+    it is reported apart from the plain numbers, never mixed with them (SPEC §6).
+
+    Two chunked passes keep memory ~ chunk × N: the per-key log-sum-exp over queries, then the
+    re-scored ranks. ``dual_softmax_ranks_reference`` is the full-matrix version."""
+    if query.dim() != 2 or query.shape != keys.shape:
+        raise ValueError(f"query and keys must both be (N, D), got {tuple(query.shape)} and {tuple(keys.shape)}")
+    query, keys = query.double(), keys.double()
+    n = query.shape[0]
+    keys_t = keys.t()
+    lse = torch.full((n,), float("-inf"), dtype=torch.float64)
+    for start in range(0, n, chunk):
+        scores = query[start : start + chunk] @ keys_t / temperature
+        lse = torch.logaddexp(lse, torch.logsumexp(scores, dim=0))
+    ranks = torch.empty(n, dtype=torch.long)
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        scores = query[start:stop] @ keys_t
+        scores = scores * torch.exp(scores / temperature - lse[None, :])
+        rows = torch.arange(stop - start)
+        own = scores[rows, rows + start][:, None]
+        ranks[start:stop] = (scores >= own).sum(dim=1)
+    return ranks
+
+
+def dual_softmax_ranks_reference(query: torch.Tensor, keys: torch.Tensor, temperature: float = 0.01) -> torch.Tensor:
+    """The full-matrix reference of ``dual_softmax_ranks``."""
+    scores = query.double() @ keys.double().t()
+    scores = scores * torch.softmax(scores / temperature, dim=0)
+    own = scores.diagonal()[:, None]
+    return (scores >= own).sum(dim=1)
+
+
+@torch.no_grad()
+def predict_task(model, dataset, batch_size: int, with_local: bool = False) -> dict[str, Any]:
+    """Run ``model`` in eval mode over a ``TaskDataset`` (index order) and return what its task
+    is scored on: retrieval ``{"video", "text"}`` global embeddings (and, with ``with_local`` and
+    local projections, ``"clips"`` (N, M, D), ``"sentences"`` (N, M, D), ``"sentence_mask"``);
+    multiple choice / classification ``{"logits", "labels"}``; always ``"sample_ids"``."""
+    from .data.loader import make_loader
+
+    was_training = model.training
+    model.eval()
+    out: dict[str, list] = {}
+    try:
+        param = next(model.parameters())
+        for batch in make_loader(dataset, batch_size, shuffle=False, drop_last=False):
+            frames = batch["frames"].to(device=param.device, dtype=param.dtype)
+            ids, mask = batch["input_ids"].to(param.device), batch["attention_mask"].to(param.device)
+            out.setdefault("sample_ids", []).extend(batch["sample_ids"])
+            if dataset.kind == "retrieval":
+                video, text = model.forward_dual_encoder(frames, ids, mask)
+                out.setdefault("video", []).append(video.global_embedding.float().cpu())
+                out.setdefault("text", []).append(text.paragraph_embedding.float().cpu())
+                if with_local and video.clip_embeddings is not None and text.sentence_embeddings is not None:
+                    out.setdefault("clips", []).append(video.clip_embeddings.float().cpu())
+                    out.setdefault("sentences", []).append(text.sentence_embeddings.float().cpu())
+                    out.setdefault("sentence_mask", []).append(text.sentence_mask.cpu())
+            elif dataset.kind == "multiple_choice":
+                logits = model.forward_multiple_choice(frames, ids, mask).choice_logits
+                out.setdefault("logits", []).append(logits.float().cpu())
+                out.setdefault("labels", []).append(batch["label"])
+            else:
+                out.setdefault("logits", []).append(model.forward_classification(frames, ids, mask).logits.float().cpu())
+                out.setdefault("labels", []).append(batch["label"])
+    finally:
+        model.train(was_training)
+    return {k: (v if k == "sample_ids" else torch.cat(v)) for k, v in out.items()}
+
+
+def task_metrics(kind: str, predicted: Mapping[str, Any], dual_softmax: float | None = None, chunk: int = 1024) -> dict[str, Any]:
+    """The task's figures from ``predict_task`` output, with the chance level.
+
+    retrieval: ``text_to_video`` / ``video_to_text`` R@1/5/10/50, MedR, MnR (chance R@K = K/N),
+    and with ``dual_softmax`` (a temperature) the same under ``dual_softmax`` — labelled apart.
+    QA: ``accuracy`` over every item (an answer outside the vocabulary, label -1, counts as
+    wrong), ``chance`` = 1/candidates (multiple choice) or the majority label's share
+    (classification), ``num_items``."""
+    if kind == "retrieval":
+        video, text = predicted["video"], predicted["text"]
+        n = video.shape[0]
+        out: dict[str, Any] = dict(retrieval_metrics(video, text, chunk=chunk))
+        out["chance"] = {f"R@{k}": min(1.0, k / n) for k in (1, 5, 10, 50)}
+        out["num_videos"] = n
+        if dual_softmax is not None:
+            out["dual_softmax"] = {
+                "temperature": dual_softmax,
+                "text_to_video": rank_metrics(dual_softmax_ranks(text, video, dual_softmax, chunk)),
+                "video_to_text": rank_metrics(dual_softmax_ranks(video, text, dual_softmax, chunk)),
+            }
+        return out
+    logits, labels = predicted["logits"], predicted["labels"].long()
+    if labels.numel() == 0:
+        raise ValueError("task_metrics: no items")
+    correct = logits.argmax(dim=-1) == labels
+    if kind == "multiple_choice":
+        chance = 1.0 / logits.shape[1]
+    else:
+        known = labels[labels >= 0]
+        chance = float(torch.bincount(known).max()) / labels.numel() if known.numel() else 0.0
+    return {"accuracy": float(correct.double().mean()), "chance": chance, "num_items": int(labels.numel())}

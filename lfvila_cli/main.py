@@ -93,13 +93,17 @@ def _run_single(stage_name: str, workdir: Path, config: list[Path] | None, overr
     stage = get_stage(stage_name)
     cfg = resolve_config(stage, files=config or [], overrides=overrides)
     wd = Workdir(workdir)
-    run_stage(wd, stage, cfg, resolve_inputs(wd, stage, inputs), force=force, dry_run=dry_run, name=name, progress=_progress(), echo=typer.echo)
+    run_stage(wd, stage, cfg, resolve_inputs(wd, stage, inputs, cfg), force=force, dry_run=dry_run, name=name, progress=_progress(), echo=typer.echo)
 
 
 @app.command()
 @command
 def prepare(
-    source: Optional[str] = typer.Option(None, "--source", help="example | hdvila | activitynet | didemo | jsonl (shortcut for --set source=...)."),
+    source: Optional[str] = typer.Option(
+        None, "--source",
+        help="example | hdvila | activitynet | didemo | queryd | cmd | how2qa | violin | anet-qa | lfvila-jsonl | jsonl (shortcut for --set source=...).",
+    ),
+    task: Optional[str] = typer.Option(None, "--task", help="--source lfvila-jsonl: retrieval | how2qa | violin | anet-qa, the shape of the authors' files (shortcut for --set lfvila_jsonl.task=...)."),
     strict: bool = typer.Option(False, "--strict", help="Fail on any rejected record instead of counting it in stats.json."),
     workdir: Path = WorkdirOpt,
     config: Optional[List[Path]] = ConfigOpt,
@@ -109,11 +113,14 @@ def prepare(
     name: Optional[str] = NameOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
-    """Build the long-form corpus (samples.jsonl + stats.json) from a source.
+    """Build the corpus (samples.jsonl + stats.json) from a source: long-form paragraphs for
+    pre-training and retrieval, or QA items for the QA tasks.
 
     Examples:
 
       lfvila prepare --source example
+
+      lfvila prepare --source example --set example.task=how2qa
 
       lfvila prepare --source hdvila --set hdvila.metadata='hdvila_part*.jsonl' --set hdvila.text=asr.jsonl --set hdvila.video_root=s3://bucket/clips
 
@@ -121,16 +128,40 @@ def prepare(
 
       lfvila prepare --source didemo --set didemo.annotations=didemo/ --set didemo.video_root=videos/
 
+      lfvila prepare --source queryd --set queryd.annotations=QuerYD/ --set queryd.video_root=videos/
+
+      lfvila prepare --source cmd --set cmd.annotations=CondensedMovies/metadata --set cmd.video_root=videos/
+
+      lfvila prepare --source how2qa --set how2qa.annotations=how2qa/ --set how2qa.video_root=videos/
+
+      lfvila prepare --source violin --set violin.annotations=violin/ --set violin.video_root=videos/
+
+      lfvila prepare --source anet-qa --set anet_qa.annotations=activitynet-qa/ --set anet_qa.video_root=videos/
+
+      lfvila prepare --source lfvila-jsonl --task how2qa --set lfvila_jsonl.files='{how2qa_train.jsonl: train, how2qa_val.jsonl: val}' --set lfvila_jsonl.video_root=videos/
+
       lfvila prepare --source jsonl --set jsonl.path=my_corpus.jsonl
 
     Config keys: source, strict, and per source example.* (seed, train_videos, val_videos,
-    test_videos, min_clips, max_clips, clip_seconds, fps, height, width, qa_per_video),
+    test_videos, min_clips, max_clips, clip_seconds, fps, height, width, qa_per_video, task),
     hdvila.* (metadata, text, video_root, layout, video_ext, split, min_clips, max_clips,
     gap_tolerance), activitynet.* (annotations, video_root, video_ext, splits), didemo.*
-    (annotations, video_root, video_ext, splits), jsonl.* (path, video_root).
+    (annotations, video_root, video_ext, splits), queryd.* (annotations, captions, times,
+    splits, video_root, video_ext, keep_prefix, allow_pickle), cmd.* (annotations, video_root,
+    video_ext, layout, splits), violin.* (annotations, format, annotation_file, value_files,
+    value_subtitles, video_root, video_ext), how2qa.* (format, annotations, splits,
+    clip_seconds, hero_files, hero_mapping, hero_subtitles, max_subtitles, video_root,
+    video_ext), anet_qa.* (annotations, video_root, video_ext, video_prefix, splits,
+    vocab_size), lfvila_jsonl.* (task, files, video_root, video_ext, answers), jsonl.* (path,
+    video_root).
     """
+    from .errors import ConfigError
+
     _setup_logging(verbose)
-    overrides = ([f"source={source}"] if source else []) + (["strict=true"] if strict else []) + list(set_ or [])
+    if task is not None and source not in (None, "lfvila-jsonl"):
+        raise ConfigError(f"--task is for --source lfvila-jsonl (the authors' files), not --source {source}")
+    overrides = ([f"source={source}"] if source else []) + (["strict=true"] if strict else [])
+    overrides += ([f"lfvila_jsonl.task={task}"] if task else []) + list(set_ or [])
     _run_single("prepare", workdir, config, overrides, {}, force, dry_run, name)
 
 
@@ -194,6 +225,42 @@ def _given_args(ctx: typer.Context, leave_out: tuple[str, ...] = ()) -> list[str
     return args
 
 
+def _resume_force(resume: str, force: bool) -> bool:
+    from .errors import ConfigError
+
+    if resume not in ("auto", "never"):
+        raise ConfigError(f"--resume must be auto or never, got {resume!r}")
+    return force or resume == "never"
+
+
+def _launched(ctx: typer.Context, num_gpus, hostfile, master_port, force: bool, dry_run: bool) -> bool:
+    """With --num-gpus / --hostfile / --master-port outside a launched rank: run this same
+    command through the DeepSpeed launcher (or, with --dry-run, print its command line) and
+    return True; else False (run here)."""
+    from .errors import ConfigError
+    from .launch import check_launch_options, in_launched_rank, launch, launcher_command
+
+    if (num_gpus is None and hostfile is None and master_port is None) or in_launched_rank():
+        return False
+    check_launch_options(num_gpus, hostfile, master_port)
+    if force:
+        raise ConfigError("--force under a multi-rank launch would race; run it once in a single process")
+    args = _given_args(ctx, leave_out=("num_gpus", "hostfile", "master_port"))
+    if dry_run:  # the key does not depend on the number of ranks: answer here
+        typer.echo("would launch: " + shlex.join(launcher_command(args, num_gpus=num_gpus, hostfile=hostfile, master_port=master_port)))
+        return True
+    code = launch(args, num_gpus=num_gpus, hostfile=hostfile, master_port=master_port, echo=typer.echo)
+    if code:
+        raise typer.Exit(code)
+    return True
+
+
+NumGpusOpt = typer.Option(None, "--num-gpus", help="Run N ranks on this machine's GPUs (with --hostfile: at most N per machine) through the DeepSpeed launcher; without CUDA, N CPU ranks over gloo.")
+HostfileOpt = typer.Option(None, "--hostfile", help="Run on the machines of this DeepSpeed hostfile ('<host> slots=<n>' lines; reached with ssh) through the DeepSpeed launcher.")
+ResumeOpt = typer.Option("auto", "--resume", help="auto: continue from the newest complete checkpoint of an interrupted run of this config (the default); never: discard it and start afresh (as --force).")
+MasterPortOpt = typer.Option(None, "--master-port", help="The rendezvous port of a --num-gpus / --hostfile launch (DeepSpeed's default: 29500).")
+
+
 @app.command()
 @command
 def pretrain(
@@ -201,10 +268,10 @@ def pretrain(
     stage: int = typer.Option(1, "--stage", help="1: VPC + 0.25·MTC, everything trainable; 2: MLM + 10·VTM on top of a frozen stage-1 model."),
     cache: str = typer.Option("latest", "--cache", help="The cache artifact to train on: ref name, key (prefix) or artifact directory."),
     init: str = typer.Option("latest", "--init", help="Stage 2: the stage-1 (pretrain1) artifact to start from."),
-    num_gpus: Optional[int] = typer.Option(None, "--num-gpus", help="Run N ranks on this machine's GPUs (with --hostfile: at most N per machine) through the DeepSpeed launcher; without CUDA, N CPU ranks over gloo."),
-    hostfile: Optional[Path] = typer.Option(None, "--hostfile", help="Run on the machines of this DeepSpeed hostfile ('<host> slots=<n>' lines; reached with ssh) through the DeepSpeed launcher."),
-    resume: str = typer.Option("auto", "--resume", help="auto: continue from the newest complete checkpoint of an interrupted run of this config (the default); never: discard it and start afresh (as --force)."),
-    master_port: Optional[int] = typer.Option(None, "--master-port", help="The rendezvous port of a --num-gpus / --hostfile launch (DeepSpeed's default: 29500)."),
+    num_gpus: Optional[int] = NumGpusOpt,
+    hostfile: Optional[Path] = HostfileOpt,
+    resume: str = ResumeOpt,
+    master_port: Optional[int] = MasterPortOpt,
     workdir: Path = WorkdirOpt,
     config: Optional[List[Path]] = ConfigOpt,
     set_: Optional[List[str]] = SetOpt,
@@ -243,28 +310,129 @@ def pretrain(
     checkpoint_every, keep_last_k, max_bad_steps, seed), val_every, val_max_samples, val_batch, workers (1; not part of the key).
     """
     from .errors import ConfigError
-    from .launch import check_launch_options, in_launched_rank, launch, launcher_command
 
     _setup_logging(verbose)
     if stage not in (1, 2):
         raise ConfigError(f"--stage must be 1 or 2, got {stage}")
-    if resume not in ("auto", "never"):
-        raise ConfigError(f"--resume must be auto or never, got {resume!r}")
-    force = force or resume == "never"
-    if (num_gpus is not None or hostfile is not None or master_port is not None) and not in_launched_rank():
-        check_launch_options(num_gpus, hostfile, master_port)
-        if force:
-            raise ConfigError("--force under a multi-rank launch would race; run it once in a single process")
-        args = _given_args(ctx, leave_out=("num_gpus", "hostfile", "master_port"))
-        if dry_run:  # the key does not depend on the number of ranks: answer here
-            typer.echo("would launch: " + shlex.join(launcher_command(args, num_gpus=num_gpus, hostfile=hostfile, master_port=master_port)))
-        else:
-            code = launch(args, num_gpus=num_gpus, hostfile=hostfile, master_port=master_port, echo=typer.echo)
-            if code:
-                raise typer.Exit(code)
-            return
+    force = _resume_force(resume, force)
+    if _launched(ctx, num_gpus, hostfile, master_port, force, dry_run):
+        return
     inputs = {"cache": cache} if stage == 1 else {"cache": cache, "pretrain1": init}
     _run_single(f"pretrain{stage}", workdir, config, list(set_ or []), inputs, force, dry_run, name)
+
+
+@app.command()
+@command
+def finetune(
+    ctx: typer.Context,
+    task: str = typer.Option(..., "--task", help="activitynet | didemo | queryd | cmd (retrieval) | how2qa (multiple choice) | violin | anet-qa (classification)."),
+    cache: str = typer.Option("latest", "--cache", help="The task's cache artifact (segment_mode=chunks): ref name, key (prefix) or artifact directory."),
+    init: str = typer.Option("latest", "--init", help="The pre-training artifact to start from (pretrain1 for retrieval, pretrain2 for QA): ref name, key or directory."),
+    scratch: bool = typer.Option(False, "--scratch", help="Start from random weights (the 'without pre-training' baseline; as --set init=scratch)."),
+    release_checkpoint: Optional[Path] = typer.Option(None, "--release-checkpoint", help="Start from the authors' released checkpoint file through the importer (as --set init=release --set release_checkpoint=PATH; name the tokenizer with --set tokenizer=...)."),
+    num_gpus: Optional[int] = NumGpusOpt,
+    hostfile: Optional[Path] = HostfileOpt,
+    resume: str = ResumeOpt,
+    master_port: Optional[int] = MasterPortOpt,
+    workdir: Path = WorkdirOpt,
+    config: Optional[List[Path]] = ConfigOpt,
+    set_: Optional[List[str]] = SetOpt,
+    force: bool = ForceOpt,
+    dry_run: bool = DryRunOpt,
+    name: Optional[str] = NameOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Fine-tune a downstream task (SPEC §6) with the pre-training trainer (DeepSpeed,
+    checkpoints, --resume, --num-gpus as for pretrain).
+
+    Retrieval tasks train the dual encoder with VPC on frames spread over the whole video
+    (cache with --set segment_mode=chunks); How2QA trains 4-way multiple choice plus the
+    per-frame span loss; VIOLIN and ActivityNet-QA a classifier on the cross-modal encoder.
+    The model kept is the one with the best validation figure (text→video R@1 or accuracy),
+    never chosen on test; selection.json says which step. The artifact is
+    store/finetune/<key>/ (config.json, model.safetensors, tokenizer/, metrics.jsonl, loss.png).
+
+    Examples:
+
+      lfvila finetune --task activitynet --set train.epochs=20
+
+      lfvila finetune --task how2qa --init my-stage2
+
+      lfvila finetune --task didemo --scratch
+
+      lfvila finetune --task how2qa --release-checkpoint how2qa_release.pt --set model=lfvila-base --set tokenizer=bert-base-uncased
+
+    Config keys: task, init (pretrained | scratch | release), release_checkpoint, model (preset),
+    text_model, tokenizer, tokenizer_vocab_size, loader.* (LoaderConfig; clips_per_sample = the
+    sentence slots a paragraph is merged to), max_subtitles (-1 = the task's), span_weight,
+    train.* (as for pretrain), val_every, val_max_samples, val_batch, workers (1; not part of the key).
+    """
+    from .errors import ConfigError
+
+    _setup_logging(verbose)
+    force = _resume_force(resume, force)
+    if scratch and release_checkpoint is not None:
+        raise ConfigError("--scratch and --release-checkpoint are two different starts: give one")
+    if _launched(ctx, num_gpus, hostfile, master_port, force, dry_run):
+        return
+    overrides = [f"task={task}"]
+    if scratch:
+        overrides.append("init=scratch")
+    if release_checkpoint is not None:
+        overrides += ["init=release", f"release_checkpoint={release_checkpoint.resolve()}"]
+    from .train.finetune import task_spec
+
+    refs = {"cache": cache, task_spec(task).pretrained_stage: init}
+    _run_single("finetune", workdir, config, overrides + list(set_ or []), refs, force, dry_run, name)
+
+
+@app.command()
+@command
+def evaluate(
+    model: str = typer.Option("latest", "--model", help="The fine-tuned model (finetune artifact) to score: ref name, key (prefix) or directory."),
+    zero_shot: Optional[str] = typer.Option(None, "--zero-shot", help="Score this pre-trained stage-1 artifact (ref, key or directory) on retrieval without fine-tuning, instead of --model."),
+    cache: str = typer.Option("latest", "--cache", help="The task's cache artifact (segment_mode=chunks)."),
+    split: str = typer.Option("test", "--split", help="train | val | test."),
+    task: Optional[str] = typer.Option(None, "--task", help="Zero-shot: the retrieval task whose paper figures the report shows (default activitynet); fine-tuned: checked against the model's."),
+    dual_softmax: Optional[float] = typer.Option(None, "--dual-softmax", help="Also report retrieval re-scored by dual softmax at this temperature (e.g. 0.01), labelled apart from the plain figures."),
+    workdir: Path = WorkdirOpt,
+    config: Optional[List[Path]] = ConfigOpt,
+    set_: Optional[List[str]] = SetOpt,
+    force: bool = ForceOpt,
+    dry_run: bool = DryRunOpt,
+    name: Optional[str] = NameOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Score a model on one split of a task: metrics.json, report.md (a table beside the paper's
+    figures and chance), predictions.jsonl and PNG figures (paragraph × video similarity;
+    sentence × clip similarity for a model with local projections).
+
+    Examples:
+
+      lfvila evaluate                                  (the latest fine-tuned model, test split)
+
+      lfvila evaluate --split val --dual-softmax 0.01
+
+      lfvila evaluate --zero-shot latest --task activitynet
+
+    Config keys: model (finetune | pretrain1), task, split, batch, dual_softmax (0 = off), chunk,
+    heatmap_items, alignment_videos.
+    """
+    _setup_logging(verbose)
+    overrides = [f"split={split}"]
+    if zero_shot is not None:
+        overrides.append("model=pretrain1")
+    if task:
+        overrides.append(f"task={task}")
+    if dual_softmax is not None:
+        overrides.append(f"dual_softmax={dual_softmax}")
+    refs = {"cache": cache, "finetune": model, "pretrain1": zero_shot or "latest"}
+    _run_single("evaluate", workdir, config, overrides + list(set_ or []), refs, force, dry_run, name)
+    if not dry_run:
+        from .artifacts import Workdir
+
+        report = Workdir(workdir).resolve("evaluate", name or "latest").path / "report.md"
+        typer.echo(report.read_text(encoding="utf-8").split("\n\n", 2)[-1].split("![")[0].rstrip())
 
 
 @app.command()

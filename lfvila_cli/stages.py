@@ -53,10 +53,16 @@ class Stage:
     verify_path: str | None = None  # "module:function(artifact) -> problem | None", checked on a hit
     fixed: dict = field(default_factory=dict)  # config values the stage itself sets (pretrain1: stage=1)
     describe: Callable[[dict], str] = field(default=lambda summary: "")
+    # "module:function(config) -> tuple of input stage names" when the inputs depend on the config
+    # (finetune: the pre-training stage it starts from, or none); default: ``inputs``.
+    inputs_path: str | None = None
 
     @property
     def config_cls(self) -> type:
         return _load(self.config_path)
+
+    def input_names(self, config: Any) -> tuple[str, ...]:
+        return tuple(_load(self.inputs_path)(config)) if self.inputs_path else self.inputs
 
     def key_payload(self, config: Any, inputs: dict[str, Artifact]) -> dict:
         if self.key_config_path:
@@ -146,7 +152,46 @@ STAGES: dict[str, Stage] = {
 }
 
 
-STAGES = {name: STAGES[name] for name in ("prepare", "cache", "pretrain1", "pretrain2")}  # pipeline order
+def _describe_finetune(summary: dict) -> str:
+    selection = summary.get("selection") or {}
+    parts = [f"{summary.get('task', '?')}: {summary.get('steps', '?')} steps"]
+    if selection.get("metric"):
+        parts.append(f"selected step {selection['step']} on {selection['metric']} {selection['value']:.3f}")
+    elif selection:
+        parts.append("no val split: final weights")
+    return ", ".join(parts)
+
+
+def _describe_evaluate(summary: dict) -> str:
+    from .report import describe
+
+    return describe(summary)
+
+
+STAGES["finetune"] = Stage(
+    name="finetune",
+    version=1,
+    config_path="lfvila_cli.train.finetune:FinetuneConfig",
+    run_path="lfvila_cli.stages:run_finetune_stage",
+    inputs=("cache", "pretrain1", "pretrain2"),  # those it may take; input_names picks per config
+    inputs_path="lfvila_cli.train.finetune:input_names",
+    fingerprints_path="lfvila_cli.stages:finetune_fingerprints",
+    key_config_path="lfvila_cli.train.finetune:key_config",
+    resumable=True,
+    describe=_describe_finetune,
+)
+STAGES["evaluate"] = Stage(
+    name="evaluate",
+    version=1,
+    config_path="lfvila_cli.report:EvaluateConfig",
+    run_path="lfvila_cli.stages:run_evaluate_stage",
+    inputs=("cache", "finetune", "pretrain1"),
+    inputs_path="lfvila_cli.report:input_names",
+    describe=_describe_evaluate,
+)
+
+# pipeline order
+STAGES = {name: STAGES[name] for name in ("prepare", "cache", "pretrain1", "pretrain2", "finetune", "evaluate")}
 
 
 def get_stage(name: str) -> Stage:
@@ -309,6 +354,47 @@ def run_pretrain_stage(ctx: StageContext) -> dict:
     )
 
 
+def finetune_fingerprints(config, inputs) -> dict:
+    """init=release: the bytes of the authors' checkpoint file key the model."""
+    if config.init == "release":
+        return {"release_checkpoint": file_digest(config.release_checkpoint)}
+    return {}
+
+
+def _task_corpus(ctx: StageContext) -> Path:
+    cache = ctx.inputs["cache"]
+    corpus = input_artifact(ctx.workdir, cache, "prepare")
+    if corpus is None:
+        raise ArtifactError(f"the corpus cache {cache.key[:KEY_CHARS]} was built from is gone")
+    return corpus_file(corpus)
+
+
+def run_finetune_stage(ctx: StageContext) -> dict:
+    """Fine-tune a task on a chunks frame store, from a pre-training artifact (or scratch / release)."""
+    from .train.finetune import run_finetune
+
+    pretrained = [name for name in ("pretrain1", "pretrain2") if name in ctx.inputs]
+    return run_finetune(
+        ctx.config,
+        _task_corpus(ctx),
+        frame_store_url(ctx.inputs["cache"]),
+        ctx.out_dir,
+        init_from=ctx.inputs[pretrained[0]].path if pretrained else None,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+        progress=ctx.progress,
+        resume=None if ctx.force else "auto",
+    )
+
+
+def run_evaluate_stage(ctx: StageContext) -> dict:
+    """Score a fine-tuned (or, zero-shot, a stage-1) model on one split of a task."""
+    from .report import run_evaluate
+
+    model = ctx.inputs[ctx.config.model]
+    return run_evaluate(ctx.config, _task_corpus(ctx), frame_store_url(ctx.inputs["cache"]), model.path, model.config, ctx.out_dir)
+
+
 # --- the runner -----------------------------------------------------------------------------
 
 
@@ -329,9 +415,9 @@ def dist_env() -> tuple[int, int]:
         raise ConfigError("RANK and WORLD_SIZE must be integers") from None
 
 
-def resolve_inputs(workdir: Workdir, stage: Stage, refs: dict[str, str] | None = None) -> dict[str, Artifact]:
+def resolve_inputs(workdir: Workdir, stage: Stage, refs: dict[str, str] | None = None, config: Any = None) -> dict[str, Artifact]:
     refs = refs or {}
-    return {name: workdir.resolve(name, refs.get(name) or "latest") for name in stage.inputs}
+    return {name: workdir.resolve(name, refs.get(name) or "latest") for name in stage.input_names(config)}
 
 
 RANK_WAIT_S = float(os.environ.get("LFVILA_RANK_WAIT_S", "3600"))  # other ranks wait this long for rank 0
@@ -526,13 +612,14 @@ def run_pipeline(
             config = resolve_config(stage, layers=[layer], overrides=per_stage.get(stage.name, []))
         except ConfigError as exc:
             raise ConfigError(f"{path}: stages[{i}] ({stage.name}): {exc}") from None
-        missing = [name for name in stage.inputs if name not in produced]
+        names = stage.input_names(config)
+        missing = [name for name in names if name not in produced]
         if dry_run and missing and any(r.status == "would run" for r in results):
             line = f"{stage.name}: would run after {', '.join(missing)}"
             echo(line)
             results.append(StageResult(stage.name, "waiting for input", message=line))
             continue
-        inputs = {name: produced.get(name) or workdir.resolve(name) for name in stage.inputs}
+        inputs = {name: produced.get(name) or workdir.resolve(name) for name in names}
         result = run_stage(workdir, stage, config, inputs, force=force, dry_run=dry_run, progress=progress, echo=echo)
         results.append(result)
         if result.artifact is not None:

@@ -55,7 +55,7 @@ def test_config_errors_are_one_line_and_exit_2(tmp_path):
     result = invoke("prepare", "--workdir", tmp_path, "--set", "example.nope=1")
     assert result.exit_code == 2
     assert result.output.strip() == "error: unknown config key 'example.nope' (known at this level: " + ", ".join(
-        sorted(["seed", "train_videos", "val_videos", "test_videos", "min_clips", "max_clips", "clip_seconds", "fps", "height", "width", "qa_per_video"])
+        sorted(["seed", "train_videos", "val_videos", "test_videos", "min_clips", "max_clips", "clip_seconds", "fps", "height", "width", "qa_per_video", "task"])
     ) + ")"
     wrong_type = invoke("prepare", "--workdir", tmp_path, "--set", "example.fps=fast")
     assert wrong_type.exit_code == 2 and "'example.fps': expected int" in wrong_type.output
@@ -323,6 +323,12 @@ def test_help_lists_every_config_key():
     for group in fields(PrepareConfig):
         names = [group.name] if group.name in ("source", "strict") else [g.name for g in fields(group.default_factory())]
         assert all(name in prepare_help for name in names), (group.name, prepare_help)
+    from lfvila_cli.report import EvaluateConfig
+    from lfvila_cli.train.finetune import FinetuneConfig
+
+    for command, cls in (("finetune", FinetuneConfig), ("evaluate", EvaluateConfig)):
+        text = " ".join(invoke(command, "--help").output.split())
+        assert all(f.name in text for f in fields(cls)), (command, text)
 
 
 @pytest.mark.slow

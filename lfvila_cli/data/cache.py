@@ -6,8 +6,9 @@ one row of the store with their timestamps. Two segmentations:
 
 * ``clips``: the corpus segments (pre-training clips, or the sentences of a downstream video);
   a segment that carries its own ``video`` is spread over that whole file;
-* ``chunks``: ``num_chunks`` equal chunks of ``[0, duration]`` of each sample's video (the
-  retrieval recipe: 32 frames spread over the whole video).
+* ``chunks``: ``num_chunks`` equal chunks of what each sample covers — its ``clip`` when it
+  names one (QA items on part of a long video), else ``[0, duration]``, else the whole file —
+  the fine-tuning recipe: 32 frames spread over the whole video (SPEC §6).
 
 Robustness and scale:
 
@@ -150,6 +151,20 @@ class CachePlan:
         return self.sample_ids[sample], row - int(self.row_start[sample]), self.tasks[self.row_task[row]].video
 
 
+def chunk_spans(sample, n: int) -> list[Span]:
+    """``n`` equal chunks of what the sample covers: its ``clip`` when it names one, else
+    ``[0, duration]``, else the whole file (duration unknown)."""
+    clip = sample.task.get("clip")
+    if clip is not None:
+        start, end = float(clip[0]), float(clip[1])
+    elif sample.duration:
+        start, end = 0.0, float(sample.duration)
+    else:
+        return [("chunk", i, n) for i in range(n)]
+    step = (end - start) / n
+    return [("span", start + i * step, start + (i + 1) * step) for i in range(n)]
+
+
 def plan_rows(corpus_path: Path, cfg: CacheConfig) -> CachePlan:
     """Number the rows (samples in corpus order, segments in order) and group them by video."""
     base = corpus_path.parent
@@ -167,14 +182,16 @@ def plan_rows(corpus_path: Path, cfg: CacheConfig) -> CachePlan:
             continue
         spans: list[tuple[str, Span]] = []
         if cfg.segment_mode == "clips":
-            for seg in sample.segments:
+            n = len(sample.segments)
+            for i, seg in enumerate(sample.segments):
                 if seg.video is not None:
                     spans.append((seg.video, ("file",)))
+                elif not seg.timed:
+                    spans.append((sample.video, ("chunk", i, n)))  # untimed: equal chunks of the video
                 else:
                     spans.append((sample.video, ("span", seg.start, seg.end)))
         else:
-            n, d = cfg.num_chunks, sample.duration
-            spans = [(sample.video, ("span", i * d / n, (i + 1) * d / n) if d else ("chunk", i, n)) for i in range(n)]
+            spans = [(sample.video, span) for span in chunk_spans(sample, cfg.num_chunks)]
         ids.append(sample.id)
         starts.append(len(row_task))
         counts.append(len(spans))

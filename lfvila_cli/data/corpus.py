@@ -7,9 +7,20 @@ paired with its sentence(s), in temporal order. Record fields:
   fsspec URL), ``duration`` (seconds or null when unknown), ``split`` (train/val/test),
 * ``segments``: ``[{start, end, text}]`` in time order; a segment may carry its own ``video``
   when the clip is stored as a separate file (HD-VILA clip layout): its frames are then spread
-  over that whole file, and ``start``/``end`` stay on the source timeline,
-* task fields, kept verbatim: QA ``question``, ``candidates``, ``answer``, ``span``,
-  ``subtitles``; entailment ``statement``, ``label``; anything a reader adds (``group``...).
+  over that whole file, and ``start``/``end`` stay on the source timeline. A segment is
+  *untimed* when the source gives no times: ``start`` and ``end`` both null (the cache spreads
+  the sample's untimed segments as equal chunks over its video),
+* task fields, kept verbatim (checked by ``task_error`` where present):
+
+  - ``clip``: ``[start, end]`` seconds of ``video`` that the sample covers (fine-tuning frames
+    are spread over it); absent = the whole file (``[0, duration]``);
+  - multiple choice (How2QA): ``question``, ``candidates`` (>= 2 strings), ``answer`` (0-based
+    index), ``span`` (``[start, end]`` on the video's timeline, or null), ``subtitles``
+    (``[{start, end, text}]``, times may be null), ``qid``;
+  - entailment (VIOLIN): ``statement``, ``label`` (1 true, 0 false), ``subtitles``;
+  - open-ended QA (ActivityNet-QA): ``question``, ``answer`` (the annotated string), ``label``
+    (class index into the prepare artifact's ``answers.json``; -1 = outside the vocabulary);
+  - anything else a reader adds (``group``, ``hard_negative_of``, ``events``...).
 
 Invalid records are rejected with a reason that is counted in ``stats.json``; ``strict`` turns
 any rejection into a failure.
@@ -36,10 +47,14 @@ DURATION_TOLERANCE = 0.5
 
 @dataclass
 class Segment:
-    start: float
-    end: float
+    start: float | None  # None (with end None): untimed
+    end: float | None
     text: str
     video: str | None = None
+
+    @property
+    def timed(self) -> bool:
+        return self.start is not None
 
     def to_json(self) -> dict:
         out: dict[str, Any] = {"start": self.start, "end": self.end, "text": self.text}
@@ -90,7 +105,10 @@ class Sample:
             for name in ("start", "end", "text"):
                 if name not in seg:
                     raise ValueError(f"segments[{i}] missing field '{name}'")
-            start, end = _number(seg["start"], f"segments[{i}].start"), _number(seg["end"], f"segments[{i}].end")
+            if seg["start"] is None and seg["end"] is None:
+                start = end = None  # untimed
+            else:
+                start, end = _number(seg["start"], f"segments[{i}].start"), _number(seg["end"], f"segments[{i}].end")
             if not isinstance(seg["text"], str):
                 raise ValueError(f"segments[{i}].text is not a string")
             video = seg.get("video")
@@ -133,14 +151,63 @@ def validation_error(sample: Sample, min_segments: int = 1) -> str | None:
     if sample.duration is not None and sample.duration <= 0:
         return "non-positive duration"
     for seg in sample.segments:
+        if not seg.text.strip():
+            return "empty text"
+        if not seg.timed:
+            continue
         if seg.start < 0:
             return "segment starts before 0"
         if seg.end <= seg.start:
             return "segment ends before it starts"
-        if not seg.text.strip():
-            return "empty text"
         if sample.duration is not None and seg.video is None and seg.end > sample.duration + DURATION_TOLERANCE:
             return "segment outside the video"
+    return task_error(sample)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _interval_error(value: Any, name: str, allow_empty: bool) -> str | None:
+    if not (isinstance(value, list) and len(value) == 2 and all(_is_number(v) for v in value)):
+        return f"'{name}' is not a [start, end] pair of numbers"
+    if value[0] < 0 or value[1] < value[0] or (not allow_empty and value[1] == value[0]):
+        return f"'{name}' is not a valid interval"
+    return None
+
+
+def task_error(sample: Sample) -> str | None:
+    """The reason the task fields of ``sample`` are malformed, or ``None`` (see the module docstring)."""
+    task = sample.task
+    if "clip" in task and (reason := _interval_error(task["clip"], "clip", allow_empty=False)):
+        return reason
+    for name in ("question", "statement"):
+        if name in task and not (isinstance(task[name], str) and task[name].strip()):
+            return f"'{name}' is not a non-empty string"
+    if "candidates" in task:
+        candidates = task["candidates"]
+        if not (isinstance(candidates, list) and len(candidates) >= 2 and all(isinstance(c, str) and c.strip() for c in candidates)):
+            return "'candidates' is not a list of at least 2 non-empty strings"
+        if not (_is_int(task.get("answer")) and 0 <= task["answer"] < len(candidates)):
+            return "'answer' is not an index into 'candidates'"
+    if task.get("span") is not None and (reason := _interval_error(task["span"], "span", allow_empty=True)):
+        return reason
+    if "label" in task and not (_is_int(task["label"]) and task["label"] >= -1):
+        return "'label' is not a class index (or -1)"
+    if "subtitles" in task:
+        subtitles = task["subtitles"]
+        if not isinstance(subtitles, list):
+            return "'subtitles' is not a list"
+        for sub in subtitles:
+            if not (isinstance(sub, dict) and isinstance(sub.get("text"), str)):
+                return "a subtitle is not an object with a 'text' string"
+            times = (sub.get("start"), sub.get("end"))
+            if times != (None, None) and not all(_is_number(t) for t in times):
+                return "a subtitle's start/end are not numbers (or both null)"
     return None
 
 
@@ -193,7 +260,8 @@ def corpus_stats(samples: list[Sample], rejections: Rejections) -> dict:
         "segments": sum(len(s.segments) for s in samples),
         "sentences_per_paragraph": summary([len(s.segments) for s in samples]),
         "words_per_sentence": summary([len(seg.text.split()) for s in samples for seg in s.segments]),
-        "segment_seconds": summary([seg.end - seg.start for s in samples for seg in s.segments]),
+        "segment_seconds": summary([seg.end - seg.start for s in samples for seg in s.segments if seg.timed]),
+        "untimed_segments": sum(1 for s in samples for seg in s.segments if not seg.timed),
         "duration_seconds": {**summary(durations), "total": round(sum(durations), 3)},
         "videos": len({s.video for s in samples}),
         "rejected": rejections.to_json(),

@@ -35,6 +35,10 @@ Task files written next to the corpus (same record shape as ``samples.jsonl``):
   balanced and the text alone cannot decide.
 * ``example.json`` — counts ``{"how2qa", "violin", "videos"}``.
 
+With ``example.task`` set to ``how2qa`` or ``violin``, ``samples.jsonl`` itself holds those items
+(the corpus that ``finetune --task how2qa|violin`` reads); the default ``long-form`` holds the
+long-form samples.
+
 QA records carry their video's segments (for frame caching); those texts narrate the events,
 so a QA model must read ``question``/``statement`` and ``subtitles``, never the segment texts.
 """
@@ -58,6 +62,7 @@ from .video import write_video
 log = logging.getLogger(__name__)
 
 SPLIT_INDEX = {"train": 0, "val": 1, "test": 2}
+TASKS = ("long-form", "how2qa", "violin")
 # Independent random streams per video, so e.g. asking for more QA items leaves the videos alone.
 _PLAN, _REORDER, _HOW2QA, _VIOLIN = range(4)
 # The paragraph encoder's sentence-index embedding holds at most 8 segments (SPEC §3).
@@ -124,8 +129,12 @@ class ExampleConfig:
     height: int = 128  # 3:2, as the 64×96 cache of lfvila-tiny: nothing is cropped away
     width: int = 192
     qa_per_video: int = 2
+    # What samples.jsonl holds: the long-form samples (pre-training, retrieval), or the How2QA- /
+    # VIOLIN-shaped items (the same videos), for `lfvila finetune --task how2qa|violin`.
+    task: str = "long-form"
 
     def __post_init__(self) -> None:
+        check(self.task in TASKS, "example.task", f"expected one of {', '.join(TASKS)}, got {self.task!r}")
         check(self.seed >= 0, "example.seed", f"must be >= 0, got {self.seed}")
         for name in ("train_videos", "val_videos", "test_videos"):
             check(getattr(self, name) >= 0, f"example.{name}", f"must be >= 0, got {getattr(self, name)}")
@@ -538,9 +547,12 @@ def read(cfg: ExampleConfig, out_dir: Path, rejections: Rejections) -> Iterator[
     write_corpus(out_dir, violin, Rejections(), name="violin.jsonl")
     counts = {"how2qa": len(how2qa), "violin": len(violin), "videos": len(plans)}
     (out_dir / "example.json").write_text(json.dumps(counts, indent=2) + "\n")
+    items = {"how2qa": how2qa, "violin": violin}.get(cfg.task)
     for plan in plans:
         write_video(out_dir / "videos" / f"{plan.id}.mp4", render_video(plan, cfg), cfg.fps)
-        yield _sample(plan, cfg)
+        if items is None:
+            yield _sample(plan, cfg)
+    yield from items or ()
     log.info(
         "example: %d videos, %d How2QA and %d VIOLIN items in %.1fs",
         len(plans), len(how2qa), len(violin), time.perf_counter() - began,

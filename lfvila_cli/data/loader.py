@@ -409,7 +409,8 @@ def make_loader(
     """A DataLoader over ``dataset`` for one rank and one epoch.
 
     ``start_index``: batches of this rank already consumed this epoch (from a checkpoint);
-    they are skipped without being loaded. ``shuffle`` defaults to ``dataset.train``.
+    they are skipped without being loaded. ``shuffle`` defaults to ``dataset.train``. Batches
+    are made by ``dataset.collate_fn`` when it has one, else ``collate_pretrain``.
     """
     dataset.set_epoch(epoch)
     sampler = DistributedBatchSampler(
@@ -420,6 +421,6 @@ def make_loader(
         dataset,
         batch_sampler=sampler,
         num_workers=num_workers,
-        collate_fn=collate_pretrain,
+        collate_fn=getattr(dataset, "collate_fn", collate_pretrain),
         persistent_workers=False,
     )

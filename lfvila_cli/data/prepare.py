@@ -20,9 +20,15 @@ from ..errors import DataError
 from .corpus import CORPUS_FILE, STATS_FILE, Rejections, Sample, validation_error, write_corpus
 from .example import ExampleConfig
 from .formats.activitynet import ActivityNetConfig
+from .formats.anetqa import AnetQaConfig
+from .formats.cmd import CmdConfig
 from .formats.didemo import DidemoConfig
 from .formats.hdvila import HdvilaConfig
+from .formats.how2qa import How2qaConfig
 from .formats.jsonl import JsonlConfig
+from .formats.lfvila_jsonl import LfvilaJsonlConfig
+from .formats.queryd import QuerydConfig
+from .formats.violin import ViolinConfig
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +38,15 @@ SOURCES = {
     "hdvila": "lfvila_cli.data.formats.hdvila",
     "activitynet": "lfvila_cli.data.formats.activitynet",
     "didemo": "lfvila_cli.data.formats.didemo",
+    "queryd": "lfvila_cli.data.formats.queryd",
+    "cmd": "lfvila_cli.data.formats.cmd",
+    "violin": "lfvila_cli.data.formats.violin",
     "jsonl": "lfvila_cli.data.formats.jsonl",
+    "how2qa": "lfvila_cli.data.formats.how2qa",
+    "anet-qa": "lfvila_cli.data.formats.anetqa",
+    "lfvila-jsonl": "lfvila_cli.data.formats.lfvila_jsonl",
 }
-Source = Literal["example", "hdvila", "activitynet", "didemo", "jsonl"]
+Source = Literal["example", "hdvila", "activitynet", "didemo", "queryd", "cmd", "violin", "jsonl", "how2qa", "anet-qa", "lfvila-jsonl"]
 
 
 @dataclass
@@ -45,10 +57,21 @@ class PrepareConfig:
     hdvila: HdvilaConfig = field(default_factory=HdvilaConfig)
     activitynet: ActivityNetConfig = field(default_factory=ActivityNetConfig)
     didemo: DidemoConfig = field(default_factory=DidemoConfig)
+    queryd: QuerydConfig = field(default_factory=QuerydConfig)
+    cmd: CmdConfig = field(default_factory=CmdConfig)
+    violin: ViolinConfig = field(default_factory=ViolinConfig)
     jsonl: JsonlConfig = field(default_factory=JsonlConfig)
+    how2qa: How2qaConfig = field(default_factory=How2qaConfig)
+    anet_qa: AnetQaConfig = field(default_factory=AnetQaConfig)
+    lfvila_jsonl: LfvilaJsonlConfig = field(default_factory=LfvilaJsonlConfig)
+
+    @property
+    def source_field(self) -> str:
+        """The field holding the selected source's options: ``anet-qa`` -> ``anet_qa``."""
+        return self.source.replace("-", "_")
 
     def source_config(self):
-        return getattr(self, self.source)
+        return getattr(self, self.source_field)
 
 
 def key_config(cfg: PrepareConfig) -> dict:
@@ -58,7 +81,7 @@ def key_config(cfg: PrepareConfig) -> dict:
     """
     from ..config import to_dict
 
-    return {"source": cfg.source, cfg.source: to_dict(cfg.source_config())}
+    return {"source": cfg.source, cfg.source_field: to_dict(cfg.source_config())}
 
 
 def raw_inputs(cfg: PrepareConfig) -> list[str]:

@@ -379,10 +379,18 @@ class LfvilaModel(nn.Module):
         fused = self.fuse(self.video_encoder(frames).tokens, input_ids, attention_mask)
         return ClassificationModelOutput(self.classification_head(fused.pooled), fused)
 
+    def forward_dual_encoder(
+        self, frames: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[VideoEmbeddings, TextEmbeddings]:
+        """Retrieval fine-tuning in one call (one forward for DeepSpeed's hooks): frames
+        (B, T, 3, H, W) and text (B, M, L) -> their embeddings."""
+        return self.encode_video(frames), self.encode_text(input_ids, attention_mask)
+
     def forward(self, mode: str, *args, **kwargs):
-        """``model("stage1" | "stage2" | "multiple_choice" | "classification" | "video" | "text", ...)``."""
+        """``model("stage1" | "stage2" | "dual" | "multiple_choice" | "classification" | "video" | "text", ...)``."""
         dispatch = {
             "stage1": self.forward_pretrain_stage1,
+            "dual": self.forward_dual_encoder,
             "stage2": self.forward_stage2,
             "multiple_choice": self.forward_multiple_choice,
             "classification": self.forward_classification,

@@ -209,6 +209,18 @@ def get_preset(
     return PRESETS[name](variant, num_labels=num_labels, text_model=text_model)
 
 
+def derive_variant(config: LfvilaConfig, variant: str, num_labels: Optional[int] = None) -> LfvilaConfig:
+    """The ``variant`` layout over the architecture of an existing ``config`` (a pre-trained
+    model's ``config.json``): same video encoder, text model and contrastive width; the
+    variant's heads, cross-modal encoder and kept text layers. Loss settings carry over."""
+    derived = _compose(
+        copy.deepcopy(config.video), copy.deepcopy(config.text), config.projections.embed_dim,
+        config.projections.text_dim, variant, num_labels,
+    )
+    derived.objectives = copy.deepcopy(config.objectives)
+    return derived
+
+
 def release_parameter_count(variant: str, num_labels: Optional[int] = None) -> Optional[int]:
     """Unique parameters of the authors' model for a base-preset variant, if released."""
     return RELEASE_PARAMETER_COUNTS.get((variant, num_labels or 0))

@@ -272,29 +272,41 @@ def _read_split(corpus_path: Path, split: str) -> list:
     return [s for s in read_corpus(corpus_path) if s.split == split]
 
 
-def _tokenizer_for(
-    cfg: PretrainConfig, train_samples: list, init_from: Optional[Path], out_tok: Path, rank: int, world_size: int, resume: Optional[str]
+def resolve_tokenizer(
+    name: str,
+    vocab_size: int,
+    texts,
+    init_from: Optional[Path],
+    out_tok: Path,
+    rank: int,
+    world_size: int,
+    resume: Optional[str],
+    missing_message: Optional[str] = None,
 ):
-    """Load or train the tokenizer; it is saved to ``out_tok`` either way."""
+    """Load or train the tokenizer of a training run; it is saved to ``out_tok`` either way.
+
+    In order: a resumed run's own tokenizer (never retrained: WordPiece may order equally
+    frequent pieces differently from one process to the next), ``name`` (hub id or directory),
+    the tokenizer of the model it starts from (``init_from/tokenizer``), or — unless
+    ``missing_message`` says that one is required — a WordPiece tokenizer of ``vocab_size``
+    trained on ``texts`` (a callable returning them, so they are built only when needed).
+    """
     from ..data.tokenizer import load_tokenizer, train_wordpiece_tokenizer
 
     source: Optional[Path] = None  # a local tokenizer directory, copied as it is
     if resume is not None and (out_tok / "tokenizer_config.json").is_file():
-        # A resumed run must read the ids its checkpoint was trained on: never retrain (WordPiece
-        # training may order equally frequent pieces differently from one process to the next).
         return load_tokenizer(out_tok, local_files_only=True)
-    if cfg.tokenizer:
-        tokenizer = load_tokenizer(cfg.tokenizer)
-        source = Path(cfg.tokenizer) if Path(cfg.tokenizer).is_dir() else None
+    if name:
+        tokenizer = load_tokenizer(name)
+        source = Path(name) if Path(name).is_dir() else None
     elif init_from is not None and (init_from / TOKENIZER_DIR).is_dir():
         source = init_from / TOKENIZER_DIR
         tokenizer = load_tokenizer(source, local_files_only=True)
-    elif cfg.stage == 2:
-        raise ConfigError("config key 'tokenizer': stage 2 needs the stage-1 artifact's tokenizer (none in --init-from) or a named one")
+    elif missing_message is not None:
+        raise ConfigError(missing_message)
     else:
-        texts = [seg.text for s in train_samples for seg in s.segments]
         if rank == 0:
-            tokenizer = train_wordpiece_tokenizer(texts, cfg.tokenizer_vocab_size, out_tok)
+            tokenizer = train_wordpiece_tokenizer(texts(), vocab_size, out_tok)
         _barrier(world_size)
         if rank != 0:
             tokenizer = load_tokenizer(out_tok, local_files_only=True)
@@ -422,7 +434,7 @@ def run_pretrain(
     """Train pre-training stage ``cfg.stage`` and write the finished model into ``out_dir``
     (see the module docstring). ``resume``: None (fresh), "auto" (newest complete checkpoint in
     ``out_dir/run``) or a checkpoint path. Returns a JSON-able summary."""
-    from ..data.loader import PretrainDataset, make_loader
+    from ..data.loader import PretrainDataset
     from ..evaluation import evaluate_stage1
     from ..model.lfvila import build_model, count_parameters
     from ..model.presets import get_preset
@@ -445,7 +457,14 @@ def run_pretrain(
     val_samples = _subset_samples(_read_split(corpus_path, "val"), cfg.val_max_samples)
     if not train_samples:
         raise DataError(f"{corpus_path}: no train-split samples to pre-train on")
-    tokenizer = _tokenizer_for(cfg, train_samples, init_from, out_dir / TOKENIZER_DIR, rank, world_size, resume)
+    tokenizer = resolve_tokenizer(
+        cfg.tokenizer, cfg.tokenizer_vocab_size, lambda: [seg.text for s in train_samples for seg in s.segments],
+        init_from, out_dir / TOKENIZER_DIR, rank, world_size, resume,
+        missing_message=(
+            "config key 'tokenizer': stage 2 needs the stage-1 artifact's tokenizer (none in --init-from) or a named one"
+            if cfg.stage == 2 else None
+        ),
+    )
     train_ds = PretrainDataset(train_samples, store_url, tokenizer, cfg.loader, train=True, video_root=corpus_path.parent)
     val_ds = PretrainDataset(val_samples, store_url, tokenizer, cfg.loader, train=False, video_root=corpus_path.parent) if val_samples else None
     if val_ds is not None and len(val_ds) == 0:
@@ -513,19 +532,7 @@ def run_pretrain(
             f.write(json.dumps(_json_clean(record)) + "\n")
         log.info("val at step %d: %s", step, {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
 
-    def batches(epoch: int, start: int):
-        loader = make_loader(
-            train_ds, cfg.train.micro_batch, rank=rank, world_size=world_size, epoch=epoch, start_index=start, num_workers=cfg.workers
-        )
-        # A DataLoader iterator draws its base seed from the global torch RNG; a resumed run opens
-        # one more iterator than the uninterrupted run, so keep that draw off the training RNG.
-        with torch.random.fork_rng(devices=[]):
-            iterator = iter(loader)
-        for i, batch in enumerate(iterator):
-            step = trainer.step
-            if cfg.val_every and step and step % cfg.val_every == 0 and (start + i) % cfg.train.grad_accum == 0:
-                validate(step)  # between optimizer steps, before the next micro-batch is used
-            yield batch
+    batches = batch_source(trainer, train_ds, cfg.train, cfg.workers, cfg.val_every, validate)
 
     if rank == 0 and resume is None and val_path.exists():
         val_path.unlink()  # a fresh run starts its validation log afresh
@@ -571,6 +578,30 @@ def run_pretrain(
     return summary
 
 
+def batch_source(trainer, dataset, train_cfg, workers: int, val_every: int, validate):
+    """``batches(epoch, start)`` for ``Trainer.train`` over ``dataset`` on this rank, calling
+    ``validate(step)`` every ``val_every`` optimizer steps, between steps (before the next
+    micro-batch is used)."""
+    from ..data.loader import make_loader
+
+    def batches(epoch: int, start: int):
+        loader = make_loader(
+            dataset, train_cfg.micro_batch, rank=trainer.rank, world_size=trainer.world_size, epoch=epoch,
+            start_index=start, num_workers=workers,
+        )
+        # A DataLoader iterator draws its base seed from the global torch RNG; a resumed run opens
+        # one more iterator than the uninterrupted run, so keep that draw off the training RNG.
+        with torch.random.fork_rng(devices=[]):
+            iterator = iter(loader)
+        for i, batch in enumerate(iterator):
+            step = trainer.step
+            if val_every and step and step % val_every == 0 and (start + i) % train_cfg.grad_accum == 0:
+                validate(step)
+            yield batch
+
+    return batches
+
+
 def _json_clean(record: dict) -> dict:
     return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in record.items()}
 
@@ -581,8 +612,11 @@ def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def _write_finished(model, config, out_dir: Path, train_records: list[dict], val_records: list[dict]) -> None:
-    """config.json, model.safetensors, metrics.jsonl and loss.png (the tokenizer is already there)."""
+def _write_finished(
+    model, config, out_dir: Path, train_records: list[dict], val_records: list[dict], val_keys: tuple[str, ...] = ("R@1", "loss/total"),
+) -> None:
+    """config.json, model.safetensors, metrics.jsonl and loss.png (the tokenizer is already there);
+    ``val_keys``: the validation figures drawn beside the training losses."""
     (out_dir / CONFIG_FILE).write_text(json.dumps(to_dict(config), indent=2) + "\n", encoding="utf-8")
     state = {k: v.detach().float() if v.is_floating_point() else v.detach() for k, v in model.state_dict().items()}
     save_weights(state, out_dir / WEIGHTS_FILE)
@@ -595,7 +629,7 @@ def _write_finished(model, config, out_dir: Path, train_records: list[dict], val
     for key in sorted({k for r in train_records for k in r if k.startswith("loss/")}, key=lambda k: (k != "loss/total", k)):
         pts = [(r["step"], r[key]) for r in train_records if r.get(key) is not None]
         series[f"train {key}"] = ([p[0] for p in pts], [p[1] for p in pts])
-    for key in ("R@1", "loss/total"):
+    for key in val_keys:
         pts = [(r["step"], r[key]) for r in val_records if isinstance(r.get(key), (int, float))]
         if pts:
             series[f"val {key}"] = ([p[0] for p in pts], [p[1] for p in pts])

@@ -240,3 +240,21 @@ def warn_missing_splits(found: list[tuple[str, str, str]], annotations: str, spl
         logging.getLogger(f"lfvila_cli.data.formats.{source}").warning(
             "%s: %s not found in %s; their splits stay empty", source, ", ".join(f"{s}.json" for s in absent), annotations
         )
+
+
+# --- multiple-choice items ---------------------------------------------------------------------
+
+
+def shuffle_candidates(candidates: list[str], answer: int, key: str) -> tuple[list[str], int]:
+    """``candidates`` in an order drawn from ``key`` alone (sha256-seeded, the same on every
+    machine and Python version) and the answer's new index.
+
+    Published files often put the correct answer in a fixed place (How2QA's CSV: always last),
+    which a model would learn instead of the task."""
+    import hashlib
+
+    import numpy as np
+
+    seed = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "little")
+    order = np.random.default_rng(seed).permutation(len(candidates)).tolist()
+    return [candidates[i] for i in order], order.index(answer)

@@ -1,0 +1,269 @@
+"""Condensed Movies (the release's CSV metadata) -> one text segment per clip.
+
+Files in ``cmd.annotations`` (FORMATS.md; read with the ``csv`` module: standard quoting with
+doubled quotes, UTF-8, a leading byte-order mark tolerated):
+
+* ``descriptions.csv`` (``videoid``, ``description``): the samples. Descriptions are stripped;
+  an empty one ("empty description") and a repeat of a clip's text ("duplicate description")
+  are dropped and counted. A clip with several *distinct* descriptions keeps the first in file
+  order and counts each other one as "extra description": the task has one text per clip.
+* ``clips.csv`` (``videoid``, ``imdbid``, ``upload_year``, ...): the clip's movie and folder.
+  A repeated ``videoid`` keeps its first row ("duplicate videoid in clips.csv").
+* ``split.csv`` (``imdbid``, ``split``): split by movie. ``cmd.splits`` maps the file's values
+  to corpus splits (default ``train``, ``val``, ``test`` as released, plus ``validate`` and
+  ``valid`` -> ``val``). A movie listed twice with different splits keeps the first
+  ("conflicting split for movie").
+* ``durations.csv`` (``videoid``, ``duration`` in whole seconds): the clip's length; a clip
+  absent from it (or with an empty cell) has an unknown duration (``null``).
+* ``movie_info.csv`` (optional: ``imdbid``, ``genre`` or ``genres``): genre cells are Python
+  list literals (``"['Drama', 'War']"``), parsed with ``ast.literal_eval`` only -- never
+  ``eval`` -- and kept as the sample's ``genres`` task field. A cell that is not a literal list
+  of strings (e.g. ``__import__('os').system(...)``) is rejected ("bad genre cell"); the
+  movie's samples go on without genres.
+
+A missing required column is a ``DataError`` naming the file and the column. Each kept
+description gives one sample: id ``videoid``, one segment ``[0, duration]`` with the text when
+the duration is known, an untimed segment otherwise, task fields ``imdbid`` (and ``genres``).
+Video: ``cmd.layout`` ``year`` (default, the release's download layout):
+``<video_root>/<upload_year>/<videoid><video_ext>``; ``flat``: ``<video_root>/<videoid><video_ext>``.
+``video_ext`` defaults to ``.mkv``, the release downloader's merge format.
+
+Rejected here, per description (counted, the file goes on): an unsafe ``videoid`` ("bad
+videoid"), a ``videoid`` absent from ``clips.csv`` ("videoid not in clips.csv"), no ``imdbid``
+("missing imdbid"), a movie absent from ``split.csv`` ("no split for movie") or with a value
+outside ``cmd.splits`` ("unknown split"), a duration that is not a positive number ("bad
+duration") and, with layout ``year``, an ``upload_year`` that is not a year ("bad upload_year").
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Literal
+
+from ...config import check
+from ...errors import DataError
+from ..corpus import SPLITS, Rejections, Sample, Segment
+from . import absolute, exists, join, open_text, require, safe_name, video_root
+
+log = logging.getLogger(__name__)
+
+SOURCE = "cmd"
+CLIPS, DURATIONS, SPLIT, DESCRIPTIONS, MOVIE_INFO = "clips.csv", "durations.csv", "split.csv", "descriptions.csv", "movie_info.csv"
+REQUIRED = (DESCRIPTIONS, CLIPS, SPLIT, DURATIONS)
+# A genre list is a few dozen characters; a longer cell is not worth handing to the parser.
+MAX_LITERAL_CHARS = 10_000
+_YEAR = re.compile(r"(\d{4})(\.0*)?")
+
+
+def _default_splits() -> dict[str, str]:
+    return {"train": "train", "val": "val", "validate": "val", "valid": "val", "test": "test"}
+
+
+@dataclass
+class CmdConfig:
+    annotations: str = ""  # directory (or URL) holding clips.csv, durations.csv, split.csv, descriptions.csv
+    video_root: str = ""  # directory or fsspec URL holding the videos
+    video_ext: str = ".mkv"  # the release downloader merges to .mkv
+    layout: Literal["year", "flat"] = "year"  # year: <root>/<upload_year>/<videoid><ext>; flat: <root>/<videoid><ext>
+    splits: dict[str, str] = field(default_factory=_default_splits)  # split.csv value -> corpus split
+
+    def __post_init__(self) -> None:
+        self.annotations, self.video_root = absolute(self.annotations), absolute(self.video_root)
+        check(self.layout in ("year", "flat"), f"{SOURCE}.layout", f"expected 'year' or 'flat', got {self.layout!r}")
+        check(self.video_ext == "" or self.video_ext.startswith("."), f"{SOURCE}.video_ext", f"must start with '.', got {self.video_ext!r}")
+        check(bool(self.splits), f"{SOURCE}.splits", "must map at least one split.csv value")
+        for value, split in self.splits.items():
+            check(split in SPLITS, f"{SOURCE}.splits.{value}", f"expected one of {list(SPLITS)}, got {split!r}")
+
+
+Config = CmdConfig
+
+
+def _path(cfg: CmdConfig, name: str) -> str:
+    return join(cfg.annotations, name)
+
+
+def raw_inputs(cfg: CmdConfig) -> list[str]:
+    require(cfg, "annotations", SOURCE)
+    paths = [_path(cfg, name) for name in REQUIRED]
+    for path in paths:
+        if not exists(path):
+            raise DataError(f"{path}: not found (config key '{SOURCE}.annotations')")
+    info = _path(cfg, MOVIE_INFO)
+    return paths + ([info] if exists(info) else [])
+
+
+def read(cfg: CmdConfig, out_dir, rejections: Rejections) -> Iterator[Sample]:
+    """One sample per clip with a description, in ``descriptions.csv`` order."""
+    inputs = raw_inputs(cfg)
+    require(cfg, "video_root", SOURCE)
+    root = video_root(cfg.video_root)
+    clips = _clips(_path(cfg, CLIPS), rejections)
+    movie_splits = _movie_splits(_path(cfg, SPLIT), rejections)
+    durations = _durations(_path(cfg, DURATIONS))
+    genres = _genres(_path(cfg, MOVIE_INFO), rejections) if _path(cfg, MOVIE_INFO) in inputs else {}
+    count = 0
+    for videoid, text, where in _descriptions(_path(cfg, DESCRIPTIONS), rejections):
+        reason, clip = _join_error(cfg, videoid, clips, movie_splits, durations)
+        if reason is not None:
+            rejections.add(reason, where)
+            continue
+        imdbid, year, split, duration = clip
+        name = videoid + cfg.video_ext
+        task: dict[str, Any] = {"imdbid": imdbid}
+        if imdbid in genres:
+            task["genres"] = genres[imdbid]
+        count += 1
+        yield Sample(
+            id=videoid,
+            video=join(root, year, name) if cfg.layout == "year" else join(root, name),
+            duration=duration,
+            segments=[Segment(0.0, duration, text) if duration is not None else Segment(None, None, text)],
+            split=split,
+            task=task,
+        )
+    log.info("cmd: %s -> %d samples", _path(cfg, DESCRIPTIONS), count)
+
+
+def _join_error(cfg: CmdConfig, videoid: str, clips: dict, movie_splits: dict, durations: dict):
+    """``(reason, None)`` when the description cannot become a sample, else
+    ``(None, (imdbid, upload_year, split, duration))``."""
+    if not safe_name(videoid):
+        return "bad videoid", None
+    row = clips.get(videoid)
+    if row is None:
+        return "videoid not in clips.csv", None
+    imdbid = (row.get("imdbid") or "").strip()
+    if not imdbid:
+        return "missing imdbid", None
+    year = _year(row.get("upload_year"))
+    if cfg.layout == "year" and year is None:
+        return "bad upload_year", None
+    if imdbid not in movie_splits:
+        return "no split for movie", None
+    split = cfg.splits.get(movie_splits[imdbid])
+    if split is None:
+        return "unknown split", None
+    duration = durations.get(videoid, "")
+    if duration:
+        try:
+            duration = float(duration)
+        except ValueError:
+            return "bad duration", None
+        if not math.isfinite(duration) or duration <= 0:
+            return "bad duration", None
+    else:
+        duration = None
+    return None, (imdbid, year, split, duration)
+
+
+def _year(value: Any) -> str | None:
+    """``"2019"`` from ``"2019"`` or ``"2019.0"`` (pandas writes years as floats); else ``None``."""
+    match = _YEAR.fullmatch((value or "").strip())
+    return match.group(1) if match else None
+
+
+# --- CSV files ------------------------------------------------------------------------------
+
+
+def _rows(path: str, required: tuple[str, ...], any_of: tuple[str, ...] = ()) -> Iterator[tuple[int, dict[str, str]]]:
+    """``(line number, row)`` for each record of a CSV file whose header names every column of
+    ``required`` and at least one of ``any_of``."""
+    fh = open_text(path)
+    with fh:
+        line = 0
+        try:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            header = [name.strip().lstrip("\ufeff").strip() for name in header or []]
+            for name in required:
+                if name not in header:
+                    raise DataError(f"{path}: missing column '{name}' (header: {','.join(header) or 'empty'})")
+            if any_of and not any(name in header for name in any_of):
+                raise DataError(f"{path}: missing column '{any_of[-1]}' (header: {','.join(header) or 'empty'})")
+            line = reader.line_num
+            for values in reader:
+                if not any(v.strip() for v in values):
+                    line = reader.line_num
+                    continue
+                yield reader.line_num, dict(zip(header, values))
+                line = reader.line_num
+        except csv.Error as exc:
+            raise DataError(f"{path}:{line + 1}: malformed CSV ({exc})") from None
+        except UnicodeDecodeError:
+            raise DataError(f"{path}:{line + 1}: not UTF-8 text") from None
+        except OSError as exc:
+            raise DataError(f"{path}:{line + 1}: read failed ({exc.strerror or exc})") from None
+
+
+def _clips(path: str, rejections: Rejections) -> dict[str, dict[str, str]]:
+    clips: dict[str, dict[str, str]] = {}
+    for line, row in _rows(path, ("videoid", "imdbid", "upload_year")):
+        videoid = (row.get("videoid") or "").strip()
+        if videoid in clips:
+            rejections.add("duplicate videoid in clips.csv", f"{path}:{line}")
+            continue
+        clips[videoid] = row
+    return clips
+
+
+def _movie_splits(path: str, rejections: Rejections) -> dict[str, str]:
+    splits: dict[str, str] = {}
+    for line, row in _rows(path, ("imdbid", "split")):
+        imdbid, split = (row.get("imdbid") or "").strip(), (row.get("split") or "").strip()
+        if imdbid in splits and splits[imdbid] != split:
+            rejections.add("conflicting split for movie", f"{path}:{line}")
+            continue
+        splits.setdefault(imdbid, split)
+    return splits
+
+
+def _durations(path: str) -> dict[str, str]:
+    # Parsed at the join, so a bad duration is counted once, against the sample it spoils.
+    return {(row.get("videoid") or "").strip(): (row.get("duration") or "").strip() for _, row in _rows(path, ("videoid", "duration"))}
+
+
+def _descriptions(path: str, rejections: Rejections) -> Iterator[tuple[str, str, str]]:
+    """``(videoid, text, where)`` for the first description of each clip."""
+    kept: dict[str, str] = {}
+    for line, row in _rows(path, ("videoid", "description")):
+        where = f"{path}:{line}"
+        videoid, text = (row.get("videoid") or "").strip(), (row.get("description") or "").strip()
+        if not text:
+            rejections.add("empty description", where)
+        elif videoid in kept:
+            rejections.add("duplicate description" if kept[videoid] == text else "extra description", where)
+        else:
+            kept[videoid] = text
+            yield videoid, text, where
+
+
+def _genres(path: str, rejections: Rejections) -> dict[str, list[str]]:
+    """``imdbid -> genres`` from ``movie_info.csv``; cells parsed by ``ast.literal_eval`` only."""
+    genres: dict[str, list[str]] = {}
+    for line, row in _rows(path, ("imdbid",), any_of=("genres", "genre")):
+        value = _literal_list(row["genres"] if "genres" in row else row.get("genre"))
+        if value is None:
+            rejections.add("bad genre cell", f"{path}:{line}")
+            continue
+        genres.setdefault((row.get("imdbid") or "").strip(), value)
+    return genres
+
+
+def _literal_list(cell: str | None) -> list[str] | None:
+    """A list of strings from a Python literal cell, or ``None``. ``literal_eval`` builds only
+    literals (no names, calls or attribute access), so a malicious cell fails to parse."""
+    if not cell or len(cell) > MAX_LITERAL_CHARS:
+        return None
+    try:
+        value = ast.literal_eval(cell.strip())
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return None
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return [v.strip() for v in value]
+    return None

@@ -1,0 +1,222 @@
+"""Fine-tuning and evaluation data for the downstream tasks (SPEC §6).
+
+Every task reads a frame store cached in ``chunks`` mode: each sample's video (or its
+``clip``) as ``N`` equal chunks of ``K`` frames, so ``T = N·K`` frames spread over the whole
+video. Items:
+
+* **retrieval** — frames and the paragraph as ``M`` sentence slots (``loader.clips_per_sample``):
+  a paragraph of more than ``M`` sentences is merged by repeatedly joining the adjacent pair
+  with the smallest combined length in words (ties: the earliest pair), as SPEC §6 says; a
+  shorter one leaves slots empty (the text encoder masks them).
+* **multiple_choice** (How2QA) — for each of the ``C`` candidates a text of ``1 + S`` slots:
+  ``"<question> <candidate>"`` then up to ``S`` = ``max_subtitles`` subtitle lines in time order;
+  per frame a span label (1 inside the annotated ``span``, 0 outside, from the frame's cached
+  time; ``-100`` for every frame when the item has no span: the span loss skips it).
+* **classification** (VIOLIN, ActivityNet-QA) — the statement or question then up to ``S``
+  subtitle slots, and the ``label`` (VIOLIN: 1 true / 0 false; ActivityNet-QA: the answer's
+  class, -1 when the answer is outside the vocabulary: skipped in training, wrong in evaluation).
+
+Train items get the pre-training augmentation (one crop box and one flip for all ``T`` frames,
+``loader.augment``); evaluation items none. An item is a pure function of ``(seed, epoch,
+index)``, so ``make_loader`` shards and resumes these datasets as it does pre-training ones.
+Samples whose store rows failed or are pending are skipped and counted by reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+from .corpus import Sample
+from .framestore import OK, FrameStore
+from .loader import LoaderConfig, augment, crop_params
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["retrieval", "multiple_choice", "classification"]
+KINDS: tuple[str, ...] = ("retrieval", "multiple_choice", "classification")
+IGNORE_SPAN = -100
+
+
+def merge_sentences(sentences: Sequence[str], slots: int) -> list[str]:
+    """At most ``slots`` texts: while there are too many, join the adjacent pair with the
+    smallest combined length in words (the earliest such pair on ties)."""
+    if slots < 1:
+        raise ValueError(f"slots must be >= 1, got {slots}")
+    texts = [s.strip() for s in sentences]
+    lengths = [len(t.split()) for t in texts]
+    while len(texts) > slots:
+        i = min(range(len(texts) - 1), key=lambda j: (lengths[j] + lengths[j + 1], j))
+        texts[i : i + 2] = [f"{texts[i]} {texts[i + 1]}"]
+        lengths[i : i + 2] = [lengths[i] + lengths[i + 1]]
+    return texts
+
+
+def subtitle_lines(sample: Sample, limit: int) -> list[str]:
+    """The first ``limit`` subtitle texts in time order (untimed ones keep their place at the end)."""
+    subtitles = [s for s in sample.task.get("subtitles") or [] if str(s.get("text", "")).strip()]
+    subtitles = sorted(subtitles, key=lambda s: (s.get("start") is None, s.get("start") or 0.0))
+    return [str(s["text"]).strip() for s in subtitles[:limit]]
+
+
+def span_labels(times: np.ndarray, span: Any) -> np.ndarray:
+    """(T,) int64 per frame: 1 inside ``[start, end]``, 0 outside, ``IGNORE_SPAN`` without a span."""
+    if span is None:
+        return np.full(times.shape, IGNORE_SPAN, dtype=np.int64)
+    start, end = float(span[0]), float(span[1])
+    return ((times >= start) & (times <= end)).astype(np.int64)
+
+
+class TaskDataset(torch.utils.data.Dataset):
+    """Items of one split of a downstream task (see the module docstring).
+
+    ``dataset[i]`` -> ``{"frames": (T, 3, H, W) float32, "times": (T,), "input_ids" /
+    "attention_mask": retrieval (M, L), multiple choice (C, 1+S, L), classification (1+S, L),
+    "label": () long (multiple choice: the answer index), "span_labels": (T,) long
+    (multiple choice), "sample_id", "index"}``.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        store: FrameStore | str | Path,
+        tokenizer,
+        kind: Kind,
+        cfg: LoaderConfig,
+        train: bool,
+        max_subtitles: int = 0,
+        num_candidates: int = 4,
+    ) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"unknown task kind {kind!r}; expected one of {', '.join(KINDS)}")
+        self.kind, self.cfg, self.train, self.tokenizer = kind, cfg, train, tokenizer
+        self.max_subtitles, self.num_candidates = max_subtitles, num_candidates
+        self.epoch = 0
+        if isinstance(store, FrameStore):
+            self.store_url, self._store, self._store_pid = store.url, store, os.getpid()
+        else:
+            self.store_url, self._store, self._store_pid = str(store), None, None
+        st = self.store
+        if st.segment_mode != "chunks":
+            raise DataError(
+                f"{st.url}: fine-tuning spreads frames over the whole video: cache with segment_mode=chunks "
+                f"(this store has segment_mode={st.segment_mode!r})"
+            )
+        self.height, self.width = st.height, st.width
+        mean = torch.tensor(cfg.image_mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(cfg.image_std, dtype=torch.float32).view(1, 3, 1, 1)
+        self._scale, self._shift = 1.0 / (255.0 * std), mean / std
+
+        status = st.status()
+        self.skipped: Counter[str] = Counter()
+        self.samples: list[Sample] = []
+        for sample in samples:
+            reason = self._unusable(sample, st, status)
+            if reason is None:
+                self.samples.append(sample)
+            else:
+                self.skipped[reason] += 1
+        if self.skipped:
+            log.warning("task data: %d of %d samples usable; skipped %s", len(self.samples), len(samples), dict(self.skipped))
+        if self._store_pid is None:
+            self._store = None  # opened here only to index: workers open their own
+
+    def _unusable(self, sample: Sample, st: FrameStore, status: np.ndarray) -> str | None:
+        if sample.id not in st:
+            return "not in frame store"
+        rows = st.rows(sample.id)
+        if (status[rows.start : rows.stop] != OK).any():
+            return "failed or pending frames"
+        task = sample.task
+        if self.kind == "multiple_choice":
+            if "candidates" not in task:
+                return "no 'candidates' (not a multiple-choice item)"
+            if len(task["candidates"]) != self.num_candidates:
+                return f"not {self.num_candidates} candidates"
+        elif self.kind == "classification":
+            if "label" not in task:
+                return "no 'label' (not a classification item)"
+            if self.train and task["label"] < 0:
+                return "answer outside the vocabulary"
+        return None
+
+    # --- lazily opened store (not fork-safe), as in PretrainDataset -------------------------------
+
+    @property
+    def store(self) -> FrameStore:
+        pid = os.getpid()
+        if self._store is None or self._store_pid != pid:
+            self._store, self._store_pid = FrameStore(self.store_url), pid
+        return self._store
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_store"], state["_store_pid"] = None, None
+        return state
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
+        return self.get(int(index), int(epoch))
+
+    def _tokens(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(len(texts), L) ids and mask; an empty text is an empty slot (all-zero mask)."""
+        tokens = self.tokenizer(
+            [t or "" for t in texts], max_length=self.cfg.max_tokens, truncation=True, padding="max_length",
+            return_tensors="pt", return_token_type_ids=False,
+        )
+        ids, mask = tokens["input_ids"].long(), tokens["attention_mask"].long()
+        empty = torch.tensor([not t for t in texts])
+        ids[empty], mask[empty] = 0, 0
+        return ids, mask
+
+    def _slots(self, first: str, sample: Sample) -> list[str]:
+        lines = subtitle_lines(sample, self.max_subtitles)
+        return [first] + lines + [""] * (self.max_subtitles - len(lines))
+
+    def get(self, index: int, epoch: int) -> dict[str, Any]:
+        sample = self.samples[index]
+        rng = np.random.default_rng([self.cfg.seed, epoch if self.train else 0, index])
+        frames, times = self.store.sample(sample.id, check_status=False)  # (N, K, H, W, 3), (N, K)
+        video = torch.from_numpy(np.ascontiguousarray(frames.reshape((-1,) + frames.shape[2:]))).permute(0, 3, 1, 2)
+        if self.train:
+            box = crop_params(rng, self.height, self.width, self.cfg.crop_scale, self.cfg.crop_ratio)
+            video = augment(video, box, bool(rng.random() < self.cfg.flip_prob), (self.height, self.width))
+        video = video.contiguous().float().mul_(self._scale).sub_(self._shift)
+        times = np.asarray(times, np.float32).reshape(-1)
+        item: dict[str, Any] = {"frames": video.contiguous(), "times": torch.from_numpy(times), "sample_id": sample.id, "index": index}
+        task = sample.task
+        if self.kind == "retrieval":
+            texts = merge_sentences([seg.text for seg in sample.segments], self.cfg.clips_per_sample)
+            item["input_ids"], item["attention_mask"] = self._tokens(texts + [""] * (self.cfg.clips_per_sample - len(texts)))
+        elif self.kind == "multiple_choice":
+            pairs = [self._tokens(self._slots(f"{task['question']} {c}", sample)) for c in task["candidates"]]
+            item["input_ids"] = torch.stack([p[0] for p in pairs])
+            item["attention_mask"] = torch.stack([p[1] for p in pairs])
+            item["label"] = torch.tensor(int(task["answer"]))
+            item["span_labels"] = torch.from_numpy(span_labels(times, task.get("span")))
+        else:
+            text = task.get("statement") or task.get("question")
+            item["input_ids"], item["attention_mask"] = self._tokens(self._slots(str(text), sample))
+            item["label"] = torch.tensor(int(task["label"]))
+        return item
+
+    @staticmethod
+    def collate_fn(items: list[dict[str, Any]]) -> dict[str, Any]:
+        batch: dict[str, Any] = {"sample_ids": [it["sample_id"] for it in items]}
+        for name in items[0]:
+            if name != "sample_id":
+                batch[name] = torch.stack([torch.as_tensor(it[name]) for it in items])
+        return batch

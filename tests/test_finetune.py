@@ -1,0 +1,219 @@
+"""Fine-tuning and evaluation of the seven downstream tasks (lfvila_cli.train.finetune,
+lfvila_cli.data.task_data, lfvila_cli.report, the task parts of lfvila_cli.evaluation)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lfvila_cli.artifacts import Workdir
+from lfvila_cli.data.task_data import IGNORE_SPAN, merge_sentences, span_labels
+from lfvila_cli.errors import ConfigError
+from lfvila_cli.evaluation import (
+    dual_softmax_ranks,
+    dual_softmax_ranks_reference,
+    ranks_chunked,
+    retrieval_ranks,
+    task_metrics,
+)
+from lfvila_cli.stages import run_pipeline
+from lfvila_cli.train.finetune import TASKS, FinetuneConfig, input_names
+
+# --- pieces ---------------------------------------------------------------------------------------
+
+
+def test_merge_joins_the_shortest_adjacent_pair_first():
+    sentences = ["a b c", "d", "e", "f g h i", "j"]
+    # pairs by combined words: (a b c|d)=4, (d|e)=2, (e|f g h i)=5, (f g h i|j)=5 -> join d+e first
+    assert merge_sentences(sentences, 4) == ["a b c", "d e", "f g h i", "j"]
+    # then (a b c|d e)=5, (d e|f g h i)=6, (f g h i|j)=5: a tie, the earliest pair wins
+    assert merge_sentences(sentences, 3) == ["a b c d e", "f g h i", "j"]
+    assert merge_sentences(sentences, 1) == ["a b c d e f g h i j"]
+    assert merge_sentences(["x", "y"], 4) == ["x", "y"]  # never split, never padded here
+    with pytest.raises(ValueError):
+        merge_sentences(["x"], 0)
+
+
+def test_span_labels_follow_the_frame_times():
+    times = np.array([0.5, 1.5, 2.5, 3.5], np.float32)
+    assert span_labels(times, [1.0, 3.0]).tolist() == [0, 1, 1, 0]
+    assert span_labels(times, [1.5, 1.5]).tolist() == [0, 1, 0, 0]  # zero-length spans occur (How2QA)
+    assert span_labels(times, None).tolist() == [IGNORE_SPAN] * 4
+
+
+@pytest.mark.parametrize("n,chunk", [(1, 4), (13, 4), (40, 7), (40, 64)])
+def test_dual_softmax_chunked_matches_the_full_matrix(n, chunk):
+    gen = torch.Generator().manual_seed(n)
+    query = torch.nn.functional.normalize(torch.randn(n, 16, generator=gen), dim=-1)
+    keys = torch.nn.functional.normalize(query + 0.8 * torch.randn(n, 16, generator=gen), dim=-1)
+    for temperature in (0.01, 0.1, 1.0):
+        assert torch.equal(dual_softmax_ranks(query, keys, temperature, chunk), dual_softmax_ranks_reference(query, keys, temperature))
+
+
+def test_dual_softmax_fixes_a_hub_video_and_is_reported_apart():
+    # One video (column 0) is everyone's nearest; the prior over queries spreads it out.
+    text = torch.eye(4) + 1.2 * torch.nn.functional.one_hot(torch.zeros(4, dtype=torch.long), 4)
+    video = torch.eye(4)
+    plain = ranks_chunked(text, video)
+    rescored = dual_softmax_ranks(text, video, temperature=0.05)
+    assert plain.tolist() == [1, 2, 2, 2] and rescored.tolist() == [1, 1, 1, 1]
+    metrics = task_metrics("retrieval", {"video": video, "text": text}, dual_softmax=0.05)
+    assert metrics["text_to_video"]["R@1"] == 0.25 and metrics["dual_softmax"]["text_to_video"]["R@1"] == 1.0
+    assert metrics["dual_softmax"]["temperature"] == 0.05 and metrics["chance"]["R@1"] == 0.25
+    assert torch.equal(plain, retrieval_ranks(video, text))
+
+
+def test_qa_metrics_count_out_of_vocabulary_answers_as_wrong():
+    logits = torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
+    mc = task_metrics("multiple_choice", {"logits": logits, "labels": torch.tensor([1, 0, 0, 0])})
+    assert mc == {"accuracy": 0.75, "chance": 0.5, "num_items": 4}
+    cls = task_metrics("classification", {"logits": logits, "labels": torch.tensor([1, 0, -1, 1])})
+    assert cls["accuracy"] == 0.5 and cls["chance"] == 0.5  # label -1 can never be predicted
+
+
+def test_finetune_config_checks_and_inputs():
+    assert input_names(FinetuneConfig(task="didemo")) == ("cache", "pretrain1")
+    assert input_names(FinetuneConfig(task="how2qa")) == ("cache", "pretrain2")
+    assert input_names(FinetuneConfig(task="violin", init="scratch")) == ("cache",)
+    with pytest.raises(ConfigError, match="unknown task 'msrvtt'"):
+        FinetuneConfig(task="msrvtt")
+    with pytest.raises(ConfigError, match="release_checkpoint"):
+        FinetuneConfig(task="cmd", init="release")
+    assert set(TASKS) == {"activitynet", "didemo", "queryd", "cmd", "how2qa", "violin", "anet-qa"}
+
+
+# --- every task end to end --------------------------------------------------------------------------
+
+SIZE = {"train_videos": 8, "val_videos": 2, "test_videos": 2, "max_clips": 5, "height": 64, "width": 96}
+FRAMES = {"frames_per_segment": 8, "height": 64, "width": 96}
+CHUNKS = {**FRAMES, "segment_mode": "chunks", "num_chunks": 4}
+QUICK = {"train": {"micro_batch": 4, "max_steps": 2}, "val_every": 1, "loader": {"flip_prob": 0.0}}
+
+
+def _pipeline(path: Path, stages: list[tuple[str, dict]]) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump({"stages": [{"stage": s, "config": c} for s, c in stages]}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A tiny example corpus, its frames, and pre-trained stage-1 and stage-2 models."""
+    root = tmp_path_factory.mktemp("ft")
+    wd = Workdir(root / "wd")
+    results = run_pipeline(wd, _pipeline(root / "pre.yaml", [
+        ("prepare", {"source": "example", "example": SIZE}),
+        ("cache", FRAMES),
+        ("pretrain1", {"train": {"micro_batch": 4, "max_steps": 2}, "val_every": 0}),
+        ("pretrain2", {"train": {"micro_batch": 4, "max_steps": 2}, "val_every": 0}),
+    ]), progress=False, echo=lambda line: None)
+    assert [r.status for r in results] == ["done"] * 4
+    return root, wd, results[0].artifact
+
+
+def _run(root: Path, wd: Workdir, name: str, stages: list[tuple[str, dict]]):
+    lines: list[str] = []
+    results = run_pipeline(wd, _pipeline(root / f"{name}.yaml", stages), progress=False, echo=lines.append)
+    assert all(r.status in ("done", "up to date") for r in results), lines
+    return results, lines
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["activitynet", "didemo", "queryd", "cmd"])
+def test_retrieval_tasks_finetune_and_evaluate(pretrained, task):
+    root, wd, _ = pretrained
+    results, lines = _run(root, wd, f"ret-{task}", [
+        ("prepare", {"source": "example", "example": SIZE}),
+        ("cache", CHUNKS),
+        ("finetune", {"task": task, **QUICK}),
+        ("evaluate", {"dual_softmax": 0.05}),
+    ])
+    finetuned, evaluated = results[2].artifact, results[3].artifact
+    selection = json.loads((finetuned.path / "selection.json").read_text())
+    assert selection["metric"] == "val text-to-video R@1" and 1 <= selection["step"] <= 2
+    val = [json.loads(line) for line in (finetuned.path / "metrics.jsonl").read_text().splitlines() if '"val"' in line]
+    assert {r["step"] for r in val} == {1, 2}  # val_every=1: after each step, never on test
+    assert selection["value"] == max(r["selected_on"] for r in val)
+    assert finetuned.summary["init"]["loaded"] > 0 and finetuned.summary["init"]["left_out"] > 0  # stage-1 heads left out
+    metrics = json.loads((evaluated.path / "metrics.json").read_text())
+    assert metrics["task"] == task and metrics["split"] == "test" and metrics["num_videos"] == 4
+    for direction in ("text_to_video", "video_to_text"):
+        assert set(metrics[direction]) == {"R@1", "R@5", "R@10", "R@50", "MedR", "MnR"}
+        assert set(metrics["dual_softmax"][direction]) == set(metrics[direction])
+    report = (evaluated.path / "report.md").read_text()
+    assert "LF-VILA (paper)" in report and "chance" in report and "dual softmax" in report
+    assert f"{TASKS[task].paper['R@1']:.1f}" in report
+    assert (evaluated.path / "similarity.png").read_bytes()[:4] == b"\x89PNG"
+    assert f"evaluate: done" in lines[-1] and "text→video R@1" in lines[-1]
+
+
+@pytest.mark.slow
+def test_zero_shot_retrieval_from_stage_one_draws_the_alignment_figure(pretrained):
+    root, wd, _ = pretrained
+    results, _ = _run(root, wd, "zero", [
+        ("prepare", {"source": "example", "example": SIZE}),
+        ("cache", CHUNKS),
+        ("evaluate", {"model": "pretrain1", "task": "queryd"}),
+    ])
+    evaluated = results[2].artifact
+    assert evaluated.summary["zero_shot"] and "pretrain1" in evaluated.manifest["inputs"]
+    assert (evaluated.path / "alignment.png").is_file() and "zero-shot" in (evaluated.path / "report.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["how2qa", "violin"])
+def test_example_qa_tasks_finetune_and_evaluate(pretrained, task):
+    root, wd, _ = pretrained
+    results, _ = _run(root, wd, f"qa-{task}", [
+        ("prepare", {"source": "example", "example": {**SIZE, "task": task}}),
+        ("cache", CHUNKS),
+        ("finetune", {"task": task, **QUICK, "max_subtitles": 1}),
+        ("evaluate", {}),
+    ])
+    finetuned, evaluated = results[2].artifact, results[3].artifact
+    assert "pretrain2" in finetuned.manifest["inputs"] and finetuned.summary["selection"]["metric"] == "val accuracy"
+    fresh = finetuned.summary["init"]["fresh"]
+    assert fresh and all(name.endswith("_head") for name in fresh), fresh  # only the new head is fresh
+    metrics = json.loads((evaluated.path / "metrics.json").read_text())
+    # 4 test videos (2 + twins), 2 questions or 2 statement pairs each
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["num_items"] == (8 if task == "how2qa" else 16)
+    assert metrics["chance"] == (0.25 if task == "how2qa" else pytest.approx(0.5))
+    if task == "how2qa":
+        losses = [json.loads(line) for line in (finetuned.path / "metrics.jsonl").read_text().splitlines()]
+        assert all("loss/span" in r and "loss/choice" in r for r in losses if r["split"] == "train")
+
+
+@pytest.mark.slow
+def test_anet_qa_through_the_authors_jsonl_reader_and_scratch_init(pretrained, tmp_path):
+    """ActivityNet-QA shape from the authors' JSON Lines (their class indices + vocabulary), on
+    the example's videos, trained from scratch (no pre-training input at all)."""
+    root, wd, corpus = pretrained
+    items = [json.loads(line) for line in (corpus.path / "how2qa.jsonl").read_text().splitlines()]
+    vocabulary = sorted({it["candidates"][it["answer"]] for it in items})
+    files = {}
+    for split in ("train", "val", "test"):
+        path = tmp_path / f"{split}.jsonl"
+        with open(path, "w") as f:
+            for it in (it for it in items if it["split"] == split):
+                answer = vocabulary.index(it["candidates"][it["answer"]])
+                f.write(json.dumps({"video_name": Path(it["video"]).stem, "question": it["question"], "answer": answer}) + "\n")
+        files[str(path)] = split
+    (tmp_path / "answers.json").write_text(json.dumps(vocabulary))
+    source = {"task": "anet-qa", "files": files, "video_root": str(corpus.path / "videos"), "answers": str(tmp_path / "answers.json")}
+    results, _ = _run(root, wd, "anetqa", [
+        ("prepare", {"source": "lfvila-jsonl", "lfvila_jsonl": source}),
+        ("cache", CHUNKS),
+        ("finetune", {"task": "anet-qa", "init": "scratch", **QUICK}),
+        ("evaluate", {"split": "val"}),
+    ])
+    finetuned, evaluated = results[2].artifact, results[3].artifact
+    assert finetuned.manifest["inputs"].keys() == {"cache"} and finetuned.summary["num_labels"] == len(vocabulary)
+    config = json.loads((finetuned.path / "config.json").read_text())
+    assert config["heads"]["num_labels"] == len(vocabulary)
+    metrics = json.loads((evaluated.path / "metrics.json").read_text())
+    assert metrics["split"] == "val" and metrics["num_items"] == 8  # 4 val videos (2 + twins) × 2 questions
