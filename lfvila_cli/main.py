@@ -431,8 +431,14 @@ def evaluate(
     if not dry_run:
         from .artifacts import Workdir
 
-        report = Workdir(workdir).resolve("evaluate", name or "latest").path / "report.md"
-        typer.echo(report.read_text(encoding="utf-8").split("\n\n", 2)[-1].split("![")[0].rstrip())
+        _echo_report(Workdir(workdir).resolve("evaluate", name or "latest").path)
+
+
+def _echo_report(artifact_dir: Path) -> None:
+    """Print an evaluate artifact's report table (and where the whole report is)."""
+    from .report import report_text_table
+
+    typer.echo(report_text_table(artifact_dir))
 
 
 @app.command()
@@ -445,7 +451,8 @@ def run(
     dry_run: bool = DryRunOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
-    """Run a chain of stages from a pipeline file; stages already done are skipped.
+    """Run a chain of stages from a pipeline file; stages already done are skipped. The
+    report table of every evaluate stage is printed at the end.
 
     Example:
 
@@ -455,7 +462,11 @@ def run(
     from .stages import run_pipeline
 
     _setup_logging(verbose)
-    run_pipeline(Workdir(workdir), pipeline, overrides=list(set_ or []), force=force, dry_run=dry_run, progress=_progress(), echo=typer.echo)
+    results = run_pipeline(Workdir(workdir), pipeline, overrides=list(set_ or []), force=force, dry_run=dry_run, progress=_progress(), echo=typer.echo)
+    for result in results:
+        if result.stage == "evaluate" and result.artifact is not None:
+            typer.echo("")
+            _echo_report(result.artifact.path)
 
 
 @app.command()

@@ -183,6 +183,15 @@ def write_report(path: Path, task: str, cfg: EvaluateConfig, metrics: dict, tabl
     path.write_text("\n".join(text).rstrip() + "\n", encoding="utf-8")
 
 
+def report_text_table(artifact_dir: Path) -> str:
+    """The title and table of an evaluate artifact's report.md, and the report's path."""
+    path = Path(artifact_dir) / REPORT_FILE
+    text = path.read_text(encoding="utf-8")
+    title = text.splitlines()[0].lstrip("# ")
+    table = "\n".join(line for line in text.splitlines() if line.startswith("|"))
+    return f"{title}\n{table}\n(full report: {path})"
+
+
 # -------------------------------------------------------------------------------------- figures
 
 

@@ -137,21 +137,30 @@ def test_cache_through_cli_records_broken_videos(tmp_path):
 def test_quickstart_pipeline_end_to_end(tmp_path):
     pipeline = Path(__file__).parents[1] / "stages" / "quickstart.yaml"
     tiny = [
-        "--set", "prepare.example.train_videos=4", "--set", "prepare.example.val_videos=1", "--set", "prepare.example.test_videos=0",
+        "--set", "prepare.example.train_videos=4", "--set", "prepare.example.val_videos=1", "--set", "prepare.example.test_videos=1",
         "--set", "pretrain1.train.micro_batch=2", "--set", "pretrain1.train.epochs=1", "--set", "pretrain1.val_every=0",
         "--set", "pretrain2.train.micro_batch=2", "--set", "pretrain2.train.epochs=1",
+        "--set", "finetune.train.micro_batch=2", "--set", "finetune.train.epochs=1", "--set", "finetune.val_every=0",
     ]
+    stages = ["prepare", "cache", "pretrain1", "pretrain2", "cache", "evaluate", "finetune", "evaluate", "prepare", "cache", "finetune", "evaluate"]
     first = invoke("run", pipeline, "--workdir", tmp_path, *tiny)
     assert first.exit_code == 0, first.output
     lines = first.output.strip().splitlines()
-    assert [line.split(":")[0] for line in lines] == ["prepare", "cache", "pretrain1", "pretrain2"]
+    assert [line.split(":")[0] for line in lines[: len(stages)]] == stages
     assert "0 failed" in lines[1]
     # Stage 1 reports retrieval with its chance level (2 val videos: the base and its twin) and order.
     assert "val R@1" in lines[2] and "(chance 0.500)" in lines[2] and "temporal-order accuracy" in lines[2]
     assert "mlm accuracy" in lines[3] and "vtm accuracy" in lines[3]
+    assert "activitynet test zero-shot: text→video R@1" in lines[5] and "(chance R@1 0.500, 2 videos)" in lines[5]
+    assert "activitynet: 2 steps, selected step" in lines[6] and "how2qa: " in lines[10]
+    assert "how2qa test: accuracy" in lines[11] and "(chance 0.250, 4 items)" in lines[11]
+    # The three report tables follow, each with the paper's row (retrieval) and chance.
+    tail = "\n".join(lines[len(stages):])
+    assert tail.count("(full report: ") == 3 and tail.count("| chance |") == 3
+    assert "| LF-VILA (paper), text → video | 35.3 | 65.4 |" in tail and "dual softmax" in tail
     second = invoke("run", pipeline, "--workdir", tmp_path, *tiny)
     lines = second.output.strip().splitlines()
-    assert len(lines) == 4 and all("up to date" in line for line in lines)
+    assert all("up to date" in line for line in lines[: len(stages)]), lines
     changed = invoke("run", pipeline, "--workdir", tmp_path, *tiny, "--set", "cache.height=32", "--dry-run")
     assert "prepare: up to date" in changed.output and "cache: would run" in changed.output
     assert "pretrain1: would run after cache" in changed.output
@@ -293,8 +302,8 @@ def test_pipeline_under_a_two_rank_launch_runs_prepare_once(tmp_path):
     port = _free_port()
     pipeline = Path(__file__).parents[1] / "stages" / "quickstart.yaml"
     cmd = [sys.executable, "-m", "lfvila_cli.main", "run", str(pipeline), "--workdir", str(tmp_path),
-           "--set", "prepare.example.train_videos=4", "--set", "prepare.example.val_videos=0", "--set", "prepare.example.test_videos=0"]
-    for stage in ("pretrain1", "pretrain2"):  # both ranks train: 1 sample each per step
+           "--set", "prepare.example.train_videos=4", "--set", "prepare.example.val_videos=0", "--set", "prepare.example.test_videos=1"]
+    for stage in ("pretrain1", "pretrain2", "finetune"):  # both ranks train: 1 sample each per step
         cmd += ["--set", f"{stage}.train.micro_batch=1", "--set", f"{stage}.train.max_steps=2", "--set", f"{stage}.val_every=0"]
     procs = [
         subprocess.Popen(cmd, env=dict(os.environ, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
@@ -302,13 +311,14 @@ def test_pipeline_under_a_two_rank_launch_runs_prepare_once(tmp_path):
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for r in (0, 1)
     ]
-    outputs = [p.communicate(timeout=180)[0] for p in procs]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     assert "prepare: done" in outputs[0] and "cache: done" in outputs[0]
     assert "prepare" not in outputs[1] and "cache: rank 1/2 finished its rows" in outputs[1]
     assert "pretrain1: done" in outputs[0] and "pretrain2: done" in outputs[0]
-    for stage in ("prepare", "pretrain1", "pretrain2"):
-        assert len(list((tmp_path / "store" / stage).glob("*/manifest.json"))) == 1, stage
+    assert outputs[0].count("finetune: done") == 2 and outputs[0].count("evaluate: done") == 3
+    for stage, count in (("prepare", 2), ("pretrain1", 1), ("pretrain2", 1), ("finetune", 2), ("evaluate", 3)):
+        assert len(list((tmp_path / "store" / stage).glob("*/manifest.json"))) == count, stage
 
 
 def test_help_lists_every_config_key():

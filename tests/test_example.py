@@ -261,9 +261,10 @@ def test_how2qa_answers_are_the_neighbouring_clip(corpus):
         phrase = texts[anchor].rstrip(".").split(" ", 3)[3]  # "the red circle grows." -> "grows"
         assert question.endswith(f" {phrase}?"), (question, texts[anchor])
         assert texts[anchor] not in candidates
-        # Distractors come from the same video first.
+        # One distractor from the same video (not the anchor), the others events that never happen.
         others = set(texts) - {texts[anchor], texts[clip[0]]}
-        assert sum(c in others for c in candidates) == min(3, len(others))
+        assert sum(c in others for c in candidates) == 1
+        assert sum(c not in texts for c in candidates) == 2
         answers[answer] += 1
     assert len(answers) > 1  # the answer position is shuffled
 

@@ -25,10 +25,14 @@ Why these choices:
 Task files written next to the corpus (same record shape as ``samples.jsonl``):
 
 * ``how2qa.jsonl`` — How2QA-shaped multiple choice: ``question`` ("What happens after the red
-  circle grows?"), 4 ``candidates`` (the neighbouring clip's sentence; distractors are other
-  sentences of the same video first, then plausible events that do not occur), ``answer``
-  (0–3), ``span`` (the answer clip, seconds), ``subtitles`` (empty). ``qa_per_video`` items
-  per long-form video (twins included).
+  circle grows?"), 4 ``candidates`` (the neighbouring clip's sentence; distractors: one other
+  sentence of the same video, then plausible events that do not occur), ``answer`` (0–3),
+  ``span`` (the answer clip, seconds), ``subtitles`` (empty). ``qa_per_video`` items per
+  long-form video (twins included). The mix grades what a model understands: text alone is at
+  chance (25%: every candidate is a plausible event), telling the events that occur from those
+  that do not reaches 50%, and only the order of events gives 100%. (With all three distractors
+  from the same video, the tiny preset fine-tuned on the quickstart's 384 items stayed at chance
+  on validation.)
 * ``violin.jsonl`` — VIOLIN-shaped entailment: ``statement`` ("the circle grows before it
   spins.") and ``label`` (1 true, 0 false). ``qa_per_video`` *pairs* per video; the false
   statement of a pair is the true one with the two events swapped, so labels are exactly
@@ -67,6 +71,7 @@ TASKS = ("long-form", "how2qa", "violin")
 _PLAN, _REORDER, _HOW2QA, _VIOLIN = range(4)
 # The paragraph encoder's sentence-index embedding holds at most 8 segments (SPEC §3).
 MAX_CLIPS = 8
+SAME_VIDEO_DISTRACTORS = 1  # How2QA-shaped items: the other distractors are events that never happen
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (225, 45, 45),
@@ -463,13 +468,13 @@ def how2qa_items(plan: VideoPlan, cfg: ExampleConfig) -> list[Sample]:
         else:
             question = f"What does the {state.colour} {plan.shape} do {relation} it {event.phrase}?"
         correct = sentences[answer_clip]
-        # Distractors: the video's other clips first (the anchor's own sentence would be a
+        # Distractors: SAME_VIDEO_DISTRACTORS of the video's other clips (the anchor's own sentence would be a
         # give-away), then events that never happen here.
         same_video = [sentences[j] for j in rng.permutation(n).tolist() if j not in (anchor, answer_clip)]
         absent = _absent_sentences(plan, states[answer_clip])
         absent = [absent[j] for j in rng.permutation(len(absent)).tolist()]
         distractors: list[str] = []
-        for text in same_video + absent:
+        for text in same_video[:SAME_VIDEO_DISTRACTORS] + absent:
             if text != correct and text not in distractors:
                 distractors.append(text)
             if len(distractors) == 3:

@@ -8,8 +8,10 @@ video. Items:
   a paragraph of more than ``M`` sentences is merged by repeatedly joining the adjacent pair
   with the smallest combined length in words (ties: the earliest pair), as SPEC §6 says; a
   shorter one leaves slots empty (the text encoder masks them).
-* **multiple_choice** (How2QA) — for each of the ``C`` candidates a text of ``1 + S`` slots:
-  ``"<question> <candidate>"`` then up to ``S`` = ``max_subtitles`` subtitle lines in time order;
+* **multiple_choice** (How2QA) — for each of the ``C`` candidates a text of ``2 + S`` slots: the
+  question, the candidate, then up to ``S`` = ``max_subtitles`` subtitle lines in time order
+  (question and candidate in one slot overflowed the tiny preset's 32 tokens per sentence and
+  cut off the candidate's words that tell the candidates apart);
   per frame a span label (1 inside the annotated ``span``, 0 outside, from the frame's cached
   time; ``-100`` for every frame when the item has no span: the span loss skips it).
 * **classification** (VIOLIN, ActivityNet-QA) — the statement or question then up to ``S``
@@ -78,7 +80,7 @@ class TaskDataset(torch.utils.data.Dataset):
     """Items of one split of a downstream task (see the module docstring).
 
     ``dataset[i]`` -> ``{"frames": (T, 3, H, W) float32, "times": (T,), "input_ids" /
-    "attention_mask": retrieval (M, L), multiple choice (C, 1+S, L), classification (1+S, L),
+    "attention_mask": retrieval (M, L), multiple choice (C, 2+S, L), classification (1+S, L),
     "label": () long (multiple choice: the answer index), "span_labels": (T,) long
     (multiple choice), "sample_id", "index"}``.
     """
@@ -182,9 +184,9 @@ class TaskDataset(torch.utils.data.Dataset):
         ids[empty], mask[empty] = 0, 0
         return ids, mask
 
-    def _slots(self, first: str, sample: Sample) -> list[str]:
+    def _slots(self, first: list[str], sample: Sample) -> list[str]:
         lines = subtitle_lines(sample, self.max_subtitles)
-        return [first] + lines + [""] * (self.max_subtitles - len(lines))
+        return first + lines + [""] * (self.max_subtitles - len(lines))
 
     def get(self, index: int, epoch: int) -> dict[str, Any]:
         sample = self.samples[index]
@@ -202,14 +204,14 @@ class TaskDataset(torch.utils.data.Dataset):
             texts = merge_sentences([seg.text for seg in sample.segments], self.cfg.clips_per_sample)
             item["input_ids"], item["attention_mask"] = self._tokens(texts + [""] * (self.cfg.clips_per_sample - len(texts)))
         elif self.kind == "multiple_choice":
-            pairs = [self._tokens(self._slots(f"{task['question']} {c}", sample)) for c in task["candidates"]]
+            pairs = [self._tokens(self._slots([task["question"], c], sample)) for c in task["candidates"]]
             item["input_ids"] = torch.stack([p[0] for p in pairs])
             item["attention_mask"] = torch.stack([p[1] for p in pairs])
             item["label"] = torch.tensor(int(task["answer"]))
             item["span_labels"] = torch.from_numpy(span_labels(times, task.get("span")))
         else:
             text = task.get("statement") or task.get("question")
-            item["input_ids"], item["attention_mask"] = self._tokens(self._slots(str(text), sample))
+            item["input_ids"], item["attention_mask"] = self._tokens(self._slots([str(text)], sample))
             item["label"] = torch.tensor(int(task["label"]))
         return item
 

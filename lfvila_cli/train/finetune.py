@@ -190,6 +190,15 @@ def load_pretrained_into(model, model_dir: Path) -> dict[str, Any]:
     return {"loaded": len(shared), "left_out": len(state) - len(shared), "fresh": fresh}
 
 
+def _release_vocab_rows(path: str) -> Optional[int]:
+    """The word-embedding rows of a released checkpoint, or None when it has none."""
+    from ..model.weights import read_state_dict
+
+    state, _ = read_state_dict(path)
+    table = state.get("text_encoder.bert.embeddings.word_embeddings.weight")
+    return int(table.shape[0]) if table is not None else None
+
+
 def build_task_model(cfg: FinetuneConfig, init_from: Optional[Path], tokenizer, num_labels: Optional[int]):
     """(model, config, init report) for ``cfg.task``."""
     from ..config import from_dict
@@ -206,6 +215,12 @@ def build_task_model(cfg: FinetuneConfig, init_from: Optional[Path], tokenizer, 
         if config.text.bert_config is not None and cfg.init == "scratch":
             # As in pre-training: a random BERT takes the tokenizer's vocabulary.
             config.text.bert_config = {**config.text.bert_config, "vocab_size": len(tokenizer)}
+        if config.text.bert_config is not None and cfg.init == "release":
+            # A random BERT takes the checkpoint's vocabulary (bert-base-uncased's 30522 rows in the
+            # authors' files); a file without word embeddings fails the import check below.
+            rows = _release_vocab_rows(cfg.release_checkpoint)
+            if rows is not None:
+                config.text.bert_config = {**config.text.bert_config, "vocab_size": rows}
     if cfg.loader.max_tokens > config.text.max_tokens:
         raise ConfigError(f"config key 'loader.max_tokens': {cfg.loader.max_tokens} exceeds the model's {config.text.max_tokens} tokens per sentence")
     torch.manual_seed(cfg.train.seed)
@@ -219,6 +234,12 @@ def build_task_model(cfg: FinetuneConfig, init_from: Optional[Path], tokenizer, 
         from ..model.weights import load_official_checkpoint
 
         imported = load_official_checkpoint(model, cfg.release_checkpoint)
+        # Only the task's new head may be absent (a stage-2 file for a QA task); anything else
+        # missing means a file of another layout (e.g. a retrieval file for a QA task).
+        try:
+            imported.check(allow_missing=[r"^(multiple_choice_head|classification_head)\."])
+        except LfvilaError as exc:
+            raise type(exc)(f"{exc} (task {cfg.task} takes a {spec.variant} or stage-{spec.pretrained_stage[-1]} checkpoint)") from None
         report = {"from": cfg.release_checkpoint, "summary": imported.summary()}
     else:
         report = {"from": "scratch"}
