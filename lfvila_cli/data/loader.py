@@ -138,7 +138,42 @@ class _Entry:
     starts: np.ndarray  # valid window starts (segment indices), ascending
 
 
-class PretrainDataset(torch.utils.data.Dataset):
+def normalisation(cfg: LoaderConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scale, shift)`` with ``x * scale - shift == (x / 255 - mean) / std`` per channel, (1, 3, 1, 1)."""
+    mean = torch.tensor(cfg.image_mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.image_std, dtype=torch.float32).view(1, 3, 1, 1)
+    return 1.0 / (255.0 * std), mean / std
+
+
+class StoreBacked:
+    """A dataset reading a ``FrameStore`` it opens lazily, once per process: Zarr handles are
+    not fork-safe, so a DataLoader worker opens its own on first use. Call ``_attach(store)``
+    in ``__init__`` and ``_detach()`` once indexing is done."""
+
+    def _attach(self, store: FrameStore | str | Path) -> None:
+        if isinstance(store, FrameStore):
+            self.store_url, self._store, self._store_pid = store.url, store, os.getpid()
+        else:
+            self.store_url, self._store, self._store_pid = str(store), None, None
+
+    def _detach(self) -> None:
+        if self._store_pid is None:
+            self._store = None  # opened here only to index: workers open their own
+
+    @property
+    def store(self) -> FrameStore:
+        pid = os.getpid()
+        if self._store is None or self._store_pid != pid:  # first use, or a forked worker
+            self._store, self._store_pid = FrameStore(self.store_url), pid
+        return self._store
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_store"], state["_store_pid"] = None, None  # spawned workers open their own
+        return state
+
+
+class PretrainDataset(StoreBacked, torch.utils.data.Dataset):
     """4-clip windows of long-form samples of one split.
 
     ``dataset[i]`` (or ``dataset[(epoch, i)]``) → ``{"frames": (C·K, 3, H, W) float32,
@@ -165,10 +200,7 @@ class PretrainDataset(torch.utils.data.Dataset):
         self.cfg, self.train, self.tokenizer = cfg, train, tokenizer
         self.video_root = Path(video_root) if video_root is not None else None
         self.epoch = 0
-        if isinstance(store, FrameStore):
-            self.store_url, self._store, self._store_pid = store.url, store, os.getpid()
-        else:
-            self.store_url, self._store, self._store_pid = str(store), None, None
+        self._attach(store)
         if cfg.source == "decode" and self.video_root is None:
             raise DataError("source 'decode' needs video_root (the corpus directory) to find the videos")
         splits = sorted({s.split for s in self.samples})
@@ -185,9 +217,7 @@ class PretrainDataset(torch.utils.data.Dataset):
             )
         self.frames_per_clip = st.frames_per_segment
         self.height, self.width = st.height, st.width
-        mean = torch.tensor(cfg.image_mean, dtype=torch.float32).view(1, 3, 1, 1)
-        std = torch.tensor(cfg.image_std, dtype=torch.float32).view(1, 3, 1, 1)
-        self._scale, self._shift = 1.0 / (255.0 * std), mean / std
+        self._scale, self._shift = normalisation(cfg)
 
         status = st.status()
         self.skipped: Counter[str] = Counter()
@@ -226,22 +256,7 @@ class PretrainDataset(torch.utils.data.Dataset):
             )
         if (status == PENDING).any():
             log.warning("pretrain data: %s still has pending rows (cache not finished)", st.url)
-        if self._store_pid is None:
-            self._store = None  # built here only to index: workers open their own
-
-    # --- lazily opened store ------------------------------------------------------------------
-
-    @property
-    def store(self) -> FrameStore:
-        pid = os.getpid()
-        if self._store is None or self._store_pid != pid:  # first use, or a forked worker
-            self._store, self._store_pid = FrameStore(self.store_url), pid
-        return self._store
-
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state["_store"], state["_store_pid"] = None, None  # spawned workers open their own
-        return state
+        self._detach()
 
     # --- the dataset ----------------------------------------------------------------------------
 

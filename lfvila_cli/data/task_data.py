@@ -27,7 +27,6 @@ Samples whose store rows failed or are pending are skipped and counted by reason
 from __future__ import annotations
 
 import logging
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -38,7 +37,7 @@ import torch
 from ..errors import DataError
 from .corpus import Sample
 from .framestore import OK, FrameStore
-from .loader import LoaderConfig, augment, crop_params
+from .loader import LoaderConfig, StoreBacked, augment, crop_params, normalisation
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +75,7 @@ def span_labels(times: np.ndarray, span: Any) -> np.ndarray:
     return ((times >= start) & (times <= end)).astype(np.int64)
 
 
-class TaskDataset(torch.utils.data.Dataset):
+class TaskDataset(StoreBacked, torch.utils.data.Dataset):
     """Items of one split of a downstream task (see the module docstring).
 
     ``dataset[i]`` -> ``{"frames": (T, 3, H, W) float32, "times": (T,), "input_ids" /
@@ -101,10 +100,7 @@ class TaskDataset(torch.utils.data.Dataset):
         self.kind, self.cfg, self.train, self.tokenizer = kind, cfg, train, tokenizer
         self.max_subtitles, self.num_candidates = max_subtitles, num_candidates
         self.epoch = 0
-        if isinstance(store, FrameStore):
-            self.store_url, self._store, self._store_pid = store.url, store, os.getpid()
-        else:
-            self.store_url, self._store, self._store_pid = str(store), None, None
+        self._attach(store)
         st = self.store
         if st.segment_mode != "chunks":
             raise DataError(
@@ -112,9 +108,7 @@ class TaskDataset(torch.utils.data.Dataset):
                 f"(this store has segment_mode={st.segment_mode!r})"
             )
         self.height, self.width = st.height, st.width
-        mean = torch.tensor(cfg.image_mean, dtype=torch.float32).view(1, 3, 1, 1)
-        std = torch.tensor(cfg.image_std, dtype=torch.float32).view(1, 3, 1, 1)
-        self._scale, self._shift = 1.0 / (255.0 * std), mean / std
+        self._scale, self._shift = normalisation(cfg)
 
         status = st.status()
         self.skipped: Counter[str] = Counter()
@@ -127,8 +121,7 @@ class TaskDataset(torch.utils.data.Dataset):
                 self.skipped[reason] += 1
         if self.skipped:
             log.warning("task data: %d of %d samples usable; skipped %s", len(self.samples), len(samples), dict(self.skipped))
-        if self._store_pid is None:
-            self._store = None  # opened here only to index: workers open their own
+        self._detach()
 
     def _unusable(self, sample: Sample, st: FrameStore, status: np.ndarray) -> str | None:
         if sample.id not in st:
@@ -148,20 +141,6 @@ class TaskDataset(torch.utils.data.Dataset):
             if self.train and task["label"] < 0:
                 return "answer outside the vocabulary"
         return None
-
-    # --- lazily opened store (not fork-safe), as in PretrainDataset -------------------------------
-
-    @property
-    def store(self) -> FrameStore:
-        pid = os.getpid()
-        if self._store is None or self._store_pid != pid:
-            self._store, self._store_pid = FrameStore(self.store_url), pid
-        return self._store
-
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state["_store"], state["_store_pid"] = None, None
-        return state
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
