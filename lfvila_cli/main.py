@@ -304,7 +304,8 @@ def pretrain(
 
       torchrun --nproc_per_node 2 -m lfvila_cli.main pretrain --stage 1   (2 CPU ranks, no GPU)
 
-    Config keys: model (preset), text_model, tokenizer, tokenizer_vocab_size, loader.* (LoaderConfig),
+    Config keys: model (preset), text_model, tokenizer, tokenizer_vocab_size, video_init (stage 1: a Swin-2D
+    checkpoint for the video encoder, e.g. Swin-B 22k 384; "" = random), loader.* (LoaderConfig),
     objectives.* (vpc_weight, mtc_weight, mlm_weight, vtm_weight, temperature, ...), train.* (lr, betas, eps, weight_decay, warmup_steps, warmup_ratio, final_lr_ratio,
     micro_batch, grad_accum, grad_clip, zero_stage, precision, epochs, max_steps, log_every,
     checkpoint_every, keep_last_k, max_bad_steps, seed), val_every, val_max_samples, val_batch, workers (1; not part of the key).

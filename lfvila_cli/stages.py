@@ -118,6 +118,7 @@ def _pretrain_stage(number: int, inputs: tuple[str, ...]) -> Stage:
         config_path="lfvila_cli.train.pretrain:PretrainConfig",
         run_path="lfvila_cli.stages:run_pretrain_stage",
         inputs=inputs,
+        fingerprints_path="lfvila_cli.stages:pretrain_fingerprints",
         key_config_path="lfvila_cli.train.pretrain:key_config",
         resumable=True,
         fixed={"stage": number},
@@ -352,6 +353,15 @@ def run_pretrain_stage(ctx: StageContext) -> dict:
         progress=ctx.progress,
         resume=None if ctx.force else "auto",
     )
+
+
+def pretrain_fingerprints(config, inputs) -> dict:
+    """video_init set: the bytes of the Swin-2D checkpoint key the model; unset: nothing (keys as before)."""
+    if config.video_init:
+        from .train.pretrain import video_init_file
+
+        return {"video_init": file_digest(str(video_init_file(config.video_init)))}
+    return {}
 
 
 def finetune_fingerprints(config, inputs) -> dict:

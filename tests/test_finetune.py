@@ -217,3 +217,33 @@ def test_anet_qa_through_the_authors_jsonl_reader_and_scratch_init(pretrained, t
     assert config["heads"]["num_labels"] == len(vocabulary)
     metrics = json.loads((evaluated.path / "metrics.json").read_text())
     assert metrics["split"] == "val" and metrics["num_items"] == 8  # 4 val videos (2 + twins) × 2 questions
+
+
+@pytest.mark.slow
+def test_finetune_resumes_with_its_validation_history_and_best_weights(pretrained, tmp_path):
+    """A run stopped after 2 of 4 steps and resumed ends where an uninterrupted run ends: the
+    same final weights, every validation record once, the best of all four selected."""
+    from lfvila_cli.data.corpus import CORPUS_FILE
+    from lfvila_cli.train.finetune import run_finetune
+    from lfvila_cli.train.pretrain import load_weights
+
+    root, wd, _ = pretrained
+    results, _ = _run(root, wd, "resume", [("prepare", {"source": "example", "example": SIZE}), ("cache", CHUNKS)])
+    corpus, store = results[0].artifact.path / CORPUS_FILE, str(results[1].artifact.path / "frames.zarr")
+    init = wd.resolve("pretrain1").path
+
+    def config(steps: int) -> FinetuneConfig:
+        from lfvila_cli.stages import get_stage, resolve_config
+
+        layer = {"task": "didemo", **QUICK, "train": {"micro_batch": 4, "max_steps": steps, "checkpoint_every": 1}}
+        return resolve_config(get_stage("finetune"), layers=[layer])
+
+    whole = run_finetune(config(4), corpus, store, tmp_path / "whole", init_from=init, progress=False)
+    run_finetune(config(2), corpus, store, tmp_path / "split", init_from=init, progress=False)
+    resumed = run_finetune(config(4), corpus, store, tmp_path / "split", init_from=init, progress=False, resume="auto")
+    assert resumed["steps"] == whole["steps"] == 4
+    val = [json.loads(line) for line in (tmp_path / "split" / "run" / "val_metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in val] == [1, 2, 3, 4]
+    assert resumed["selection"] == whole["selection"]
+    a, b = load_weights(tmp_path / "whole" / "model.safetensors"), load_weights(tmp_path / "split" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)

@@ -200,6 +200,20 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def checkpoint_file(source: str | Path) -> Path:
+    """The file ``read_state_dict`` reads for a path: the path itself, or in a directory
+    ``model.safetensors`` then ``pytorch_model.bin`` (one-line error when there is none)."""
+    path = Path(source)
+    if path.is_dir():
+        for name in ("model.safetensors", "pytorch_model.bin"):
+            if (path / name).is_file():
+                return path / name
+        raise WeightImportError(f"{path}: directory holds neither model.safetensors nor pytorch_model.bin")
+    if not path.is_file():
+        raise WeightImportError(f"{path}: no such checkpoint file")
+    return path
+
+
 def read_state_dict(source: Source) -> tuple[dict[str, torch.Tensor], str]:
     """A flat {name: tensor} dict and a label for messages, from a mapping or a file.
 
@@ -212,16 +226,7 @@ def read_state_dict(source: Source) -> tuple[dict[str, torch.Tensor], str]:
     if isinstance(source, Mapping):
         state, label = dict(source), "state dict"
     else:
-        path = Path(source)
-        if path.is_dir():
-            for name in ("model.safetensors", "pytorch_model.bin"):
-                if (path / name).is_file():
-                    path = path / name
-                    break
-            else:
-                raise WeightImportError(f"{path}: directory holds neither model.safetensors nor pytorch_model.bin")
-        if not path.is_file():
-            raise WeightImportError(f"{path}: no such checkpoint file")
+        path = checkpoint_file(source)
         label = str(path)
         if path.suffix == ".safetensors":
             from safetensors import SafetensorError

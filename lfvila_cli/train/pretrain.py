@@ -12,7 +12,9 @@ on its val split every ``cfg.val_every`` steps and at the end, and writes the fi
     out_dir/loss.png           the loss curves (one panel per term), drawn without matplotlib
     out_dir/run/               the trainer's run directory (checkpoints, configs, its metrics)
 
-Stage 1 trains the video encoder, text layers 0–11 and the projections on VPC + MTC; stage 2
+Stage 1 trains the video encoder, text layers 0–11 and the projections on VPC + MTC; its video
+encoder starts from random weights, or with ``video_init`` set from a Swin-2D checkpoint inflated to
+3-D (SPEC §2: Swin-B 22k 384 for the base preset; ``model.weights.load_swin2d``). Stage 2
 starts from a stage-1 artifact (``init_from``): its weights are loaded strictly into every part
 that a stage-1 model has, everything from stage 1 is frozen, and layers 12–23, the video token
 embedding and the MLM/VTM heads train on MLM + VTM. Stage 2 reuses the stage-1 tokenizer unless
@@ -52,6 +54,7 @@ METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "loss.png"
 VAL_FILE = "val_metrics.jsonl"  # in run/, next to the trainer's metrics.jsonl
 _STAGE2_STREAM = 2  # keeps stage-2 draws apart from stage-1 draws at the same step
+_VIDEO_INIT_STAGE1_ONLY = "applies to stage 1 only (stage 2 starts from the stage-1 model, video encoder included)"
 
 
 def _quickstart_train() -> TrainConfig:
@@ -76,6 +79,10 @@ class PretrainConfig:
     val_max_samples: int = 256  # 0 = the whole val split
     val_batch: int = 8
     workers: int = 1  # DataLoader worker processes feeding training (0 = load in the training process)
+    # Stage 1: "" = random video encoder; else a Swin-2D checkpoint (.pth / .bin / .safetensors, or a
+    # directory holding model.safetensors / pytorch_model.bin) inflated into it (SPEC §2: Swin-B
+    # ImageNet-22k 384 px, window 12, e.g. swin_base_patch4_window12_384_22k.pth, for lfvila-base).
+    video_init: str = ""
 
     def __post_init__(self) -> None:
         check(self.stage in (1, 2), "stage", f"must be 1 or 2, got {self.stage}")
@@ -85,14 +92,59 @@ class PretrainConfig:
         check(self.val_max_samples >= 0, "val_max_samples", f"must be >= 0, got {self.val_max_samples}")
         check(self.val_batch >= 1, "val_batch", f"must be >= 1, got {self.val_batch}")
         check(self.workers >= 0, "workers", f"must be >= 0, got {self.workers}")
+        check(self.stage == 1 or not self.video_init, "video_init", _VIDEO_INIT_STAGE1_ONLY)
 
 
 POLICY_FIELDS = ("workers",)  # change how a run goes, not what it makes: left out of the artifact key
 
 
 def key_config(cfg: PretrainConfig) -> dict:
-    """The config that shapes the model (the artifact key): everything but ``POLICY_FIELDS``."""
-    return {k: v for k, v in to_dict(cfg).items() if k not in POLICY_FIELDS}
+    """The config that shapes the model (the artifact key): everything but ``POLICY_FIELDS``, and
+    ``video_init`` only when set (keys made before it existed stay valid; the stage adds the
+    checkpoint's digest, ``stages.pretrain_fingerprints``)."""
+    return {k: v for k, v in to_dict(cfg).items() if k not in POLICY_FIELDS and not (k == "video_init" and not v)}
+
+
+# The video encoder's parts no Swin-2D layer may fit: the clip-feature head (SPEC §2) is loaded from
+# the Swin merge after the clip-feature layer only when the widths agree (they do for Swin-B).
+VIDEO_INIT_ALLOW_MISSING = (r"^clip_merge\.", r"^clip_norm\.")
+
+
+def video_init_file(source: str) -> Path:
+    """The file ``video_init`` names (a directory: its model.safetensors / pytorch_model.bin);
+    a one-line error naming the key when there is none."""
+    from ..model.weights import WeightImportError, checkpoint_file
+
+    try:
+        return checkpoint_file(source)
+    except WeightImportError as exc:
+        raise WeightImportError(f"config key 'video_init': {exc}") from None
+
+
+def init_video_encoder(model, source: str) -> dict[str, Any]:
+    """Initialise ``model.video_encoder`` from the Swin-2D checkpoint ``source`` (SPEC §2, patch
+    kernel tiled) and return the import record for the run summary. Anything but a complete
+    import (the clip head aside) is a one-line ``WeightImportError`` naming the key and the file.
+    Deterministic and draws no random numbers: every rank that loads the same file gets the
+    same weights, and a fresh run's random stream is the one it would have without it."""
+    from ..model.weights import WeightImportError, load_swin2d
+
+    try:
+        report = load_swin2d(model.video_encoder, source).check(allow_missing=VIDEO_INIT_ALLOW_MISSING)
+    except WeightImportError as exc:
+        raise WeightImportError(f"config key 'video_init': {exc}") from None
+    reasons: dict[str, int] = {}
+    for reason in report.skipped.values():
+        reasons[reason] = reasons.get(reason, 0) + 1
+    return {
+        "path": str(source),
+        "source": report.source,
+        "summary": report.summary(),
+        "loaded": len(report.loaded),
+        "missing": report.missing,
+        "skipped": reasons,
+        "notes": report.notes,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -442,6 +494,8 @@ def run_pretrain(
 
     corpus_path, out_dir = Path(corpus_path), Path(out_dir)
     init_from = Path(init_from) if init_from is not None else None
+    if cfg.stage == 2 and cfg.video_init:  # also checked when the config is built; cfg may be edited since
+        raise ConfigError(f"config key 'video_init': {_VIDEO_INIT_STAGE1_ONLY}")
     if cfg.stage == 2 and init_from is None:
         raise ConfigError("pretrain --stage 2 starts from a stage-1 artifact: give init_from (--init-from)")
     if cfg.stage == 1 and init_from is not None:
@@ -494,6 +548,11 @@ def run_pretrain(
     init_report = None
     if cfg.stage == 2:
         init_report = load_stage1_into(model, init_from)
+    video_init = None
+    if cfg.video_init:
+        # Every rank loads the same file (no broadcast needed), before the Trainer copies the weights
+        # into its engine. A resumed run does it too, and the checkpoint then loads over it.
+        video_init = init_video_encoder(model, cfg.video_init)
     trainable = model.set_trainable(variant)
     objectives = config.objectives
 
@@ -563,6 +622,8 @@ def run_pretrain(
     }
     if init_report is not None:
         summary["init_from"] = {"path": str(init_from), **init_report}
+    if video_init is not None:
+        summary["video_init"] = video_init
     if rank == 0:
         train_records = _read_jsonl(run_dir / "metrics.jsonl")
         last = train_records[-1] if train_records else {}
