@@ -254,18 +254,25 @@ def predict_task(model, dataset, batch_size: int, with_local: bool = False) -> d
     return {k: (v if k == "sample_ids" else torch.cat(v)) for k, v in out.items()}
 
 
-def task_metrics(kind: str, predicted: Mapping[str, Any], dual_softmax: float | None = None, chunk: int = 1024) -> dict[str, Any]:
+def task_metrics(
+    kind: str, predicted: Mapping[str, Any], dual_softmax: float | None = None, chunk: int = 1024, ranks: Mapping[str, torch.Tensor] | None = None,
+) -> dict[str, Any]:
     """The task's figures from ``predict_task`` output, with the chance level.
 
     retrieval: ``text_to_video`` / ``video_to_text`` R@1/5/10/50, MedR, MnR (chance R@K = K/N),
     and with ``dual_softmax`` (a temperature) the same under ``dual_softmax`` — labelled apart.
     QA: ``accuracy`` over every item (an answer outside the vocabulary, label -1, counts as
     wrong), ``chance`` = 1/candidates (multiple choice) or the majority label's share
-    (classification), ``num_items``."""
+    (classification), ``num_items``. ``ranks``: retrieval ranks already computed by
+    ``ranks_chunked`` (``{"text_to_video", "video_to_text"}``), so a caller that also writes them
+    out ranks once."""
     if kind == "retrieval":
         video, text = predicted["video"], predicted["text"]
         n = video.shape[0]
-        out: dict[str, Any] = dict(retrieval_metrics(video, text, chunk=chunk))
+        if ranks is None:
+            out: dict[str, Any] = dict(retrieval_metrics(video, text, chunk=chunk))
+        else:
+            out = {direction: rank_metrics(ranks[direction]) for direction in ("text_to_video", "video_to_text")}
         out["chance"] = {f"R@{k}": min(1.0, k / n) for k in (1, 5, 10, 50)}
         out["num_videos"] = n
         if dual_softmax is not None:

@@ -381,9 +381,7 @@ def finetune(
         overrides.append("init=scratch")
     if release_checkpoint is not None:
         overrides += ["init=release", f"release_checkpoint={release_checkpoint.resolve()}"]
-    from .train.finetune import task_spec
-
-    refs = {"cache": cache, task_spec(task).pretrained_stage: init}
+    refs = {"cache": cache, "pretrain1": init, "pretrain2": init}  # the config's task picks the one used
     _run_single("finetune", workdir, config, overrides + list(set_ or []), refs, force, dry_run, name)
 
 
@@ -392,8 +390,8 @@ def finetune(
 def evaluate(
     model: str = typer.Option("latest", "--model", help="The fine-tuned model (finetune artifact) to score: ref name, key (prefix) or directory."),
     zero_shot: Optional[str] = typer.Option(None, "--zero-shot", help="Score this pre-trained stage-1 artifact (ref, key or directory) on retrieval without fine-tuning, instead of --model."),
-    cache: str = typer.Option("latest", "--cache", help="The task's cache artifact (segment_mode=chunks)."),
-    split: str = typer.Option("test", "--split", help="train | val | test."),
+    cache: Optional[str] = typer.Option(None, "--cache", help="The task's cache artifact (segment_mode=chunks); default: the one the fine-tuned model was trained on, or the latest (zero-shot)."),
+    split: Optional[str] = typer.Option(None, "--split", help="train | val | test (default test, or the config file's)."),
     task: Optional[str] = typer.Option(None, "--task", help="Zero-shot: the retrieval task whose paper figures the report shows (default activitynet); fine-tuned: checked against the model's."),
     dual_softmax: Optional[float] = typer.Option(None, "--dual-softmax", help="Also report retrieval re-scored by dual softmax at this temperature (e.g. 0.01), labelled apart from the plain figures."),
     workdir: Path = WorkdirOpt,
@@ -420,14 +418,20 @@ def evaluate(
     heatmap_items, alignment_videos.
     """
     _setup_logging(verbose)
-    overrides = [f"split={split}"]
+    overrides = [f"split={split}"] if split else []
+    if cache is None and zero_shot is None:
+        # Score the model on the task data it was fine-tuned on unless told otherwise: the latest
+        # cache may belong to another task.
+        from .artifacts import Workdir
+
+        cache = Workdir(workdir).resolve("finetune", model).manifest.get("inputs", {}).get("cache", "latest")[:16]
     if zero_shot is not None:
         overrides.append("model=pretrain1")
     if task:
         overrides.append(f"task={task}")
     if dual_softmax is not None:
         overrides.append(f"dual_softmax={dual_softmax}")
-    refs = {"cache": cache, "finetune": model, "pretrain1": zero_shot or "latest"}
+    refs = {"cache": cache or "latest", "finetune": model, "pretrain1": zero_shot or "latest"}
     _run_single("evaluate", workdir, config, overrides + list(set_ or []), refs, force, dry_run, name)
     if not dry_run:
         from .artifacts import Workdir
@@ -464,8 +468,10 @@ def run(
 
     _setup_logging(verbose)
     results = run_pipeline(Workdir(workdir), pipeline, overrides=list(set_ or []), force=force, dry_run=dry_run, progress=_progress(), echo=typer.echo)
+    from .stages import dist_env
+
     for result in results:
-        if result.stage == "evaluate" and result.artifact is not None:
+        if result.stage == "evaluate" and result.artifact is not None and dist_env()[0] == 0:
             typer.echo("")
             _echo_report(result.artifact.path)
 

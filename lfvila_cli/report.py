@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
 
+import torch
+
 from .config import check
 from .errors import ConfigError, DataError
 
@@ -71,7 +73,7 @@ def run_evaluate(
     from .data.task_data import TaskDataset
     from .data.tokenizer import load_tokenizer
     from .evaluation import predict_task, ranks_chunked, task_metrics
-    from .train.finetune import TASKS, task_spec
+    from .train.finetune import TASKS, check_fit, task_spec
     from .train.pretrain import TOKENIZER_DIR, _read_split, load_pretrained
 
     task = model_stage_config.get("task", "") if cfg.model == "finetune" else ""
@@ -88,24 +90,32 @@ def run_evaluate(
         raise DataError(f"{corpus_path}: no {cfg.split}-split samples to evaluate")
     tokenizer = load_tokenizer(model_dir / TOKENIZER_DIR, local_files_only=True)
     model = load_pretrained(model_dir)
+    if torch.cuda.is_available():
+        model = model.to("cuda")
     loader_cfg = _loader_config(model_stage_config)
     subtitles = model_stage_config.get("max_subtitles", -1)
+    heads = model.config.heads
     dataset = TaskDataset(
         samples, store_url, tokenizer, spec.kind, loader_cfg, train=False,
         max_subtitles=spec.max_subtitles if subtitles is None or subtitles < 0 else subtitles,
+        num_labels=heads.num_labels or None,
     )
-    if len(dataset) == 0:
-        raise DataError(f"{store_url}: none of the {len(samples)} {cfg.split} samples has usable frames ({dict(dataset.skipped)})")
+    check_fit(dataset, model.config, f"{corpus_path} ({cfg.split} split)")
     predicted = predict_task(model, dataset, cfg.batch, with_local=spec.kind == "retrieval")
-    metrics = task_metrics(spec.kind, predicted, dual_softmax=cfg.dual_softmax or None, chunk=cfg.chunk)
+    ranks = None
+    if spec.kind == "retrieval":
+        ranks = {
+            "text_to_video": ranks_chunked(predicted["text"], predicted["video"], cfg.chunk),
+            "video_to_text": ranks_chunked(predicted["video"], predicted["text"], cfg.chunk),
+        }
+    metrics = task_metrics(spec.kind, predicted, dual_softmax=cfg.dual_softmax or None, chunk=cfg.chunk, ranks=ranks)
     metrics.update({"task": task, "split": cfg.split, "model": cfg.model, "zero_shot": cfg.model == "pretrain1", "skipped": dict(dataset.skipped)})
     (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
 
     ids = predicted["sample_ids"]
     with open(out_dir / PREDICTIONS_FILE, "w", encoding="utf-8") as f:
-        if spec.kind == "retrieval":
-            t2v = ranks_chunked(predicted["text"], predicted["video"], cfg.chunk)
-            v2t = ranks_chunked(predicted["video"], predicted["text"], cfg.chunk)
+        if ranks is not None:
+            t2v, v2t = ranks["text_to_video"], ranks["video_to_text"]
             for i, sid in enumerate(ids):
                 f.write(json.dumps({"id": sid, "text_to_video_rank": int(t2v[i]), "video_to_text_rank": int(v2t[i])}) + "\n")
         else:
@@ -122,7 +132,7 @@ def run_evaluate(
     notes = []
     if spec.kind == "retrieval" and "clips" not in predicted:
         notes.append("No sentence × clip figure: the fine-tuned retrieval model keeps only the global projections (VPC), as the release's did.")
-    table = report_table(task, metrics, spec.paper)
+    table = report_table(task, metrics, spec.paper, zero_shot=cfg.model == "pretrain1")
     write_report(out_dir / REPORT_FILE, task, cfg, metrics, table, figures, notes)
     return {"task": task, "split": cfg.split, "kind": spec.kind, "zero_shot": cfg.model == "pretrain1", "metrics": metrics, "table": table, "figures": figures}
 
@@ -142,8 +152,8 @@ def _pct(value: Optional[float]) -> str:
     return "—" if value is None else f"{100 * value:.1f}"
 
 
-def report_table(task: str, metrics: dict, paper: dict) -> str:
-    """A Markdown table: our figures (percent), LF-VILA's reported ones and chance."""
+def report_table(task: str, metrics: dict, paper: dict, zero_shot: bool = False) -> str:
+    """A Markdown table: our figures (percent), LF-VILA's reported (fine-tuned) ones and chance."""
     if "accuracy" in metrics:
         rows = [("accuracy", _pct(metrics["accuracy"]), "—", _pct(metrics["chance"]))]
         header = "| metric | ours | LF-VILA (paper) | chance |\n|---|---|---|---|\n"
@@ -159,7 +169,8 @@ def report_table(task: str, metrics: dict, paper: dict) -> str:
         lines.append(row("text → video, dual softmax (re-scored, transductive)", metrics["dual_softmax"]["text_to_video"]))
         lines.append(row("video → text, dual softmax (re-scored, transductive)", metrics["dual_softmax"]["video_to_text"]))
     if paper:
-        lines.append("| LF-VILA (paper), text → video | " + " | ".join(f"{paper[f'R@{k}']:.1f}" if f"R@{k}" in paper else "—" for k in (1, 5, 10, 50)) + " | — | — |")
+        label = "LF-VILA (paper, fine-tuned), text → video" if zero_shot else "LF-VILA (paper), text → video"
+        lines.append(f"| {label} | " + " | ".join(f"{paper[f'R@{k}']:.1f}" if f"R@{k}" in paper else "—" for k in (1, 5, 10, 50)) + " | — | — |")
     chance = metrics["chance"]
     lines.append("| chance | " + " | ".join(_pct(chance[f"R@{k}"]) for k in (1, 5, 10, 50)) + f" | {(metrics['num_videos'] + 1) / 2:.1f} | {(metrics['num_videos'] + 1) / 2:.1f} |")
     return "\n".join(lines) + "\n"

@@ -247,3 +247,41 @@ def test_finetune_resumes_with_its_validation_history_and_best_weights(pretraine
     assert resumed["selection"] == whole["selection"]
     a, b = load_weights(tmp_path / "whole" / "model.safetensors"), load_weights(tmp_path / "split" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+@pytest.mark.slow
+def test_task_data_that_does_not_fit_is_a_one_line_error(pretrained):
+    from lfvila_cli.errors import DataError, LfvilaError
+
+    root, wd, _ = pretrained
+    qa = [("prepare", {"source": "example", "example": {**SIZE, "task": "how2qa"}}), ("cache", CHUNKS)]
+    # Retrieval on How2QA items: every item is refused as "a QA item", so nothing is left to train on.
+    with pytest.raises(DataError, match="no usable retrieval items .*a QA item, not a paragraph"):
+        _run(root, wd, "misfit-kind", qa + [("finetune", {"task": "didemo", **QUICK})])
+    # 2 + 7 sentence slots per candidate text: more than the paragraph encoder's 8.
+    with pytest.raises(ConfigError, match="config key 'max_subtitles': 9 sentence slots per text, more than the model's 8"):
+        _run(root, wd, "misfit-slots", qa + [("finetune", {"task": "how2qa", **QUICK, "max_subtitles": 7})])
+    # 8 chunks × 8 frames: more frames than the cross-modal encoder's 32.
+    with pytest.raises(LfvilaError, match="8 chunks × 8 = 64 frames, more than the model's fusion.max_frames=32"):
+        _run(root, wd, "misfit-frames", [qa[0], ("cache", {**CHUNKS, "num_chunks": 8}), ("finetune", {"task": "how2qa", **QUICK})])
+
+
+@pytest.mark.slow
+def test_evaluate_defaults_to_the_cache_the_model_was_fine_tuned_on(pretrained):
+    from typer.testing import CliRunner
+
+    from lfvila_cli.main import app
+
+    root, wd, _ = pretrained
+    results, _ = _run(root, wd, "ret-activitynet", [
+        ("prepare", {"source": "example", "example": SIZE}),
+        ("cache", CHUNKS),
+        ("finetune", {"task": "activitynet", **QUICK}),
+    ])
+    retrieval_cache, model = results[1].artifact, results[2].artifact
+    _run(root, wd, "latest-qa", [("prepare", {"source": "example", "example": {**SIZE, "task": "how2qa"}}), ("cache", CHUNKS)])
+    assert wd.resolve("cache").key != retrieval_cache.key  # the latest cache is now the QA one
+    out = CliRunner().invoke(app, ["evaluate", "--workdir", str(wd.root), "--model", model.key[:16], "--split", "val"])
+    assert out.exit_code == 0, out.output
+    evaluated = wd.resolve("evaluate")
+    assert evaluated.manifest["inputs"]["cache"] == retrieval_cache.key and "activitynet: fine-tuned, val split" in out.output

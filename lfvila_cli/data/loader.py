@@ -325,13 +325,21 @@ class PretrainDataset(StoreBacked, torch.utils.data.Dataset):
         frames, times = [], []
         decoders: dict[str, VideoDecoder] = {}
         try:
-            for seg in sample.segments[start : start + c]:
+            for i, seg in enumerate(sample.segments[start : start + c], start):
                 source = resolve_video(seg.video or sample.video, self.video_root)
                 if source not in decoders:
                     decoders[source] = VideoDecoder(source, self.height, self.width)
-                # the cache stage's spans: a segment with its own file spans all of it
-                span = (None, None) if seg.video is not None else (seg.start, seg.end)
-                f, t = decoders[source].span(*span, self.frames_per_clip)
+                # the cache stage's spans: a segment with its own file spans all of it, an untimed
+                # one is its equal chunk of the video
+                decoder = decoders[source]
+                if seg.video is not None:
+                    span = (None, None)
+                elif not seg.timed:
+                    n, duration = len(sample.segments), decoder.info.duration
+                    span = (i * duration / n, (i + 1) * duration / n)
+                else:
+                    span = (seg.start, seg.end)
+                f, t = decoder.span(*span, self.frames_per_clip)
                 frames.append(f)
                 times.append(t)
         except VideoError as exc:

@@ -94,11 +94,12 @@ class TaskDataset(StoreBacked, torch.utils.data.Dataset):
         train: bool,
         max_subtitles: int = 0,
         num_candidates: int = 4,
+        num_labels: int | None = None,
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"unknown task kind {kind!r}; expected one of {', '.join(KINDS)}")
         self.kind, self.cfg, self.train, self.tokenizer = kind, cfg, train, tokenizer
-        self.max_subtitles, self.num_candidates = max_subtitles, num_candidates
+        self.max_subtitles, self.num_candidates, self.num_labels = max_subtitles, num_candidates, num_labels
         self.epoch = 0
         self._attach(store)
         st = self.store
@@ -130,17 +131,29 @@ class TaskDataset(StoreBacked, torch.utils.data.Dataset):
         if (status[rows.start : rows.stop] != OK).any():
             return "failed or pending frames"
         task = sample.task
-        if self.kind == "multiple_choice":
-            if "candidates" not in task:
-                return "no 'candidates' (not a multiple-choice item)"
+        if self.kind == "retrieval":
+            if any(k in task for k in ("candidates", "statement", "label")):
+                return "a QA item, not a paragraph (prepare the retrieval corpus)"
+        elif self.kind == "multiple_choice":
+            if "candidates" not in task or "question" not in task:
+                return "no 'question' and 'candidates' (not a multiple-choice item)"
             if len(task["candidates"]) != self.num_candidates:
                 return f"not {self.num_candidates} candidates"
-        elif self.kind == "classification":
-            if "label" not in task:
-                return "no 'label' (not a classification item)"
+        else:
+            if "label" not in task or not (task.get("statement") or task.get("question")):
+                return "no 'label' and 'statement'/'question' (not a classification item)"
+            if self.num_labels is not None and task["label"] >= self.num_labels:
+                return f"label outside the model's {self.num_labels} classes"
             if self.train and task["label"] < 0:
                 return "answer outside the vocabulary"
         return None
+
+    @property
+    def text_slots(self) -> int:
+        """Sentence slots per text: the paragraph's M, or question (+ candidate) + subtitles."""
+        if self.kind == "retrieval":
+            return self.cfg.clips_per_sample
+        return (2 if self.kind == "multiple_choice" else 1) + self.max_subtitles
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,7 @@ from .pretrain import (
     _barrier,
     _ensure_distributed,
     _json_clean,
+    _move,
     _read_jsonl,
     _read_split,
     _subset_samples,
@@ -251,11 +253,6 @@ def build_task_model(cfg: FinetuneConfig, init_from: Optional[Path], tokenizer, 
 # ---------------------------------------------------------------------------------------------
 
 
-def _inputs(batch: dict, param: torch.Tensor):
-    frames = batch["frames"].to(device=param.device, dtype=param.dtype)
-    return frames, batch["input_ids"].to(param.device), batch["attention_mask"].to(param.device)
-
-
 def task_loss(model_call, param: torch.Tensor, batch: dict, kind: str, temperature: float, span_weight: float) -> dict[str, torch.Tensor]:
     """The task's loss terms for one micro-batch (``"total"`` included)."""
     import torch.nn.functional as F
@@ -263,7 +260,7 @@ def task_loss(model_call, param: torch.Tensor, batch: dict, kind: str, temperatu
     from ..model.heads import class_balanced_span_loss
     from ..objectives import video_paragraph_contrastive_loss
 
-    frames, ids, mask = _inputs(batch, param)
+    frames, ids, mask = _move(batch, param)
     if kind == "retrieval":
         video, text = model_call("dual", frames, ids, mask)
         vpc = video_paragraph_contrastive_loss(video.global_embedding, text.paragraph_embedding, temperature)
@@ -355,23 +352,17 @@ def run_finetune(
         if cfg.init == "release" else None,
     )
     model, config, init_report = build_task_model(cfg, init_from, tokenizer, num_labels)
-    frames_per_clip = config.video.frames_per_clip
 
     def dataset(samples, train: bool):
         return TaskDataset(
-            samples, store_url, tokenizer, spec.kind, cfg.loader, train=train, max_subtitles=cfg.subtitles,
+            samples, store_url, tokenizer, spec.kind, cfg.loader, train=train, max_subtitles=cfg.subtitles, num_labels=num_labels,
         )
 
     train_ds = dataset(train_samples, True)
     val_ds = dataset(val_samples, False) if val_samples else None
     if val_ds is not None and len(val_ds) == 0:
         val_ds = None
-    store_k = train_ds.store.frames_per_segment
-    if store_k != frames_per_clip:
-        raise ConfigError(
-            f"the frame store holds {store_k} frames per chunk but the model's clips are {frames_per_clip} frames "
-            f"(video.frames_per_clip): cache with frames_per_segment={frames_per_clip}"
-        )
+    check_fit(train_ds, config, f"{corpus_path} (train split)")
     steps_per_epoch = len(train_ds) // world_size // cfg.train.micro_batch // cfg.train.grad_accum
     if steps_per_epoch < 1:
         raise DataError(
@@ -392,9 +383,19 @@ def run_finetune(
     best_path = run_dir / "best.json"
     best: dict[str, Any] = json.loads(best_path.read_text()) if resume is not None and best_path.is_file() else {}
 
+    validated: set[int] = set()  # steps validated by this process
+
     def validate(step: int) -> None:
-        if val_ds is None or rank != 0 or (val_records and val_records[-1]["step"] == step):
+        if val_ds is None or rank != 0 or step in validated:
             return
+        validated.add(step)
+        if any(r["step"] >= step for r in val_records):
+            # Records (and a best) from an earlier attempt that crashed before checkpointing past
+            # them: this run re-validates those steps, so the old ones go.
+            val_records[:] = [r for r in val_records if r["step"] < step]
+            val_path.write_text("".join(json.dumps(_json_clean(r)) + "\n" for r in val_records), encoding="utf-8")
+            if best and best["step"] >= step:
+                best.clear()
         t0 = time.perf_counter()
         module = trainer.engine.module
         with torch.random.fork_rng(devices=[]):
@@ -409,7 +410,8 @@ def run_finetune(
             # pointing at newer weights of a better step, never at missing ones.
             best_dir.mkdir(parents=True, exist_ok=True)
             state = {k: v.detach().float() if v.is_floating_point() else v.detach() for k, v in module.state_dict().items()}
-            save_weights(state, best_dir / WEIGHTS_FILE)
+            save_weights(state, best_dir / (WEIGHTS_FILE + ".tmp"))
+            os.replace(best_dir / (WEIGHTS_FILE + ".tmp"), best_dir / WEIGHTS_FILE)  # a kill never leaves half a file
             best.clear()
             best.update({"step": step, "value": value})
             best_path.write_text(json.dumps(best) + "\n")
@@ -423,7 +425,6 @@ def run_finetune(
     batches = batch_source(trainer, train_ds, cfg.train, cfg.workers, cfg.val_every, validate)
     result = trainer.train(batches, steps_per_epoch, resume=resume)
     if rank == 0:
-        val_records[:] = [r for r in val_records if r["step"] <= result.steps]
         validate(result.steps)
     _barrier(world_size)
 
@@ -459,6 +460,26 @@ def run_finetune(
             summary["samples_per_s"] = float(np.median(rates))
         _write_finished(model, config, out_dir, train_records, val_records, val_keys=("selected_on",))
     return summary
+
+
+def check_fit(dataset, config, what: str) -> None:
+    """One-line errors when a task dataset does not fit the model: no usable item, the frame
+    store's frames per chunk, frames per video or the sentence slots per text."""
+    if len(dataset) == 0:
+        raise DataError(f"{what}: no usable {dataset.kind} items ({dict(dataset.skipped) or 'the split is empty'})")
+    store = dataset.store
+    k, n = store.frames_per_segment, int(store.attrs.get("num_chunks") or 0)
+    if k != config.video.frames_per_clip:
+        raise ConfigError(
+            f"the frame store holds {k} frames per chunk but the model's clips are {config.video.frames_per_clip} frames "
+            f"(video.frames_per_clip): cache with frames_per_segment={config.video.frames_per_clip}"
+        )
+    if config.fusion is not None and n * k > config.fusion.max_frames:
+        raise ConfigError(f"the frame store gives {n} chunks × {k} = {n * k} frames, more than the model's fusion.max_frames={config.fusion.max_frames}: cache fewer num_chunks")
+    slots = dataset.text_slots
+    if slots > config.text.max_sentences:
+        key = "loader.clips_per_sample" if dataset.kind == "retrieval" else "max_subtitles"
+        raise ConfigError(f"config key '{key}': {slots} sentence slots per text, more than the model's {config.text.max_sentences}")
 
 
 def _metric_name(kind: str) -> str:
