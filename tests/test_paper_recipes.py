@@ -170,7 +170,7 @@ def test_every_set_key_named_in_the_header_resolves(path):
         stage, layer = chain[stage_name]
         value = value.strip("'\"").rstrip(".,;)")
         if value in ("DIR", "..."):
-            value = "/data/placeholder"
+            value = "/data/dir-named-in-the-header"
         resolve_config(stage, layers=[layer], overrides=[f"{key}={value}"])
 
 
