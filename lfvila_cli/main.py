@@ -448,6 +448,47 @@ def _echo_report(artifact_dir: Path) -> None:
 
 @app.command()
 @command
+def export(
+    onnx: bool = typer.Option(True, "--onnx/--no-onnx", help="Export to ONNX (the only format so far)."),
+    model: str = typer.Option("latest", "--model", help="The model artifact to export: ref name, key (prefix) or directory."),
+    stage: str = typer.Option("pretrain1", "--from", help="Which stage made it: pretrain1 | pretrain2 | finetune (a retrieval model)."),
+    workdir: Path = WorkdirOpt,
+    config: Optional[List[Path]] = ConfigOpt,
+    set_: Optional[List[str]] = SetOpt,
+    force: bool = ForceOpt,
+    dry_run: bool = DryRunOpt,
+    name: Optional[str] = NameOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Export a model's video and text encoders to ONNX, each checked against PyTorch in ONNX
+    Runtime on another batch size (max |difference| <= tolerance and the same retrieval ranking,
+    else a non-zero exit and nothing written).
+
+    The artifact store/export/<key>/ holds video_encoder.onnx (frames -> video and clip
+    embeddings; batch dynamic, frame count and size fixed and recorded), text_encoder.onnx
+    (token ids and masks -> paragraph and sentence embeddings; batch and sentence count
+    dynamic), the tokenizer, and export.json (preprocessing, versions, parity figures). The
+    preprocessing and versions are also in each file's metadata (lfvila.* keys).
+
+    Examples:
+
+      lfvila export --onnx
+
+      lfvila export --onnx --from finetune --set frames=32 --set height=64 --set width=96
+
+    Config keys: model (pretrain1 | pretrain2 | finetune), frames, height, width, opset, tolerance.
+    """
+    from .errors import ConfigError
+
+    _setup_logging(verbose)
+    if not onnx:
+        raise ConfigError("--no-onnx: ONNX is the only export format so far")
+    overrides = [f"model={stage}"]
+    _run_single("export", workdir, config, overrides + list(set_ or []), {stage: model}, force, dry_run, name)
+
+
+@app.command()
+@command
 def run(
     pipeline: Path = typer.Argument(..., help="A pipeline file, e.g. stages/quickstart.yaml."),
     workdir: Path = WorkdirOpt,

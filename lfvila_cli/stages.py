@@ -191,8 +191,24 @@ STAGES["evaluate"] = Stage(
     describe=_describe_evaluate,
 )
 
+def _describe_export(summary: dict) -> str:
+    from .export import describe
+
+    return describe(summary)
+
+
+STAGES["export"] = Stage(
+    name="export",
+    version=1,
+    config_path="lfvila_cli.export:ExportConfig",
+    run_path="lfvila_cli.stages:run_export_stage",
+    inputs=("pretrain1", "pretrain2", "finetune"),
+    inputs_path="lfvila_cli.export:input_names",
+    describe=_describe_export,
+)
+
 # pipeline order
-STAGES = {name: STAGES[name] for name in ("prepare", "cache", "pretrain1", "pretrain2", "finetune", "evaluate")}
+STAGES = {name: STAGES[name] for name in ("prepare", "cache", "pretrain1", "pretrain2", "finetune", "evaluate", "export")}
 
 
 def get_stage(name: str) -> Stage:
@@ -403,6 +419,13 @@ def run_evaluate_stage(ctx: StageContext) -> dict:
 
     model = ctx.inputs[ctx.config.model]
     return run_evaluate(ctx.config, _task_corpus(ctx), frame_store_url(ctx.inputs["cache"]), model.path, model.config, ctx.out_dir)
+
+
+def run_export_stage(ctx: StageContext) -> dict:
+    """ONNX export of a model artifact's encoders, parity-checked in ONNX Runtime."""
+    from .export import export_onnx
+
+    return export_onnx(ctx.inputs[ctx.config.model].path, ctx.out_dir, ctx.config)
 
 
 # --- the runner -----------------------------------------------------------------------------

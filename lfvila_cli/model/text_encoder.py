@@ -292,8 +292,8 @@ class HierarchicalTextEncoder(nn.Module):
         sentence_mask = token_mask.any(dim=-1)  # (B, M)
 
         # Sentence level. An empty slot attends to its own first token (see module docstring).
-        compute_mask = token_mask.clone()
-        compute_mask[..., 0] |= ~sentence_mask
+        # (out of place: the ONNX exporter has no in-place |=)
+        compute_mask = torch.cat([token_mask[..., :1] | ~sentence_mask[..., None], token_mask[..., 1:]], dim=-1)
         states = self.encode_sentences(
             input_ids.reshape(batch * sentences, length), compute_mask.reshape(batch * sentences, length)
         )

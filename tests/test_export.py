@@ -1,0 +1,128 @@
+"""ONNX export of the encoders, the parity check and the session factory (lfvila_cli.export)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lfvila_cli.artifacts import Workdir
+from lfvila_cli.errors import LfvilaError
+from lfvila_cli.export import TEXT_FILE, VIDEO_FILE, ExportError, OnnxFileError, create_session, read_metadata
+from lfvila_cli.stages import get_stage, resolve_config, run_pipeline, run_stage
+
+SIZE = {"train_videos": 4, "val_videos": 1, "test_videos": 0, "max_clips": 4, "height": 64, "width": 96}
+EXPORT = {"frames": 32, "height": 64, "width": 96}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    import yaml
+
+    root = tmp_path_factory.mktemp("export")
+    wd = Workdir(root / "wd")
+    stages = [
+        ("prepare", {"source": "example", "example": SIZE}),
+        ("cache", {"frames_per_segment": 8, "height": 64, "width": 96}),
+        ("pretrain1", {"train": {"micro_batch": 2, "max_steps": 2}, "val_every": 0}),
+        ("export", EXPORT),
+    ]
+    (root / "p.yaml").write_text(yaml.safe_dump({"stages": [{"stage": s, "config": c} for s, c in stages]}))
+    results = run_pipeline(wd, root / "p.yaml", progress=False, echo=lambda line: None)
+    assert [r.status for r in results] == ["done"] * 4
+    return wd, results[2].artifact, results[3].artifact
+
+
+def test_export_writes_both_graphs_with_metadata_and_parity(exported):
+    _, _, artifact = exported
+    summary = json.loads((artifact.path / "export.json").read_text())
+    parity = summary["parity"]
+    assert parity["batch"] != parity["traced_batch"] and parity["same_ranking"]
+    assert max(parity["max_abs_diff"].values()) <= 1e-4
+    assert (artifact.path / "tokenizer" / "tokenizer_config.json").is_file()
+    video, text = read_metadata(artifact.path / VIDEO_FILE), read_metadata(artifact.path / TEXT_FILE)
+    assert video["graph"] == "video" and text["graph"] == "text"
+    assert video["fixed"] == {"frames": 32, "height": 64, "width": 96}
+    assert video["preprocessing"]["frames_per_clip"] == 8 and video["preprocessing"]["max_tokens"] == 32
+    assert set(video["versions"]) == {"lfvila", "torch", "onnx", "onnxruntime"}
+    import onnx
+
+    model = onnx.load(str(artifact.path / VIDEO_FILE))
+    assert model.opset_import[0].version >= 17 and not list((artifact.path).glob("*.data"))  # weights inside
+
+
+def test_exported_graphs_match_pytorch_at_other_batch_sizes(exported):
+    """Batch 1 and 5 (traced at 2, checked at 3 by export itself), and 6 sentence slots for text."""
+    from lfvila_cli.train.pretrain import load_pretrained
+
+    _, model_artifact, artifact = exported
+    model = load_pretrained(model_artifact.path).eval()
+    video = create_session(artifact.path / VIDEO_FILE, "video")
+    text = create_session(artifact.path / TEXT_FILE, "text")
+    gen = torch.Generator().manual_seed(7)
+    for batch in (1, 5):
+        frames = torch.randn(batch, 32, 3, 64, 96, generator=gen)
+        got = video.run(None, {"frames": frames.numpy()})
+        with torch.no_grad():
+            ref = model.encode_video(frames)
+        assert np.abs(got[0] - ref.global_embedding.numpy()).max() < 1e-4
+        assert np.abs(got[1] - ref.clip_embeddings.numpy()).max() < 1e-4
+    ids = torch.randint(5, 40, (5, 6, 32), generator=gen)
+    mask = torch.ones_like(ids)
+    mask[:, :, 12:] = 0
+    mask[1, 4:] = 0
+    ids = ids * mask
+    got = text.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})
+    with torch.no_grad():
+        ref = model.encode_text(ids, mask)
+    assert np.abs(got[0] - ref.paragraph_embedding.numpy()).max() < 1e-4
+
+
+def test_corrupt_or_mismatched_files_are_one_line_errors(exported, tmp_path):
+    _, _, artifact = exported
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes((artifact.path / VIDEO_FILE).read_bytes()[:5000])
+    with pytest.raises(OnnxFileError, match="broken.onnx: not a readable ONNX file"):
+        create_session(broken, "video")
+    with pytest.raises(OnnxFileError, match="holds the video graph, not the text graph"):
+        create_session(artifact.path / VIDEO_FILE, "text")
+    foreign = tmp_path / "foreign.onnx"
+    import onnx
+
+    model = onnx.load(str(artifact.path / TEXT_FILE))
+    del model.metadata_props[:]
+    onnx.save(model, str(foreign))
+    with pytest.raises(OnnxFileError, match="without lfvila metadata"):
+        create_session(foreign)
+
+
+def test_parity_failure_fails_the_stage_and_leaves_nothing(exported):
+    wd, model_artifact, _ = exported
+    stage = get_stage("export")
+    cfg = resolve_config(stage, layers=[{**EXPORT, "tolerance": 1e-12}])
+    with pytest.raises(ExportError, match=r"ONNX parity failed: max \|onnx - torch\| of \w+ is .* \(tolerance 1e-12\)"):
+        run_stage(wd, stage, cfg, {"pretrain1": model_artifact}, progress=False, echo=lambda line: None)
+    assert len(wd.artifacts("export")) == 1  # only the fixture's
+
+
+def test_frame_count_must_be_whole_clips(exported):
+    wd, model_artifact, _ = exported
+    stage = get_stage("export")
+    cfg = resolve_config(stage, layers=[{**EXPORT, "frames": 20}])
+    with pytest.raises(LfvilaError, match="config key 'frames': 20 is not a whole number of 8-frame clips"):
+        run_stage(wd, stage, cfg, {"pretrain1": model_artifact}, progress=False, echo=lambda line: None)
+
+
+def test_export_cli(exported):
+    from typer.testing import CliRunner
+
+    from lfvila_cli.main import app
+
+    wd, _, _ = exported
+    args = ["export", "--onnx", "--workdir", str(wd.root), "--set", "frames=32", "--set", "height=64", "--set", "width=96"]
+    out = CliRunner().invoke(app, args)
+    assert out.exit_code == 0 and "export: up to date" in out.output, out.output
+    bad = CliRunner().invoke(app, ["export", "--no-onnx", "--workdir", str(wd.root)])
+    assert bad.exit_code == 2 and "ONNX is the only export format" in bad.output
