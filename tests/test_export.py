@@ -126,3 +126,45 @@ def test_export_cli(exported):
     assert out.exit_code == 0 and "export: up to date" in out.output, out.output
     bad = CliRunner().invoke(app, ["export", "--no-onnx", "--workdir", str(wd.root)])
     assert bad.exit_code == 2 and "ONNX is the only export format" in bad.output
+
+
+def test_onnx_only_example_ranks_like_pytorch(exported, tmp_path):
+    """examples/onnx_inference/rank.py with torch and lfvila unimportable gives the ranking and
+    per-sentence clips the PyTorch model gives."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from lfvila_cli.data.tokenizer import load_tokenizer
+    from lfvila_cli.train.pretrain import load_pretrained
+
+    _, model_artifact, artifact = exported
+    gen = np.random.default_rng(3)
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"v{i}.npy")
+        np.save(paths[-1], gen.integers(0, 256, (32, 64, 96, 3), dtype=np.uint8))
+    paragraph = ["the red circle grows.", "the red circle moves to the left.", "it spins."]
+    script = Path(__file__).parents[1] / "examples" / "onnx_inference" / "rank.py"
+    guard = "import sys; sys.modules.update(torch=None, lfvila_cli=None, transformers=None); import runpy; "
+    guard += f"sys.argv = {[str(script), str(artifact.path), '--videos', *map(str, paths), '--paragraph', *paragraph]!r}; "
+    guard += f"runpy.run_path({str(script)!r}, run_name='__main__')"
+    out = subprocess.run([sys.executable, "-c", guard], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout[out.stdout.index("["):])[0]
+
+    model = load_pretrained(model_artifact.path).eval()
+    tokenizer = load_tokenizer(model_artifact.path / "tokenizer", local_files_only=True)
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    frames = torch.stack([torch.from_numpy(np.load(p)).float() / 255 for p in paths])
+    frames = ((frames - mean) / std).permute(0, 1, 4, 2, 3)
+    tokens = tokenizer(paragraph, max_length=32, truncation=True, padding="max_length", return_tensors="pt", return_token_type_ids=False)
+    with torch.no_grad():
+        video = model.encode_video(frames)
+        text = model.encode_text(tokens["input_ids"][None], tokens["attention_mask"][None])
+    scores = (text.paragraph_embedding @ video.global_embedding.t())[0]
+    order = torch.argsort(-scores, stable=True).tolist()
+    assert [r["video"] for r in result["ranking"]] == [str(paths[j]) for j in order]
+    assert np.allclose([r["score"] for r in result["ranking"]], scores[order].numpy(), atol=1e-4)
+    clips = (text.sentence_embeddings[0] @ video.clip_embeddings[order[0]].t()).argmax(dim=1).tolist()
+    assert [c["clip"] for c in result["sentence_clips"]] == clips
