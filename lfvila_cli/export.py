@@ -179,8 +179,9 @@ def create_session(path: str | Path, graph: str | None = None, prefer_gpu: bool 
     providers = ["CPUExecutionProvider"]
     if prefer_gpu and "CUDAExecutionProvider" in ort.get_available_providers():
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    ort.set_default_logger_severity(3)  # a CUDA provider that cannot start is reported below, once
     options = ort.SessionOptions()
-    options.log_severity_level = 3  # a CUDA provider that cannot start is reported below, once
+    options.log_severity_level = 3
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as exc:

@@ -489,6 +489,79 @@ def export(
 
 @app.command()
 @command
+def index(
+    cache: str = typer.Option("latest", "--cache", help="The frame store to index (segment_mode=chunks): ref name, key (prefix) or directory."),
+    source: str = typer.Option("latest", "--from", help="engine onnx: the export artifact; engine torch: the pretrain1 artifact."),
+    workdir: Path = WorkdirOpt,
+    config: Optional[List[Path]] = ConfigOpt,
+    set_: Optional[List[str]] = SetOpt,
+    force: bool = ForceOpt,
+    dry_run: bool = DryRunOpt,
+    name: Optional[str] = NameOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Embed every video of a frame store for `lfvila search`: video and per-clip embeddings with
+    their time spans, in a Zarr feature store (features.zarr). Resumable: a killed run goes on
+    where it stopped.
+
+    Examples:
+
+      lfvila index                          (the latest cache, through the latest ONNX export)
+
+      lfvila index --set engine=torch       (through the PyTorch stage-1 model)
+
+    Config keys: engine (onnx | torch), batch (not part of the key).
+    """
+    _setup_logging(verbose)
+    refs = {"cache": cache, "export": source, "pretrain1": source}
+    _run_single("index", workdir, config, list(set_ or []), refs, force, dry_run, name)
+
+
+@app.command()
+@command
+def search(
+    sentences: List[str] = typer.Argument(..., help="The paragraph, one argument per sentence, in order."),
+    index_ref: str = typer.Option("latest", "--index", help="The index artifact: ref name, key (prefix) or directory."),
+    top_k: int = typer.Option(5, "--top-k", help="How many videos to list."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    workdir: Path = WorkdirOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Find the videos of an index that best match a paragraph, and for each sentence the
+    best-matching clip of each video with its time span (what MTC aligns).
+
+    Example:
+
+      lfvila search "the red circle grows." "the red circle moves to the left." --top-k 3
+    """
+    import json as json_module
+
+    from .artifacts import Workdir
+    from .errors import ConfigError
+    from .search import query
+    from .stages import input_artifact
+
+    _setup_logging(verbose)
+    if top_k < 1:
+        raise ConfigError(f"--top-k must be >= 1, got {top_k}")
+    wd = Workdir(workdir)
+    artifact = wd.resolve("index", index_ref)
+    engine = artifact.config.get("engine", "onnx")
+    source = input_artifact(wd, artifact, "export" if engine == "onnx" else "pretrain1")
+    if source is None:
+        raise ConfigError(f"the model the index {artifact.key[:16]} was built with is gone")
+    results = query(artifact.path, source.path, engine, list(sentences), top_k)
+    if as_json:
+        typer.echo(json_module.dumps(results, indent=2))
+        return
+    for r in results:
+        typer.echo(f"{r['rank']}. {r['id']}  score {r['score']:.3f}")
+        for s in r["sentences"]:
+            typer.echo(f"     clip {s['clip']} [{s['start']:.1f}s–{s['end']:.1f}s] {s['score']:.3f}  {s['sentence']}")
+
+
+@app.command()
+@command
 def run(
     pipeline: Path = typer.Argument(..., help="A pipeline file, e.g. stages/quickstart.yaml."),
     workdir: Path = WorkdirOpt,

@@ -207,8 +207,26 @@ STAGES["export"] = Stage(
     describe=_describe_export,
 )
 
+def _describe_index(summary: dict) -> str:
+    from .search import describe
+
+    return describe(summary)
+
+
+STAGES["index"] = Stage(
+    name="index",
+    version=1,
+    config_path="lfvila_cli.search:IndexConfig",
+    run_path="lfvila_cli.stages:run_index_stage",
+    inputs=("cache", "export", "pretrain1"),
+    inputs_path="lfvila_cli.search:input_names",
+    policy_fields=("batch",),
+    resumable=True,
+    describe=_describe_index,
+)
+
 # pipeline order
-STAGES = {name: STAGES[name] for name in ("prepare", "cache", "pretrain1", "pretrain2", "finetune", "evaluate", "export")}
+STAGES = {name: STAGES[name] for name in ("prepare", "cache", "pretrain1", "pretrain2", "finetune", "evaluate", "export", "index")}
 
 
 def get_stage(name: str) -> Stage:
@@ -426,6 +444,14 @@ def run_export_stage(ctx: StageContext) -> dict:
     from .export import export_onnx
 
     return export_onnx(ctx.inputs[ctx.config.model].path, ctx.out_dir, ctx.config)
+
+
+def run_index_stage(ctx: StageContext) -> dict:
+    """Embed a chunks frame store for search (ONNX Runtime or PyTorch), resumable."""
+    from .search import build_index
+
+    source = ctx.inputs["export" if ctx.config.engine == "onnx" else "pretrain1"].path
+    return build_index(frame_store_url(ctx.inputs["cache"]), source, ctx.config, ctx.out_dir, progress=ctx.progress)
 
 
 # --- the runner -----------------------------------------------------------------------------

@@ -168,3 +168,91 @@ def test_onnx_only_example_ranks_like_pytorch(exported, tmp_path):
     assert np.allclose([r["score"] for r in result["ranking"]], scores[order].numpy(), atol=1e-4)
     clips = (text.sentence_embeddings[0] @ video.clip_embeddings[order[0]].t()).argmax(dim=1).tolist()
     assert [c["clip"] for c in result["sentence_clips"]] == clips
+
+
+@pytest.fixture(scope="module")
+def indexed(exported):
+    """A chunks cache of the same corpus, indexed through ONNX Runtime and through PyTorch."""
+    wd, model_artifact, export_artifact = exported
+    corpus = wd.resolve("prepare")
+    cache_stage = get_stage("cache")
+    chunks = resolve_config(cache_stage, layers=[{"frames_per_segment": 8, "height": 64, "width": 96, "segment_mode": "chunks", "num_chunks": 4}])
+    cache = run_stage(wd, cache_stage, chunks, {"prepare": corpus}, progress=False, echo=lambda line: None).artifact
+    stage = get_stage("index")
+    onnx_index = run_stage(wd, stage, resolve_config(stage, layers=[{"engine": "onnx", "batch": 2}]),
+                           {"cache": cache, "export": export_artifact}, progress=False, echo=lambda line: None).artifact
+    torch_index = run_stage(wd, stage, resolve_config(stage, layers=[{"engine": "torch", "batch": 3}]),
+                            {"cache": cache, "pretrain1": model_artifact}, progress=False, echo=lambda line: None).artifact
+    return wd, cache, onnx_index, torch_index
+
+
+def test_onnx_and_torch_indexes_agree_and_search_matches_brute_force(exported, indexed):
+    import zarr
+
+    from lfvila_cli.data.framestore import FrameStore
+    from lfvila_cli.search import query
+    from lfvila_cli.train.pretrain import load_pretrained
+
+    wd, cache, onnx_index, torch_index = indexed
+    _, model_artifact, export_artifact = exported
+    a, b = zarr.open_group(str(onnx_index.path / "features.zarr"), mode="r"), zarr.open_group(str(torch_index.path / "features.zarr"), mode="r")
+    assert np.asarray(a["status"][:]).all() and np.abs(np.asarray(a["video"][:]) - np.asarray(b["video"][:])).max() < 1e-4
+    # brute force in PyTorch: every video of the store against the paragraph
+    model = load_pretrained(model_artifact.path).eval()
+    store = FrameStore(str(cache.path / "frames.zarr"))
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    sentences = ["the red circle grows.", "it moves to the left."]
+    from lfvila_cli.data.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(model_artifact.path / "tokenizer", local_files_only=True)
+    tokens = tokenizer(sentences, max_length=32, truncation=True, padding="max_length", return_tensors="pt", return_token_type_ids=False)
+    with torch.no_grad():
+        text = model.encode_text(tokens["input_ids"][None], tokens["attention_mask"][None]).paragraph_embedding[0]
+        scores = []
+        for sid in store.sample_ids:
+            frames = torch.from_numpy(store.sample(sid)[0].reshape(1, -1, 64, 96, 3)).float() / 255
+            frames = ((frames - mean) / std).permute(0, 1, 4, 2, 3)
+            scores.append(float(model.encode_video(frames).global_embedding[0] @ text))
+    expected = [store.sample_ids[i] for i in np.argsort(-np.asarray(scores), kind="stable")[:3]]
+    for index, engine, source in ((onnx_index, "onnx", export_artifact), (torch_index, "torch", model_artifact)):
+        found = query(index.path, source.path, engine, sentences, top_k=3)
+        assert [r["id"] for r in found] == expected, engine
+        assert np.allclose([r["score"] for r in found], sorted(scores, reverse=True)[:3], atol=1e-4)
+        for r in found:
+            assert [s["sentence"] for s in r["sentences"]] == sentences
+            assert all(s["start"] <= s["end"] for s in r["sentences"])
+
+
+def test_index_resumes_only_the_missing_rows(indexed, tmp_path):
+    import shutil
+
+    import zarr
+
+    from lfvila_cli.search import IndexConfig, build_index
+
+    wd, cache, onnx_index, _ = indexed
+    copy = tmp_path / "idx"
+    shutil.copytree(onnx_index.path, copy)
+    group = zarr.open_group(str(copy / "features.zarr"), mode="a")
+    before = np.asarray(group["video"][:])
+    group["status"][1:3] = 0  # as if killed before these rows were marked
+    group["video"][1:3] = 0
+    export_dir = wd.resolve("export").path
+    summary = build_index(str(cache.path / "frames.zarr"), export_dir, IndexConfig(engine="onnx", batch=2), copy)
+    assert summary["indexed_this_run"] == 2
+    assert np.abs(np.asarray(group["video"][:]) - before).max() < 1e-6
+
+
+def test_search_cli_table_and_json(indexed):
+    from typer.testing import CliRunner
+
+    from lfvila_cli.main import app
+
+    wd, _, onnx_index, _ = indexed
+    args = ["search", "--workdir", str(wd.root), "--index", onnx_index.key[:16], "the red circle grows.", "--top-k", "2"]
+    table = CliRunner().invoke(app, args)
+    assert table.exit_code == 0 and table.output.startswith("1. ") and "clip " in table.output, table.output
+    as_json = CliRunner().invoke(app, args + ["--json"])
+    assert as_json.exit_code == 0 and len(json.loads(as_json.output)) == 2
+    bad = CliRunner().invoke(app, ["search", "--workdir", str(wd.root), "--index", onnx_index.key[:16], " "])
+    assert bad.exit_code == 2 and "non-empty sentences" in bad.output

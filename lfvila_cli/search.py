@@ -1,0 +1,224 @@
+"""Paragraph-to-video search: index a frame store, then query it with a paragraph.
+
+``index`` (a stage) embeds every sample of a ``chunks`` frame store with the exported ONNX
+encoders (``engine: onnx``, input ``export``) or the PyTorch model (``engine: torch``, input
+``pretrain1``) and writes a Zarr feature store ``features.zarr`` in the artifact:
+
+    video       (N, D) float32   global video embedding, L2-normalised
+    clips       (N, M, D) float32  per-clip embeddings (M = frames / frames per clip)
+    clip_start, clip_end (N, M) float32  each clip's span in seconds (its first and last frame)
+    status      (N,) uint8       1 once the row's embeddings are written (written after them)
+    sample_id   (N,) str
+
+Indexing is resumable like the cache stage: rows are written a batch at a time with their status
+last, and a rerun skips rows already marked.
+
+``query(index_dir, sentences, top_k)`` encodes the paragraph with the same engine and returns the
+top-k videos by cosine similarity and, for each sentence, the best-matching clip of each of
+those videos with its time span — the temporal alignment MTC learns.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from .config import check
+from .errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+FEATURES = "features.zarr"
+INFO_FILE = "index.json"
+
+
+@dataclass
+class IndexConfig:
+    engine: Literal["onnx", "torch"] = "onnx"
+    batch: int = 8
+
+    def __post_init__(self) -> None:
+        check(self.engine in ("onnx", "torch"), "engine", f"expected onnx or torch, got {self.engine!r}")
+        check(self.batch >= 1, "batch", f"must be >= 1, got {self.batch}")
+
+
+def input_names(cfg: IndexConfig) -> tuple[str, ...]:
+    return ("cache", "export") if cfg.engine == "onnx" else ("cache", "pretrain1")
+
+
+class Encoder:
+    """Video and paragraph embeddings through ONNX Runtime (an export directory) or PyTorch (a
+    model directory), with the preprocessing the model was trained with."""
+
+    def __init__(self, engine: str, source: Path) -> None:
+        from .data.tokenizer import load_tokenizer
+
+        self.engine, self.source = engine, Path(source)
+        if engine == "onnx":
+            from .export import TEXT_FILE, VIDEO_FILE, create_session, read_metadata
+
+            meta = read_metadata(self.source / VIDEO_FILE)
+            self.pre, self.fixed = meta["preprocessing"], meta["fixed"]
+            self.video_session = create_session(self.source / VIDEO_FILE, "video")
+            self.text_session = create_session(self.source / TEXT_FILE, "text")
+            self.frames_per_clip = self.pre["frames_per_clip"]
+            self.max_tokens = self.pre["max_tokens"]
+            mean, std = self.pre["image_mean"], self.pre["image_std"]
+        else:
+            from .train.pretrain import load_pretrained
+
+            self.model = load_pretrained(self.source).eval()
+            self.fixed = None
+            self.frames_per_clip = self.model.config.video.frames_per_clip
+            self.max_tokens = self.model.config.text.max_tokens
+            loader = {}
+            if (self.source / "stage_config.json").is_file():
+                loader = json.loads((self.source / "stage_config.json").read_text()).get("loader") or {}
+            mean, std = loader.get("image_mean", [0.485, 0.456, 0.406]), loader.get("image_std", [0.229, 0.224, 0.225])
+        self.mean, self.std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+        self.tokenizer = load_tokenizer(self.source / "tokenizer", local_files_only=True)
+
+    def videos(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 (B, T, H, W, 3) -> video (B, D), clips (B, T/K, D)."""
+        if self.fixed is not None and frames.shape[1:4] != (self.fixed["frames"], self.fixed["height"], self.fixed["width"]):
+            raise DataError(
+                f"frames of shape {frames.shape[1:4]} (T, H, W), but {self.source} was exported for "
+                f"{(self.fixed['frames'], self.fixed['height'], self.fixed['width'])}"
+            )
+        x = (frames.astype(np.float32) / 255.0 - self.mean) / self.std
+        x = np.ascontiguousarray(x.transpose(0, 1, 4, 2, 3))
+        if self.engine == "onnx":
+            video, clips = self.video_session.run(None, {"frames": x})
+            return video, clips
+        import torch
+
+        with torch.inference_mode():
+            out = self.model.encode_video(torch.from_numpy(x))
+        return out.global_embedding.numpy(), out.clip_embeddings.numpy()
+
+    def paragraph(self, sentences: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """sentences -> paragraph (D,), sentences (M, D)."""
+        tokens = self.tokenizer(
+            sentences, max_length=self.max_tokens, truncation=True, padding="max_length", return_tensors="np", return_token_type_ids=False,
+        )
+        ids, mask = tokens["input_ids"][None].astype(np.int64), tokens["attention_mask"][None].astype(np.int64)
+        if self.engine == "onnx":
+            paragraph, sent = self.text_session.run(None, {"input_ids": ids, "attention_mask": mask})
+            return paragraph[0], sent[0]
+        import torch
+
+        with torch.inference_mode():
+            out = self.model.encode_text(torch.from_numpy(ids), torch.from_numpy(mask))
+        return out.paragraph_embedding[0].numpy(), out.sentence_embeddings[0].numpy()
+
+
+def build_index(store_url: str, source: Path, cfg: IndexConfig, out_dir: Path, progress: bool = False) -> dict[str, Any]:
+    """Embed every sample of the frame store into ``out_dir/features.zarr`` (resumable)."""
+    from .data.framestore import OK, FrameStore, open_group
+
+    store = FrameStore(store_url)
+    if store.segment_mode != "chunks":
+        raise DataError(f"{store_url}: search indexes whole videos: cache with segment_mode=chunks")
+    encoder = Encoder(cfg.engine, source)
+    if store.frames_per_segment != encoder.frames_per_clip:
+        raise ConfigError(f"the frame store holds {store.frames_per_segment} frames per chunk, the model's clips are {encoder.frames_per_clip}")
+    status = store.status()
+    ids = [sid for sid in store.sample_ids if (status[store.rows(sid).start : store.rows(sid).stop] == OK).all()]
+    skipped = len(store.sample_ids) - len(ids)
+    if not ids:
+        raise DataError(f"{store_url}: no sample with all its frames cached")
+    clips = store.num_segments(ids[0])
+    started = time.perf_counter()
+    first = encoder.videos(store.sample(ids[0])[0].reshape(1, -1, store.height, store.width, 3))
+    dim = first[0].shape[1]
+    url = str(out_dir / FEATURES)
+    group = open_group(url, mode="a")
+    n = len(ids)
+    arrays = {
+        "video": ((n, dim), "float32"), "clips": ((n, clips, dim), "float32"), "clip_start": ((n, clips), "float32"),
+        "clip_end": ((n, clips), "float32"), "status": ((n,), "uint8"),
+    }
+    for name, (shape, dtype) in arrays.items():
+        if name not in group or tuple(group[name].shape) != shape:
+            group.create_array(name, shape=shape, chunks=(min(n, cfg.batch),) + shape[1:], dtype=dtype, overwrite=True, fill_value=0)
+    if "sample_id" not in group:
+        group.create_array("sample_id", shape=(n,), chunks=(n,), dtype=str, overwrite=True)
+        group["sample_id"][:] = np.asarray(ids)
+    elif list(group["sample_id"][:]) != ids:
+        raise DataError(f"{url}: a partial index of another store; rerun with --force")
+    done = np.asarray(group["status"][:]).astype(bool)
+    todo = np.flatnonzero(~done)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), unit="video", desc="index")
+    for start in range(0, len(todo), cfg.batch):
+        rows = todo[start : start + cfg.batch]
+        frames, times = zip(*(store.sample(ids[r]) for r in rows))
+        frames = np.stack([f.reshape(-1, store.height, store.width, 3) for f in frames])
+        video, clip = encoder.videos(frames)
+        times = np.stack(times)  # (b, M, K)
+        lo, hi = int(rows[0]), int(rows[-1]) + 1
+        if hi - lo == len(rows):  # contiguous rows: one write per array
+            group["video"][lo:hi] = video
+            group["clips"][lo:hi] = clip
+            group["clip_start"][lo:hi] = times[:, :, 0]
+            group["clip_end"][lo:hi] = times[:, :, -1]
+            group["status"][lo:hi] = 1
+        else:
+            for i, r in enumerate(rows):
+                group["video"][r], group["clips"][r] = video[i], clip[i]
+                group["clip_start"][r], group["clip_end"][r] = times[i, :, 0], times[i, :, -1]
+                group["status"][r] = 1
+        if bar is not None:
+            bar.update(len(rows))
+    if bar is not None:
+        bar.close()
+    seconds = time.perf_counter() - started
+    info = {"engine": cfg.engine, "videos": n, "clips_per_video": clips, "dim": dim, "skipped": skipped, "indexed_this_run": int(len(todo))}
+    (out_dir / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    info["seconds"] = round(seconds, 2)
+    info["videos_per_s"] = round(len(todo) / seconds, 2) if todo.size and seconds > 0 else None
+    return info
+
+
+def query(index_dir: Path, source: Path, engine: str, sentences: list[str], top_k: int = 5) -> list[dict[str, Any]]:
+    """The ``top_k`` videos for the paragraph ``sentences`` by cosine similarity, each with the
+    best clip (index, start, end, score) for every sentence."""
+    from .data.framestore import open_group
+
+    if not sentences or not all(s.strip() for s in sentences):
+        raise ConfigError("search needs a paragraph: one or more non-empty sentences")
+    group = open_group(str(Path(index_dir) / FEATURES), mode="r")
+    encoder = Encoder(engine, source)
+    paragraph, sentence_emb = encoder.paragraph(sentences)
+    video = np.asarray(group["video"][:])
+    scores = video @ paragraph
+    order = np.argsort(-scores, kind="stable")[:top_k]
+    ids = list(group["sample_id"][:])
+    results = []
+    for rank, row in enumerate(order.tolist(), 1):
+        clips = np.asarray(group["clips"][row])
+        start, end = np.asarray(group["clip_start"][row]), np.asarray(group["clip_end"][row])
+        sim = sentence_emb[: len(sentences)] @ clips.T  # (S, M)
+        best = sim.argmax(axis=1)
+        results.append({
+            "rank": rank, "id": str(ids[row]), "score": float(scores[row]),
+            "sentences": [
+                {"sentence": s, "clip": int(c), "start": float(start[c]), "end": float(end[c]), "score": float(sim[i, c])}
+                for i, (s, c) in enumerate(zip(sentences, best))
+            ],
+        })
+    return results
+
+
+def describe(summary: dict) -> str:
+    rate = summary.get("videos_per_s")
+    return f"{summary.get('videos', '?')} videos indexed with {summary.get('engine', '?')}" + (f" ({rate} videos/s)" if rate else "")
