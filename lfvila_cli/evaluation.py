@@ -130,27 +130,31 @@ def temporal_order_accuracy(
 
 
 @torch.no_grad()
-def embed_dataset(model, dataset, batch_size: int) -> dict[str, Any]:
-    """Global video and paragraph embeddings (float32, CPU) of every example of ``dataset``, in
-    index order, in eval mode (the model's previous mode is restored)."""
+def embed_dataset(model, dataset, batch_size: int, with_local: bool = False) -> dict[str, Any]:
+    """Global video and paragraph embeddings (float32, CPU) of every example of ``dataset`` (a
+    ``PretrainDataset`` or a retrieval ``TaskDataset``), in index order, in eval mode (the
+    model's previous mode is restored). With ``with_local`` and local projections also
+    ``"clips"`` (N, M, D), ``"sentences"`` (N, M, D) and ``"sentence_mask"``."""
     from .data.loader import make_loader
 
     was_training = model.training
     model.eval()
+    out: dict[str, list] = {"video": [], "text": [], "sample_ids": []}
     try:
         param = next(model.parameters())
-        videos, texts, ids = [], [], []
-        loader = make_loader(dataset, batch_size, shuffle=False, drop_last=False)
-        for batch in loader:
+        for batch in make_loader(dataset, batch_size, shuffle=False, drop_last=False):
             frames = batch["frames"].to(device=param.device, dtype=param.dtype)
-            input_ids = batch["input_ids"].to(param.device)
-            mask = batch["attention_mask"].to(param.device)
-            videos.append(model.encode_video(frames).global_embedding.float().cpu())
-            texts.append(model.encode_text(input_ids, mask).paragraph_embedding.float().cpu())
-            ids.extend(batch["sample_ids"])
+            video, text = model.forward_dual_encoder(frames, batch["input_ids"].to(param.device), batch["attention_mask"].to(param.device))
+            out["video"].append(video.global_embedding.float().cpu())
+            out["text"].append(text.paragraph_embedding.float().cpu())
+            out["sample_ids"].extend(batch["sample_ids"])
+            if with_local and video.clip_embeddings is not None and text.sentence_embeddings is not None:
+                out.setdefault("clips", []).append(video.clip_embeddings.float().cpu())
+                out.setdefault("sentences", []).append(text.sentence_embeddings.float().cpu())
+                out.setdefault("sentence_mask", []).append(text.sentence_mask.cpu())
     finally:
         model.train(was_training)
-    return {"video": torch.cat(videos), "text": torch.cat(texts), "sample_ids": ids}
+    return {k: (v if k == "sample_ids" else torch.cat(v)) for k, v in out.items()}
 
 
 def evaluate_stage1(model, val_dataset, batch_size: int = 8) -> dict[str, float]:
@@ -220,35 +224,27 @@ def dual_softmax_ranks_reference(query: torch.Tensor, keys: torch.Tensor, temper
 @torch.no_grad()
 def predict_task(model, dataset, batch_size: int, with_local: bool = False) -> dict[str, Any]:
     """Run ``model`` in eval mode over a ``TaskDataset`` (index order) and return what its task
-    is scored on: retrieval ``{"video", "text"}`` global embeddings (and, with ``with_local`` and
-    local projections, ``"clips"`` (N, M, D), ``"sentences"`` (N, M, D), ``"sentence_mask"``);
-    multiple choice / classification ``{"logits", "labels"}``; always ``"sample_ids"``."""
+    is scored on: retrieval — ``embed_dataset``'s embeddings; multiple choice / classification
+    ``{"logits", "labels"}``; always ``"sample_ids"``."""
     from .data.loader import make_loader
 
+    if dataset.kind == "retrieval":
+        return embed_dataset(model, dataset, batch_size, with_local=with_local)
     was_training = model.training
     model.eval()
-    out: dict[str, list] = {}
+    out: dict[str, list] = {"logits": [], "labels": [], "sample_ids": []}
     try:
         param = next(model.parameters())
         for batch in make_loader(dataset, batch_size, shuffle=False, drop_last=False):
             frames = batch["frames"].to(device=param.device, dtype=param.dtype)
             ids, mask = batch["input_ids"].to(param.device), batch["attention_mask"].to(param.device)
-            out.setdefault("sample_ids", []).extend(batch["sample_ids"])
-            if dataset.kind == "retrieval":
-                video, text = model.forward_dual_encoder(frames, ids, mask)
-                out.setdefault("video", []).append(video.global_embedding.float().cpu())
-                out.setdefault("text", []).append(text.paragraph_embedding.float().cpu())
-                if with_local and video.clip_embeddings is not None and text.sentence_embeddings is not None:
-                    out.setdefault("clips", []).append(video.clip_embeddings.float().cpu())
-                    out.setdefault("sentences", []).append(text.sentence_embeddings.float().cpu())
-                    out.setdefault("sentence_mask", []).append(text.sentence_mask.cpu())
-            elif dataset.kind == "multiple_choice":
+            if dataset.kind == "multiple_choice":
                 logits = model.forward_multiple_choice(frames, ids, mask).choice_logits
-                out.setdefault("logits", []).append(logits.float().cpu())
-                out.setdefault("labels", []).append(batch["label"])
             else:
-                out.setdefault("logits", []).append(model.forward_classification(frames, ids, mask).logits.float().cpu())
-                out.setdefault("labels", []).append(batch["label"])
+                logits = model.forward_classification(frames, ids, mask).logits
+            out["logits"].append(logits.float().cpu())
+            out["labels"].append(batch["label"])
+            out["sample_ids"].extend(batch["sample_ids"])
     finally:
         model.train(was_training)
     return {k: (v if k == "sample_ids" else torch.cat(v)) for k, v in out.items()}

@@ -198,6 +198,7 @@ def _ranks(text: np.ndarray, video: np.ndarray) -> np.ndarray:
 
 def export_onnx(model_dir: Path, out_dir: Path, cfg: ExportConfig) -> dict[str, Any]:
     """Export and parity-check the encoders of the model in ``model_dir`` into ``out_dir``."""
+    from .data.loader import trained_loader_config
     from .train.pretrain import TOKENIZER_DIR, load_pretrained
 
     model = load_pretrained(model_dir).eval()
@@ -210,13 +211,11 @@ def export_onnx(model_dir: Path, out_dir: Path, cfg: ExportConfig) -> dict[str, 
     out_dir.mkdir(parents=True, exist_ok=True)
     tolerance = cfg.tolerance
     versions = _versions()
-    trained = {}
-    if (model_dir / "stage_config.json").is_file():  # the loader settings the model was trained with
-        trained = json.loads((model_dir / "stage_config.json").read_text(encoding="utf-8")).get("loader") or {}
+    trained = trained_loader_config(model_dir)  # the normalisation the model was trained with
     preprocessing = {
         "frames": cfg.frames, "frames_per_clip": k, "height": cfg.height, "width": cfg.width,
         "channel_order": "RGB", "layout": "B,T,3,H,W",
-        "image_mean": trained.get("image_mean", [0.485, 0.456, 0.406]), "image_std": trained.get("image_std", [0.229, 0.224, 0.225]),
+        "image_mean": list(trained.image_mean), "image_std": list(trained.image_std),
         "max_sentences": config.text.max_sentences, "max_tokens": config.text.max_tokens, "tokenizer": TOKENIZER_DIR,
     }
     summary: dict[str, Any] = {"preprocessing": preprocessing, "versions": versions, "opset": cfg.opset, "graphs": {}}

@@ -70,6 +70,7 @@ def run_evaluate(
     cfg: EvaluateConfig, corpus_path: Path, store_url: str, model_dir: Path, model_stage_config: dict, out_dir: Path
 ) -> dict[str, Any]:
     """Evaluate the model in ``model_dir`` (see the module docstring); returns the summary."""
+    from .data.loader import trained_loader_config
     from .data.task_data import TaskDataset
     from .data.tokenizer import load_tokenizer
     from .evaluation import predict_task, ranks_chunked, task_metrics
@@ -92,7 +93,7 @@ def run_evaluate(
     model = load_pretrained(model_dir)
     if torch.cuda.is_available():
         model = model.to("cuda")
-    loader_cfg = _loader_config(model_stage_config)
+    loader_cfg = trained_loader_config(model_stage_config)
     subtitles = model_stage_config.get("max_subtitles", -1)
     heads = model.config.heads
     dataset = TaskDataset(
@@ -135,14 +136,6 @@ def run_evaluate(
     table = report_table(task, metrics, spec.paper, zero_shot=cfg.model == "pretrain1")
     write_report(out_dir / REPORT_FILE, task, cfg, metrics, table, figures, notes)
     return {"task": task, "split": cfg.split, "kind": spec.kind, "zero_shot": cfg.model == "pretrain1", "metrics": metrics, "table": table, "figures": figures}
-
-
-def _loader_config(stage_config: dict):
-    from .config import from_dict
-    from .data.loader import LoaderConfig
-
-    loader = stage_config.get("loader") or {}
-    return from_dict(LoaderConfig, loader, "loader.") if loader else LoaderConfig(max_tokens=32)
 
 
 # --------------------------------------------------------------------------------------- report

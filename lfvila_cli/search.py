@@ -77,10 +77,10 @@ class Encoder:
             self.fixed = None
             self.frames_per_clip = self.model.config.video.frames_per_clip
             self.max_tokens = self.model.config.text.max_tokens
-            loader = {}
-            if (self.source / "stage_config.json").is_file():
-                loader = json.loads((self.source / "stage_config.json").read_text()).get("loader") or {}
-            mean, std = loader.get("image_mean", [0.485, 0.456, 0.406]), loader.get("image_std", [0.229, 0.224, 0.225])
+            from .data.loader import trained_loader_config
+
+            loader = trained_loader_config(self.source)
+            mean, std = loader.image_mean, loader.image_std
         self.mean, self.std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
         self.tokenizer = load_tokenizer(self.source / "tokenizer", local_files_only=True)
 

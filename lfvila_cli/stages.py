@@ -52,7 +52,8 @@ class Stage:
     resumable: bool = False  # keep the partial directory across runs and resume in it
     verify_path: str | None = None  # "module:function(artifact) -> problem | None", checked on a hit
     fixed: dict = field(default_factory=dict)  # config values the stage itself sets (pretrain1: stage=1)
-    describe: Callable[[dict], str] = field(default=lambda summary: "")
+    # one-line summary of an artifact: a callable, or "module:function(summary) -> str" imported lazily
+    describe: Callable[[dict], str] | str = field(default=lambda summary: "")
     # "module:function(config) -> tuple of input stage names" when the inputs depend on the config
     # (finetune: the pre-training stage it starts from, or none); default: ``inputs``.
     inputs_path: str | None = None
@@ -60,6 +61,10 @@ class Stage:
     @property
     def config_cls(self) -> type:
         return _load(self.config_path)
+
+    def summary_line(self, summary: dict) -> str:
+        describe = _load(self.describe) if isinstance(self.describe, str) else self.describe
+        return describe(summary)
 
     def input_names(self, config: Any) -> tuple[str, ...]:
         return tuple(_load(self.inputs_path)(config)) if self.inputs_path else self.inputs
@@ -163,12 +168,6 @@ def _describe_finetune(summary: dict) -> str:
     return ", ".join(parts)
 
 
-def _describe_evaluate(summary: dict) -> str:
-    from .report import describe
-
-    return describe(summary)
-
-
 STAGES["finetune"] = Stage(
     name="finetune",
     version=1,
@@ -181,6 +180,7 @@ STAGES["finetune"] = Stage(
     resumable=True,
     describe=_describe_finetune,
 )
+
 STAGES["evaluate"] = Stage(
     name="evaluate",
     version=1,
@@ -188,14 +188,8 @@ STAGES["evaluate"] = Stage(
     run_path="lfvila_cli.stages:run_evaluate_stage",
     inputs=("cache", "finetune", "pretrain1"),
     inputs_path="lfvila_cli.report:input_names",
-    describe=_describe_evaluate,
+    describe="lfvila_cli.report:describe",
 )
-
-def _describe_export(summary: dict) -> str:
-    from .export import describe
-
-    return describe(summary)
-
 
 STAGES["export"] = Stage(
     name="export",
@@ -204,14 +198,8 @@ STAGES["export"] = Stage(
     run_path="lfvila_cli.stages:run_export_stage",
     inputs=("pretrain1", "pretrain2", "finetune"),
     inputs_path="lfvila_cli.export:input_names",
-    describe=_describe_export,
+    describe="lfvila_cli.export:describe",
 )
-
-def _describe_index(summary: dict) -> str:
-    from .search import describe
-
-    return describe(summary)
-
 
 STAGES["index"] = Stage(
     name="index",
@@ -222,7 +210,7 @@ STAGES["index"] = Stage(
     inputs_path="lfvila_cli.search:input_names",
     policy_fields=("batch",),
     resumable=True,
-    describe=_describe_index,
+    describe="lfvila_cli.search:describe",
 )
 
 # pipeline order
@@ -512,7 +500,7 @@ def run_stage(
         if problem is None:
             if not dry_run and rank == 0:
                 _set_refs(workdir, stage.name, key, name)
-            line = f"{stage.name}: up to date ({short}) — {stage.describe(existing.summary)}; nothing to do"
+            line = f"{stage.name}: up to date ({short}) — {stage.summary_line(existing.summary)}; nothing to do"
             if rank == 0:
                 echo(line)
             return StageResult(stage.name, "up to date", key, existing, line)
@@ -569,7 +557,7 @@ def run_stage(
     }
     artifact = workdir.commit(out_dir, stage.name, key, manifest, to_dict(config))
     _set_refs(workdir, stage.name, key, name)
-    line = f"{stage.name}: done ({short}) in {manifest['seconds']:.1f}s — {stage.describe(summary)}"
+    line = f"{stage.name}: done ({short}) in {manifest['seconds']:.1f}s — {stage.summary_line(summary)}"
     echo(line)
     return StageResult(stage.name, "done", key, artifact, line)
 
@@ -739,7 +727,7 @@ def status_rows(workdir: Workdir) -> list[dict]:
                 "refs": refs,
                 "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(artifact.manifest.get("created", 0))),
                 "state": artifact_state(workdir, artifact, seen),
-                "summary": STAGES[artifact.stage].describe(artifact.summary) if artifact.stage in STAGES else "",
+                "summary": STAGES[artifact.stage].summary_line(artifact.summary) if artifact.stage in STAGES else "",
             }
         )
     return rows

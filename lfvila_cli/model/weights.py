@@ -757,14 +757,16 @@ def convert_official_state_dict(
 
 
 def load_official_checkpoint(
-    model: nn.Module, source: Source, strict: bool = False, assign: Optional[bool] = None
+    model: nn.Module, source: Source, strict: bool = False, assign: Optional[bool] = None, label: Optional[str] = None
 ) -> ImportReport:
     """Import one of the authors' released LF-VILA checkpoints into ``model`` (an LfvilaModel).
 
     ``strict``: raise unless every model key was loaded and no key was unexpected (skipped keys
-    are fine). Shape mismatches always raise.
+    are fine). Shape mismatches always raise. ``label`` names an already-read state dict in
+    messages (its file).
     """
-    state, label = read_state_dict(source)
+    state, read_label = read_state_dict(source)
+    label = label or read_label
     converted, report = convert_official_state_dict(state, model, label)
     _load_into(model, converted, report, assign)
     if not any(t.is_meta for t in state.values()):  # a shape-only (meta) source gives a shape-only model

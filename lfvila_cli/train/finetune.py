@@ -192,15 +192,6 @@ def load_pretrained_into(model, model_dir: Path) -> dict[str, Any]:
     return {"loaded": len(shared), "left_out": len(state) - len(shared), "fresh": fresh}
 
 
-def _release_vocab_rows(path: str) -> Optional[int]:
-    """The word-embedding rows of a released checkpoint, or None when it has none."""
-    from ..model.weights import read_state_dict
-
-    state, _ = read_state_dict(path)
-    table = state.get("text_encoder.bert.embeddings.word_embeddings.weight")
-    return int(table.shape[0]) if table is not None else None
-
-
 def build_task_model(cfg: FinetuneConfig, init_from: Optional[Path], tokenizer, num_labels: Optional[int]):
     """(model, config, init report) for ``cfg.task``."""
     from ..config import from_dict
@@ -209,6 +200,11 @@ def build_task_model(cfg: FinetuneConfig, init_from: Optional[Path], tokenizer, 
 
     spec = cfg.spec
     labels = num_labels if spec.variant == "qa-classification" else None
+    release_state = None
+    if cfg.init == "release":
+        from ..model.weights import read_state_dict
+
+        release_state, _ = read_state_dict(cfg.release_checkpoint)  # read once: sized from, then loaded
     if cfg.init == "pretrained":
         source = from_dict(LfvilaConfig, json.loads((init_from / CONFIG_FILE).read_text(encoding="utf-8")))
         config = derive_variant(source, spec.variant, labels)
@@ -220,9 +216,9 @@ def build_task_model(cfg: FinetuneConfig, init_from: Optional[Path], tokenizer, 
         if config.text.bert_config is not None and cfg.init == "release":
             # A random BERT takes the checkpoint's vocabulary (bert-base-uncased's 30522 rows in the
             # authors' files); a file without word embeddings fails the import check below.
-            rows = _release_vocab_rows(cfg.release_checkpoint)
-            if rows is not None:
-                config.text.bert_config = {**config.text.bert_config, "vocab_size": rows}
+            table = release_state.get("text_encoder.bert.embeddings.word_embeddings.weight")
+            if table is not None:
+                config.text.bert_config = {**config.text.bert_config, "vocab_size": int(table.shape[0])}
     if cfg.loader.max_tokens > config.text.max_tokens:
         raise ConfigError(f"config key 'loader.max_tokens': {cfg.loader.max_tokens} exceeds the model's {config.text.max_tokens} tokens per sentence")
     torch.manual_seed(cfg.train.seed)
@@ -235,7 +231,7 @@ def build_task_model(cfg: FinetuneConfig, init_from: Optional[Path], tokenizer, 
     elif cfg.init == "release":
         from ..model.weights import load_official_checkpoint
 
-        imported = load_official_checkpoint(model, cfg.release_checkpoint)
+        imported = load_official_checkpoint(model, release_state, label=str(cfg.release_checkpoint))
         # Only the task's new head may be absent (a stage-2 file for a QA task); anything else
         # missing means a file of another layout (e.g. a retrieval file for a QA task).
         try:
