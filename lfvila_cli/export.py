@@ -1,108 +1,154 @@
-"""ONNX export of a model artifact's encoders, the parity check, and ONNX Runtime sessions.
+"""ONNX export of a model artifact, the parity check that is part of it.
 
 ``export_onnx(model_dir, out_dir, cfg)`` writes, for a model with contrastive projections
 (stage 1, stage 2, retrieval):
 
-    video_encoder.onnx   frames (B, T, 3, H, W) float32, ImageNet-normalised
+    video_encoder.onnx   frames (B, T, 3, H, W) float32, normalised as in training
                          -> video (B, D) and clips (B, T/K, D), L2-normalised
     text_encoder.onnx    input_ids, attention_mask (B, M, L) int64
                          -> paragraph (B, D) and sentences (B, M, D), L2-normalised
-    tokenizer/           the tokenizer the model was trained with
-    export.json          what was exported, the preprocessing, versions and the parity figures
 
-Each file is self-contained (weights inside), opset ``cfg.opset``. The batch axis is dynamic in
-both; the text encoder's sentence axis too. The frame count and frame size are **fixed** at
-export (``cfg.frames``, ``cfg.height``, ``cfg.width``; recorded in the metadata): the HTWA
-window layout is computed from them in Python, so a graph traced at one frame count computes
-windows for that count only. The preprocessing a client needs (frame size, mean/std, frames
-per clip, max sentences and tokens) and the versions are stored in each file's metadata
-(``lfvila.*`` keys). Not yet: fp16 weights for GPU serving.
+and for a fine-tuned QA model (cross-modal encoder + heads, no contrastive projections) the full
+model in one graph:
+
+    qa_model.onnx        how2qa:  frames, input_ids, attention_mask (B, K, M, L)
+                                  -> choice_logits (B, K), span_logits (B, T, 2)
+                         violin, anet-qa:  frames, input_ids, attention_mask (B, M, L)
+                                  -> logits (B, num_labels)
+    answers.json         anet-qa: the answer of each class (from the prepare artifact)
+
+beside ``tokenizer/`` (the tokenizer the model was trained with) and ``export.json`` (what was
+exported, the preprocessing, versions and the parity figures).
+
+Each file is self-contained (weights inside), opset ``cfg.opset``. The batch axis is dynamic,
+and so are the sentence axis and the candidate axis. The frame count and frame size are
+**fixed** at export (``cfg.frames``, ``cfg.height``, ``cfg.width``; recorded in the metadata):
+the HTWA window layout is computed from them in Python, so a graph traced at one frame count
+computes windows for that count only. The preprocessing a client needs (frame size, mean/std,
+frames per clip, max sentences and tokens) and the versions are stored in each file's metadata
+(``lfvila.*`` keys, read with ``runtime.read_metadata``).
+
+``precision: fp16`` writes fp16 weights and computes in fp16 (for GPU serving), with float32
+inputs and outputs so clients do not change; it is checked against the float32 PyTorch model
+with the fp16 tolerance (1e-2 by default).
 
 Parity is part of export: every graph runs in ONNX Runtime on a batch size other than the traced
-one (and, for text, another sentence count) and is compared with PyTorch — the largest absolute
-difference is reported, and above ``tolerance`` (1e-4 in fp32) or with a different retrieval
-ranking of the sample, export fails with a one-line error and leaves nothing behind.
+one (and another sentence / candidate count) and is compared with PyTorch — the largest absolute
+difference is reported, and above the tolerance (1e-4 in fp32), or with a different retrieval
+ranking of the sample (encoders) or different predicted answers (QA), export fails with a
+one-line error and leaves nothing behind.
 
 Exporter: the TorchScript-based ``torch.onnx.export(..., dynamo=False)``. The dynamo exporter
 could not export the HTWA encoder with a dynamic batch (torch 2.13: a symbolic ``view`` of the
 head-merge reshape fails in its decomposition pass).
-
-Not yet exported: the QA models (cross-modal encoder + heads): the video-token pooling of
-``lfvila-tiny`` (adaptive max pooling of a 1×2 map to 2×3) traces to a graph whose reshape
-fails in ONNX Runtime at another batch size.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Literal, Optional
 
 import numpy as np
 import torch
 
 from .config import check
 from .errors import LfvilaError
+from .runtime import OnnxFileError, create_session, read_metadata  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
 VIDEO_FILE = "video_encoder.onnx"
 TEXT_FILE = "text_encoder.onnx"
+QA_FILE = "qa_model.onnx"
+ANSWERS_FILE = "answers.json"
 SUMMARY_FILE = "export.json"
 TRACE_BATCH = 2
 PARITY_BATCH = 3
+DEFAULT_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}
 
 
 class ExportError(LfvilaError):
     """An export that cannot be produced or does not match PyTorch."""
 
 
-class OnnxFileError(LfvilaError):
-    """An ONNX file that is unreadable, corrupt, or not the graph the caller expects."""
-
-
 @dataclass
 class ExportConfig:
-    model: str = "pretrain1"  # the model artifact's stage: pretrain1 | pretrain2 | finetune (retrieval)
+    model: str = "pretrain1"  # the model artifact's stage: pretrain1 | pretrain2 | finetune (retrieval or QA)
     frames: int = 32  # fixed frame count of the video graph (clips × frames per clip)
     height: int = 192
     width: int = 320
     opset: int = 18
-    tolerance: float = 1e-4  # parity: max |onnx − torch|
+    precision: Literal["fp32", "fp16"] = "fp32"  # fp16: fp16 weights and compute, float32 inputs / outputs
+    tolerance: Optional[float] = None  # parity: max |onnx − torch|; None = 1e-4 (fp32) or 1e-2 (fp16)
 
     def __post_init__(self) -> None:
         check(self.model in ("pretrain1", "pretrain2", "finetune"), "model", f"expected pretrain1, pretrain2 or finetune, got {self.model!r}")
         check(self.frames >= 1 and self.height >= 8 and self.width >= 8, "frames", "frames, height and width must be positive (height, width >= 8)")
         check(17 <= self.opset <= 21, "opset", f"must be between 17 and 21, got {self.opset}")
-        check(self.tolerance > 0, "tolerance", f"must be > 0, got {self.tolerance}")
+        check(self.precision in ("fp32", "fp16"), "precision", f"expected fp32 or fp16, got {self.precision!r}")
+        check(self.tolerance is None or self.tolerance > 0, "tolerance", f"must be > 0, got {self.tolerance}")
+
+    @property
+    def max_diff(self) -> float:
+        return self.tolerance if self.tolerance is not None else DEFAULT_TOLERANCE[self.precision]
 
 
 def input_names(cfg: ExportConfig) -> tuple[str, ...]:
     return (cfg.model,)
 
 
-class _VideoGraph(torch.nn.Module):
-    def __init__(self, model) -> None:
+class _Graph(torch.nn.Module):
+    """One exported graph: a forward of the model with float inputs cast to the model's dtype
+    and float outputs returned as float32 (so an fp16 graph keeps float32 inputs and outputs)."""
+
+    def __init__(self, model, run: Callable) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.run = model, run
 
-    def forward(self, frames: torch.Tensor):
-        out = self.model.encode_video(frames)
-        return out.global_embedding, out.clip_embeddings
+    def forward(self, *args: torch.Tensor):
+        dtype = next(self.model.parameters()).dtype
+        args = tuple(a.to(dtype) if a.is_floating_point() else a for a in args)
+        return tuple(t.float() for t in self.run(self.model, *args))
 
 
-class _TextGraph(torch.nn.Module):
-    def __init__(self, model) -> None:
-        super().__init__()
-        self.model = model
+def _video(model, frames):
+    out = model.encode_video(frames)
+    return out.global_embedding, out.clip_embeddings
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        out = self.model.encode_text(input_ids, attention_mask)
-        return out.paragraph_embedding, out.sentence_embeddings
+
+def _text(model, input_ids, attention_mask):
+    out = model.encode_text(input_ids, attention_mask)
+    return out.paragraph_embedding, out.sentence_embeddings
+
+
+def _multiple_choice(model, frames, input_ids, attention_mask):
+    out = model.forward_multiple_choice(frames, input_ids, attention_mask)
+    return out.choice_logits, out.span_logits
+
+
+def _classification(model, frames, input_ids, attention_mask):
+    return (model.forward_classification(frames, input_ids, attention_mask).logits,)
+
+
+@dataclass
+class GraphSpec:
+    """What one exported file holds and how to make its inputs (``sample(batch, variant, seed)``:
+    variant 0 the traced shapes, 1 the parity shapes: another sentence / candidate count)."""
+
+    name: str
+    file: str
+    run: Callable
+    inputs: list[str]
+    outputs: list[str]
+    dynamic: dict[str, dict[int, str]]
+    sample: Callable[[int, int, int], tuple[torch.Tensor, ...]]
+    fixed: dict[str, int] = field(default_factory=dict)
 
 
 def _versions() -> dict[str, str]:
@@ -114,24 +160,67 @@ def _versions() -> dict[str, str]:
     return {"lfvila": __version__, "torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
 
 
-def _sample_text(batch: int, sentences: int, length: int, vocab: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _sample_text(shape: tuple[int, ...], length: int, vocab: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and mask (*shape, length): random lengths of 3.., the last slot of the first
+    text empty when there are several (as short paragraphs have)."""
     gen = torch.Generator().manual_seed(seed)
-    ids = torch.randint(5, max(6, vocab), (batch, sentences, length), generator=gen)
-    lengths = torch.randint(3, length + 1, (batch, sentences), generator=gen)
-    mask = (torch.arange(length)[None, None] < lengths[..., None]).long()
-    if sentences > 1:
-        mask[0, -1] = 0  # an empty sentence slot, as short paragraphs have
+    ids = torch.randint(5, max(6, vocab), (*shape, length), generator=gen)
+    lengths = torch.randint(3, length + 1, shape, generator=gen)
+    mask = (torch.arange(length)[None] < lengths[..., None]).long()
+    if shape[-1] > 1:
+        mask.view(-1, shape[-1], length)[0, -1] = 0
     return ids * mask, mask
 
 
-def _export(module: torch.nn.Module, args: tuple, path: Path, names_in: list[str], names_out: list[str], dynamic: dict, opset: int) -> None:
+def graph_specs(model, cfg: ExportConfig) -> list[GraphSpec]:
+    """The graphs a model exports to: the two encoders (contrastive models) or the QA model."""
+    config = model.config
+    size = (cfg.frames, cfg.height, cfg.width)
+    fixed = {"frames": cfg.frames, "height": cfg.height, "width": cfg.width}
+    length, vocab = config.text.max_tokens, model.text_encoder.word_embeddings.num_embeddings
+    sentences = min(4, config.text.max_sentences)
+    slots = (sentences, max(1, sentences - 1))  # traced, parity
+
+    def frames(batch: int, seed: int) -> torch.Tensor:
+        return torch.randn(batch, *size[:1], 3, *size[1:], generator=torch.Generator().manual_seed(seed))
+
+    text_axes = {"input_ids": {0: "batch", 1: "sentences"}, "attention_mask": {0: "batch", 1: "sentences"}}
+    if model.projections is not None:
+        return [
+            GraphSpec("video", VIDEO_FILE, _video, ["frames"], ["video", "clips"],
+                      {"frames": {0: "batch"}, "video": {0: "batch"}, "clips": {0: "batch"}},
+                      lambda b, v, s: (frames(b, s),), fixed),
+            GraphSpec("text", TEXT_FILE, _text, ["input_ids", "attention_mask"], ["paragraph", "sentences"],
+                      {**text_axes, "paragraph": {0: "batch"}, "sentences": {0: "batch", 1: "sentences"}},
+                      lambda b, v, s: _sample_text((b, slots[v]), length, vocab, s)),
+        ]
+    if config.fusion is not None and cfg.frames > config.fusion.max_frames:
+        raise ExportError(f"config key 'frames': {cfg.frames} frames exceed the QA model's {config.fusion.max_frames} (its temporal embedding)")
+    if model.multiple_choice_head is not None:
+        candidates = (4, 3)
+        qa_axes = {"input_ids": {0: "batch", 1: "candidates", 2: "sentences"}, "attention_mask": {0: "batch", 1: "candidates", 2: "sentences"}}
+        return [GraphSpec(
+            "multiple_choice", QA_FILE, _multiple_choice, ["frames", "input_ids", "attention_mask"], ["choice_logits", "span_logits"],
+            {"frames": {0: "batch"}, **qa_axes, "choice_logits": {0: "batch", 1: "candidates"}, "span_logits": {0: "batch"}},
+            lambda b, v, s: (frames(b, s), *_sample_text((b, candidates[v], slots[v]), length, vocab, s + 1)), fixed,
+        )]
+    if model.classification_head is not None:
+        return [GraphSpec(
+            "classification", QA_FILE, _classification, ["frames", "input_ids", "attention_mask"], ["logits"],
+            {"frames": {0: "batch"}, **text_axes, "logits": {0: "batch"}},
+            lambda b, v, s: (frames(b, s), *_sample_text((b, slots[v]), length, vocab, s + 1)), fixed,
+        )]
+    raise ExportError("this model has neither contrastive projections nor a QA head: nothing to export")
+
+
+def _export(module: torch.nn.Module, args: tuple, path: Path, spec: GraphSpec, opset: int) -> None:
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about Python-side shape arithmetic
         torch.onnx.export(
-            module, args, str(path), dynamo=False, input_names=names_in, output_names=names_out,
-            dynamic_axes=dynamic, opset_version=opset,
+            module, args, str(path), dynamo=False, input_names=spec.inputs, output_names=spec.outputs,
+            dynamic_axes=spec.dynamic, opset_version=opset,
         )
 
 
@@ -146,132 +235,115 @@ def _set_metadata(path: Path, metadata: dict[str, Any]) -> None:
     onnx.save(graph, str(path))
 
 
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The ``lfvila.*`` metadata of an exported file; a corrupt file is a one-line error."""
-    import onnx
-
-    try:
-        graph = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf raises its own DecodeError
-        raise OnnxFileError(f"{path}: not a readable ONNX file ({type(exc).__name__})") from None
-    out: dict[str, Any] = {}
-    for entry in graph.metadata_props:
-        if entry.key.startswith("lfvila."):
-            key = entry.key[len("lfvila."):]
-            try:
-                out[key] = json.loads(entry.value)
-            except json.JSONDecodeError:
-                out[key] = entry.value
-    if "graph" not in out:
-        raise OnnxFileError(f"{path}: an ONNX file without lfvila metadata (not exported by lfvila export)")
-    return out
-
-
-def create_session(path: str | Path, graph: str | None = None, prefer_gpu: bool = True):
-    """An ONNX Runtime session for an exported file: CUDA when a GPU is really usable, decided
-    from the created session's providers (onnxruntime-gpu lists CUDA even without a GPU), else
-    CPU; one log line says which. ``graph`` ("video" / "text"): refuse a file of another graph."""
-    import onnxruntime as ort
-
-    meta = read_metadata(path)
-    if graph is not None and meta["graph"] != graph:
-        raise OnnxFileError(f"{path}: holds the {meta['graph']} graph, not the {graph} graph")
-    providers = ["CPUExecutionProvider"]
-    if prefer_gpu and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    ort.set_default_logger_severity(3)  # a CUDA provider that cannot start is reported below, once
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    try:
-        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
-    except Exception as exc:
-        raise OnnxFileError(f"{path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0][:200]})") from None
-    used = session.get_providers()[0]
-    log.info("%s: ONNX Runtime on %s", Path(path).name, "CUDA" if used == "CUDAExecutionProvider" else "CPU")
-    return session
-
-
 def _ranks(text: np.ndarray, video: np.ndarray) -> np.ndarray:
     """Per text, the videos ordered by similarity (ties by index): the ranking to preserve."""
     return np.argsort(-(text.astype(np.float64) @ video.astype(np.float64).T), axis=1, kind="stable")
 
 
+def _find_answers(model_dir: Path, depth: int = 4) -> Optional[Path]:
+    """The ``answers.json`` of the prepare artifact a classification model was trained from,
+    found by following the artifacts' recorded inputs (finetune -> cache -> prepare)."""
+    from .train.finetune import ANSWERS_FILE as PREPARED
+
+    seen, frontier = set(), [model_dir]
+    for _ in range(depth):
+        nxt = []
+        for path in frontier:
+            if (path / PREPARED).is_file():
+                return path / PREPARED
+            try:
+                manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError):
+                continue
+            for parent in (manifest.get("input_paths") or {}).values():
+                if parent not in seen:
+                    seen.add(parent)
+                    nxt.append(Path(parent))
+        frontier = nxt
+    return None
+
+
 def export_onnx(model_dir: Path, out_dir: Path, cfg: ExportConfig) -> dict[str, Any]:
-    """Export and parity-check the encoders of the model in ``model_dir`` into ``out_dir``."""
+    """Export and parity-check the graphs of the model in ``model_dir`` into ``out_dir``."""
     from .data.loader import trained_loader_config
     from .train.pretrain import TOKENIZER_DIR, load_pretrained
 
     model = load_pretrained(model_dir).eval()
     config = model.config
-    if model.projections is None:
-        raise ExportError(f"{model_dir}: this model has no contrastive projections (a QA model): exporting QA models is not supported yet")
     k = config.video.frames_per_clip
     if cfg.frames % k:
         raise ExportError(f"config key 'frames': {cfg.frames} is not a whole number of {k}-frame clips")
+    specs = graph_specs(model, cfg)
+    exported = model if cfg.precision == "fp32" else copy.deepcopy(model).half()
     out_dir.mkdir(parents=True, exist_ok=True)
-    tolerance = cfg.tolerance
     versions = _versions()
     trained = trained_loader_config(model_dir)  # the normalisation the model was trained with
+    task = None
+    stage_config = model_dir / "stage_config.json"
+    if stage_config.is_file():
+        task = json.loads(stage_config.read_text(encoding="utf-8")).get("task")
     preprocessing = {
         "frames": cfg.frames, "frames_per_clip": k, "height": cfg.height, "width": cfg.width,
         "channel_order": "RGB", "layout": "B,T,3,H,W",
         "image_mean": list(trained.image_mean), "image_std": list(trained.image_std),
         "max_sentences": config.text.max_sentences, "max_tokens": config.text.max_tokens, "tokenizer": TOKENIZER_DIR,
     }
-    summary: dict[str, Any] = {"preprocessing": preprocessing, "versions": versions, "opset": cfg.opset, "graphs": {}}
+    summary: dict[str, Any] = {"preprocessing": preprocessing, "versions": versions, "opset": cfg.opset, "precision": cfg.precision, "graphs": {}}
+    if task:
+        summary["task"] = task
+    answers = _find_answers(model_dir) if specs[0].name == "classification" and task == "anet-qa" else None
+    if specs[0].name == "classification" and task == "anet-qa" and answers is None:
+        raise ExportError(f"{model_dir}: an ActivityNet-QA model, but the answers.json of its prepare artifact was not found")
 
-    # -- video
-    gen = torch.Generator().manual_seed(0)
-    frames = torch.randn(TRACE_BATCH, cfg.frames, 3, cfg.height, cfg.width, generator=gen)
-    video_path = out_dir / VIDEO_FILE
     started = time.perf_counter()
-    try:
-        _export(_VideoGraph(model).eval(), (frames,), video_path, ["frames"], ["video", "clips"],
-                {"frames": {0: "batch"}, "video": {0: "batch"}, "clips": {0: "batch"}}, cfg.opset)
-    except Exception as exc:
-        raise ExportError(f"video encoder: ONNX export failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
-    _set_metadata(video_path, {"graph": "video", "preprocessing": preprocessing, "versions": versions, "fixed": {"frames": cfg.frames, "height": cfg.height, "width": cfg.width}})
+    outputs: dict[str, dict[str, np.ndarray]] = {}
+    references: dict[str, dict[str, np.ndarray]] = {}
+    diffs: dict[str, float] = {}
+    for spec in specs:
+        path = out_dir / spec.file
+        try:
+            _export(_Graph(exported, spec.run).eval(), spec.sample(TRACE_BATCH, 0, 0), path, spec, cfg.opset)
+        except Exception as exc:
+            raise ExportError(f"{spec.name} graph: ONNX export failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+        metadata = {"graph": spec.name, "preprocessing": preprocessing, "versions": versions, "precision": cfg.precision}
+        if spec.fixed:
+            metadata["fixed"] = spec.fixed
+        if task:
+            metadata["task"] = task
+        _set_metadata(path, metadata)
+        # parity on a batch size and sentence / candidate count other than the traced ones
+        args = spec.sample(PARITY_BATCH, 1, 100)
+        with torch.no_grad():
+            ref = _Graph(model, spec.run)(*args)
+        got = create_session(path, spec.name, prefer_gpu=False).run(spec.outputs, {n: a.numpy() for n, a in zip(spec.inputs, args)})
+        outputs[spec.name] = dict(zip(spec.outputs, got))
+        references[spec.name] = {n: r.numpy() for n, r in zip(spec.outputs, ref)}
+        for name in spec.outputs:
+            diffs[name] = float(np.abs(outputs[spec.name][name] - references[spec.name][name]).max())
+        summary["graphs"][spec.name] = {"file": spec.file, "inputs": spec.inputs, "outputs": spec.outputs,
+                                        "dynamic": sorted({a for axes in spec.dynamic.values() for a in axes.values()}), "fixed": spec.fixed}
     export_s = time.perf_counter() - started
 
-    # -- text
-    m, length = min(4, config.text.max_sentences), config.text.max_tokens
-    vocab = model.text_encoder.word_embeddings.num_embeddings
-    ids, mask = _sample_text(TRACE_BATCH, m, length, vocab, seed=1)
-    text_path = out_dir / TEXT_FILE
-    try:
-        _export(_TextGraph(model).eval(), (ids, mask), text_path, ["input_ids", "attention_mask"], ["paragraph", "sentences"],
-                {"input_ids": {0: "batch", 1: "sentences"}, "attention_mask": {0: "batch", 1: "sentences"},
-                 "paragraph": {0: "batch"}, "sentences": {0: "batch", 1: "sentences"}}, cfg.opset)
-    except Exception as exc:
-        raise ExportError(f"text encoder: ONNX export failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
-    _set_metadata(text_path, {"graph": "text", "preprocessing": preprocessing, "versions": versions})
-
-    # -- parity, on a batch size (and sentence count) other than the traced ones
-    frames = torch.randn(PARITY_BATCH, cfg.frames, 3, cfg.height, cfg.width, generator=gen)
-    ids, mask = _sample_text(PARITY_BATCH, max(1, m - 1) if m > 1 else 1, length, vocab, seed=2)
-    with torch.no_grad():
-        video_ref = [t.numpy() for t in _VideoGraph(model)(frames)]
-        text_ref = [t.numpy() for t in _TextGraph(model)(ids, mask)]
-    video_onnx = create_session(video_path, "video", prefer_gpu=False).run(None, {"frames": frames.numpy()})
-    text_onnx = create_session(text_path, "text", prefer_gpu=False).run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})
-    diffs = {
-        "video": float(np.abs(video_onnx[0] - video_ref[0]).max()), "clips": float(np.abs(video_onnx[1] - video_ref[1]).max()),
-        "paragraph": float(np.abs(text_onnx[0] - text_ref[0]).max()), "sentences": float(np.abs(text_onnx[1] - text_ref[1]).max()),
-    }
-    same_ranking = bool((_ranks(text_onnx[0], video_onnx[0]) == _ranks(text_ref[0], video_ref[0])).all())
-    summary["graphs"] = {
-        "video": {"file": VIDEO_FILE, "inputs": ["frames"], "outputs": ["video", "clips"], "dynamic": ["batch"], "fixed": {"frames": cfg.frames, "height": cfg.height, "width": cfg.width}},
-        "text": {"file": TEXT_FILE, "inputs": ["input_ids", "attention_mask"], "outputs": ["paragraph", "sentences"], "dynamic": ["batch", "sentences"]},
-    }
-    summary["parity"] = {"batch": PARITY_BATCH, "traced_batch": TRACE_BATCH, "max_abs_diff": diffs, "tolerance": tolerance, "same_ranking": same_ranking}
+    if "video" in outputs:  # the retrieval ranking of the sample
+        agree = bool((_ranks(outputs["text"]["paragraph"], outputs["video"]["video"])
+                      == _ranks(references["text"]["paragraph"], references["video"]["video"])).all())
+        check_name = "same_ranking"
+    else:  # the predicted answers
+        name, logits = specs[0].name, specs[0].outputs[0]
+        agree = bool((outputs[name][logits].argmax(-1) == references[name][logits].argmax(-1)).all())
+        check_name = "same_predictions"
+    summary["parity"] = {"batch": PARITY_BATCH, "traced_batch": TRACE_BATCH, "max_abs_diff": diffs, "tolerance": cfg.max_diff, check_name: agree}
     summary["export_seconds"] = round(export_s, 2)
     worst = max(diffs, key=diffs.get)
-    if diffs[worst] > tolerance or not same_ranking:
+    if diffs[worst] > cfg.max_diff or not agree:
         raise ExportError(
-            f"ONNX parity failed: max |onnx - torch| of {worst} is {diffs[worst]:.2e} (tolerance {tolerance:.0e})"
-            + ("" if same_ranking else ", and the retrieval ranking of the sample differs")
+            f"ONNX parity failed ({cfg.precision}): max |onnx - torch| of {worst} is {diffs[worst]:.2e} (tolerance {cfg.max_diff:.0e})"
+            + ("" if agree else (", and the retrieval ranking of the sample differs" if "video" in outputs else ", and the predicted answers differ"))
         )
     shutil.copytree(model_dir / TOKENIZER_DIR, out_dir / TOKENIZER_DIR, dirs_exist_ok=True)
+    if answers is not None:
+        shutil.copyfile(answers, out_dir / ANSWERS_FILE)
+        summary["answers"] = ANSWERS_FILE
     (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
 
@@ -280,8 +352,12 @@ def describe(summary: dict) -> str:
     parity = summary.get("parity") or {}
     diffs = parity.get("max_abs_diff") or {}
     worst = max(diffs.values()) if diffs else float("nan")
-    fixed = (summary.get("graphs", {}).get("video") or {}).get("fixed", {})
+    graphs = summary.get("graphs") or {}
+    fixed = next((g.get("fixed") for g in graphs.values() if g.get("fixed")), {})
+    what = "video + text encoders" if "video" in graphs else f"{next(iter(graphs), '?').replace('_', '-')} QA model"
+    agree = parity.get("same_ranking", parity.get("same_predictions"))
     return (
-        f"video + text encoders, {fixed.get('frames', '?')} frames at {fixed.get('height', '?')}×{fixed.get('width', '?')}, "
-        f"parity max |diff| {worst:.1e} at batch {parity.get('batch', '?')}, ranking {'same' if parity.get('same_ranking') else 'DIFFERENT'}"
+        f"{what} ({summary.get('precision', 'fp32')}), {fixed.get('frames', '?')} frames at {fixed.get('height', '?')}×{fixed.get('width', '?')}, "
+        f"parity max |diff| {worst:.1e} at batch {parity.get('batch', '?')}, "
+        f"{'ranking' if 'same_ranking' in parity else 'predictions'} {'same' if agree else 'DIFFERENT'}"
     )

@@ -451,7 +451,8 @@ def _echo_report(artifact_dir: Path) -> None:
 def export(
     onnx: bool = typer.Option(True, "--onnx/--no-onnx", help="Export to ONNX (the only format so far)."),
     model: str = typer.Option("latest", "--model", help="The model artifact to export: ref name, key (prefix) or directory."),
-    stage: str = typer.Option("pretrain1", "--from", help="Which stage made it: pretrain1 | pretrain2 | finetune (a retrieval model)."),
+    stage: str = typer.Option("pretrain1", "--from", help="Which stage made it: pretrain1 | pretrain2 | finetune (retrieval or QA)."),
+    fp16: bool = typer.Option(False, "--fp16", help="fp16 weights and compute for GPU serving (the same as --set precision=fp16)."),
     workdir: Path = WorkdirOpt,
     config: Optional[List[Path]] = ConfigOpt,
     set_: Optional[List[str]] = SetOpt,
@@ -460,15 +461,18 @@ def export(
     name: Optional[str] = NameOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
-    """Export a model's video and text encoders to ONNX, each checked against PyTorch in ONNX
-    Runtime on another batch size (max |difference| <= tolerance and the same retrieval ranking,
-    else a non-zero exit and nothing written).
+    """Export a model to ONNX, each graph checked against PyTorch in ONNX Runtime on another
+    batch size (max |difference| <= tolerance, and the same retrieval ranking or the same
+    predicted answers, else a non-zero exit and nothing written).
 
-    The artifact store/export/<key>/ holds video_encoder.onnx (frames -> video and clip
-    embeddings; batch dynamic, frame count and size fixed and recorded), text_encoder.onnx
-    (token ids and masks -> paragraph and sentence embeddings; batch and sentence count
-    dynamic), the tokenizer, and export.json (preprocessing, versions, parity figures). The
-    preprocessing and versions are also in each file's metadata (lfvila.* keys).
+    A contrastive model (pretrain1, pretrain2, a retrieval fine-tune) gives video_encoder.onnx
+    (frames -> video and clip embeddings) and text_encoder.onnx (token ids and masks ->
+    paragraph and sentence embeddings); a QA fine-tune (how2qa, violin, anet-qa) gives
+    qa_model.onnx (frames and text -> answer logits, for how2qa also per-frame span logits) and,
+    for anet-qa, answers.json. Batch, sentence and candidate axes are dynamic; the frame count
+    and size are fixed and recorded. The artifact store/export/<key>/ also holds the tokenizer
+    and export.json (preprocessing, versions, parity figures); the preprocessing and versions
+    are in each file's metadata too (lfvila.* keys).
 
     Examples:
 
@@ -476,14 +480,17 @@ def export(
 
       lfvila export --onnx --from finetune --set frames=32 --set height=64 --set width=96
 
-    Config keys: model (pretrain1 | pretrain2 | finetune), frames, height, width, opset, tolerance.
+      lfvila export --onnx --fp16 --model pretrain1
+
+    Config keys: model (pretrain1 | pretrain2 | finetune), frames, height, width, opset,
+    precision (fp32 | fp16), tolerance (default 1e-4 fp32, 1e-2 fp16).
     """
     from .errors import ConfigError
 
     _setup_logging(verbose)
     if not onnx:
         raise ConfigError("--no-onnx: ONNX is the only export format so far")
-    overrides = [f"model={stage}"]
+    overrides = [f"model={stage}"] + (["precision=fp16"] if fp16 else [])
     _run_single("export", workdir, config, overrides + list(set_ or []), {stage: model}, force, dry_run, name)
 
 

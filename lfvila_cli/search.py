@@ -56,17 +56,17 @@ class Encoder:
     """Video and paragraph embeddings through ONNX Runtime (an export directory) or PyTorch (a
     model directory), with the preprocessing the model was trained with."""
 
-    def __init__(self, engine: str, source: Path) -> None:
+    def __init__(self, engine: str, source: Path, max_batch: int = 16) -> None:
         from .data.tokenizer import load_tokenizer
 
         self.engine, self.source = engine, Path(source)
         if engine == "onnx":
-            from .export import TEXT_FILE, VIDEO_FILE, create_session, read_metadata
+            from .export import TEXT_FILE, VIDEO_FILE
+            from .runtime import OnnxGraph
 
-            meta = read_metadata(self.source / VIDEO_FILE)
-            self.pre, self.fixed = meta["preprocessing"], meta["fixed"]
-            self.video_session = create_session(self.source / VIDEO_FILE, "video")
-            self.text_session = create_session(self.source / TEXT_FILE, "text")
+            self.video_graph = OnnxGraph(self.source / VIDEO_FILE, "video", max_batch=max_batch)
+            self.text_graph = OnnxGraph(self.source / TEXT_FILE, "text", max_batch=max_batch)
+            self.pre, self.fixed = self.video_graph.metadata["preprocessing"], self.video_graph.metadata["fixed"]
             self.frames_per_clip = self.pre["frames_per_clip"]
             self.max_tokens = self.pre["max_tokens"]
             mean, std = self.pre["image_mean"], self.pre["image_std"]
@@ -94,7 +94,7 @@ class Encoder:
         x = (frames.astype(np.float32) / 255.0 - self.mean) / self.std
         x = np.ascontiguousarray(x.transpose(0, 1, 4, 2, 3))
         if self.engine == "onnx":
-            video, clips = self.video_session.run(None, {"frames": x})
+            video, clips = self.video_graph(frames=x)
             return video, clips
         import torch
 
@@ -109,7 +109,7 @@ class Encoder:
         )
         ids, mask = tokens["input_ids"][None].astype(np.int64), tokens["attention_mask"][None].astype(np.int64)
         if self.engine == "onnx":
-            paragraph, sent = self.text_session.run(None, {"input_ids": ids, "attention_mask": mask})
+            paragraph, sent = self.text_graph(input_ids=ids, attention_mask=mask)
             return paragraph[0], sent[0]
         import torch
 
@@ -125,7 +125,7 @@ def build_index(store_url: str, source: Path, cfg: IndexConfig, out_dir: Path, p
     store = FrameStore(store_url)
     if store.segment_mode != "chunks":
         raise DataError(f"{store_url}: search indexes whole videos: cache with segment_mode=chunks")
-    encoder = Encoder(cfg.engine, source)
+    encoder = Encoder(cfg.engine, source, max_batch=cfg.batch)
     if store.frames_per_segment != encoder.frames_per_clip:
         raise ConfigError(f"the frame store holds {store.frames_per_segment} frames per chunk, the model's clips are {encoder.frames_per_clip}")
     status = store.status()

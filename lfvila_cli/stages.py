@@ -193,7 +193,7 @@ STAGES["evaluate"] = Stage(
 
 STAGES["export"] = Stage(
     name="export",
-    version=1,
+    version=2,
     config_path="lfvila_cli.export:ExportConfig",
     run_path="lfvila_cli.stages:run_export_stage",
     inputs=("pretrain1", "pretrain2", "finetune"),
@@ -428,7 +428,7 @@ def run_evaluate_stage(ctx: StageContext) -> dict:
 
 
 def run_export_stage(ctx: StageContext) -> dict:
-    """ONNX export of a model artifact's encoders, parity-checked in ONNX Runtime."""
+    """ONNX export of a model artifact (encoders or the QA model), parity-checked in ONNX Runtime."""
     from .export import export_onnx
 
     return export_onnx(ctx.inputs[ctx.config.model].path, ctx.out_dir, ctx.config)

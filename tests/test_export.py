@@ -102,7 +102,7 @@ def test_parity_failure_fails_the_stage_and_leaves_nothing(exported):
     wd, model_artifact, _ = exported
     stage = get_stage("export")
     cfg = resolve_config(stage, layers=[{**EXPORT, "tolerance": 1e-12}])
-    with pytest.raises(ExportError, match=r"ONNX parity failed: max \|onnx - torch\| of \w+ is .* \(tolerance 1e-12\)"):
+    with pytest.raises(ExportError, match=r"ONNX parity failed \(fp32\): max \|onnx - torch\| of \w+ is .* \(tolerance 1e-12\)"):
         run_stage(wd, stage, cfg, {"pretrain1": model_artifact}, progress=False, echo=lambda line: None)
     assert len(wd.artifacts("export")) == 1  # only the fixture's
 

@@ -109,6 +109,24 @@ class Pooler(nn.Module):
         return torch.tanh(self.dense(sequence[:, 0]))
 
 
+def adaptive_max_pool(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``F.adaptive_max_pool2d`` over (N, C, h, w) written as one max per bin (the same bins:
+    rows ``[floor(i·h/oh), ceil((i+1)·h/oh))``, columns likewise). The bins come from the static
+    map size, so the ONNX exporter traces it to slices and maxima: it cannot export
+    ``adaptive_max_pool2d`` whose input size is symbolic (a dynamic batch), and ONNX has no
+    adaptive pooling. Equal to ``F.adaptive_max_pool2d`` (tests/test_text_fusion_heads.py)."""
+    height, width = x.shape[-2:]
+    out_h, out_w = size
+
+    def bins(n: int, out: int) -> list[tuple[int, int]]:
+        return [((i * n) // out, -((-(i + 1) * n) // out)) for i in range(out)]
+
+    cells = [
+        x[..., r0:r1, c0:c1].amax(dim=(-2, -1)) for r0, r1 in bins(int(height), out_h) for c0, c1 in bins(int(width), out_w)
+    ]
+    return torch.stack(cells, dim=-1).unflatten(-1, (out_h, out_w))
+
+
 class VideoTokenEmbedding(nn.Module):
     """Final video map -> fusion tokens: max-pool per frame, project, + space/time embedding, LN.
 
@@ -144,7 +162,7 @@ class VideoTokenEmbedding(nn.Module):
         if self.pooling == "window" and height >= out_h and width >= out_w:
             x = F.max_pool2d(x, kernel_size=(height - out_h + 1, width - out_w + 1), stride=1)
         else:
-            x = F.adaptive_max_pool2d(x, self.pooled)
+            x = adaptive_max_pool(x, self.pooled)
         # (B·T, C, oh, ow) -> (B, T, oh·ow, C)
         return x.reshape(batch, frames, channels, out_h * out_w).transpose(2, 3)
 

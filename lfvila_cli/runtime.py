@@ -1,0 +1,126 @@
+"""ONNX Runtime for the exported graphs: reading their metadata, one session factory, batched runs.
+
+Imports numpy, onnx and onnxruntime only (no torch), so a serving process can use it alone.
+
+* ``read_metadata(path)``: the ``lfvila.*`` metadata ``lfvila export`` stores in each file
+  (graph, preprocessing, fixed sizes, precision, versions); a corrupt file or one lfvila did not
+  export is a one-line ``OnnxFileError``.
+* ``create_session(path, graph)``: CUDA when a GPU is really usable — decided from the created
+  session's providers, since onnxruntime-gpu lists CUDA in ``get_available_providers()`` on
+  machines without a GPU — and CPU otherwise, with one log line saying which.
+* ``OnnxGraph``: a session plus batched inference: inputs of any batch size are run in chunks of
+  ``max_batch`` and the outputs concatenated. On CUDA each chunk goes through I/O binding (inputs
+  copied to the GPU once as ``OrtValue``s, outputs allocated on the GPU and copied back once);
+  ``session.run`` is the reference path, and ``io_binding=True`` forces binding on CPU too so the
+  two can be compared anywhere (tests/test_export.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from .errors import LfvilaError
+
+log = logging.getLogger(__name__)
+
+
+class OnnxFileError(LfvilaError):
+    """An ONNX file that is unreadable, corrupt, or not the graph the caller expects."""
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The ``lfvila.*`` metadata of an exported file; a corrupt file is a one-line error."""
+    import onnx
+
+    if not Path(path).is_file():
+        raise OnnxFileError(f"{path}: no such ONNX file")
+    try:
+        graph = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises its own DecodeError
+        raise OnnxFileError(f"{path}: not a readable ONNX file ({type(exc).__name__})") from None
+    out: dict[str, Any] = {}
+    for entry in graph.metadata_props:
+        if entry.key.startswith("lfvila."):
+            key = entry.key[len("lfvila."):]
+            try:
+                out[key] = json.loads(entry.value)
+            except json.JSONDecodeError:
+                out[key] = entry.value
+    if "graph" not in out:
+        raise OnnxFileError(f"{path}: an ONNX file without lfvila metadata (not exported by lfvila export)")
+    return out
+
+
+def create_session(path: str | Path, graph: Optional[str] = None, prefer_gpu: bool = True):
+    """An ONNX Runtime session for an exported file: CUDA when a GPU is really usable, decided
+    from the created session's providers, else CPU; one log line says which. ``graph``
+    ("video", "text", "multiple_choice", "classification"): refuse a file of another graph."""
+    import onnxruntime as ort
+
+    meta = read_metadata(path)
+    if graph is not None and meta["graph"] != graph:
+        raise OnnxFileError(f"{path}: holds the {meta['graph']} graph, not the {graph} graph")
+    providers = ["CPUExecutionProvider"]
+    if prefer_gpu and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    ort.set_default_logger_severity(3)  # a CUDA provider that cannot start is reported below, once
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as exc:
+        raise OnnxFileError(f"{path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0][:200]})") from None
+    used = session.get_providers()[0]
+    log.info("%s: ONNX Runtime on %s", Path(path).name, "CUDA" if used == "CUDAExecutionProvider" else "CPU")
+    return session
+
+
+class OnnxGraph:
+    """One exported graph in ONNX Runtime, run in batches (I/O binding on CUDA)."""
+
+    def __init__(self, path: str | Path, graph: Optional[str] = None, prefer_gpu: bool = True, max_batch: int = 16) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.path = Path(path)
+        self.metadata = read_metadata(self.path)
+        self.session = create_session(self.path, graph, prefer_gpu)
+        self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+        self.max_batch = max_batch
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def __call__(self, io_binding: Optional[bool] = None, **inputs: np.ndarray) -> list[np.ndarray]:
+        """Named inputs sharing a batch axis 0 -> the outputs, in ``output_names`` order.
+        ``io_binding``: None = on CUDA only."""
+        missing = sorted(set(self.input_names) - set(inputs))
+        extra = sorted(set(inputs) - set(self.input_names))
+        if missing or extra:
+            raise ValueError(f"{self.path.name} takes inputs {self.input_names}; missing {missing}, unexpected {extra}")
+        sizes = {name: value.shape[0] for name, value in inputs.items()}
+        if len(set(sizes.values())) != 1:
+            raise ValueError(f"{self.path.name}: inputs disagree on the batch size: {sizes}")
+        total = next(iter(sizes.values()))
+        bound = self.device == "cuda" if io_binding is None else io_binding
+        chunks = []
+        for start in range(0, total, self.max_batch):
+            part = {name: np.ascontiguousarray(value[start : start + self.max_batch]) for name, value in inputs.items()}
+            chunks.append(self._run_bound(part) if bound else self.session.run(self.output_names, part))
+        if not chunks:
+            raise ValueError(f"{self.path.name}: an empty batch")
+        return [np.concatenate([chunk[i] for chunk in chunks]) if len(chunks) > 1 else chunks[0][i] for i in range(len(self.output_names))]
+
+    def _run_bound(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        import onnxruntime as ort
+
+        binding = self.session.io_binding()
+        for name, value in inputs.items():
+            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value, self.device, 0))
+        for name in self.output_names:
+            binding.bind_output(name, self.device, 0)
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()
