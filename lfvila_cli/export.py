@@ -119,12 +119,12 @@ class _Graph(torch.nn.Module):
 
 def _video(model, frames):
     out = model.encode_video(frames)
-    return out.global_embedding, out.clip_embeddings
+    return tuple(t for t in (out.global_embedding, out.clip_embeddings) if t is not None)  # no clips: a retrieval model
 
 
 def _text(model, input_ids, attention_mask):
     out = model.encode_text(input_ids, attention_mask)
-    return out.paragraph_embedding, out.sentence_embeddings
+    return tuple(t for t in (out.paragraph_embedding, out.sentence_embeddings) if t is not None)
 
 
 def _multiple_choice(model, frames, input_ids, attention_mask):
@@ -186,11 +186,12 @@ def graph_specs(model, cfg: ExportConfig) -> list[GraphSpec]:
 
     text_axes = {"input_ids": {0: "batch", 1: "sentences"}, "attention_mask": {0: "batch", 1: "sentences"}}
     if model.projections is not None:
+        local = model.projections.clip is not None  # stage 1 and 2: clip and sentence embeddings too
         return [
-            GraphSpec("video", VIDEO_FILE, _video, ["frames"], ["video", "clips"],
+            GraphSpec("video", VIDEO_FILE, _video, ["frames"], ["video", "clips"][: 1 + local],
                       {"frames": {0: "batch"}, "video": {0: "batch"}, "clips": {0: "batch"}},
                       lambda b, v, s: (frames(b, s),), fixed),
-            GraphSpec("text", TEXT_FILE, _text, ["input_ids", "attention_mask"], ["paragraph", "sentences"],
+            GraphSpec("text", TEXT_FILE, _text, ["input_ids", "attention_mask"], ["paragraph", "sentences"][: 1 + local],
                       {**text_axes, "paragraph": {0: "batch"}, "sentences": {0: "batch", 1: "sentences"}},
                       lambda b, v, s: _sample_text((b, slots[v]), length, vocab, s)),
         ]
@@ -220,7 +221,7 @@ def _export(module: torch.nn.Module, args: tuple, path: Path, spec: GraphSpec, o
         warnings.simplefilter("ignore")  # tracer warnings about Python-side shape arithmetic
         torch.onnx.export(
             module, args, str(path), dynamo=False, input_names=spec.inputs, output_names=spec.outputs,
-            dynamic_axes=spec.dynamic, opset_version=opset,
+            dynamic_axes={k: v for k, v in spec.dynamic.items() if k in spec.inputs + spec.outputs}, opset_version=opset,
         )
 
 
@@ -321,7 +322,7 @@ def export_onnx(model_dir: Path, out_dir: Path, cfg: ExportConfig) -> dict[str, 
         for name in spec.outputs:
             diffs[name] = float(np.abs(outputs[spec.name][name] - references[spec.name][name]).max())
         summary["graphs"][spec.name] = {"file": spec.file, "inputs": spec.inputs, "outputs": spec.outputs,
-                                        "dynamic": sorted({a for axes in spec.dynamic.values() for a in axes.values()}), "fixed": spec.fixed}
+                                        "dynamic": sorted({a for k, axes in spec.dynamic.items() if k in spec.inputs for a in axes.values()}), "fixed": spec.fixed}
     export_s = time.perf_counter() - started
 
     if "video" in outputs:  # the retrieval ranking of the sample

@@ -563,7 +563,7 @@ def search(
         return
     for r in results:
         typer.echo(f"{r['rank']}. {r['id']}  score {r['score']:.3f}")
-        for s in r["sentences"]:
+        for s in r.get("sentences", []):
             typer.echo(f"     clip {s['clip']} [{s['start']:.1f}s–{s['end']:.1f}s] {s['score']:.3f}  {s['sentence']}")
 
 

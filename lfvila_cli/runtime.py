@@ -68,15 +68,20 @@ def create_session(path: str | Path, graph: Optional[str] = None, prefer_gpu: bo
     providers = ["CPUExecutionProvider"]
     if prefer_gpu and "CUDAExecutionProvider" in ort.get_available_providers():
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    ort.set_default_logger_severity(3)  # a CUDA provider that cannot start is reported below, once
+    # A CUDA provider that cannot start (no GPU, no CUDA libraries) logs an error per session; it
+    # is reported once below instead. Errors of the session itself still raise.
+    ort.set_default_logger_severity(4)
     options = ort.SessionOptions()
     options.log_severity_level = 3
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as exc:
         raise OnnxFileError(f"{path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0][:200]})") from None
-    used = session.get_providers()[0]
-    log.info("%s: ONNX Runtime on %s", Path(path).name, "CUDA" if used == "CUDAExecutionProvider" else "CPU")
+    finally:
+        ort.set_default_logger_severity(3)
+    on_cuda = session.get_providers()[0] == "CUDAExecutionProvider"
+    why = "" if on_cuda or len(providers) == 1 else " (the CUDA provider is installed but cannot run on this machine)"
+    log.info("%s: ONNX Runtime on %s%s", Path(path).name, "CUDA" if on_cuda else "CPU", why)
     return session
 
 

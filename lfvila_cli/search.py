@@ -5,7 +5,8 @@ encoders (``engine: onnx``, input ``export``) or the PyTorch model (``engine: to
 ``pretrain1``) and writes a Zarr feature store ``features.zarr`` in the artifact:
 
     video       (N, D) float32   global video embedding, L2-normalised
-    clips       (N, M, D) float32  per-clip embeddings (M = frames / frames per clip)
+    clips       (N, M, D) float32  per-clip embeddings (M = frames / frames per clip), when the
+                                   model has them
     clip_start, clip_end (N, M) float32  each clip's span in seconds (its first and last frame)
     status      (N,) uint8       1 once the row's embeddings are written (written after them)
     sample_id   (N,) str
@@ -15,7 +16,9 @@ last, and a rerun skips rows already marked.
 
 ``query(index_dir, sentences, top_k)`` encodes the paragraph with the same engine and returns the
 top-k videos by cosine similarity and, for each sentence, the best-matching clip of each of
-those videos with its time span — the temporal alignment MTC learns.
+those videos with its time span — the temporal alignment MTC learns. A model without clip and
+sentence embeddings (a retrieval fine-tune, whose projections are global only) indexes and
+ranks videos without the per-sentence clips.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 import numpy as np
 
@@ -84,8 +87,9 @@ class Encoder:
         self.mean, self.std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
         self.tokenizer = load_tokenizer(self.source / "tokenizer", local_files_only=True)
 
-    def videos(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """uint8 (B, T, H, W, 3) -> video (B, D), clips (B, T/K, D)."""
+    def videos(self, frames: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """uint8 (B, T, H, W, 3) -> video (B, D), clips (B, T/K, D) (None: a model without
+        clip embeddings, a retrieval fine-tune)."""
         if self.fixed is not None and frames.shape[1:4] != (self.fixed["frames"], self.fixed["height"], self.fixed["width"]):
             raise DataError(
                 f"frames of shape {frames.shape[1:4]} (T, H, W), but {self.source} was exported for "
@@ -94,28 +98,28 @@ class Encoder:
         x = (frames.astype(np.float32) / 255.0 - self.mean) / self.std
         x = np.ascontiguousarray(x.transpose(0, 1, 4, 2, 3))
         if self.engine == "onnx":
-            video, clips = self.video_graph(frames=x)
-            return video, clips
+            video, *clips = self.video_graph(frames=x)
+            return video, (clips[0] if clips else None)
         import torch
 
         with torch.inference_mode():
             out = self.model.encode_video(torch.from_numpy(x))
-        return out.global_embedding.numpy(), out.clip_embeddings.numpy()
+        return out.global_embedding.numpy(), None if out.clip_embeddings is None else out.clip_embeddings.numpy()
 
-    def paragraph(self, sentences: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """sentences -> paragraph (D,), sentences (M, D)."""
+    def paragraph(self, sentences: list[str]) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """sentences -> paragraph (D,), sentences (M, D) (None without sentence embeddings)."""
         tokens = self.tokenizer(
             sentences, max_length=self.max_tokens, truncation=True, padding="max_length", return_tensors="np", return_token_type_ids=False,
         )
         ids, mask = tokens["input_ids"][None].astype(np.int64), tokens["attention_mask"][None].astype(np.int64)
         if self.engine == "onnx":
-            paragraph, sent = self.text_graph(input_ids=ids, attention_mask=mask)
-            return paragraph[0], sent[0]
+            paragraph, *sent = self.text_graph(input_ids=ids, attention_mask=mask)
+            return paragraph[0], (sent[0][0] if sent else None)
         import torch
 
         with torch.inference_mode():
             out = self.model.encode_text(torch.from_numpy(ids), torch.from_numpy(mask))
-        return out.paragraph_embedding[0].numpy(), out.sentence_embeddings[0].numpy()
+        return out.paragraph_embedding[0].numpy(), None if out.sentence_embeddings is None else out.sentence_embeddings[0].numpy()
 
 
 def build_index(store_url: str, source: Path, cfg: IndexConfig, out_dir: Path, progress: bool = False) -> dict[str, Any]:
@@ -140,10 +144,10 @@ def build_index(store_url: str, source: Path, cfg: IndexConfig, out_dir: Path, p
     url = str(out_dir / FEATURES)
     group = open_group(url, mode="a")
     n = len(ids)
-    arrays = {
-        "video": ((n, dim), "float32"), "clips": ((n, clips, dim), "float32"), "clip_start": ((n, clips), "float32"),
-        "clip_end": ((n, clips), "float32"), "status": ((n,), "uint8"),
-    }
+    grounded = first[1] is not None  # clip embeddings (stage-1/2 models; not a retrieval fine-tune)
+    arrays = {"video": ((n, dim), "float32"), "status": ((n,), "uint8")}
+    if grounded:
+        arrays.update({"clips": ((n, clips, dim), "float32"), "clip_start": ((n, clips), "float32"), "clip_end": ((n, clips), "float32")})
     for name, (shape, dtype) in arrays.items():
         if name not in group or tuple(group[name].shape) != shape:
             group.create_array(name, shape=shape, chunks=(min(n, cfg.batch),) + shape[1:], dtype=dtype, overwrite=True, fill_value=0)
@@ -166,23 +170,24 @@ def build_index(store_url: str, source: Path, cfg: IndexConfig, out_dir: Path, p
         video, clip = encoder.videos(frames)
         times = np.stack(times)  # (b, M, K)
         lo, hi = int(rows[0]), int(rows[-1]) + 1
-        if hi - lo == len(rows):  # contiguous rows: one write per array
-            group["video"][lo:hi] = video
-            group["clips"][lo:hi] = clip
-            group["clip_start"][lo:hi] = times[:, :, 0]
-            group["clip_end"][lo:hi] = times[:, :, -1]
+        values = {"video": video}
+        if grounded:
+            values.update({"clips": clip, "clip_start": times[:, :, 0], "clip_end": times[:, :, -1]})
+        if hi - lo == len(rows):  # contiguous rows: one write per array, status last
+            for name, value in values.items():
+                group[name][lo:hi] = value
             group["status"][lo:hi] = 1
         else:
             for i, r in enumerate(rows):
-                group["video"][r], group["clips"][r] = video[i], clip[i]
-                group["clip_start"][r], group["clip_end"][r] = times[i, :, 0], times[i, :, -1]
+                for name, value in values.items():
+                    group[name][r] = value[i]
                 group["status"][r] = 1
         if bar is not None:
             bar.update(len(rows))
     if bar is not None:
         bar.close()
     seconds = time.perf_counter() - started
-    info = {"engine": cfg.engine, "videos": n, "clips_per_video": clips, "dim": dim, "skipped": skipped, "indexed_this_run": int(len(todo))}
+    info = {"engine": cfg.engine, "videos": n, "clips_per_video": clips, "grounded": grounded, "dim": dim, "skipped": skipped, "indexed_this_run": int(len(todo))}
     (out_dir / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
     info["seconds"] = round(seconds, 2)
     info["videos_per_s"] = round(len(todo) / seconds, 2) if todo.size and seconds > 0 else None
@@ -203,19 +208,20 @@ def query(index_dir: Path, source: Path, engine: str, sentences: list[str], top_
     scores = video @ paragraph
     order = np.argsort(-scores, kind="stable")[:top_k]
     ids = list(group["sample_id"][:])
+    grounded = "clips" in group and sentence_emb is not None
     results = []
     for rank, row in enumerate(order.tolist(), 1):
-        clips = np.asarray(group["clips"][row])
-        start, end = np.asarray(group["clip_start"][row]), np.asarray(group["clip_end"][row])
-        sim = sentence_emb[: len(sentences)] @ clips.T  # (S, M)
-        best = sim.argmax(axis=1)
-        results.append({
-            "rank": rank, "id": str(ids[row]), "score": float(scores[row]),
-            "sentences": [
+        result = {"rank": rank, "id": str(ids[row]), "score": float(scores[row])}
+        if grounded:
+            clips = np.asarray(group["clips"][row])
+            start, end = np.asarray(group["clip_start"][row]), np.asarray(group["clip_end"][row])
+            sim = sentence_emb[: len(sentences)] @ clips.T  # (S, M)
+            best = sim.argmax(axis=1)
+            result["sentences"] = [
                 {"sentence": s, "clip": int(c), "start": float(start[c]), "end": float(end[c]), "score": float(sim[i, c])}
                 for i, (s, c) in enumerate(zip(sentences, best))
-            ],
-        })
+            ]
+        results.append(result)
     return results
 
 

@@ -435,8 +435,13 @@ def run_export_stage(ctx: StageContext) -> dict:
 
 
 def run_index_stage(ctx: StageContext) -> dict:
-    """Embed a chunks frame store for search (ONNX Runtime or PyTorch), resumable."""
+    """Embed a chunks frame store for search (ONNX Runtime or PyTorch), resumable. Under a
+    multi-rank launch rank 0 indexes alone (the others wait for its commit): one ONNX Runtime
+    process, and no two processes creating the same Zarr arrays."""
     from .search import build_index
+
+    if ctx.rank != 0:
+        return {}
 
     source = ctx.inputs["export" if ctx.config.engine == "onnx" else "pretrain1"].path
     return build_index(frame_store_url(ctx.inputs["cache"]), source, ctx.config, ctx.out_dir, progress=ctx.progress)

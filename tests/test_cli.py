@@ -142,7 +142,8 @@ def test_quickstart_pipeline_end_to_end(tmp_path):
         "--set", "pretrain2.train.micro_batch=2", "--set", "pretrain2.train.epochs=1",
         "--set", "finetune.train.micro_batch=2", "--set", "finetune.train.epochs=1", "--set", "finetune.val_every=0",
     ]
-    stages = ["prepare", "cache", "pretrain1", "pretrain2", "cache", "evaluate", "finetune", "evaluate", "prepare", "cache", "finetune", "evaluate"]
+    stages = ["prepare", "cache", "pretrain1", "pretrain2", "cache", "evaluate", "finetune", "evaluate", "export", "index",
+              "prepare", "cache", "finetune", "evaluate", "export"]
     first = invoke("run", pipeline, "--workdir", tmp_path, *tiny)
     assert first.exit_code == 0, first.output
     lines = first.output.strip().splitlines()
@@ -152,12 +153,18 @@ def test_quickstart_pipeline_end_to_end(tmp_path):
     assert "val R@1" in lines[2] and "(chance 0.500)" in lines[2] and "temporal-order accuracy" in lines[2]
     assert "mlm accuracy" in lines[3] and "vtm accuracy" in lines[3]
     assert "activitynet test zero-shot: text→video R@1" in lines[5] and "(chance R@1 0.500, 2 videos)" in lines[5]
-    assert "activitynet: 2 steps, selected step" in lines[6] and "how2qa: " in lines[10]
-    assert "how2qa test: accuracy" in lines[11] and "(chance 0.250, 4 items)" in lines[11]
+    assert "activitynet: 2 steps, selected step" in lines[6] and "how2qa: " in lines[12]
+    assert "video + text encoders (fp32), 32 frames at 64×96" in lines[8] and "ranking same" in lines[8]
+    assert "videos indexed with onnx" in lines[9]
+    assert "how2qa test: accuracy" in lines[13] and "(chance 0.250, 4 items)" in lines[13]
+    assert "multiple-choice QA model (fp32)" in lines[14] and "predictions same" in lines[14]
     # The three report tables follow, each with the paper's row (retrieval) and chance.
     tail = "\n".join(lines[len(stages):])
     assert tail.count("(full report: ") == 3 and tail.count("| chance |") == 3
     assert "| LF-VILA (paper), text → video | 35.3 | 65.4 |" in tail and "dual softmax" in tail
+    found = invoke("search", "the red circle grows.", "the red circle moves to the left.", "--top-k", "2", "--workdir", tmp_path)
+    assert found.exit_code == 0, found.output
+    assert found.output.startswith("1. ") and "\n2. " in found.output and found.output.count("     clip ") == 4
     second = invoke("run", pipeline, "--workdir", tmp_path, *tiny)
     lines = second.output.strip().splitlines()
     assert all("up to date" in line for line in lines[: len(stages)]), lines
@@ -317,6 +324,7 @@ def test_pipeline_under_a_two_rank_launch_runs_prepare_once(tmp_path):
     assert "prepare" not in outputs[1] and "cache: rank 1/2 finished its rows" in outputs[1]
     assert "pretrain1: done" in outputs[0] and "pretrain2: done" in outputs[0]
     assert outputs[0].count("finetune: done") == 2 and outputs[0].count("evaluate: done") == 3
+    assert outputs[0].count("export: done") == 2 and "index: done" in outputs[0]
     for stage, count in (("prepare", 2), ("pretrain1", 1), ("pretrain2", 1), ("finetune", 2), ("evaluate", 3)):
         assert len(list((tmp_path / "store" / stage).glob("*/manifest.json"))) == count, stage
 

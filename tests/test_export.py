@@ -256,3 +256,33 @@ def test_search_cli_table_and_json(indexed):
     assert as_json.exit_code == 0 and len(json.loads(as_json.output)) == 2
     bad = CliRunner().invoke(app, ["search", "--workdir", str(wd.root), "--index", onnx_index.key[:16], " "])
     assert bad.exit_code == 2 and "non-empty sentences" in bad.output
+
+
+def test_retrieval_model_exports_global_embeddings_and_searches_without_grounding(indexed, tmp_path):
+    """A retrieval fine-tune has global projections only: its graphs output the video and
+    paragraph embeddings, and its index ranks videos without per-sentence clips."""
+    import shutil
+
+    from lfvila_cli.config import to_dict
+    from lfvila_cli.data.framestore import FrameStore
+    from lfvila_cli.export import ExportConfig, export_onnx
+    from lfvila_cli.model.lfvila import build_model
+    from lfvila_cli.model.presets import get_preset
+    from lfvila_cli.search import IndexConfig, build_index, query
+    from lfvila_cli.train.pretrain import save_weights
+
+    wd, cache, _, _ = indexed
+    model_dir = tmp_path / "retrieval"
+    model_dir.mkdir()
+    config = get_preset("lfvila-tiny", "retrieval")
+    (model_dir / "config.json").write_text(json.dumps(to_dict(config)))
+    save_weights(build_model(config).state_dict(), model_dir / "model.safetensors")
+    shutil.copytree(wd.resolve("pretrain1").path / "tokenizer", model_dir / "tokenizer")
+    summary = export_onnx(model_dir, tmp_path / "export", ExportConfig(model="finetune", **EXPORT))
+    assert summary["graphs"]["video"]["outputs"] == ["video"] and summary["graphs"]["text"]["outputs"] == ["paragraph"]
+    assert summary["parity"]["same_ranking"]
+    info = build_index(str(cache.path / "frames.zarr"), tmp_path / "export", IndexConfig(batch=4), tmp_path / "index")
+    assert info["grounded"] is False and info["videos"] == len(FrameStore(str(cache.path / "frames.zarr")).sample_ids)
+    found = query(tmp_path / "index", tmp_path / "export", "onnx", ["the red circle grows."], top_k=3)
+    assert len(found) == 3 and all("sentences" not in r for r in found)
+    assert [r["score"] for r in found] == sorted((r["score"] for r in found), reverse=True)
