@@ -6,6 +6,11 @@ Times the video encoder (frames fixed as exported) and the text encoder (4 sente
 model's max tokens) at batch 1 (latency, median of ``--repeats``) and batch 16 (throughput),
 both paths with the same number of threads (``--threads``, default 2), after one warm-up call
 each. Prints a table and the ratios; ``--json`` writes them.
+
+``--cache lfvila-work/store/cache/<key>`` (a ``chunks`` frame store) also times indexing: the
+index stage's ``build_index`` over the whole store into a temporary directory, once through
+ONNX Runtime and once through PyTorch, and prints videos/s for each (reading the frames from
+Zarr included).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ def main() -> None:
     parser.add_argument("--model", required=True, help="the model artifact it was exported from")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--cache", default="", help="a chunks frame store artifact: also time indexing it")
     parser.add_argument("--json", default="")
     args = parser.parse_args()
 
@@ -74,8 +80,27 @@ def main() -> None:
         r["speedup"] = r["torch_s"] / r["onnx_s"]
         r["onnx_items_per_s"] = r["batch"] / r["onnx_s"]
         print(f"| {r['encoder']} | {r['batch']} | {1000 * r['torch_s']:.1f} ms | {1000 * r['onnx_s']:.1f} ms | {r['speedup']:.2f}× | {r['onnx_items_per_s']:.1f} |")
+    if args.cache:
+        rows += index_throughput(args.cache, export_dir, Path(args.model))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+
+
+def index_throughput(cache_dir: str, export_dir: Path, model_dir: Path) -> list[dict]:
+    """Videos/s of ``build_index`` through ONNX Runtime and PyTorch over a whole chunks store."""
+    import tempfile
+
+    from lfvila_cli.search import IndexConfig, build_index
+
+    store = str(Path(cache_dir) / "frames.zarr")
+    out = {}
+    for engine, source in (("onnx", export_dir), ("torch", model_dir)):
+        with tempfile.TemporaryDirectory() as tmp:
+            info = build_index(store, source, IndexConfig(engine=engine, batch=16), Path(tmp))
+        out[engine] = info
+    print(f"indexing {out['onnx']['videos']} videos (batch 16): ONNX Runtime {out['onnx']['videos_per_s']:.1f} videos/s, "
+          f"PyTorch {out['torch']['videos_per_s']:.1f} videos/s, ratio {out['onnx']['videos_per_s'] / out['torch']['videos_per_s']:.2f}×")
+    return [{"indexing": engine, "videos": info["videos"], "videos_per_s": info["videos_per_s"]} for engine, info in out.items()]
 
 
 if __name__ == "__main__":

@@ -7,12 +7,13 @@ Imports numpy, onnx and onnxruntime only (no torch), so a serving process can us
   export is a one-line ``OnnxFileError``.
 * ``create_session(path, graph)``: CUDA when a GPU is really usable — decided from the created
   session's providers, since onnxruntime-gpu lists CUDA in ``get_available_providers()`` on
-  machines without a GPU — and CPU otherwise, with one log line saying which.
+  machines without a GPU — and CPU otherwise, with one log line saying which (a warning when
+  CUDA was asked for and could not start).
 * ``OnnxGraph``: a session plus batched inference: inputs of any batch size are run in chunks of
   ``max_batch`` and the outputs concatenated. On CUDA each chunk goes through I/O binding (inputs
   copied to the GPU once as ``OrtValue``s, outputs allocated on the GPU and copied back once);
   ``session.run`` is the reference path, and ``io_binding=True`` forces binding on CPU too so the
-  two can be compared anywhere (tests/test_export.py).
+  two can be compared anywhere (tests/test_export_qa.py).
 """
 
 from __future__ import annotations
@@ -29,12 +30,29 @@ from .errors import LfvilaError
 log = logging.getLogger(__name__)
 
 
+_warned_fallback = False
+
+
 class OnnxFileError(LfvilaError):
     """An ONNX file that is unreadable, corrupt, or not the graph the caller expects."""
 
 
+def _parse_metadata(props: dict[str, str], path: str | Path) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in props.items():
+        if key.startswith("lfvila."):
+            try:
+                out[key[len("lfvila."):]] = json.loads(value)
+            except json.JSONDecodeError:
+                out[key[len("lfvila."):]] = value
+    if "graph" not in out:
+        raise OnnxFileError(f"{path}: an ONNX file without lfvila metadata (not exported by lfvila export)")
+    return out
+
+
 def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The ``lfvila.*`` metadata of an exported file; a corrupt file is a one-line error."""
+    """The ``lfvila.*`` metadata of an exported file; a corrupt file is a one-line error.
+    (Parses the whole file, weights included; an open session has it: ``session_metadata``.)"""
     import onnx
 
     if not Path(path).is_file():
@@ -43,17 +61,12 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         graph = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises its own DecodeError
         raise OnnxFileError(f"{path}: not a readable ONNX file ({type(exc).__name__})") from None
-    out: dict[str, Any] = {}
-    for entry in graph.metadata_props:
-        if entry.key.startswith("lfvila."):
-            key = entry.key[len("lfvila."):]
-            try:
-                out[key] = json.loads(entry.value)
-            except json.JSONDecodeError:
-                out[key] = entry.value
-    if "graph" not in out:
-        raise OnnxFileError(f"{path}: an ONNX file without lfvila metadata (not exported by lfvila export)")
-    return out
+    return _parse_metadata({entry.key: entry.value for entry in graph.metadata_props}, path)
+
+
+def session_metadata(session, path: str | Path = "the session's model") -> dict[str, Any]:
+    """The ``lfvila.*`` metadata of an open ONNX Runtime session's model."""
+    return _parse_metadata(dict(session.get_modelmeta().custom_metadata_map), path)
 
 
 def create_session(path: str | Path, graph: Optional[str] = None, prefer_gpu: bool = True):
@@ -62,9 +75,9 @@ def create_session(path: str | Path, graph: Optional[str] = None, prefer_gpu: bo
     ("video", "text", "multiple_choice", "classification"): refuse a file of another graph."""
     import onnxruntime as ort
 
-    meta = read_metadata(path)
-    if graph is not None and meta["graph"] != graph:
-        raise OnnxFileError(f"{path}: holds the {meta['graph']} graph, not the {graph} graph")
+    global _warned_fallback
+    if not Path(path).is_file():
+        raise OnnxFileError(f"{path}: no such ONNX file")
     providers = ["CPUExecutionProvider"]
     if prefer_gpu and "CUDAExecutionProvider" in ort.get_available_providers():
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -76,12 +89,19 @@ def create_session(path: str | Path, graph: Optional[str] = None, prefer_gpu: bo
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as exc:
+        read_metadata(path)  # a file that is not ONNX at all gets that one-line error
         raise OnnxFileError(f"{path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0][:200]})") from None
     finally:
         ort.set_default_logger_severity(3)
+    meta = session_metadata(session, path)  # from the session: the file is not parsed a second time
+    if graph is not None and meta["graph"] != graph:
+        raise OnnxFileError(f"{path}: holds the {meta['graph']} graph, not the {graph} graph")
     on_cuda = session.get_providers()[0] == "CUDAExecutionProvider"
-    why = "" if on_cuda or len(providers) == 1 else " (the CUDA provider is installed but cannot run on this machine)"
-    log.info("%s: ONNX Runtime on %s%s", Path(path).name, "CUDA" if on_cuda else "CPU", why)
+    if on_cuda or len(providers) == 1:
+        log.info("%s: ONNX Runtime on %s", Path(path).name, "CUDA" if on_cuda else "CPU")
+    else:  # CUDA was asked for and could not start: worth a warning (DESIGN.md), once per process
+        (log.info if _warned_fallback else log.warning)("%s: ONNX Runtime on CPU (the CUDA provider is installed but cannot run on this machine)", Path(path).name)
+        _warned_fallback = True
     return session
 
 
@@ -92,8 +112,8 @@ class OnnxGraph:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.path = Path(path)
-        self.metadata = read_metadata(self.path)
         self.session = create_session(self.path, graph, prefer_gpu)
+        self.metadata = session_metadata(self.session, self.path)
         self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
         self.max_batch = max_batch
         self.input_names = [i.name for i in self.session.get_inputs()]

@@ -67,6 +67,10 @@ class Encoder:
             from .export import TEXT_FILE, VIDEO_FILE
             from .runtime import OnnxGraph
 
+            from .export import QA_FILE
+
+            if not (self.source / VIDEO_FILE).is_file() and (self.source / QA_FILE).is_file():
+                raise ConfigError(f"{self.source}: an export of a QA model ({QA_FILE}); search needs the encoders: export a stage-1 or stage-2 model")
             self.video_graph = OnnxGraph(self.source / VIDEO_FILE, "video", max_batch=max_batch)
             self.text_graph = OnnxGraph(self.source / TEXT_FILE, "text", max_batch=max_batch)
             self.pre, self.fixed = self.video_graph.metadata["preprocessing"], self.video_graph.metadata["fixed"]
@@ -148,9 +152,12 @@ def build_index(store_url: str, source: Path, cfg: IndexConfig, out_dir: Path, p
     arrays = {"video": ((n, dim), "float32"), "status": ((n,), "uint8")}
     if grounded:
         arrays.update({"clips": ((n, clips, dim), "float32"), "clip_start": ((n, clips), "float32"), "clip_end": ((n, clips), "float32")})
-    for name, (shape, dtype) in arrays.items():
-        if name not in group or tuple(group[name].shape) != shape:
-            group.create_array(name, shape=shape, chunks=(min(n, cfg.batch),) + shape[1:], dtype=dtype, overwrite=True, fill_value=0)
+    fresh = [name for name, (shape, _) in arrays.items() if name not in group or tuple(group[name].shape) != shape]
+    if fresh and "status" not in fresh:
+        fresh.append("status")  # rows are done only if every array holds them: a new array restarts the index
+    for name in fresh:
+        shape, dtype = arrays[name]
+        group.create_array(name, shape=shape, chunks=(min(n, cfg.batch),) + shape[1:], dtype=dtype, overwrite=True, fill_value=0)
     if "sample_id" not in group:
         group.create_array("sample_id", shape=(n,), chunks=(n,), dtype=str, overwrite=True)
         group["sample_id"][:] = np.asarray(ids)

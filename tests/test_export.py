@@ -286,3 +286,35 @@ def test_retrieval_model_exports_global_embeddings_and_searches_without_groundin
     found = query(tmp_path / "index", tmp_path / "export", "onnx", ["the red circle grows."], top_k=3)
     assert len(found) == 3 and all("sentences" not in r for r in found)
     assert [r["score"] for r in found] == sorted((r["score"] for r in found), reverse=True)
+
+
+def test_python_api_example_ranks_like_the_index(exported, indexed, tmp_path):
+    """examples/python_api/rank_videos.py decodes the files as the chunks cache does and gives
+    the same scores with both engines as the index's embeddings of the cached frames."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import zarr
+
+    from lfvila_cli.search import Encoder
+
+    wd, cache, onnx_index, _ = indexed
+    _, model_artifact, export_artifact = exported
+    corpus = wd.resolve("prepare").path
+    samples = [json.loads(line) for line in (corpus / "samples.jsonl").read_text().splitlines()][:3]
+    videos = [str(corpus / s["video"]) for s in samples]
+    paragraph = ["the red circle grows.", "the red circle moves to the left."]
+    script = Path(__file__).parents[1] / "examples" / "python_api" / "rank_videos.py"
+    group = zarr.open_group(str(onnx_index.path / "features.zarr"), mode="r")
+    rows = [list(group["sample_id"][:]).index(s["id"]) for s in samples]
+    text = Encoder("onnx", export_artifact.path).paragraph(paragraph)[0]
+    expected = np.asarray(group["video"][:])[rows] @ text
+    for engine, ref in (("torch", model_artifact), ("onnx", export_artifact)):
+        out = subprocess.run([sys.executable, str(script), "--workdir", str(wd.root), "--engine", engine, "--model", str(ref.path),
+                              "--videos", *videos, "--paragraph", *paragraph], capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        result = json.loads(out.stdout)[0]
+        got = {r["video"]: r["score"] for r in result["ranking"]}
+        assert np.allclose([got[v] for v in videos], expected, atol=2e-4), (engine, got, expected)
+        assert [s["sentence"] for s in result["sentence_clips"]] == paragraph

@@ -53,7 +53,7 @@ def test_multiple_choice_model_exports_with_dynamic_batch_candidates_and_sentenc
     meta = read_metadata(tmp_path / "out" / QA_FILE)
     assert meta["graph"] == "multiple_choice" and meta["fixed"] == SIZE and meta["task"] == "how2qa"
     model = load_pretrained(model_dir).eval()
-    graph = OnnxGraph(tmp_path / "out" / QA_FILE, "multiple_choice", max_batch=4)
+    graph = OnnxGraph(tmp_path / "out" / QA_FILE, "multiple_choice", prefer_gpu=False, max_batch=4)
     for batch, candidates, sentences in ((1, 4, 2), (5, 5, 3)):  # traced at 2 × 4 × 4
         frames, ids, mask = _qa_inputs(batch, candidates, sentences, seed=batch)
         choice, span = graph(frames=frames.numpy(), input_ids=ids.numpy(), attention_mask=mask.numpy())
@@ -62,6 +62,11 @@ def test_multiple_choice_model_exports_with_dynamic_batch_candidates_and_sentenc
         assert choice.shape == (batch, candidates) and span.shape == (batch, SIZE["frames"], 2)
         assert np.abs(choice - ref.choice_logits.numpy()).max() < 1e-4
         assert np.abs(span - ref.span_logits.numpy()).max() < 1e-4
+    from lfvila_cli.errors import ConfigError
+    from lfvila_cli.search import Encoder
+
+    with pytest.raises(ConfigError, match="an export of a QA model .* search needs the encoders"):
+        Encoder("onnx", tmp_path / "out")
 
 
 def test_classification_model_exports_with_its_answers(tmp_path):
@@ -78,7 +83,7 @@ def test_classification_model_exports_with_its_answers(tmp_path):
     assert summary["parity"]["same_predictions"] and json.loads((tmp_path / "out" / ANSWERS_FILE).read_text()) == ["yes", "no", "two"]
     model = load_pretrained(model_dir).eval()
     frames, ids, mask = _qa_inputs(4, None, 2, seed=9)
-    (logits,) = OnnxGraph(tmp_path / "out" / QA_FILE, "classification")(frames=frames.numpy(), input_ids=ids.numpy(), attention_mask=mask.numpy())
+    (logits,) = OnnxGraph(tmp_path / "out" / QA_FILE, "classification", prefer_gpu=False)(frames=frames.numpy(), input_ids=ids.numpy(), attention_mask=mask.numpy())
     with torch.no_grad():
         ref = model.forward_classification(frames, ids, mask).logits.numpy()
     assert logits.shape == (4, 3) and np.abs(logits - ref).max() < 1e-4
@@ -113,7 +118,7 @@ def test_batched_graph_and_io_binding_match_one_plain_run(tmp_path):
     ``session.run`` over the whole batch; bad inputs are clear errors."""
     model_dir = _model_dir(tmp_path, "stage1")
     export_onnx(model_dir, tmp_path / "out", ExportConfig(**SIZE))
-    graph = OnnxGraph(tmp_path / "out" / VIDEO_FILE, "video", max_batch=2)
+    graph = OnnxGraph(tmp_path / "out" / VIDEO_FILE, "video", prefer_gpu=False, max_batch=2)
     frames = np.random.default_rng(0).standard_normal((5, SIZE["frames"], 3, SIZE["height"], SIZE["width"])).astype(np.float32)
     whole = graph.session.run(None, {"frames": frames})
     for binding in (False, True):
@@ -122,7 +127,7 @@ def test_batched_graph_and_io_binding_match_one_plain_run(tmp_path):
         assert all(np.abs(g - w).max() < 1e-5 for g, w in zip(got, whole))
     with pytest.raises(ValueError, match=r"missing \['frames'\], unexpected \['video'\]"):
         graph(video=frames)
-    text = OnnxGraph(tmp_path / "out" / TEXT_FILE, "text")
+    text = OnnxGraph(tmp_path / "out" / TEXT_FILE, "text", prefer_gpu=False)
     with pytest.raises(ValueError, match="disagree on the batch size"):
         text(input_ids=np.zeros((2, 1, 32), np.int64), attention_mask=np.ones((3, 1, 32), np.int64))
 
@@ -134,3 +139,21 @@ def test_adaptive_pool_rewrite_equals_torch():
     for h, w, out in ((1, 2, (2, 3)), (3, 5, (2, 3)), (7, 4, (3, 3)), (2, 3, (2, 3))):
         x = torch.randn(4, 5, h, w, generator=gen)
         assert torch.equal(adaptive_max_pool(x, out), torch.nn.functional.adaptive_max_pool2d(x, out)), (h, w, out)
+
+
+def test_parity_fails_on_non_finite_onnx_outputs(tmp_path, monkeypatch):
+    """A NaN output compares False with any tolerance: it must fail the export, not pass it."""
+    import lfvila_cli.export as export
+
+    real = export.create_session
+
+    class NanSession:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def run(self, names, feeds):
+            return [np.full_like(out, np.nan) for out in self.inner.run(names, feeds)]
+
+    monkeypatch.setattr(export, "create_session", lambda *a, **k: NanSession(real(*a, **k)))
+    with pytest.raises(ExportError, match=r"max \|onnx - torch\| of \w+ is inf"):
+        export_onnx(_model_dir(tmp_path, "stage1"), tmp_path / "out", ExportConfig(**SIZE))

@@ -53,7 +53,7 @@ from ..errors import DataError
 from .corpus import SPLITS, read_corpus, resolve_video
 from .formats import absolute
 from .framestore import ERROR_BYTES, FAILED, LAYOUT_VERSION, OK, PENDING, decode_reason, encode_reason, open_group
-from .video import VideoDecoder, VideoError
+from .video import VideoDecoder, VideoError, chunk_span
 
 log = logging.getLogger(__name__)
 
@@ -410,9 +410,7 @@ def _resolve_span(span: Span, decoder: VideoDecoder) -> tuple[float | None, floa
         return span[1], span[2]
     if span[0] == "file":
         return None, None
-    i, n = span[1], span[2]
-    duration = decoder.info.duration
-    return i * duration / n, (i + 1) * duration / n
+    return chunk_span(decoder.info.duration, span[1], span[2])
 
 
 class _RowWriter:

@@ -277,6 +277,19 @@ class VideoDecoder:
         self.close()
 
 
+def chunk_span(duration: float, i: int, n: int) -> tuple[float, float]:
+    """Chunk ``i`` of ``n`` equal chunks of ``[0, duration]`` (the cache's ``segment_mode=chunks``)."""
+    return i * duration / n, (i + 1) * duration / n
+
+
+def decode_chunks(source: str, chunks: int, frames_per_chunk: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """A whole video as a ``chunks`` cache stores it: ``frames_per_chunk`` evenly spaced frames
+    of each of ``chunks`` equal chunks -> ``(chunks, K, H, W, 3)`` uint8 and times ``(chunks, K)``."""
+    with VideoDecoder(source, height, width) as decoder:
+        parts = [decoder.span(*chunk_span(decoder.info.duration, i, chunks), frames_per_chunk) for i in range(chunks)]
+    return np.stack([frames for frames, _ in parts]), np.stack([times for _, times in parts])
+
+
 def decode_span(
     source: str, start: float | None, end: float | None, num_frames: int, height: int, width: int
 ) -> tuple[np.ndarray, np.ndarray]:
