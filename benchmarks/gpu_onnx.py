@@ -25,24 +25,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-
-
-def _median_time(fn, repeats: int) -> float:
-    fn()
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from bench_onnx import median_time  # same folder: python benchmarks/gpu_onnx.py
 
 
 def _model_dir(root: Path, preset: str) -> Path:
@@ -125,11 +114,11 @@ def main() -> None:
             sync()
             return result
 
-        row = {"batch": batch, "video": {"torch_bf16_s": _median_time(torch_video, args.repeats)},
-               "text": {"torch_bf16_s": _median_time(torch_text, args.repeats)}}
+        row = {"batch": batch, "video": {"torch_bf16_s": median_time(torch_video, args.repeats, warmup=2)},
+               "text": {"torch_bf16_s": median_time(torch_text, args.repeats, warmup=2)}}
         for precision, (video, text) in graphs.items():
-            row["video"][f"onnx_{precision}_s"] = _median_time(lambda: video(frames=frames), args.repeats)
-            row["text"][f"onnx_{precision}_s"] = _median_time(lambda: text(input_ids=ids, attention_mask=mask), args.repeats)
+            row["video"][f"onnx_{precision}_s"] = median_time(lambda: video(frames=frames), args.repeats, warmup=2)
+            row["text"][f"onnx_{precision}_s"] = median_time(lambda: text(input_ids=ids, attention_mask=mask), args.repeats, warmup=2)
         rows.append(row)
         if device.type == "cuda":
             torch.cuda.empty_cache()
