@@ -509,11 +509,14 @@ def index(
 ) -> None:
     """Embed every video of a frame store for `lfvila search`: video and per-clip embeddings with
     their time spans, in a Zarr feature store (features.zarr). Resumable: a killed run goes on
-    where it stopped.
+    where it stopped. The export must hold the encoders (a stage-1, stage-2 or retrieval model; a
+    retrieval fine-tune has no clip embeddings, so its search gives no per-sentence clips).
 
     Examples:
 
       lfvila index                          (the latest cache, through the latest ONNX export)
+
+      lfvila index --cache 9a28cb5a --from 646013a4   (a given frame store and export, by key prefix)
 
       lfvila index --set engine=torch       (through the PyTorch stage-1 model)
 
