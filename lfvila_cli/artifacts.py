@@ -154,7 +154,11 @@ class Workdir:
         refs = self.refs(stage)
         key = refs.get(ref)
         if key is None:
-            matches = [p.name for p in self.stage_dir(stage).glob(f"{ref}*") if p.is_dir() and (p / MANIFEST).is_file()] if ref else []
+            # Directories are named by the first KEY_CHARS of the key; a longer ref (up to the
+            # full key printed in manifests) must match the manifest's key.
+            matches = [p.name for p in self.stage_dir(stage).glob(f"{ref[:KEY_CHARS]}*") if p.is_dir() and (p / MANIFEST).is_file()] if ref else []
+            if len(ref) > KEY_CHARS:
+                matches = [name for name in matches if (found := self.get(stage, name)) is not None and found.key.startswith(ref)]
             if len(matches) == 1:
                 key = matches[0]
             elif len(matches) > 1:

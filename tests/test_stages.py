@@ -132,6 +132,9 @@ def test_refs_names_and_prefixes(tmp_path):
     assert wd.resolve("toy").key == second.key
     assert wd.resolve("toy", "baseline").key == first.key
     assert wd.resolve("toy", first.key[:8]).key == first.key
+    assert wd.resolve("toy", first.key).key == first.key  # the full key, as manifests print it
+    with pytest.raises(ArtifactError, match="no 'toy' artifact named"):
+        wd.resolve("toy", first.key[:-1] + ("0" if first.key[-1] != "0" else "1"))
     assert wd.resolve("toy", str(first.artifact.path)).key == first.key
     with pytest.raises(ArtifactError, match="no 'toy' artifact named 'nope'"):
         wd.resolve("toy", "nope")
