@@ -199,7 +199,8 @@ def report_text_table(artifact_dir: Path) -> str:
 # -------------------------------------------------------------------------------------- figures
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (files only, no display)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -210,7 +211,7 @@ def _pyplot():
 
 def similarity_figure(predicted: dict, ids: list[str], items: int, path: Path, title: str) -> None:
     """Paragraph × video cosine similarity of the first ``items`` items (diagonal = true pairs)."""
-    plt = _pyplot()
+    plt = pyplot()
     n = min(items, len(ids))
     sim = (predicted["text"][:n] @ predicted["video"][:n].t()).numpy()
     fig, ax = plt.subplots(figsize=(2 + 0.3 * n, 1.5 + 0.3 * n), dpi=100)
@@ -229,7 +230,7 @@ def similarity_figure(predicted: dict, ids: list[str], items: int, path: Path, t
 def alignment_figure(predicted: dict, ids: list[str], videos: int, path: Path) -> None:
     """Sentence × clip cosine similarity for the first ``videos`` videos: MTC wants each
     sentence closest to its own clip and closer to nearer clips."""
-    plt = _pyplot()
+    plt = pyplot()
     n = min(videos, len(ids))
     fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.2), dpi=100, squeeze=False)
     for i in range(n):

@@ -33,7 +33,6 @@ from lfvila_cli.train.pretrain import (
     plot_curves,
     run_pretrain,
     save_weights,
-    write_png,
 )
 
 # The tiny preset's frames: 8 per clip at 64×96 (4 clips → 32 frames).
@@ -104,18 +103,12 @@ def test_temporal_order_accuracy_brute_force():
     assert math.isnan(temporal_order_accuracy(video, text, ids, {})["accuracy"])
 
 
-def test_png_writer_and_plot(tmp_path):
-    image = np.zeros((5, 7, 3), np.uint8)
-    image[2, 3] = (255, 0, 10)
-    write_png(tmp_path / "a.png", image)
-    assert _png_size(tmp_path / "a.png") == (7, 5)
-    data = (tmp_path / "a.png").read_bytes()
-    idat = data[33 + 8 : 33 + 8 + struct.unpack(">I", data[33:37])[0]]
-    raw = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(5, 1 + 7 * 3)
-    assert (raw[:, 0] == 0).all() and np.array_equal(raw[:, 1:].reshape(5, 7, 3), image)
-    plot_curves({"a": ([1, 2, 3], [3.0, float("nan"), 1.0]), "b": ([1], [0.5])}, tmp_path / "p.png", width=200, panel_height=50)
-    w, h = _png_size(tmp_path / "p.png")
-    assert w == 200 and h == 2 * 50 + 8 + 20
+def test_loss_plot_has_one_panel_per_finite_series(tmp_path):
+    plot_curves({"a": ([1, 2, 3], [3.0, float("nan"), 1.0]), "b": ([1], [0.5]), "c": ([1, 2], [float("nan")] * 2)},
+                tmp_path / "p.png", width=200, panel_height=50)
+    assert _png_size(tmp_path / "p.png") == (200, 2 * 50 + 50)  # "c" has no finite value: no panel
+    plot_curves({}, tmp_path / "empty.png", width=200, panel_height=50)
+    assert _png_size(tmp_path / "empty.png") == (200, 50 + 50)
 
 
 def test_weights_with_shared_tensors_roundtrip(tmp_path):

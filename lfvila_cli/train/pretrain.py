@@ -9,7 +9,7 @@ on its val split every ``cfg.val_every`` steps and at the end, and writes the fi
                                the aliases are in the file's metadata, ``load_weights`` restores them)
     out_dir/tokenizer/         the tokenizer the model was trained with
     out_dir/metrics.jsonl      every logged training step, then the validation records ("split": "val")
-    out_dir/loss.png           the loss curves (one panel per term), drawn without matplotlib
+    out_dir/loss.png           the loss curves (one labelled panel per term, matplotlib)
     out_dir/run/               the trainer's run directory (checkpoints, configs, its metrics)
 
 Stage 1 trains the video encoder, text layers 0–11 and the projections on VPC + MTC; its video
@@ -29,9 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import struct
 import time
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -241,71 +239,31 @@ def load_stage1_into(model, stage1_dir: str | Path) -> dict[str, int]:
 # ---------------------------------------------------------------------------------------------
 
 
-def write_png(path: str | Path, image: np.ndarray) -> None:
-    """Write an (H, W, 3) uint8 RGB image as a PNG (zlib + struct; filter 0 on every row)."""
-    image = np.ascontiguousarray(image, dtype=np.uint8)
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"write_png expects (H, W, 3) uint8, got {image.shape}")
-    h, w = image.shape[:2]
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    raw = np.concatenate([np.zeros((h, 1), np.uint8), image.reshape(h, w * 3)], axis=1).tobytes()
-    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-    png += chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
-    Path(path).write_bytes(png)
-
-
-_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
-
-
-def _draw_line(canvas: np.ndarray, x0: float, y0: float, x1: float, y1: float, colour, thick: int = 1) -> None:
-    n = int(max(abs(x1 - x0), abs(y1 - y0))) + 2
-    xs = np.rint(np.linspace(x0, x1, n)).astype(int)
-    ys = np.rint(np.linspace(y0, y1, n)).astype(int)
-    h, w = canvas.shape[:2]
-    for dy in range(-(thick // 2), thick - thick // 2):
-        for dx in range(-(thick // 2), thick - thick // 2):
-            x, y = xs + dx, ys + dy
-            keep = (x >= 0) & (x < w) & (y >= 0) & (y < h)
-            canvas[y[keep], x[keep]] = colour
-
-
 def plot_curves(series: dict[str, tuple[list[float], list[float]]], path: str | Path, width: int = 640, panel_height: int = 140) -> None:
-    """One panel per named series ``{name: (steps, values)}`` (non-finite values dropped), stacked
-    vertically, each scaled to its own range, on a white background with a grey frame and the
-    zero line when in range. Written with ``write_png``."""
+    """One labelled panel per named series ``{name: (steps, values)}`` (non-finite values
+    dropped), stacked vertically with a shared step axis, each scaled to its own range, the zero
+    line drawn when in range; ``width`` × (panels · ``panel_height`` + 50) pixels."""
+    from ..report import pyplot
+
+    plt = pyplot()
     names = [n for n, (xs, ys) in series.items() if any(np.isfinite(ys))] or ["(no data)"]
-    margin, gap = 10, 8
-    height = margin * 2 + len(names) * panel_height + (len(names) - 1) * gap
-    canvas = np.full((height, width, 3), 255, np.uint8)
-    for p, name in enumerate(names):
-        top = margin + p * (panel_height + gap)
-        left, right, bottom = margin, width - margin - 1, top + panel_height - 1
-        for (a, b, c, d) in ((left, top, right, top), (left, bottom, right, bottom), (left, top, left, bottom), (right, top, right, bottom)):
-            _draw_line(canvas, a, b, c, d, (160, 160, 160))
+    height = len(names) * panel_height + 50
+    fig, axes = plt.subplots(len(names), 1, figsize=(width / 100, height / 100), dpi=100, sharex=True, squeeze=False)
+    for p, (ax, name) in enumerate(zip(axes[:, 0], names)):
+        ax.set_title(name, fontsize=8, loc="left", pad=2)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
         if name not in series:
             continue
         xs, ys = (np.asarray(v, np.float64) for v in series[name])
         ok = np.isfinite(ys) & np.isfinite(xs)
-        xs, ys = xs[ok], ys[ok]
-        if xs.size == 0:
-            continue
-        x_lo, x_hi = float(xs.min()), float(xs.max())
-        y_lo, y_hi = float(ys.min()), float(ys.max())
-        x_span, y_span = (x_hi - x_lo) or 1.0, (y_hi - y_lo) or 1.0
-        px = left + 3 + (xs - x_lo) / x_span * (right - left - 6)
-        py = bottom - 3 - (ys - y_lo) / y_span * (bottom - top - 6)
-        if y_lo < 0 < y_hi:
-            zero = bottom - 3 - (0 - y_lo) / y_span * (bottom - top - 6)
-            _draw_line(canvas, left, zero, right, zero, (210, 210, 210))
-        colour = _COLOURS[p % len(_COLOURS)]
-        if px.size == 1:
-            _draw_line(canvas, px[0] - 2, py[0], px[0] + 2, py[0], colour, thick=3)
-        for i in range(px.size - 1):
-            _draw_line(canvas, px[i], py[i], px[i + 1], py[i + 1], colour, thick=2)
-    write_png(path, canvas)
+        ax.plot(xs[ok], ys[ok], color=f"C{p}", marker="o" if ok.sum() == 1 else None, linewidth=1.2)
+        if ok.any() and ys[ok].min() < 0 < ys[ok].max():
+            ax.axhline(0, color="0.7", linewidth=0.8)
+    axes[-1, 0].set_xlabel("step", fontsize=8)
+    fig.subplots_adjust(left=0.08, right=0.98, top=1 - 16 / height, bottom=42 / height, hspace=0.4)
+    fig.savefig(str(path), dpi=100)
+    plt.close(fig)
 
 
 # ---------------------------------------------------------------------------------------------
