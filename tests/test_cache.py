@@ -291,6 +291,33 @@ def test_chunk_mode_cuts_each_video_into_equal_chunks(videos, tmp_path):
         assert decoded_index(frames).tolist() == [[8 * i + 1, 8 * i + 3, 8 * i + 5, 8 * i + 7] for i in range(3)]
 
 
+def test_samples_with_the_same_spans_of_a_video_share_rows(videos, tmp_path):
+    """Questions about one video (a chunks cache of the whole video) are decoded and stored once;
+    each sample still reads its own frames, and failures name the first sample of a row."""
+    records = [
+        sample("q1", str(videos / "v0.mp4"), [(0.2, 0.4)], duration=3.0),
+        sample("other", str(videos / "v1.mp4"), [(0.2, 0.4)], duration=3.0),
+        sample("q2", str(videos / "v0.mp4"), [(1.0, 2.0)], duration=3.0),  # same video, same chunks
+        sample("m1", str(videos / "missing.mp4"), [(0, 1)], duration=2.0),
+        sample("m2", str(videos / "missing.mp4"), [(0, 1)], duration=2.0),
+    ]
+    corpus = write_corpus_file(tmp_path, records)
+    summary = cache_frames(corpus, cfg(segment_mode="chunks", num_chunks=3, max_failure_rate=1.0), str(tmp_path / "frames.zarr"), progress=False)
+    assert summary["rows"] == 9 and summary["ok"] == 6 and summary["failed"] == 3  # not 15 rows
+    store = FrameStore(tmp_path / "frames.zarr")
+    assert store.rows("q1") == store.rows("q2") != store.rows("other")
+    np.testing.assert_array_equal(store.sample("q1")[0], store.sample("q2")[0])
+    assert decoded_index(store.sample("q2")[0]).tolist() == [[8 * i + 1, 8 * i + 3, 8 * i + 5, 8 * i + 7] for i in range(3)]
+    assert [(f["sample"], f["segment"]) for f in store.failures()] == [("m1", 0), ("m1", 1), ("m1", 2)]
+    assert [(f["sample"], f["segment"]) for f in summary["failures"]] == [("m1", 0), ("m1", 1), ("m1", 2)]
+    # the same spans in clips mode share too; different spans of one video do not
+    records = [sample("a", str(videos / "v0.mp4"), [(0, 1), (1, 2)]), sample("b", str(videos / "v0.mp4"), [(0, 1), (1, 2)]),
+               sample("c", str(videos / "v0.mp4"), [(0, 1)])]
+    summary = cache_frames(write_corpus_file(tmp_path / "clips", records), cfg(), str(tmp_path / "clips.zarr"), progress=False)
+    store = FrameStore(tmp_path / "clips.zarr")
+    assert summary["rows"] == 3 and store.rows("a") == store.rows("b") and store.rows("c") == range(2, 3)
+
+
 # --- failures ------------------------------------------------------------------------------------
 
 

@@ -137,6 +137,7 @@ class CachePlan:
     tasks: list[VideoTask]  # in order of first appearance in the corpus
     row_task: np.ndarray  # (rows,) int32: index into tasks
     digest: str
+    row_sample: np.ndarray  # (rows,) int64: the first sample that uses the row
 
     @property
     def rows(self) -> int:
@@ -146,8 +147,8 @@ class CachePlan:
         return self.tasks[rank::world_size]
 
     def where(self, row: int) -> tuple[str, int, str]:
-        """(sample id, segment index, video) of a row."""
-        sample = int(np.searchsorted(self.row_start, row, side="right")) - 1
+        """(sample id, segment index, video) of a row, for the first sample that uses it."""
+        sample = int(self.row_sample[row])
         return self.sample_ids[sample], row - int(self.row_start[sample]), self.tasks[self.row_task[row]].video
 
 
@@ -166,7 +167,11 @@ def chunk_spans(sample, n: int) -> list[Span]:
 
 
 def plan_rows(corpus_path: Path, cfg: CacheConfig) -> CachePlan:
-    """Number the rows (samples in corpus order, segments in order) and group them by video."""
+    """Number the rows (samples in corpus order, segments in order) and group them by video.
+
+    Samples asking for the same spans of the same video share their rows: the questions of one
+    video in ActivityNet-QA or the example's How2QA items (a chunks cache of the whole video)
+    are decoded and stored once. A sample's rows stay contiguous, so readers are unchanged."""
     base = corpus_path.parent
     splits = set(cfg.splits)
     ids: list[str] = []
@@ -175,6 +180,8 @@ def plan_rows(corpus_path: Path, cfg: CacheConfig) -> CachePlan:
     tasks: list[VideoTask] = []  # in order of first appearance
     task_of_source: dict[str, int] = {}
     row_task: list[int] = []
+    row_sample: list[int] = []
+    first_rows: dict[tuple, int] = {}  # the spans of a sample (video, span, ...) -> its first row
     digest = hashlib.sha256(json.dumps(cfg.layout(), sort_keys=True).encode())
 
     for sample in read_corpus(corpus_path):
@@ -193,17 +200,22 @@ def plan_rows(corpus_path: Path, cfg: CacheConfig) -> CachePlan:
         else:
             spans = [(sample.video, span) for span in chunk_spans(sample, cfg.num_chunks)]
         ids.append(sample.id)
-        starts.append(len(row_task))
         counts.append(len(spans))
-        for video, span in spans:
-            source = resolve_video(video, base)
+        digest.update(json.dumps([sample.id, spans]).encode() + b"\n")
+        resolved = tuple((resolve_video(video, base), span) for video, span in spans)
+        if resolved in first_rows:
+            starts.append(first_rows[resolved])
+            continue
+        first_rows[resolved] = len(row_task)
+        starts.append(len(row_task))
+        for (video, _), (source, span) in zip(spans, resolved):
             index = task_of_source.setdefault(source, len(tasks))
             if index == len(tasks):
                 tasks.append(VideoTask(video, source))
             tasks[index].rows.append(len(row_task))
             tasks[index].spans.append(span)
             row_task.append(index)
-        digest.update(json.dumps([sample.id, spans]).encode() + b"\n")
+            row_sample.append(len(ids) - 1)
     if len(set(ids)) != len(ids):
         dup = next(i for i, n in Counter(ids).items() if n > 1)
         raise DataError(f"{corpus_path}: sample id {dup!r} appears twice; ids must be unique")
@@ -214,6 +226,7 @@ def plan_rows(corpus_path: Path, cfg: CacheConfig) -> CachePlan:
         tasks=tasks,
         row_task=np.asarray(row_task, dtype=np.int32),
         digest=digest.hexdigest(),
+        row_sample=np.asarray(row_sample, dtype=np.int64),
     )
 
 

@@ -12,7 +12,9 @@ any fsspec URL (a local path, ``file://``, ``memory://``, ``s3://`` ...). Layout
   Every one of them has one row per chunk, so ranks fill disjoint rows without locks, and a
   row counts only once its ``status`` (written after its frames) says ok;
 * the sample index: ``sample_id`` (variable-length utf-8), ``sample_row_start`` int64 and
-  ``sample_num_rows`` int32, one entry per sample in corpus order. Arrays rather than group
+  ``sample_num_rows`` int32, one entry per sample in corpus order; samples asking for the
+  same spans of the same video point at the same rows (each video's frames stored once,
+  not once per question). Arrays rather than group
   attributes, because the ids of millions of samples would make the group's ``zarr.json``
   as big as the corpus and be re-read with every attribute access;
 * group attributes: ``layout_version``, the cache config that shapes the rows
@@ -105,6 +107,7 @@ class FrameStore:
         ids = group["sample_id"][:]
         self._row_start = np.asarray(group["sample_row_start"][:], dtype=np.int64)
         self._num_rows = np.asarray(group["sample_num_rows"][:], dtype=np.int64)
+        self._row_owner: np.ndarray | None = None  # row -> first sample using it, built on demand
         self._ids = [str(i) for i in ids]
         self._index = {sample_id: i for i, sample_id in enumerate(self._ids)}
         self.num_rows = int(self._status.shape[0])
@@ -184,9 +187,16 @@ class FrameStore:
         return {name: int(counts[code]) for code, name in STATUS_NAMES.items()}
 
     def row_sample(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(sample index, segment index) of each store row."""
+        """(sample index, segment index) of each store row, for the first sample that uses it
+        (samples with the same spans of the same video share rows)."""
+        if self._row_owner is None:
+            owner = np.full(self.num_rows, -1, dtype=np.int64)
+            for i in np.argsort(self._row_start, kind="stable"):  # the first sample of a shared start wins
+                window = owner[self._row_start[i] : self._row_start[i] + self._num_rows[i]]
+                window[window < 0] = i
+            self._row_owner = owner
         rows = np.asarray(rows, dtype=np.int64)
-        sample = np.searchsorted(self._row_start, rows, side="right") - 1
+        sample = self._row_owner[rows]
         return sample, rows - self._row_start[sample]
 
     def failures(self) -> list[dict]:
