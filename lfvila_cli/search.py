@@ -75,7 +75,7 @@ class Encoder:
             self.text_graph = OnnxGraph(self.source / TEXT_FILE, "text", max_batch=max_batch)
             self.pre, self.fixed = self.video_graph.metadata["preprocessing"], self.video_graph.metadata["fixed"]
             self.frames_per_clip = self.pre["frames_per_clip"]
-            self.max_tokens = self.pre["max_tokens"]
+            self.max_tokens, self.max_sentences = self.pre["max_tokens"], self.pre["max_sentences"]
             mean, std = self.pre["image_mean"], self.pre["image_std"]
         else:
             from .train.pretrain import load_pretrained
@@ -83,7 +83,7 @@ class Encoder:
             self.model = load_pretrained(self.source).eval()
             self.fixed = None
             self.frames_per_clip = self.model.config.video.frames_per_clip
-            self.max_tokens = self.model.config.text.max_tokens
+            self.max_tokens, self.max_sentences = self.model.config.text.max_tokens, self.model.config.text.max_sentences
             from .data.loader import trained_loader_config
 
             loader = trained_loader_config(self.source)
@@ -112,6 +112,11 @@ class Encoder:
 
     def paragraph(self, sentences: list[str]) -> tuple[np.ndarray, Optional[np.ndarray]]:
         """sentences -> paragraph (D,), sentences (M, D) (None without sentence embeddings)."""
+        if len(sentences) > self.max_sentences:
+            raise ConfigError(
+                f"a paragraph of {len(sentences)} sentences; the model takes at most {self.max_sentences} "
+                "(join some of them, or search with fewer)"
+            )
         tokens = self.tokenizer(
             sentences, max_length=self.max_tokens, truncation=True, padding="max_length", return_tensors="np", return_token_type_ids=False,
         )

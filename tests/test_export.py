@@ -221,6 +221,9 @@ def test_onnx_and_torch_indexes_agree_and_search_matches_brute_force(exported, i
         for r in found:
             assert [s["sentence"] for s in r["sentences"]] == sentences
             assert all(s["start"] <= s["end"] for s in r["sentences"])
+        too_many = [f"sentence {i}." for i in range(model.config.text.max_sentences + 1)]
+        with pytest.raises(LfvilaError, match=f"a paragraph of {len(too_many)} sentences; the model takes at most"):
+            query(index.path, source.path, engine, too_many)
 
 
 def test_index_resumes_only_the_missing_rows(indexed, tmp_path):

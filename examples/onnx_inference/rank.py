@@ -71,6 +71,9 @@ def main() -> None:
         if video.shape != (fixed["frames"], fixed["height"], fixed["width"], 3):
             raise SystemExit(f"{path}: frames {video.shape}, the export takes {(fixed['frames'], fixed['height'], fixed['width'], 3)}")
     video_emb, clip_emb = video_session.run(None, {"frames": frames_input(videos, pre)})
+    for paragraph in args.paragraph:
+        if len(paragraph) > pre["max_sentences"]:
+            raise SystemExit(f"a paragraph of {len(paragraph)} sentences; the model takes at most {pre['max_sentences']}")
     ids, mask = text_input(args.paragraph, tokenizer, pre)
     paragraph_emb, sentence_emb = text_session.run(None, {"input_ids": ids, "attention_mask": mask})
 
