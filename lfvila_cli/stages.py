@@ -473,6 +473,25 @@ def resolve_inputs(workdir: Workdir, stage: Stage, refs: dict[str, str] | None =
 
 
 RANK_WAIT_S = float(os.environ.get("LFVILA_RANK_WAIT_S", "3600"))  # other ranks wait this long for rank 0
+_PROCESS_START = time.time()  # a failure marker older than this process is from an earlier launch
+_MARKER_SLACK_S = 30.0  # ranks of one launch start within this of each other
+
+
+def _failure_marker(workdir: Workdir, stage: str, key: str) -> Path:
+    """Rank 0 writes this when a stage fails under a multi-rank launch, so the ranks waiting for
+    its commit stop at once with its error instead of waiting LFVILA_RANK_WAIT_S."""
+    return workdir.stage_dir(stage) / f".failed-{key[:KEY_CHARS]}"
+
+
+def _mark_failed(workdir: Workdir, stage: str, key: str, exc: BaseException) -> None:
+    marker = _failure_marker(workdir, stage, key)
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        tmp = marker.with_name(f"{marker.name}.{os.getpid()}.tmp")
+        tmp.write_text(f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}\n", encoding="utf-8")
+        os.replace(tmp, marker)
+    except OSError:
+        pass  # the other ranks fall back to their timeout
 
 
 def run_stage(
@@ -522,6 +541,8 @@ def run_stage(
         return _wait_for_commit(workdir, stage, key, rank, world_size, echo)
 
     started = time.time()
+    if rank == 0 and world_size > 1:
+        _failure_marker(workdir, stage.name, key).unlink(missing_ok=True)  # an earlier launch's
     if force and existing is not None:
         # The old artifact stops being visible before any of its outputs are replaced.
         workdir.invalidate(stage.name, key)
@@ -538,7 +559,9 @@ def run_stage(
     ctx = StageContext(workdir, config, inputs, out_dir, key, rank, world_size, progress and rank == 0, force)
     try:
         summary = _load(stage.run_path)(ctx) or {}
-    except BaseException:
+    except BaseException as exc:
+        if rank == 0 and world_size > 1:
+            _mark_failed(workdir, stage.name, key, exc)
         if not stage.resumable:
             shutil.rmtree(out_dir, ignore_errors=True)
         elif rank == 0 and out_dir.is_dir() and not any(out_dir.iterdir()):
@@ -571,7 +594,16 @@ def _wait_for_commit(workdir: Workdir, stage: Stage, key: str, rank: int, world_
     """A rank other than 0 waits for rank 0 to commit ``stage``/``key``."""
     deadline = time.monotonic() + RANK_WAIT_S
     delay = 0.05
+    marker = _failure_marker(workdir, stage.name, key)
     while (artifact := workdir.get(stage.name, key)) is None:
+        try:
+            if marker.stat().st_mtime >= _PROCESS_START - _MARKER_SLACK_S:
+                raise ArtifactError(
+                    f"rank {rank}/{world_size}: rank 0 failed {stage.name}/{key[:KEY_CHARS]} "
+                    f"({marker.read_text(encoding='utf-8').strip()}); see rank 0's output"
+                )
+        except FileNotFoundError:
+            pass
         if time.monotonic() > deadline:
             raise ArtifactError(
                 f"rank {rank}/{world_size}: rank 0 did not commit {stage.name}/{key[:KEY_CHARS]} within "

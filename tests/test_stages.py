@@ -97,6 +97,36 @@ def test_failure_leaves_no_artifact(tmp_path, monkeypatch):
         wd.resolve("toy")
 
 
+def test_ranks_waiting_for_a_failed_rank_zero_stop_at_once(tmp_path, monkeypatch):
+    """Under a multi-rank launch rank 0's failure reaches the waiting ranks through a marker in
+    the store: they stop with its error, not after LFVILA_RANK_WAIT_S. A marker from an earlier
+    launch is ignored, and rank 0 clears it when it runs the stage again."""
+    import lfvila_cli.stages as stages
+
+    wd = Workdir(tmp_path)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("TOY_FAIL", "1")
+    with pytest.raises(RuntimeError, match="toy failure"):
+        run(wd)
+    markers = list(wd.stage_dir("toy").glob(".failed-*"))
+    assert len(markers) == 1 and markers[0].read_text().strip() == "RuntimeError: toy failure"
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(stages, "RANK_WAIT_S", 60.0)
+    started = time.monotonic()
+    with pytest.raises(ArtifactError, match=r"rank 1/2: rank 0 failed toy/\w+ \(RuntimeError: toy failure\)"):
+        run(wd)
+    assert time.monotonic() - started < 5
+    os.utime(markers[0], (time.time() - 3600, time.time() - 3600))  # from a launch an hour ago
+    monkeypatch.setattr(stages, "RANK_WAIT_S", 0.3)
+    with pytest.raises(ArtifactError, match="did not commit"):
+        run(wd)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.delenv("TOY_FAIL")
+    assert run(wd).status == "done" and not list(wd.stage_dir("toy").glob(".failed-*"))
+    assert [a.key for a in wd.artifacts("toy")] == [run(wd).key]
+
+
 def test_killed_stage_leaves_no_visible_artifact(tmp_path):
     """SIGKILL in the middle of a stage: nothing is visible; the next run cleans up and commits."""
     script = (
