@@ -129,12 +129,36 @@ def temporal_order_accuracy(
     return {"accuracy": wins / count if count else float("nan"), "pairs": count}
 
 
+def gather_in_order(out: dict[str, Any], num_examples: int, rank: int, world_size: int) -> dict[str, Any]:
+    """Every rank's share of a ``make_loader(..., rank, world_size, shuffle=False,
+    drop_last=False)`` pass — rank ``r`` holds positions ``r, r + W, ...`` of the index order,
+    padded with its head — back in index order on every rank (``torch.distributed``
+    all-gather; all ranks must call it). Tensors are concatenated along dim 0, lists joined."""
+    import torch.distributed as dist
+
+    parts: list[Any] = [None] * world_size
+    dist.all_gather_object(parts, out)
+    counts = [len(p["sample_ids"]) for p in parts]
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    index = [int(offsets[p % world_size]) + p // world_size for p in range(num_examples)]
+    merged: dict[str, Any] = {}
+    for key in out:
+        if isinstance(out[key], torch.Tensor):
+            merged[key] = torch.cat([p[key] for p in parts])[index]
+        else:
+            joined = [item for p in parts for item in p[key]]
+            merged[key] = [joined[i] for i in index]
+    return merged
+
+
 @torch.no_grad()
-def embed_dataset(model, dataset, batch_size: int, with_local: bool = False) -> dict[str, Any]:
+def embed_dataset(model, dataset, batch_size: int, with_local: bool = False, rank: int = 0, world_size: int = 1) -> dict[str, Any]:
     """Global video and paragraph embeddings (float32, CPU) of every example of ``dataset`` (a
     ``PretrainDataset`` or a retrieval ``TaskDataset``), in index order, in eval mode (the
     model's previous mode is restored). With ``with_local`` and local projections also
-    ``"clips"`` (N, M, D), ``"sentences"`` (N, M, D) and ``"sentence_mask"``."""
+    ``"clips"`` (N, M, D), ``"sentences"`` (N, M, D) and ``"sentence_mask"``. With
+    ``world_size`` > 1 every rank embeds its share and all get the whole result
+    (``gather_in_order``): every rank must call it."""
     from .data.loader import make_loader
 
     was_training = model.training
@@ -142,7 +166,7 @@ def embed_dataset(model, dataset, batch_size: int, with_local: bool = False) -> 
     out: dict[str, list] = {"video": [], "text": [], "sample_ids": []}
     try:
         param = next(model.parameters())
-        for batch in make_loader(dataset, batch_size, shuffle=False, drop_last=False):
+        for batch in make_loader(dataset, batch_size, rank=rank, world_size=world_size, shuffle=False, drop_last=False):
             frames = batch["frames"].to(device=param.device, dtype=param.dtype)
             video, text = model.forward_dual_encoder(frames, batch["input_ids"].to(param.device), batch["attention_mask"].to(param.device))
             out["video"].append(video.global_embedding.float().cpu())
@@ -154,17 +178,19 @@ def embed_dataset(model, dataset, batch_size: int, with_local: bool = False) -> 
                 out.setdefault("sentence_mask", []).append(text.sentence_mask.cpu())
     finally:
         model.train(was_training)
-    return {k: (v if k == "sample_ids" else torch.cat(v)) for k, v in out.items()}
+    result = {k: (v if k == "sample_ids" else torch.cat(v)) for k, v in out.items()}
+    return gather_in_order(result, len(dataset), rank, world_size) if world_size > 1 else result
 
 
-def evaluate_stage1(model, val_dataset, batch_size: int = 8) -> dict[str, float]:
+def evaluate_stage1(model, val_dataset, batch_size: int = 8, rank: int = 0, world_size: int = 1) -> dict[str, float]:
     """Paragraph→video retrieval over ``val_dataset`` (a ``PretrainDataset`` with ``train=False``)
     and, where samples carry ``hard_negative_of``, temporal-order accuracy. Keys: ``R@1``,
     ``R@5``, ``R@10``, ``MedR``, ``chance_R@1`` (1/N), ``num_videos``, and
-    ``temporal_order_accuracy``/``temporal_order_pairs`` when twins are present."""
+    ``temporal_order_accuracy``/``temporal_order_pairs`` when twins are present. With
+    ``world_size`` > 1 the ranks share the embedding (every rank must call it)."""
     if len(val_dataset) == 0:
         raise ValueError("evaluate_stage1: the validation dataset is empty")
-    emb = embed_dataset(model, val_dataset, batch_size)
+    emb = embed_dataset(model, val_dataset, batch_size, rank=rank, world_size=world_size)
     n = len(emb["sample_ids"])
     out: dict[str, float] = dict(paragraph_to_video_retrieval(emb["video"], emb["text"]))
     out["chance_R@1"] = 1.0 / n
@@ -222,20 +248,21 @@ def dual_softmax_ranks_reference(query: torch.Tensor, keys: torch.Tensor, temper
 
 
 @torch.no_grad()
-def predict_task(model, dataset, batch_size: int, with_local: bool = False) -> dict[str, Any]:
+def predict_task(model, dataset, batch_size: int, with_local: bool = False, rank: int = 0, world_size: int = 1) -> dict[str, Any]:
     """Run ``model`` in eval mode over a ``TaskDataset`` (index order) and return what its task
     is scored on: retrieval — ``embed_dataset``'s embeddings; multiple choice / classification
-    ``{"logits", "labels"}``; always ``"sample_ids"``."""
+    ``{"logits", "labels"}``; always ``"sample_ids"``. With ``world_size`` > 1 the ranks
+    share the work and all get the whole result (every rank must call it)."""
     from .data.loader import make_loader
 
     if dataset.kind == "retrieval":
-        return embed_dataset(model, dataset, batch_size, with_local=with_local)
+        return embed_dataset(model, dataset, batch_size, with_local=with_local, rank=rank, world_size=world_size)
     was_training = model.training
     model.eval()
     out: dict[str, list] = {"logits": [], "labels": [], "sample_ids": []}
     try:
         param = next(model.parameters())
-        for batch in make_loader(dataset, batch_size, shuffle=False, drop_last=False):
+        for batch in make_loader(dataset, batch_size, rank=rank, world_size=world_size, shuffle=False, drop_last=False):
             frames = batch["frames"].to(device=param.device, dtype=param.dtype)
             ids, mask = batch["input_ids"].to(param.device), batch["attention_mask"].to(param.device)
             if dataset.kind == "multiple_choice":
@@ -247,7 +274,8 @@ def predict_task(model, dataset, batch_size: int, with_local: bool = False) -> d
             out["sample_ids"].extend(batch["sample_ids"])
     finally:
         model.train(was_training)
-    return {k: (v if k == "sample_ids" else torch.cat(v)) for k, v in out.items()}
+    result = {k: (v if k == "sample_ids" else torch.cat(v)) for k, v in out.items()}
+    return gather_in_order(result, len(dataset), rank, world_size) if world_size > 1 else result
 
 
 def task_metrics(

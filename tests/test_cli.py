@@ -310,7 +310,7 @@ def test_pipeline_under_a_two_rank_launch_runs_prepare_once(tmp_path):
     port = _free_port()
     pipeline = Path(__file__).parents[1] / "stages" / "quickstart.yaml"
     cmd = [sys.executable, "-m", "lfvila_cli.main", "run", str(pipeline), "--workdir", str(tmp_path),
-           "--set", "prepare.example.train_videos=4", "--set", "prepare.example.val_videos=0", "--set", "prepare.example.test_videos=1"]
+           "--set", "prepare.example.train_videos=4", "--set", "prepare.example.val_videos=1", "--set", "prepare.example.test_videos=1"]
     for stage in ("pretrain1", "pretrain2", "finetune"):  # both ranks train: 1 sample each per step
         cmd += ["--set", f"{stage}.train.micro_batch=1", "--set", f"{stage}.train.max_steps=2", "--set", f"{stage}.val_every=0"]
     procs = [
@@ -326,6 +326,7 @@ def test_pipeline_under_a_two_rank_launch_runs_prepare_once(tmp_path):
     assert "pretrain1: done" in outputs[0] and "pretrain2: done" in outputs[0]
     assert outputs[0].count("finetune: done") == 2 and outputs[0].count("evaluate: done") == 3
     assert "export: done" in outputs[0] and "index: done" in outputs[0]
+    assert outputs[0].count(", selected step 2 on val") == 2  # both fine-tunes validated on the shared val split
     for stage, count in (("prepare", 2), ("pretrain1", 1), ("pretrain2", 1), ("finetune", 2), ("evaluate", 3)):
         assert len(list((tmp_path / "store" / stage).glob("*/manifest.json"))) == count, stage
 

@@ -211,6 +211,8 @@ def test_torchrun_two_cpu_ranks_agree(workdir, tmp_path):
     artifact, train_config = finished_run(workdir, "torchrun")
     assert train_config["world_size"] == 2 and artifact.summary["steps"] == 2
     assert [a.key for a in Workdir(workdir).artifacts("pretrain1")] == [artifact.key]  # rank 0 committed once
+    # validation shared by the two ranks still covers the whole val split
+    assert artifact.summary["val_samples"] >= 2 and artifact.summary["val"]["num_videos"] == artifact.summary["val_samples"]
 
     first, second = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2))
     saved = load_weights(artifact.path / "model.safetensors")

@@ -382,9 +382,17 @@ def run_finetune(
     validated: set[int] = set()  # steps validated by this process
 
     def validate(step: int) -> None:
-        if val_ds is None or rank != 0 or step in validated:
+        # Every rank predicts its share of the val split (all must call); rank 0 scores it, keeps
+        # the records and saves the best weights.
+        if val_ds is None or step in validated:
             return
         validated.add(step)
+        t0 = time.perf_counter()
+        module = trainer.engine.module
+        with torch.random.fork_rng(devices=[]):
+            predicted = predict_task(module, val_ds, cfg.val_batch, rank=rank, world_size=world_size)
+        if rank != 0:
+            return
         if any(r["step"] >= step for r in val_records):
             # Records (and a best) from an earlier attempt that crashed before checkpointing past
             # them: this run re-validates those steps, so the old ones go.
@@ -392,10 +400,7 @@ def run_finetune(
             val_path.write_text("".join(json.dumps(_json_clean(r)) + "\n" for r in val_records), encoding="utf-8")
             if best and best["step"] >= step:
                 best.clear()
-        t0 = time.perf_counter()
-        module = trainer.engine.module
-        with torch.random.fork_rng(devices=[]):
-            metrics = task_metrics(spec.kind, predict_task(module, val_ds, cfg.val_batch))
+        metrics = task_metrics(spec.kind, predicted)
         value = selection_metric(spec.kind, metrics)
         record = {"step": step, "split": "val", "selected_on": value, **_flat(metrics), "seconds": time.perf_counter() - t0}
         val_records.append(record)
@@ -420,8 +425,7 @@ def run_finetune(
         val_records.extend(json.loads(line) for line in val_path.read_text(encoding="utf-8").splitlines() if line.strip())
     batches = batch_source(trainer, train_ds, cfg.train, cfg.workers, cfg.val_every, validate)
     result = trainer.train(batches, steps_per_epoch, resume=resume)
-    if rank == 0:
-        validate(result.steps)
+    validate(result.steps)
     _barrier(world_size)
 
     summary: dict[str, Any] = {

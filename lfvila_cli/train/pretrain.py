@@ -531,18 +531,28 @@ def run_pretrain(
     val_records: list[dict] = []
     val_path = run_dir / VAL_FILE
 
+    validated: set[int] = set()  # steps validated by this process: the same on every rank
+
     def validate(step: int) -> None:
-        if val_ds is None or rank != 0:
+        # Stage 1: every rank embeds its share of the val split (all must call); stage 2 (MLM and
+        # VTM accuracy over the val batches as they are drawn): rank 0 alone.
+        if val_ds is None or step in validated or (cfg.stage == 2 and rank != 0):
             return
-        if val_records and val_records[-1]["step"] == step:
-            return
+        validated.add(step)
         t0 = time.perf_counter()
         module = trainer.engine.module
         with torch.random.fork_rng(devices=[]):  # validation leaves the training RNG (dropout) untouched
             if cfg.stage == 1:
-                metrics = evaluate_stage1(module, val_ds, cfg.val_batch)
+                metrics = evaluate_stage1(module, val_ds, cfg.val_batch, rank=rank, world_size=world_size)
             else:
                 metrics = validate_stage2(module, val_ds, cfg.val_batch, objectives, tokenizer)
+        if rank != 0:
+            return
+        if any(r["step"] >= step for r in val_records):
+            # Records from an earlier attempt that crashed before checkpointing past them: this run
+            # validates those steps again, so the old ones go.
+            val_records[:] = [r for r in val_records if r["step"] < step]
+            val_path.write_text("".join(json.dumps(_json_clean(r)) + "\n" for r in val_records), encoding="utf-8")
         record = {"step": step, "split": "val", **metrics, "seconds": time.perf_counter() - t0}
         val_records.append(record)
         with open(val_path, "a", encoding="utf-8") as f:
@@ -556,12 +566,12 @@ def run_pretrain(
     if rank == 0 and resume is not None and val_path.exists():
         val_records.extend(json.loads(line) for line in val_path.read_text(encoding="utf-8").splitlines() if line.strip())
     before = None
-    if cfg.stage == 1 and resume is None and rank == 0 and val_ds is not None:
-        before = evaluate_stage1(model, val_ds, cfg.val_batch)  # the untrained model: a baseline
+    if cfg.stage == 1 and resume is None and val_ds is not None:  # the untrained model: a baseline
+        before = evaluate_stage1(model, val_ds, cfg.val_batch, rank=rank, world_size=world_size)
     result = trainer.train(batches, steps_per_epoch, resume=resume)
     if rank == 0:
         val_records[:] = [r for r in val_records if r["step"] <= result.steps]
-        validate(result.steps)
+    validate(result.steps)
     _barrier(world_size)
 
     summary: dict[str, Any] = {
