@@ -9,7 +9,9 @@ temporary (or, for resumable stages, a ``.partial``) directory and commits it at
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import json
 import logging
 import os
 import shutil
@@ -473,8 +475,14 @@ def resolve_inputs(workdir: Workdir, stage: Stage, refs: dict[str, str] | None =
 
 
 RANK_WAIT_S = float(os.environ.get("LFVILA_RANK_WAIT_S", "3600"))  # other ranks wait this long for rank 0
-_PROCESS_START = time.time()  # a failure marker older than this process is from an earlier launch
-_MARKER_SLACK_S = 30.0  # ranks of one launch start within this of each other
+_MARKER_SLACK_S = 10.0  # ranks of one launch reach a stage within this of each other
+
+
+def _launch_id() -> str:
+    """What the ranks of one launch share: a relaunch (torchrun's restarts included) changes the
+    restart count or, usually, the port."""
+    env = os.environ
+    return "|".join(env.get(k, "") for k in ("MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT"))
 
 
 def _failure_marker(workdir: Workdir, stage: str, key: str) -> Path:
@@ -485,13 +493,37 @@ def _failure_marker(workdir: Workdir, stage: str, key: str) -> Path:
 
 def _mark_failed(workdir: Workdir, stage: str, key: str, exc: BaseException) -> None:
     marker = _failure_marker(workdir, stage, key)
+    record = {"error": f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}", "launch": _launch_id(), "time": time.time()}
     try:
         marker.parent.mkdir(parents=True, exist_ok=True)
         tmp = marker.with_name(f"{marker.name}.{os.getpid()}.tmp")
-        tmp.write_text(f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}\n", encoding="utf-8")
+        tmp.write_text(json.dumps(record) + "\n", encoding="utf-8")
         os.replace(tmp, marker)
     except OSError:
         pass  # the other ranks fall back to their timeout
+
+
+def _marked_failure(marker: Path, since: float) -> str | None:
+    """The error in ``marker`` if rank 0 of this launch wrote it after ``since`` (less the slack):
+    a marker of an earlier launch, or of this one before this rank reached the stage, is not."""
+    try:
+        record = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("launch") != _launch_id() or record.get("time", 0) < since - _MARKER_SLACK_S:
+        return None
+    return str(record.get("error", "unknown error"))
+
+
+@contextlib.contextmanager
+def _failure_reported(workdir: Workdir, stage: str, key: str, rank: int, world_size: int):
+    """Rank 0 of a multi-rank launch leaves a failure marker for any error in the block."""
+    try:
+        yield
+    except BaseException as exc:
+        if rank == 0 and world_size > 1:
+            _mark_failed(workdir, stage, key, exc)
+        raise
 
 
 def run_stage(
@@ -513,6 +545,7 @@ def run_stage(
     commit, so a pipeline continues on every rank with the same artifacts.
     """
     rank, world_size = dist_env()
+    reached = time.time()  # when this rank reached the stage: older failure markers are not this launch's
     if name is not None:
         check_ref_name(name)
     payload = stage.key_payload(config, inputs)
@@ -538,11 +571,15 @@ def run_stage(
     if force and world_size > 1 and stage.resumable:
         raise ConfigError("--force under a multi-rank launch would race; run it once in a single process")
     if rank != 0 and not stage.resumable:
-        return _wait_for_commit(workdir, stage, key, rank, world_size, echo)
-
-    started = time.time()
+        return _wait_for_commit(workdir, stage, key, rank, world_size, echo, reached)
     if rank == 0 and world_size > 1:
         _failure_marker(workdir, stage.name, key).unlink(missing_ok=True)  # an earlier launch's
+    with _failure_reported(workdir, stage.name, key, rank, world_size):
+        return _run_and_commit(workdir, stage, config, inputs, key, payload, existing, short, name, rank, world_size, progress, force, echo, reached)
+
+
+def _run_and_commit(workdir, stage, config, inputs, key, payload, existing, short, name, rank, world_size, progress, force, echo, reached) -> StageResult:
+    started = time.time()
     if force and existing is not None:
         # The old artifact stops being visible before any of its outputs are replaced.
         workdir.invalidate(stage.name, key)
@@ -559,9 +596,7 @@ def run_stage(
     ctx = StageContext(workdir, config, inputs, out_dir, key, rank, world_size, progress and rank == 0, force)
     try:
         summary = _load(stage.run_path)(ctx) or {}
-    except BaseException as exc:
-        if rank == 0 and world_size > 1:
-            _mark_failed(workdir, stage.name, key, exc)
+    except BaseException:
         if not stage.resumable:
             shutil.rmtree(out_dir, ignore_errors=True)
         elif rank == 0 and out_dir.is_dir() and not any(out_dir.iterdir()):
@@ -569,7 +604,7 @@ def run_stage(
         raise
     if rank != 0:
         echo(f"{stage.name}: rank {rank}/{world_size} finished its rows; rank 0 commits")
-        return _wait_for_commit(workdir, stage, key, rank, world_size, echo)
+        return _wait_for_commit(workdir, stage, key, rank, world_size, echo, reached)
     manifest = {
         "stage": stage.name,
         "version": stage.version,
@@ -590,20 +625,16 @@ def run_stage(
     return StageResult(stage.name, "done", key, artifact, line)
 
 
-def _wait_for_commit(workdir: Workdir, stage: Stage, key: str, rank: int, world_size: int, echo) -> StageResult:
-    """A rank other than 0 waits for rank 0 to commit ``stage``/``key``."""
+def _wait_for_commit(workdir: Workdir, stage: Stage, key: str, rank: int, world_size: int, echo, reached: float) -> StageResult:
+    """A rank other than 0 waits for rank 0 to commit ``stage``/``key``, or for rank 0's failure
+    marker of this launch (``reached``: when this rank reached the stage)."""
     deadline = time.monotonic() + RANK_WAIT_S
     delay = 0.05
     marker = _failure_marker(workdir, stage.name, key)
     while (artifact := workdir.get(stage.name, key)) is None:
-        try:
-            if marker.stat().st_mtime >= _PROCESS_START - _MARKER_SLACK_S:
-                raise ArtifactError(
-                    f"rank {rank}/{world_size}: rank 0 failed {stage.name}/{key[:KEY_CHARS]} "
-                    f"({marker.read_text(encoding='utf-8').strip()}); see rank 0's output"
-                )
-        except FileNotFoundError:
-            pass
+        error = _marked_failure(marker, reached)
+        if error is not None:
+            raise ArtifactError(f"rank {rank}/{world_size}: rank 0 failed {stage.name}/{key[:KEY_CHARS]} ({error}); see rank 0's output")
         if time.monotonic() > deadline:
             raise ArtifactError(
                 f"rank {rank}/{world_size}: rank 0 did not commit {stage.name}/{key[:KEY_CHARS]} within "

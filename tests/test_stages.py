@@ -1,4 +1,5 @@
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -110,15 +111,21 @@ def test_ranks_waiting_for_a_failed_rank_zero_stop_at_once(tmp_path, monkeypatch
     with pytest.raises(RuntimeError, match="toy failure"):
         run(wd)
     markers = list(wd.stage_dir("toy").glob(".failed-*"))
-    assert len(markers) == 1 and markers[0].read_text().strip() == "RuntimeError: toy failure"
+    assert len(markers) == 1 and json.loads(markers[0].read_text())["error"] == "RuntimeError: toy failure"
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setattr(stages, "RANK_WAIT_S", 60.0)
     started = time.monotonic()
     with pytest.raises(ArtifactError, match=r"rank 1/2: rank 0 failed toy/\w+ \(RuntimeError: toy failure\)"):
         run(wd)
     assert time.monotonic() - started < 5
-    os.utime(markers[0], (time.time() - 3600, time.time() - 3600))  # from a launch an hour ago
+    # not this launch's failure: written before this rank reached the stage, or by another launch
     monkeypatch.setattr(stages, "RANK_WAIT_S", 0.3)
+    record = json.loads(markers[0].read_text())
+    markers[0].write_text(json.dumps({**record, "time": time.time() - 3600}))
+    with pytest.raises(ArtifactError, match="did not commit"):
+        run(wd)
+    markers[0].write_text(json.dumps(record | {"time": time.time()}))
+    monkeypatch.setenv("MASTER_PORT", "29999")  # a relaunch on another port
     with pytest.raises(ArtifactError, match="did not commit"):
         run(wd)
     monkeypatch.setenv("RANK", "0")

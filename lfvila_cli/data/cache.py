@@ -265,7 +265,7 @@ class StoreMismatchError(DataError):
 def _check_layout(group, cfg: CacheConfig, plan: CachePlan, url: str) -> None:
     """An existing store must be the one this run would create: else name the first difference."""
     attrs = group.attrs.asdict()
-    hint = "point store_url at another location or delete the store"
+    hint = "point store_url at another location, delete the store, or rerun with --force (in one process)"
     for name, want in _expected_attrs(cfg, plan).items():
         have = attrs.get(name)
         if have != want:

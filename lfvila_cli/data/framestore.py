@@ -190,11 +190,14 @@ class FrameStore:
         """(sample index, segment index) of each store row, for the first sample that uses it
         (samples with the same spans of the same video share rows)."""
         if self._row_owner is None:
-            owner = np.full(self.num_rows, -1, dtype=np.int64)
-            for i in np.argsort(self._row_start, kind="stable"):  # the first sample of a shared start wins
-                window = owner[self._row_start[i] : self._row_start[i] + self._num_rows[i]]
-                window[window < 0] = i
-            self._row_owner = owner
+            # Samples share whole row ranges (same start, same count) and the ranges tile the rows:
+            # each row's owner is the first sample with its range's start.
+            used = np.flatnonzero(self._num_rows > 0)
+            _, first = np.unique(self._row_start[used], return_index=True)
+            owners = used[first]
+            self._row_owner = np.repeat(owners, self._num_rows[owners])
+            if len(self._row_owner) != self.num_rows:
+                raise DataError(f"{self.url}: the sample index does not tile the store's {self.num_rows} rows")
         rows = np.asarray(rows, dtype=np.int64)
         sample = self._row_owner[rows]
         return sample, rows - self._row_start[sample]
