@@ -64,10 +64,8 @@ class Encoder:
 
         self.engine, self.source = engine, Path(source)
         if engine == "onnx":
-            from .export import TEXT_FILE, VIDEO_FILE
+            from .export import QA_FILE, TEXT_FILE, VIDEO_FILE
             from .runtime import OnnxGraph
-
-            from .export import QA_FILE
 
             if not (self.source / VIDEO_FILE).is_file() and (self.source / QA_FILE).is_file():
                 raise ConfigError(f"{self.source}: an export of a QA model ({QA_FILE}); search needs the encoders: export a stage-1 or stage-2 model")

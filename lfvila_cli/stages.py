@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from . import __version__
 from .artifacts import KEY_CHARS, Artifact, Workdir, compute_key, file_digest
-from .config import from_dict, load_yaml, merge, parse_override, to_dict
+from .config import from_dict, load_yaml, parse_override, to_dict
 from .errors import ArtifactError, ConfigError, LfvilaError
 
 log = logging.getLogger(__name__)
