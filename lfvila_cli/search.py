@@ -130,7 +130,9 @@ class Encoder:
 
 
 def build_index(store_url: str, source: Path, cfg: IndexConfig, out_dir: Path, progress: bool = False) -> dict[str, Any]:
-    """Embed every sample of the frame store into ``out_dir/features.zarr`` (resumable)."""
+    """Embed every sample of the frame store into ``out_dir/features.zarr`` (resumable). Samples
+    sharing their frames with an earlier one (the questions of one video) are indexed once, under
+    the first one's id; ``shared`` counts the others."""
     from .data.framestore import OK, FrameStore, open_group
 
     store = FrameStore(store_url)
@@ -140,8 +142,16 @@ def build_index(store_url: str, source: Path, cfg: IndexConfig, out_dir: Path, p
     if store.frames_per_segment != encoder.frames_per_clip:
         raise ConfigError(f"the frame store holds {store.frames_per_segment} frames per chunk, the model's clips are {encoder.frames_per_clip}")
     status = store.status()
-    ids = [sid for sid in store.sample_ids if (status[store.rows(sid).start : store.rows(sid).stop] == OK).all()]
-    skipped = len(store.sample_ids) - len(ids)
+    ids, seen, shared = [], set(), 0
+    for sid in store.sample_ids:
+        rows = store.rows(sid)
+        if rows.start in seen:  # the same frames as an earlier sample (e.g. two questions of one video)
+            shared += 1
+            continue
+        if (status[rows.start : rows.stop] == OK).all():
+            seen.add(rows.start)
+            ids.append(sid)
+    skipped = len(store.sample_ids) - len(ids) - shared
     if not ids:
         raise DataError(f"{store_url}: no sample with all its frames cached")
     clips = store.num_segments(ids[0])
@@ -197,7 +207,7 @@ def build_index(store_url: str, source: Path, cfg: IndexConfig, out_dir: Path, p
     if bar is not None:
         bar.close()
     seconds = time.perf_counter() - started
-    info = {"engine": cfg.engine, "videos": n, "clips_per_video": clips, "grounded": grounded, "dim": dim, "skipped": skipped, "indexed_this_run": int(len(todo))}
+    info = {"engine": cfg.engine, "videos": n, "clips_per_video": clips, "grounded": grounded, "dim": dim, "skipped": skipped, "shared": shared, "indexed_this_run": int(len(todo))}
     (out_dir / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
     info["seconds"] = round(seconds, 2)
     info["videos_per_s"] = round(len(todo) / seconds, 2) if todo.size and seconds > 0 else None

@@ -321,3 +321,22 @@ def test_python_api_example_ranks_like_the_index(exported, indexed, tmp_path):
         got = {r["video"]: r["score"] for r in result["ranking"]}
         assert np.allclose([got[v] for v in videos], expected, atol=2e-4), (engine, got, expected)
         assert [s["sentence"] for s in result["sentence_clips"]] == paragraph
+
+
+def test_index_embeds_shared_frames_once(exported, tmp_path):
+    """Samples sharing their frames (two questions of one video) are indexed once, under the first id."""
+    from lfvila_cli.data.cache import CacheConfig, cache_frames
+    from lfvila_cli.search import IndexConfig, build_index
+
+    wd, _, export_artifact = exported
+    corpus = wd.resolve("prepare").path
+    records = [json.loads(line) for line in (corpus / "samples.jsonl").read_text().splitlines()][:3]
+    for r in records:
+        r["video"] = str(corpus / r["video"])
+    records.append({**records[0], "id": records[0]["id"] + "-q2"})
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    cfg = CacheConfig(frames_per_segment=8, height=64, width=96, segment_mode="chunks", num_chunks=4)
+    assert cache_frames(tmp_path / "c" / "samples.jsonl", cfg, str(tmp_path / "frames.zarr"), progress=False)["rows"] == 12
+    info = build_index(str(tmp_path / "frames.zarr"), export_artifact.path, IndexConfig(batch=2), tmp_path / "index")
+    assert info["videos"] == 3 and info["shared"] == 1 and info["skipped"] == 0
