@@ -294,9 +294,16 @@ def export_onnx(model_dir: Path, out_dir: Path, cfg: ExportConfig) -> dict[str, 
     summary: dict[str, Any] = {"preprocessing": preprocessing, "versions": versions, "opset": cfg.opset, "precision": cfg.precision, "graphs": {}}
     if task:
         summary["task"] = task
-    answers = _find_answers(model_dir) if specs[0].name == "classification" and task == "anet-qa" else None
-    if specs[0].name == "classification" and task == "anet-qa" and answers is None:
-        raise ExportError(f"{model_dir}: an ActivityNet-QA model, but the answers.json of its prepare artifact was not found")
+    answers = None
+    if specs[0].name == "classification" and task == "anet-qa":
+        from .train.finetune import read_answers
+
+        found = _find_answers(model_dir)
+        if found is None:
+            raise ExportError(f"{model_dir}: an ActivityNet-QA model, but the answers.json of its prepare artifact was not found")
+        answers = read_answers(found.parent)
+        if len(answers) != config.heads.num_labels:
+            raise ExportError(f"{found}: {len(answers)} answers for a classifier of {config.heads.num_labels} classes")
 
     started = time.perf_counter()
     outputs: dict[str, dict[str, np.ndarray]] = {}
@@ -347,7 +354,7 @@ def export_onnx(model_dir: Path, out_dir: Path, cfg: ExportConfig) -> dict[str, 
         )
     shutil.copytree(model_dir / TOKENIZER_DIR, out_dir / TOKENIZER_DIR, dirs_exist_ok=True)
     if answers is not None:
-        shutil.copyfile(answers, out_dir / ANSWERS_FILE)
+        (out_dir / ANSWERS_FILE).write_text(json.dumps(answers, ensure_ascii=False) + "\n", encoding="utf-8")
         summary["answers"] = ANSWERS_FILE
     (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary

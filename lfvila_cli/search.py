@@ -57,7 +57,8 @@ def input_names(cfg: IndexConfig) -> tuple[str, ...]:
 
 class Encoder:
     """Video and paragraph embeddings through ONNX Runtime (an export directory) or PyTorch (a
-    model directory), with the preprocessing the model was trained with."""
+    model directory), with the preprocessing the model was trained with. ``dim``: the embedding
+    width; ``grounded``: whether it gives clip and sentence embeddings."""
 
     def __init__(self, engine: str, source: Path, max_batch: int = 16) -> None:
         from .data.tokenizer import load_tokenizer
@@ -74,6 +75,8 @@ class Encoder:
             self.pre, self.fixed = self.video_graph.metadata["preprocessing"], self.video_graph.metadata["fixed"]
             self.frames_per_clip = self.pre["frames_per_clip"]
             self.max_tokens, self.max_sentences = self.pre["max_tokens"], self.pre["max_sentences"]
+            self.dim = int(self.video_graph.session.get_outputs()[0].shape[1])
+            self.grounded = "clips" in self.video_graph.output_names
             mean, std = self.pre["image_mean"], self.pre["image_std"]
         else:
             from .train.pretrain import load_pretrained
@@ -82,6 +85,8 @@ class Encoder:
             self.fixed = None
             self.frames_per_clip = self.model.config.video.frames_per_clip
             self.max_tokens, self.max_sentences = self.model.config.text.max_tokens, self.model.config.text.max_sentences
+            self.dim = self.model.config.projections.embed_dim
+            self.grounded = self.model.projections is not None and self.model.projections.clip is not None
             from .data.loader import trained_loader_config
 
             loader = trained_loader_config(self.source)
@@ -156,12 +161,10 @@ def build_index(store_url: str, source: Path, cfg: IndexConfig, out_dir: Path, p
         raise DataError(f"{store_url}: no sample with all its frames cached")
     clips = store.num_segments(ids[0])
     started = time.perf_counter()
-    first = encoder.videos(store.sample(ids[0])[0].reshape(1, -1, store.height, store.width, 3))
-    dim = first[0].shape[1]
+    dim, grounded = encoder.dim, encoder.grounded  # clip embeddings: stage-1/2 models, not a retrieval fine-tune
     url = str(out_dir / FEATURES)
     group = open_group(url, mode="a")
     n = len(ids)
-    grounded = first[1] is not None  # clip embeddings (stage-1/2 models; not a retrieval fine-tune)
     arrays = {"video": ((n, dim), "float32"), "status": ((n,), "uint8")}
     if grounded:
         arrays.update({"clips": ((n, clips, dim), "float32"), "clip_start": ((n, clips), "float32"), "clip_end": ((n, clips), "float32")})

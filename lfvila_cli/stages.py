@@ -574,55 +574,52 @@ def run_stage(
         return _wait_for_commit(workdir, stage, key, rank, world_size, echo, reached)
     if rank == 0 and world_size > 1:
         _failure_marker(workdir, stage.name, key).unlink(missing_ok=True)  # an earlier launch's
+    # Rank 0 of a multi-rank launch leaves a failure marker for any error from here to the commit.
     with _failure_reported(workdir, stage.name, key, rank, world_size):
-        return _run_and_commit(workdir, stage, config, inputs, key, payload, existing, short, name, rank, world_size, progress, force, echo, reached)
-
-
-def _run_and_commit(workdir, stage, config, inputs, key, payload, existing, short, name, rank, world_size, progress, force, echo, reached) -> StageResult:
-    started = time.time()
-    if force and existing is not None:
-        # The old artifact stops being visible before any of its outputs are replaced.
-        workdir.invalidate(stage.name, key)
-    if stage.resumable:
-        out_dir = workdir.partial_dir(stage.name, key)
-        if force and rank == 0:
-            shutil.rmtree(out_dir, ignore_errors=True)
-        resumed = out_dir.is_dir() and any(out_dir.iterdir())
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if resumed and rank == 0:
-            echo(f"{stage.name}: resuming in {out_dir}")
-    else:
-        out_dir = workdir.new_temp_dir(stage.name, key)
-    ctx = StageContext(workdir, config, inputs, out_dir, key, rank, world_size, progress and rank == 0, force)
-    try:
-        summary = _load(stage.run_path)(ctx) or {}
-    except BaseException:
-        if not stage.resumable:
-            shutil.rmtree(out_dir, ignore_errors=True)
-        elif rank == 0 and out_dir.is_dir() and not any(out_dir.iterdir()):
-            out_dir.rmdir()  # nothing to resume: do not list it as incomplete work
-        raise
-    if rank != 0:
-        echo(f"{stage.name}: rank {rank}/{world_size} finished its rows; rank 0 commits")
-        return _wait_for_commit(workdir, stage, key, rank, world_size, echo, reached)
-    manifest = {
-        "stage": stage.name,
-        "version": stage.version,
-        "key": key,
-        "key_payload": payload,
-        "inputs": payload["inputs"],
-        # Where each input lived, so `status` finds inputs from another work directory.
-        "input_paths": {name: str(artifact.path.resolve()) for name, artifact in sorted(inputs.items())},
-        "created": time.time(),
-        "seconds": round(time.time() - started, 3),
-        "lfvila_version": __version__,
-        "summary": summary,
-    }
-    artifact = workdir.commit(out_dir, stage.name, key, manifest, to_dict(config))
-    _set_refs(workdir, stage.name, key, name)
-    line = f"{stage.name}: done ({short}) in {manifest['seconds']:.1f}s — {stage.summary_line(summary)}"
-    echo(line)
-    return StageResult(stage.name, "done", key, artifact, line)
+        started = time.time()
+        if force and existing is not None:
+            # The old artifact stops being visible before any of its outputs are replaced.
+            workdir.invalidate(stage.name, key)
+        if stage.resumable:
+            out_dir = workdir.partial_dir(stage.name, key)
+            if force and rank == 0:
+                shutil.rmtree(out_dir, ignore_errors=True)
+            resumed = out_dir.is_dir() and any(out_dir.iterdir())
+            out_dir.mkdir(parents=True, exist_ok=True)
+            if resumed and rank == 0:
+                echo(f"{stage.name}: resuming in {out_dir}")
+        else:
+            out_dir = workdir.new_temp_dir(stage.name, key)
+        ctx = StageContext(workdir, config, inputs, out_dir, key, rank, world_size, progress and rank == 0, force)
+        try:
+            summary = _load(stage.run_path)(ctx) or {}
+        except BaseException:
+            if not stage.resumable:
+                shutil.rmtree(out_dir, ignore_errors=True)
+            elif rank == 0 and out_dir.is_dir() and not any(out_dir.iterdir()):
+                out_dir.rmdir()  # nothing to resume: do not list it as incomplete work
+            raise
+        if rank != 0:
+            echo(f"{stage.name}: rank {rank}/{world_size} finished its rows; rank 0 commits")
+            return _wait_for_commit(workdir, stage, key, rank, world_size, echo, reached)
+        manifest = {
+            "stage": stage.name,
+            "version": stage.version,
+            "key": key,
+            "key_payload": payload,
+            "inputs": payload["inputs"],
+            # Where each input lived, so `status` finds inputs from another work directory.
+            "input_paths": {name: str(artifact.path.resolve()) for name, artifact in sorted(inputs.items())},
+            "created": time.time(),
+            "seconds": round(time.time() - started, 3),
+            "lfvila_version": __version__,
+            "summary": summary,
+        }
+        artifact = workdir.commit(out_dir, stage.name, key, manifest, to_dict(config))
+        _set_refs(workdir, stage.name, key, name)
+        line = f"{stage.name}: done ({short}) in {manifest['seconds']:.1f}s — {stage.summary_line(summary)}"
+        echo(line)
+        return StageResult(stage.name, "done", key, artifact, line)
 
 
 def _wait_for_commit(workdir: Workdir, stage: Stage, key: str, rank: int, world_size: int, echo, reached: float) -> StageResult:

@@ -57,6 +57,7 @@ from .pretrain import (
     _subset_samples,
     _write_finished,
     batch_source,
+    drop_records_from,
     load_weights,
     resolve_tokenizer,
     save_weights,
@@ -393,13 +394,8 @@ def run_finetune(
             predicted = predict_task(module, val_ds, cfg.val_batch, rank=rank, world_size=world_size)
         if rank != 0:
             return
-        if any(r["step"] >= step for r in val_records):
-            # Records (and a best) from an earlier attempt that crashed before checkpointing past
-            # them: this run re-validates those steps, so the old ones go.
-            val_records[:] = [r for r in val_records if r["step"] < step]
-            val_path.write_text("".join(json.dumps(_json_clean(r)) + "\n" for r in val_records), encoding="utf-8")
-            if best and best["step"] >= step:
-                best.clear()
+        if drop_records_from(val_records, step, val_path) and best and best["step"] >= step:
+            best.clear()  # the best of an earlier attempt's dropped records
         metrics = task_metrics(spec.kind, predicted)
         value = selection_metric(spec.kind, metrics)
         record = {"step": step, "split": "val", "selected_on": value, **_flat(metrics), "seconds": time.perf_counter() - t0}

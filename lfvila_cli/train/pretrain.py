@@ -548,11 +548,7 @@ def run_pretrain(
                 metrics = validate_stage2(module, val_ds, cfg.val_batch, objectives, tokenizer)
         if rank != 0:
             return
-        if any(r["step"] >= step for r in val_records):
-            # Records from an earlier attempt that crashed before checkpointing past them: this run
-            # validates those steps again, so the old ones go.
-            val_records[:] = [r for r in val_records if r["step"] < step]
-            val_path.write_text("".join(json.dumps(_json_clean(r)) + "\n" for r in val_records), encoding="utf-8")
+        drop_records_from(val_records, step, val_path)
         record = {"step": step, "split": "val", **metrics, "seconds": time.perf_counter() - t0}
         val_records.append(record)
         with open(val_path, "a", encoding="utf-8") as f:
@@ -629,6 +625,17 @@ def batch_source(trainer, dataset, train_cfg, workers: int, val_every: int, vali
             yield batch
 
     return batches
+
+
+def drop_records_from(records: list[dict], step: int, path: Path) -> bool:
+    """Drop the validation records of ``step`` and later (an earlier attempt that crashed before
+    checkpointing past them: this run validates those steps again) and rewrite ``path``.
+    Returns whether any went."""
+    if not any(r["step"] >= step for r in records):
+        return False
+    records[:] = [r for r in records if r["step"] < step]
+    path.write_text("".join(json.dumps(_json_clean(r)) + "\n" for r in records), encoding="utf-8")
+    return True
 
 
 def _json_clean(record: dict) -> dict:
