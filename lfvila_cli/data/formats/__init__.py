@@ -46,6 +46,27 @@ def open_text(path: str):
         raise DataError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
 
 
+def not_utf8(path: str) -> DataError:
+    """The error for a file that does not decode as UTF-8, at the line and column of its first bad byte.
+
+    Text is decoded ahead of the lines handed out (8 KiB at a time), so the line being read when
+    decoding fails can be hundreds of lines before the bad byte: the file is scanned again, line
+    by line in bytes, to find it. Columns count characters from 1, as JSON's own errors do."""
+    import fsspec
+
+    try:
+        with fsspec.open(path, "rb", compression="infer") as fh:
+            for lineno, raw in enumerate(fh, 1):
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    column = len(raw[: exc.start].decode("utf-8")) + 1
+                    return DataError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {column})")
+    except (OSError, ValueError):
+        pass
+    return DataError(f"{path}: not UTF-8 text")
+
+
 def iter_jsonl(path: str) -> Iterator[tuple[int, Any]]:
     """``(line number, parsed value)`` for each non-blank line; bad JSON names ``file:line``."""
     fh = open_text(path)
@@ -61,19 +82,19 @@ def iter_jsonl(path: str) -> Iterator[tuple[int, Any]]:
                     # exc.pos, not exc.colno: a truncated line fails on its trailing newline.
                     raise DataError(f"{path}:{lineno}: invalid JSON ({exc.msg}, column {exc.pos + 1})") from None
         except UnicodeDecodeError:
-            raise DataError(f"{path}:{lineno + 1}: not UTF-8 text") from None
+            raise not_utf8(path) from None
         except OSError as exc:
             raise DataError(f"{path}:{lineno + 1}: read failed ({exc.strerror or exc})") from None
 
 
 def load_json(path: str) -> Any:
-    """A whole-file JSON document; bad JSON names the file and the decoder's line."""
+    """A whole-file JSON document; bad JSON and bad bytes name the file, line and column."""
     fh = open_text(path)
     with fh:
         try:
             text = fh.read()
         except UnicodeDecodeError:
-            raise DataError(f"{path}: not UTF-8 text") from None
+            raise not_utf8(path) from None
         except OSError as exc:
             raise DataError(f"{path}: read failed ({exc.strerror or exc})") from None
     try:

@@ -48,7 +48,7 @@ from typing import Any, Iterator, Literal
 from ...config import check
 from ...errors import DataError
 from ..corpus import SPLITS, Rejections, Sample, Segment
-from . import absolute, exists, join, open_text, require, safe_name, video_root
+from . import absolute, exists, join, not_utf8, open_text, require, safe_name, video_root
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ def _rows(path: str, required: tuple[str, ...], any_of: tuple[str, ...] = ()) ->
         except csv.Error as exc:
             raise DataError(f"{path}:{line + 1}: malformed CSV ({exc})") from None
         except UnicodeDecodeError:
-            raise DataError(f"{path}:{line + 1}: not UTF-8 text") from None
+            raise not_utf8(path) from None
         except OSError as exc:
             raise DataError(f"{path}:{line + 1}: read failed ({exc.strerror or exc})") from None
 

@@ -61,6 +61,7 @@ from . import (
     iter_jsonl,
     join,
     load_json,
+    not_utf8,
     open_text,
     require,
     safe_name,
@@ -192,7 +193,7 @@ def _csv_rows(path: str) -> Iterator[tuple[int, list[str]]]:
         except csv.Error as exc:
             raise DataError(f"{path}:{reader.line_num}: invalid CSV ({exc})") from None
         except UnicodeDecodeError:
-            raise DataError(f"{path}:{reader.line_num + 1}: not UTF-8 text") from None
+            raise not_utf8(path) from None
         except OSError as exc:
             raise DataError(f"{path}:{reader.line_num + 1}: read failed ({exc.strerror or exc})") from None
 

@@ -48,7 +48,7 @@ from typing import Any, Iterator
 from ...config import check
 from ...errors import DataError
 from ..corpus import Rejections, Sample, Segment
-from . import absolute, check_split_config, exists, join, load_json, open_text, require, safe_name, video_root
+from . import absolute, check_split_config, exists, join, load_json, not_utf8, open_text, require, safe_name, video_root
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ def _split_lines(path: str) -> Iterator[tuple[int, str]]:
                 if line.strip():
                     yield lineno, line.strip()
         except UnicodeDecodeError:
-            raise DataError(f"{path}:{lineno + 1}: not UTF-8 text") from None
+            raise not_utf8(path) from None
         except OSError as exc:
             raise DataError(f"{path}:{lineno + 1}: read failed ({exc.strerror or exc})") from None
 

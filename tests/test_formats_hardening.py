@@ -1,0 +1,92 @@
+"""Readers on the published formats' rough edges: error positions, truncated files, the
+datasets' own duplicate and range rules, file layouts as downloaded. Fixtures are small and
+hand-written (under ``tests/fixtures/formats/`` or built in the test)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from lfvila_cli.data.corpus import Rejections, Sample
+from lfvila_cli.data.formats import cmd, how2qa, jsonl, load_json, queryd, violin
+from lfvila_cli.errors import DataError
+
+FIXTURES = Path(__file__).parent / "fixtures" / "formats"
+HOW2QA = FIXTURES / "how2qa"
+CMD = FIXTURES / "cmd"
+QUERYD = FIXTURES / "queryd"
+
+
+def read_all(module, cfg, out_dir: Path) -> tuple[list[Sample], Rejections]:
+    rejections = Rejections()
+    return list(module.read(cfg, out_dir, rejections)), rejections
+
+
+def how2qa_row(i: int) -> str:
+    return f'abcdefghijk,[{i}:{i + 5}],"wrong, one",wrong two,wrong three,question {i}?,right {i}\n'
+
+
+def error_of(module, cfg, tmp_path: Path) -> str:
+    with pytest.raises(DataError) as info:
+        read_all(module, cfg, tmp_path)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+# --- error positions: a bad byte is reported at its own line ---------------------------------
+
+
+def test_how2qa_csv_bad_byte_is_reported_at_its_line(tmp_path):
+    rows = [how2qa_row(i).encode() for i in range(400)]
+    rows[299] = rows[299].replace(b"question", b"qu\xe9stion")  # line 300, Latin-1 e-acute
+    (tmp_path / "how2QA_val_release.csv").write_bytes(b"".join(rows))
+    cfg = how2qa.How2qaConfig(annotations=str(tmp_path), video_root="/v")
+    message = error_of(how2qa, cfg, tmp_path)
+    assert f"{tmp_path / 'how2QA_val_release.csv'}:300: not UTF-8 text" in message
+    assert "byte 0xe9" in message and "column 60" in message
+
+    (tmp_path / "how2QA_val_release.csv").write_bytes(how2qa_row(0).encode() + b"\xff" + how2qa_row(1).encode())
+    assert ":2: not UTF-8 text" in error_of(how2qa, cfg, tmp_path)
+
+
+def test_jsonl_and_split_list_bad_bytes_are_reported_at_their_line(tmp_path):
+    good = json.dumps({"id": "a", "video": "a.mp4", "segments": [{"start": 0, "end": 1, "text": "x" * 50}]}) + "\n"
+    path = tmp_path / "corpus.jsonl"
+    path.write_bytes(good.encode() + b'{"id": "\xff"}\n' + good.encode() * 300)
+    assert f"{path}:2: not UTF-8 text (byte 0xff at column 9)" in error_of(jsonl, jsonl.JsonlConfig(path=str(path)), tmp_path)
+    # Compressed files too: the position is on the decompressed text.
+    gz = tmp_path / "corpus.jsonl.gz"
+    gz.write_bytes(gzip.compress(good.encode() * 250 + b"\n\xc3(\n"))
+    assert f"{gz}:252: not UTF-8 text (byte 0xc3 at column 1)" in error_of(jsonl, jsonl.JsonlConfig(path=str(gz)), tmp_path)
+
+    root = tmp_path / "queryd"
+    root.mkdir()
+    shutil.copy(QUERYD / "raw_captions_combined_filtered.json", root)
+    (root / "train_list.txt").write_bytes(b"video-aaaaaaaaaaa\n" * 500 + b"video-\xff\n")
+    message = error_of(queryd, queryd.QuerydConfig(annotations=str(root), video_root="/v", times="none"), tmp_path)
+    assert f"{root / 'train_list.txt'}:501: not UTF-8 text" in message
+
+
+def test_whole_file_json_bad_bytes_name_line_and_column(tmp_path):
+    path = tmp_path / "val_1.json"
+    path.write_bytes(b'{\n  "v_a": {"duration": 5,\n    "sentences": ["caf\xe9"]}}\n')
+    with pytest.raises(DataError) as info:
+        load_json(str(path))
+    assert str(info.value) == f"{path}:3: not UTF-8 text (byte 0xe9 at column 23)"
+    # A multi-byte character before the bad byte counts as one column, as in JSON's own errors.
+    path.write_bytes('{"é": "'.encode() + b"\x80" + b'"}')
+    with pytest.raises(DataError, match=r"val_1.json:1: not UTF-8 text \(byte 0x80 at column 8\)"):
+        load_json(str(path))
+
+
+def test_cmd_csv_bad_byte_is_reported_at_its_line(tmp_path):
+    root = tmp_path / "cmd"
+    shutil.copytree(CMD, root)
+    rows = b"".join(f"tt{i:07d},train\n".encode() for i in range(300))
+    (root / "split.csv").write_bytes(b"imdbid,split\n" + rows + b"tt1707386,tr\xe9in\n")
+    assert f"{root / 'split.csv'}:302: not UTF-8 text" in error_of(cmd, cmd.CmdConfig(annotations=str(root), video_root="/v"), tmp_path)
