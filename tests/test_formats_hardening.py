@@ -90,3 +90,31 @@ def test_cmd_csv_bad_byte_is_reported_at_its_line(tmp_path):
     rows = b"".join(f"tt{i:07d},train\n".encode() for i in range(300))
     (root / "split.csv").write_bytes(b"imdbid,split\n" + rows + b"tt1707386,tr\xe9in\n")
     assert f"{root / 'split.csv'}:302: not UTF-8 text" in error_of(cmd, cmd.CmdConfig(annotations=str(root), video_root="/v"), tmp_path)
+
+
+# --- truncated CSV: a file that ends inside a quoted field -----------------------------------
+
+
+def test_how2qa_csv_cut_inside_a_quoted_field_is_an_error(tmp_path):
+    whole = how2qa_row(0) + 'abcdefghijk,[1:5],a,b,c,What is his channel called?,"his channel is called ""whatsdev"" on youtube"\n'
+    path = tmp_path / "how2QA_val_release.csv"
+    path.write_text(whole)
+    cfg = how2qa.How2qaConfig(annotations=str(tmp_path), video_root="/v")
+    samples, _ = read_all(how2qa, cfg, tmp_path)
+    assert samples[1].task["candidates"][samples[1].task["answer"]] == 'his channel is called "whatsdev" on youtube'
+
+    path.write_text(whole[: whole.index("whatsdev") + 4])  # cut after 'his channel is called ""what'
+    assert error_of(how2qa, cfg, tmp_path) == f"{path}:2: the file ends inside a quoted field that opens on this line (truncated?)"
+    path.write_text(whole[: whole.index("whatsdev") + 4] + "\n\n")  # the cut field may hold newlines
+    assert error_of(how2qa, cfg, tmp_path).startswith(f"{path}:2: the file ends inside a quoted field")
+
+
+def test_cmd_csv_cut_inside_a_quoted_field_names_the_line_it_opened(tmp_path):
+    root = tmp_path / "cmd"
+    shutil.copytree(CMD, root)
+    text = (CMD / "descriptions.csv").read_text(encoding="utf-8-sig")
+    # Line 17 opens a record whose first quoted field closes on line 18, where one opens that never closes.
+    text += '"noyear\n00002","A quoted description that\nruns on and on,\nand is cut'
+    (root / "descriptions.csv").write_text(text)
+    message = error_of(cmd, cmd.CmdConfig(annotations=str(root), video_root="/v"), tmp_path)
+    assert message == f"{root / 'descriptions.csv'}:18: the file ends inside a quoted field that opens on this line (truncated?)"

@@ -20,6 +20,7 @@ name.
 
 from __future__ import annotations
 
+import csv
 import glob
 import json
 import math
@@ -85,6 +86,82 @@ def iter_jsonl(path: str) -> Iterator[tuple[int, Any]]:
             raise not_utf8(path) from None
         except OSError as exc:
             raise DataError(f"{path}:{lineno + 1}: read failed ({exc.strerror or exc})") from None
+
+
+def iter_csv(path: str) -> Iterator[tuple[int, list[str]]]:
+    """``(line number, cells)`` for each record of a CSV file (standard quoting, doubled quotes;
+    a blank line gives ``[]``), numbered by the record's last line: a quoted field may hold
+    newlines.
+
+    Errors name the file and line: a record the csv module refuses (the line it starts on), a
+    byte that is not UTF-8, and a file that ends inside a quoted field (the line where that field
+    opens). The csv module would take the last as a field cut short -- a truncated download --
+    so each record is handed out only once the next one shows it was complete."""
+    fh = open_text(path)
+    with fh:
+        lines = _TakenLines(fh)
+        reader = csv.reader(lines)
+        done = 0  # the last line of the records read so far
+        held = None  # (last line, cells, first line, raw lines) of the record read last
+        try:
+            for cells in reader:
+                if held is not None:
+                    yield held[0], held[1]
+                held = (reader.line_num, cells, done + 1, lines.take())
+                done = reader.line_num
+        except csv.Error as exc:
+            raise DataError(f"{path}:{done + 1}: malformed CSV ({exc})") from None
+        except UnicodeDecodeError:
+            raise not_utf8(path) from None
+        except OSError as exc:
+            raise DataError(f"{path}:{done + 1}: read failed ({exc.strerror or exc})") from None
+    if held is not None:
+        opened = _unclosed_quote("".join(held[3]))
+        if opened is not None:
+            raise DataError(f"{path}:{held[2] + opened}: the file ends inside a quoted field that opens on this line (truncated?)")
+        yield held[0], held[1]
+
+
+class _TakenLines:
+    """The lines of a text file, remembering those handed out since the last ``take``."""
+
+    def __init__(self, fh) -> None:
+        self._fh = fh
+        self._taken: list[str] = []
+
+    def __iter__(self) -> "_TakenLines":
+        return self
+
+    def __next__(self) -> str:
+        line = next(self._fh)
+        self._taken.append(line)
+        return line
+
+    def take(self) -> list[str]:
+        taken, self._taken = self._taken, []
+        return taken
+
+
+def _unclosed_quote(record: str) -> int | None:
+    """The line (counted from 0 within ``record``) where a quoted field opens that ``record``
+    never closes, or ``None``; the csv module's default dialect, not strict."""
+    state, opened, line = "start", None, 0
+    for ch in record:
+        if state == "start":  # at the start of a field: only here does a quote open one
+            if ch == '"':
+                state, opened = "quoted", line
+            elif ch != ",":
+                state = "field"
+        elif state == "field":
+            if ch == ",":
+                state = "start"
+        elif state == "quoted":
+            if ch == '"':
+                state = "quote"
+        elif state == "quote":  # a quote inside a quoted field: doubled, or the field's end
+            state = "quoted" if ch == '"' else "start" if ch == "," else "field"
+        line += ch == "\n"
+    return opened if state == "quoted" else None
 
 
 def load_json(path: str) -> Any:

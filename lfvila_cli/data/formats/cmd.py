@@ -1,7 +1,8 @@
 """Condensed Movies (the release's CSV metadata) -> one text segment per clip.
 
-Files in ``cmd.annotations`` (FORMATS.md; read with the ``csv`` module: standard quoting with
-doubled quotes, UTF-8, a leading byte-order mark tolerated):
+Files in ``cmd.annotations`` (read with the ``csv`` module: standard quoting with doubled
+quotes, UTF-8, a leading byte-order mark tolerated; a file that ends inside a quoted field, as a
+cut download does, is an error naming the line where that field opens):
 
 * ``descriptions.csv`` (``videoid``, ``description``): the samples. Descriptions are stripped;
   an empty one ("empty description") and a repeat of a clip's text ("duplicate description")
@@ -38,7 +39,6 @@ duration") and, with layout ``year``, an ``upload_year`` that is not a year ("ba
 from __future__ import annotations
 
 import ast
-import csv
 import logging
 import math
 import re
@@ -48,7 +48,7 @@ from typing import Any, Iterator, Literal
 from ...config import check
 from ...errors import DataError
 from ..corpus import SPLITS, Rejections, Sample, Segment
-from . import absolute, exists, join, not_utf8, open_text, require, safe_name, video_root
+from . import absolute, exists, iter_csv, join, require, safe_name, video_root
 
 log = logging.getLogger(__name__)
 
@@ -174,31 +174,17 @@ def _year(value: Any) -> str | None:
 def _rows(path: str, required: tuple[str, ...], any_of: tuple[str, ...] = ()) -> Iterator[tuple[int, dict[str, str]]]:
     """``(line number, row)`` for each record of a CSV file whose header names every column of
     ``required`` and at least one of ``any_of``."""
-    fh = open_text(path)
-    with fh:
-        line = 0
-        try:
-            reader = csv.reader(fh)
-            header = next(reader, None)
-            header = [name.strip().lstrip("\ufeff").strip() for name in header or []]
-            for name in required:
-                if name not in header:
-                    raise DataError(f"{path}: missing column '{name}' (header: {','.join(header) or 'empty'})")
-            if any_of and not any(name in header for name in any_of):
-                raise DataError(f"{path}: missing column '{any_of[-1]}' (header: {','.join(header) or 'empty'})")
-            line = reader.line_num
-            for values in reader:
-                if not any(v.strip() for v in values):
-                    line = reader.line_num
-                    continue
-                yield reader.line_num, dict(zip(header, values))
-                line = reader.line_num
-        except csv.Error as exc:
-            raise DataError(f"{path}:{line + 1}: malformed CSV ({exc})") from None
-        except UnicodeDecodeError:
-            raise not_utf8(path) from None
-        except OSError as exc:
-            raise DataError(f"{path}:{line + 1}: read failed ({exc.strerror or exc})") from None
+    records = iter_csv(path)
+    _, header = next(records, (0, []))
+    header = [name.strip().lstrip("\ufeff").strip() for name in header]
+    for name in required:
+        if name not in header:
+            raise DataError(f"{path}: missing column '{name}' (header: {','.join(header) or 'empty'})")
+    if any_of and not any(name in header for name in any_of):
+        raise DataError(f"{path}: missing column '{any_of[-1]}' (header: {','.join(header) or 'empty'})")
+    for line, values in records:
+        if any(v.strip() for v in values):
+            yield line, dict(zip(header, values))
 
 
 def _clips(path: str, rejections: Rejections) -> dict[str, dict[str, str]]:

@@ -7,7 +7,9 @@ Two published forms (FORMATS.md), chosen by ``how2qa.format``:
 columns per row: YouTube id, span ``"[start:end]"`` (seconds on the source video; zero-length
 spans occur and are kept), three *wrong* answers, the question, the *correct* answer (always
 last). Fields may contain commas (standard CSV quoting) and distractors may repeat: all 4
-candidates are kept. The video is the source video ``<video_root>/<ytid><video_ext>``. The CSV
+candidates are kept. A file that ends inside a quoted field (a cut download: the csv module
+would keep the field cut short, ``his channel is called "what``) is an error naming the line
+where that field opens. The video is the source video ``<video_root>/<ytid><video_ext>``. The CSV
 names no clip, so the clip watched is *our choice*: a window of ``clip_seconds`` (60) centred on
 the span, widened to the span when the span is longer, and shifted right to start at 0 when it
 would start before (the end may then pass a short video's end; the cache stops there). The
@@ -43,7 +45,6 @@ dropped.
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import re
@@ -58,11 +59,10 @@ from . import (
     absolute,
     check_split_config,
     exists,
+    iter_csv,
     iter_jsonl,
     join,
     load_json,
-    not_utf8,
-    open_text,
     require,
     safe_name,
     shuffle_candidates,
@@ -159,7 +159,7 @@ def read(cfg: How2qaConfig, out_dir: Path, rejections: Rejections) -> Iterator[S
 def _read_csv(cfg: How2qaConfig, path: str, stem: str, split: str, rejections: Rejections) -> Iterator[Sample]:
     root = video_root(cfg.video_root)
     count = 0
-    for index, row in _csv_rows(path):
+    for index, (_, row) in enumerate(iter_csv(path)):
         if not row:
             continue  # a blank line
         where = f"{path}#{index}"
@@ -181,21 +181,6 @@ def _read_csv(cfg: How2qaConfig, path: str, stem: str, split: str, rejections: R
             task={"clip": list(clip), "question": question, "candidates": candidates, "answer": answer, "span": [start, end], "subtitles": []},
         )
     log.info("how2qa: %s -> %d %s samples", path, count, split)
-
-
-def _csv_rows(path: str) -> Iterator[tuple[int, list[str]]]:
-    """``(row index, cells)`` for every CSV row; a file the csv module cannot parse names the line."""
-    fh = open_text(path)
-    with fh:
-        reader = csv.reader(fh)
-        try:
-            yield from enumerate(reader)
-        except csv.Error as exc:
-            raise DataError(f"{path}:{reader.line_num}: invalid CSV ({exc})") from None
-        except UnicodeDecodeError:
-            raise not_utf8(path) from None
-        except OSError as exc:
-            raise DataError(f"{path}:{reader.line_num + 1}: read failed ({exc.strerror or exc})") from None
 
 
 def _row_error(row: list[str]) -> str | None:
