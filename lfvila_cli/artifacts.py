@@ -4,8 +4,10 @@ Layout under the work directory::
 
     store/<stage>/<key>/            a committed artifact: its files, stage_config.json, manifest.json
     store/<stage>/.tmp-<key>-<pid>  a stage being written (invisible to readers)
-    store/<stage>/<key>.partial/    a resumable stage's work in progress (cache)
+    store/<stage>/<key>.partial/    a resumable stage's work in progress (cache, pretrain, ...)
+    store/<stage>/.lock-<key>       held by the one process building that artifact (``locks.py``)
     refs/<stage>/<name>             a text file holding a key (``latest`` by default)
+    workdir.json                    the work directory's id (frame stores record their owner)
 
 An artifact exists only once ``manifest.json`` is written, and the directory appears under its
 final name by one atomic ``rename``: a stage killed at any moment leaves nothing a reader sees.
@@ -19,9 +21,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,12 +106,35 @@ class Workdir:
     def ref_path(self, stage: str, name: str) -> Path:
         return self.root / "refs" / stage / name
 
+    def lock_path(self, stage: str, key: str) -> Path:
+        return self.stage_dir(stage) / f".lock-{key[:KEY_CHARS]}"
+
+    def identity(self) -> dict:
+        """``{id, path}``: a random id made once per work directory (``workdir.json``), so that
+        what it owns is recognised however the directory is mounted."""
+        path = self.root / "workdir.json"
+        if not path.is_file():
+            self.root.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".workdir.json.{uuid.uuid4().hex}.tmp")
+            tmp.write_text(json.dumps({"id": uuid.uuid4().hex}) + "\n", encoding="utf-8")
+            try:
+                os.link(tmp, path)  # never replaces one another process made meanwhile
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink(missing_ok=True)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return {"id": str(data["id"]), "path": str(self.root.resolve())}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ArtifactError(f"{path}: unreadable work directory id ({exc}); restore it or delete it to make a new one") from None
+
     # --- reading ------------------------------------------------------------------------
     def get(self, stage: str, key: str) -> Artifact | None:
         """The committed artifact ``stage/key`` or ``None`` (a directory without manifest is absent)."""
         path = self.artifact_dir(stage, key)
         manifest = path / MANIFEST
-        if not manifest.is_file():
+        if not manifest.is_file() and not (self._restore_trash(path) and manifest.is_file()):
             return None
         try:
             data = json.loads(manifest.read_text())
@@ -196,28 +223,47 @@ class Workdir:
         on a work directory shared between machines, another host's work in progress is left alone.
         """
         for path in list(folder.glob(".tmp-*")) + list(folder.glob(".trash-*")):
-            parts = path.name.split("-")
-            try:
-                host, pid = parts[2], int(parts[3])
-            except (IndexError, ValueError):
+            if _owned_by_live_process(path.name):
                 continue
-            if host == _HOST and not _pid_alive(pid):
-                shutil.rmtree(path, ignore_errors=True)
+            if path.name.startswith(".trash-") and not (folder / path.name.split("-")[1]).exists():
+                Workdir._restore_trash(folder / path.name.split("-")[1])  # the only copy left
+                continue
+            shutil.rmtree(path, ignore_errors=True)
 
     def invalidate(self, stage: str, key: str) -> None:
-        """Make a committed artifact invisible (``--force`` is about to replace its outputs)."""
+        """Make a committed artifact invisible (its outputs outside the artifact are about to be
+        rewritten in place: a cache's external frame store under ``--force``)."""
         manifest = self.artifact_dir(stage, key) / MANIFEST
         manifest.unlink(missing_ok=True)
 
-    def commit(self, work_dir: Path, stage: str, key: str, manifest: dict, config: dict) -> Artifact:
+    @staticmethod
+    def _restore_trash(final: Path) -> bool:
+        """Put back an artifact a commit moved aside and was killed before it renamed the new one
+        into place (``.trash-<key>-<host>-<pid>`` with no ``<key>``)."""
+        if final.exists():
+            return False
+        for trash in sorted(final.parent.glob(f".trash-{final.name}-*")):
+            if (trash / MANIFEST).is_file() and not _owned_by_live_process(trash.name):
+                try:
+                    os.rename(trash, final)
+                except OSError:
+                    continue
+                return True
+        return False
+
+    def commit(self, work_dir: Path, stage: str, key: str, manifest: dict, config: dict, replace: bool = False) -> Artifact:
         """Write config + manifest (last) into ``work_dir`` and rename it to its final name.
 
-        An existing artifact with the same key (``--force``) is moved aside first and deleted
-        only after the new one is in place.
+        An existing artifact with the same key is kept and ``work_dir`` discarded unless
+        ``replace`` (``--force``): then the old one is moved aside first and deleted only after
+        the new one is in place (a kill in between leaves it to be put back by ``get``).
         """
+        final = self.artifact_dir(stage, key)
+        if not replace and (existing := self.get(stage, key)) is not None:
+            shutil.rmtree(work_dir, ignore_errors=True)
+            return existing
         write_json_atomic(work_dir / CONFIG, config)
         write_json_atomic(work_dir / MANIFEST, manifest)
-        final = self.artifact_dir(stage, key)
         trash = None
         if final.exists():
             trash = final.with_name(f".trash-{final.name}-{_HOST}-{os.getpid()}")
@@ -230,6 +276,37 @@ class Workdir:
 
 
 _HOST = "".join(c for c in socket.gethostname() if c.isalnum())[:32] or "host"
+
+
+def _owned_by_live_process(name: str) -> bool:
+    """For ``.tmp-<key>-<host>-<pid>-...`` and ``.trash-<key>-<host>-<pid>``: whether the process
+    that made it may still be at work (another host's always may)."""
+    parts = name.split("-")
+    try:
+        host, pid = parts[2], int(parts[3])
+    except (IndexError, ValueError):
+        return True
+    return host != _HOST or _pid_alive(pid)
+
+
+# What writers killed mid-write leave: Zarr's ``<name>.<uuid hex>.partial`` chunk files and our
+# own ``.<name>.<pid>.tmp`` (``write_json_atomic``, ``set_ref``).
+_TEMP_FILE = re.compile(r"(.+\.[0-9a-f]{32}\.partial|\..+\.\d+\.tmp)")
+
+
+def remove_temp_files(folder: Path) -> int:
+    """Delete temporary files of killed writers anywhere under ``folder``; returns how many.
+    Called on resumed work when no writer is at work there any more (before its commit)."""
+    removed = 0
+    for dirpath, _, files in os.walk(folder):
+        for name in files:
+            if _TEMP_FILE.fullmatch(name):
+                try:
+                    os.unlink(os.path.join(dirpath, name))
+                    removed += 1
+                except OSError:
+                    pass
+    return removed
 
 
 def _pid_alive(pid: int) -> bool:

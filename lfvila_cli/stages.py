@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import __version__
-from .artifacts import KEY_CHARS, Artifact, Workdir, compute_key, file_digest
+from .artifacts import KEY_CHARS, Artifact, Workdir, compute_key, file_digest, remove_temp_files
 from .config import from_dict, load_yaml, parse_override, to_dict
 from .errors import ArtifactError, ConfigError, LfvilaError
+from .locks import FileLock, describe_holder
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class StageContext:
     rank: int = 0
     world_size: int = 1
     progress: bool = True
-    force: bool = False  # resumable stages start their partial work afresh
+    force: bool = False  # rebuilding an artifact of this key: resumable stages start their partial work afresh
 
 
 @dataclass(frozen=True)
@@ -294,22 +295,40 @@ def _stat_fingerprint(url: str) -> list | None:
     return [info.get("size"), str(info.get("mtime") or info.get("LastModified") or info.get("ETag") or "")]
 
 
-def _remove_store(url: str) -> None:
-    """Delete the frame store at ``url`` — only if it is one (never a directory of other data)."""
-    import json
-
+def _remove_store(workdir: Workdir, url: str, owner: dict) -> None:
+    """``--force`` with an external ``store_url``: delete the frame store there — only if it is
+    one, and only if it belongs to the artifact being rebuilt (never another artifact's or
+    another work directory's store, nor a directory of other data)."""
     import fsspec
+
+    from .data.cache import describe_owner, same_owner
 
     fs, path = fsspec.core.url_to_fs(url)
     if not fs.exists(path):
         return
     try:
         with fs.open(f"{path.rstrip('/')}/zarr.json", "rb") as fh:
-            is_store = "layout_version" in json.load(fh).get("attributes", {})
-    except (OSError, ValueError):
-        is_store = False
-    if not is_store:
+            attrs = json.load(fh).get("attributes", {})
+    except (OSError, ValueError, AttributeError):
+        attrs = {}
+    if "layout_version" not in attrs:
         raise ConfigError(f"store_url {url}: exists and is not an lfvila frame store; --force will not delete it")
+    recorded = attrs.get("owner")
+    if isinstance(recorded, dict):
+        if not same_owner(recorded, owner):
+            raise ConfigError(
+                f"store_url {url}: belongs to {describe_owner(recorded)}; --force will not delete another "
+                "artifact's frame store (point store_url at another location)"
+            )
+    else:
+        mine = workdir.get("cache", owner["key"])
+        if mine is None or frame_store_url(mine) != url:
+            raise ConfigError(
+                f"store_url {url}: the frame store records no owner (made by an older lfvila) and no cache artifact "
+                "of this work directory uses it; --force will not delete it (delete it yourself if nothing needs it)"
+            )
+    # The artifact of this key reads this store: it stops being visible before the store goes.
+    workdir.invalidate("cache", owner["key"])
     fs.rm(path, recursive=True)
 
 
@@ -343,8 +362,10 @@ def run_cache(ctx: StageContext) -> dict:
     if ctx.config.store_url.startswith("memory://"):
         raise ConfigError("store_url: a memory:// store vanishes when the process ends; use a path or a persistent URL")
     url = ctx.config.store_url or str(ctx.out_dir / "frames.zarr")
+    identity = ctx.workdir.identity()
+    owner = {"workdir_id": identity["id"], "workdir": identity["path"], "stage": "cache", "key": ctx.key}
     if ctx.force and ctx.config.store_url and ctx.rank == 0:
-        _remove_store(ctx.config.store_url)  # the partial directory was wiped; an external store too
+        _remove_store(ctx.workdir, ctx.config.store_url, owner)  # the partial directory was wiped; an external store too
     summary = cache_frames(
         corpus_file(ctx.inputs["prepare"]),
         ctx.config,
@@ -352,6 +373,7 @@ def run_cache(ctx: StageContext) -> dict:
         rank=ctx.rank,
         world_size=ctx.world_size,
         progress=ctx.progress,
+        owner=owner,
     )
     summary["store_url"] = ctx.config.store_url
     return summary
@@ -540,9 +562,15 @@ def run_stage(
 ) -> StageResult:
     """Run ``stage`` unless an artifact with the same key exists; commit atomically.
 
+    One process builds a given artifact at a time: it holds ``store/<stage>/.lock-<key>``
+    (``locks.py``) from before it looks for partial work until after it commits. Another
+    process asking for the same artifact waits, then finds it up to date. A ``--force`` run
+    leaves the old artifact in place until the new one replaces it.
+
     Under a multi-rank launch only rank 0 runs a stage and commits it; the other ranks take
-    part only in resumable stages (their own rows of ``cache``) and then wait for rank 0's
-    commit, so a pipeline continues on every rank with the same artifacts.
+    part only in resumable stages (their own rows of ``cache``), once rank 0 of their launch
+    holds the lock, and then wait for rank 0's commit, so a pipeline continues on every rank
+    with the same artifacts.
     """
     rank, world_size = dist_env()
     reached = time.time()  # when this rank reached the stage: older failure markers are not this launch's
@@ -555,34 +583,58 @@ def run_stage(
     if existing is not None and not force:
         problem = _load(stage.verify_path)(existing) if stage.verify_path else None
         if problem is None:
-            if not dry_run and rank == 0:
-                _set_refs(workdir, stage.name, key, name)
-            line = f"{stage.name}: up to date ({short}) — {stage.summary_line(existing.summary)}; nothing to do"
-            if rank == 0:
-                echo(line)
-            return StageResult(stage.name, "up to date", key, existing, line)
+            return _up_to_date(workdir, stage, existing, name, rank, dry_run, echo)
         if rank == 0:
             echo(f"{stage.name}: artifact {short} is unusable ({problem}); running again")
-        force = True
+    rebuild = force or existing is not None  # replace the artifact of this key when committing
     if dry_run:
         line = f"{stage.name}: would run ({short})" + (" [--force]" if existing else "")
         echo(line)
         return StageResult(stage.name, "would run", key, None, line)
-    if force and world_size > 1 and stage.resumable:
+    if rebuild and world_size > 1 and stage.resumable:
         raise ConfigError("--force under a multi-rank launch would race; run it once in a single process")
-    if rank != 0 and not stage.resumable:
-        return _wait_for_commit(workdir, stage, key, rank, world_size, echo, reached)
+    if rank != 0:
+        if not stage.resumable:
+            return _wait_for_commit(workdir, stage, key, rank, world_size, echo, reached)
+        committed = _wait_for_launch_lock(workdir, stage, key, rank, world_size, reached)
+        if committed is not None:
+            return committed
+        return _build(workdir, stage, config, inputs, payload, key, None, rank, world_size, rebuild, name, progress, echo, reached)
+    lock = FileLock(workdir.lock_path(stage.name, key), launch=_launch_id())
+    lock.acquire(on_wait=lambda holder: echo(f"{stage.name}: waiting for {describe_holder(holder)}, which is building {short} ({lock.path})"))
+    try:
+        if not force:  # another process may have committed it while this one waited
+            existing = workdir.get(stage.name, key)
+            if existing is not None and (not stage.verify_path or _load(stage.verify_path)(existing) is None):
+                return _up_to_date(workdir, stage, existing, name, rank, dry_run, echo)
+        return _build(workdir, stage, config, inputs, payload, key, lock, rank, world_size, rebuild, name, progress, echo, reached)
+    finally:
+        lock.release()
+
+
+def _up_to_date(workdir: Workdir, stage: Stage, existing: Artifact, name: str | None, rank: int, dry_run: bool, echo) -> StageResult:
+    key = existing.manifest.get("key", existing.key)
+    if not dry_run and rank == 0:
+        _set_refs(workdir, stage.name, key, name)
+    line = f"{stage.name}: up to date ({key[:KEY_CHARS]}) — {stage.summary_line(existing.summary)}; nothing to do"
+    if rank == 0:
+        echo(line)
+    return StageResult(stage.name, "up to date", key, existing, line)
+
+
+def _build(workdir, stage, config, inputs, payload, key, lock, rank, world_size, rebuild, name, progress, echo, reached) -> StageResult:
+    """Run the stage's body into its partial (resumable) or temporary directory and commit it
+    (rank 0, holding ``lock``)."""
+    short = key[:KEY_CHARS]
     if rank == 0 and world_size > 1:
         _failure_marker(workdir, stage.name, key).unlink(missing_ok=True)  # an earlier launch's
     # Rank 0 of a multi-rank launch leaves a failure marker for any error from here to the commit.
     with _failure_reported(workdir, stage.name, key, rank, world_size):
         started = time.time()
-        if force and existing is not None:
-            # The old artifact stops being visible before any of its outputs are replaced.
-            workdir.invalidate(stage.name, key)
+        resumed = False
         if stage.resumable:
             out_dir = workdir.partial_dir(stage.name, key)
-            if force and rank == 0:
+            if rebuild and rank == 0:
                 shutil.rmtree(out_dir, ignore_errors=True)
             resumed = out_dir.is_dir() and any(out_dir.iterdir())
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -590,7 +642,7 @@ def run_stage(
                 echo(f"{stage.name}: resuming in {out_dir}")
         else:
             out_dir = workdir.new_temp_dir(stage.name, key)
-        ctx = StageContext(workdir, config, inputs, out_dir, key, rank, world_size, progress and rank == 0, force)
+        ctx = StageContext(workdir, config, inputs, out_dir, key, rank, world_size, progress and rank == 0, rebuild)
         try:
             summary = _load(stage.run_path)(ctx) or {}
         except BaseException:
@@ -615,11 +667,39 @@ def run_stage(
             "lfvila_version": __version__,
             "summary": summary,
         }
-        artifact = workdir.commit(out_dir, stage.name, key, manifest, to_dict(config))
+        if resumed:  # writers killed in an earlier run may have left their temporary files
+            remove_temp_files(out_dir)
+        lock.check()
+        artifact = workdir.commit(out_dir, stage.name, key, manifest, to_dict(config), replace=rebuild)
         _set_refs(workdir, stage.name, key, name)
         line = f"{stage.name}: done ({short}) in {manifest['seconds']:.1f}s — {stage.summary_line(summary)}"
         echo(line)
         return StageResult(stage.name, "done", key, artifact, line)
+
+
+def _wait_for_launch_lock(workdir: Workdir, stage: Stage, key: str, rank: int, world_size: int, reached: float) -> StageResult | None:
+    """A rank other than 0 of a resumable stage starts only once rank 0 of its own launch holds
+    the stage's lock (never into the partial work of another process), or returns the artifact
+    if it is committed meanwhile."""
+    lock = FileLock(workdir.lock_path(stage.name, key))
+    marker = _failure_marker(workdir, stage.name, key)
+    deadline = time.monotonic() + RANK_WAIT_S
+    delay = 0.05
+    while (artifact := workdir.get(stage.name, key)) is None:
+        holder = lock.read()
+        if holder and holder.get("launch") == _launch_id() and holder.get("started", 0) >= reached - _MARKER_SLACK_S:
+            return None
+        error = _marked_failure(marker, reached)
+        if error is not None:
+            raise ArtifactError(f"rank {rank}/{world_size}: rank 0 failed {stage.name}/{key[:KEY_CHARS]} ({error}); see rank 0's output")
+        if time.monotonic() > deadline:
+            raise ArtifactError(
+                f"rank {rank}/{world_size}: rank 0 did not start {stage.name}/{key[:KEY_CHARS]} within "
+                f"{RANK_WAIT_S:.0f}s (LFVILA_RANK_WAIT_S); see rank 0's output"
+            )
+        time.sleep(delay)
+        delay = min(delay * 2, 1.0)
+    return StageResult(stage.name, "up to date", key, artifact, f"{stage.name}: rank {rank} sees {key[:KEY_CHARS]}")
 
 
 def _wait_for_commit(workdir: Workdir, stage: Stage, key: str, rank: int, world_size: int, echo, reached: float) -> StageResult:

@@ -262,10 +262,17 @@ class StoreMismatchError(DataError):
     """An existing store was made for another config or corpus."""
 
 
-def _check_layout(group, cfg: CacheConfig, plan: CachePlan, url: str) -> None:
-    """An existing store must be the one this run would create: else name the first difference."""
+def _check_layout(group, cfg: CacheConfig, plan: CachePlan, url: str, owner: dict | None = None) -> None:
+    """An existing store must be the one this run would create: else name the first difference.
+
+    ``--force`` is suggested only for a store of this run's own artifact: it deletes the store,
+    and a store of another artifact or work directory is not this run's to delete."""
     attrs = group.attrs.asdict()
-    hint = "point store_url at another location, delete the store, or rerun with --force (in one process)"
+    recorded = store_owner(group)
+    if owner is not None and recorded is not None and not same_owner(recorded, owner):
+        hint = f"it belongs to {describe_owner(recorded)}; point store_url at another location"
+    else:
+        hint = "point store_url at another location, delete the store, or rerun with --force (in one process)"
     for name, want in _expected_attrs(cfg, plan).items():
         have = attrs.get(name)
         if have != want:
@@ -283,7 +290,7 @@ def _check_layout(group, cfg: CacheConfig, plan: CachePlan, url: str) -> None:
             )
 
 
-def _create_layout(group, cfg: CacheConfig, plan: CachePlan) -> None:
+def _create_layout(group, cfg: CacheConfig, plan: CachePlan, owner: dict | None = None) -> None:
     """Pre-size every array (only rank 0 does this: resizing from several writers races)."""
     import zarr.codecs
 
@@ -310,8 +317,31 @@ def _create_layout(group, cfg: CacheConfig, plan: CachePlan) -> None:
         group["sample_id"][:] = np.asarray(plan.sample_ids, dtype=object)
         group["sample_row_start"][:] = plan.row_start
         group["sample_num_rows"][:] = plan.num_rows
-    # ``ready`` last: other ranks (and resumes) trust the arrays only once it is set.
-    group.attrs.update({**_expected_attrs(cfg, plan), "frames_codec": "zstd-1" if cfg.compression == "zstd" else "none", "ready": True})
+    # All attributes in one write of zarr.json (``attrs.update`` rewrites it once per key), with
+    # ``ready``: other ranks (and resumes) trust the arrays only once it is set.
+    attrs = {**_expected_attrs(cfg, plan), "frames_codec": "zstd-1" if cfg.compression == "zstd" else "none", "ready": True}
+    if owner:
+        attrs["owner"] = owner
+    group.attrs.put(attrs)
+
+
+def store_owner(group) -> dict | None:
+    """The artifact a frame store belongs to (``{workdir_id, workdir, stage, key}``), if recorded."""
+    owner = group.attrs.get("owner")
+    return owner if isinstance(owner, dict) else None
+
+
+def same_owner(a: dict, b: dict) -> bool:
+    return a.get("workdir_id") == b.get("workdir_id") and a.get("stage") == b.get("stage") and a.get("key") == b.get("key")
+
+
+def describe_owner(owner: dict) -> str:
+    return f"{owner.get('stage', '?')} artifact {str(owner.get('key', '?'))[:16]} of the work directory {owner.get('workdir', '?')}"
+
+
+def _is_own_layout(attrs: dict) -> bool:
+    """Attributes only a frame store's layout writes (a run killed while writing them leaves some)."""
+    return bool(set(attrs) & {"layout_version", "plan_digest", "frames_codec", "ready", "owner"})
 
 
 def _foreign_content(url: str, cfg: CacheConfig, plan: CachePlan) -> str | None:
@@ -332,7 +362,7 @@ def _foreign_content(url: str, cfg: CacheConfig, plan: CachePlan) -> str | None:
     return f"holds {', '.join(other[:3])}{' ...' if len(other) > 3 else ''}" if other else None
 
 
-def _open_or_create(url: str, cfg: CacheConfig, plan: CachePlan) -> object:
+def _open_or_create(url: str, cfg: CacheConfig, plan: CachePlan, owner: dict | None = None) -> object:
     # Creating writes zarr.json and replaces the arrays (overwrite=True): never do that in a
     # location that holds anything else, e.g. a store_url pointing at a data directory. Checked
     # before opening, because opening for writing already puts a zarr.json there.
@@ -348,23 +378,25 @@ def _open_or_create(url: str, cfg: CacheConfig, plan: CachePlan) -> object:
             )
     group = open_group(url, mode="a")
     if group.attrs.get("ready"):
-        _check_layout(group, cfg, plan, url)
+        _check_layout(group, cfg, plan, url, owner)
         log.info("cache: resuming in %s", url)
         return group
-    if group.attrs.asdict():  # another tool's Zarr group (ours gets its attributes with ``ready``)
+    attrs = group.attrs.asdict()
+    if attrs and not _is_own_layout(attrs):  # another tool's Zarr group
         raise StoreMismatchError(f"{url}: a Zarr group that is not a frame store; point store_url at a new or empty location")
-    # Without ``ready`` no row was ever written (writers start after it): (re)create everything.
-    _create_layout(group, cfg, plan)
+    # Without ``ready`` no row was ever written (writers start after it), whatever a killed
+    # creation left: (re)create everything.
+    _create_layout(group, cfg, plan, owner)
     return group
 
 
-def _wait_for_layout(url: str, cfg: CacheConfig, plan: CachePlan, rank: int, timeout_s: float, poll_s: float):
+def _wait_for_layout(url: str, cfg: CacheConfig, plan: CachePlan, rank: int, timeout_s: float, poll_s: float, owner: dict | None = None):
     deadline = time.monotonic() + timeout_s
     while True:
         try:
             group = open_group(url, mode="r+")
             if group.attrs.get("ready"):
-                _check_layout(group, cfg, plan, url)
+                _check_layout(group, cfg, plan, url, owner)
                 return group
         except StoreMismatchError:
             raise
@@ -619,6 +651,7 @@ def cache_frames(
     layout_timeout_s: float = 600.0,
     wait_timeout_s: float = 1800.0,
     poll_s: float = 1.0,
+    owner: dict | None = None,
 ) -> dict:
     """Fill the store at ``store_url`` for every segment of every sample in ``corpus_path``.
 
@@ -629,7 +662,8 @@ def cache_frames(
     back to pending by ``cfg.retry_failed`` are ``retried`` (and then written). Raises ``DataError``
     on rank 0 when the failed fraction exceeds ``cfg.max_failure_rate``. ``layout_timeout_s``
     bounds how long ranks > 0 wait for rank 0 to create the store, ``wait_timeout_s`` how long
-    rank 0 waits for other ranks' rows without seeing any of them finish.
+    rank 0 waits for other ranks' rows without seeing any of them finish. ``owner`` (the
+    artifact the store is made for, see ``store_owner``) is recorded in a store it creates.
     """
     started = time.perf_counter()
     corpus_path = Path(corpus_path)
@@ -641,9 +675,9 @@ def cache_frames(
         where = f" in splits {cfg.splits}" if cfg.splits else ""
         raise DataError(f"{corpus_path}: no segments to cache{where}")
     if rank == 0:
-        group = _open_or_create(url, cfg, plan)
+        group = _open_or_create(url, cfg, plan, owner)
     else:
-        group = _wait_for_layout(url, cfg, plan, rank, layout_timeout_s, poll_s)
+        group = _wait_for_layout(url, cfg, plan, rank, layout_timeout_s, poll_s, owner)
     # write_empty_chunks: skip Zarr's compare-with-fill-value before every chunk write; it cost
     # 6 of the 9 ms of writing one 8x192x320 row (a black frame is then stored, not elided).
     writable = {name: group[name].with_config({"write_empty_chunks": True}) for name in ("frames", "times", "status", "error")}

@@ -20,7 +20,9 @@ any fsspec URL (a local path, ``file://``, ``memory://``, ``s3://`` ...). Layout
 * group attributes: ``layout_version``, the cache config that shapes the rows
   (``frames_per_segment``, ``height``, ``width``, ``segment_mode``, ``num_chunks``,
   ``splits``), ``samples``, ``rows``, ``plan_digest`` (the corpus segments the rows stand
-  for) and ``ready``, set last by the writer that created the arrays.
+  for), ``owner`` (the artifact the store was made for: ``workdir_id``, ``workdir``,
+  ``stage``, ``key``; ``--force`` deletes no store of another owner) and ``ready``, written
+  with all the others in one write by the writer that created the arrays, after them.
 
 No sharding (concurrent writers to one shard lose data) and no consolidated metadata (it goes
 stale while rows are filled).
