@@ -118,3 +118,56 @@ def test_cmd_csv_cut_inside_a_quoted_field_names_the_line_it_opened(tmp_path):
     (root / "descriptions.csv").write_text(text)
     message = error_of(cmd, cmd.CmdConfig(annotations=str(root), video_root="/v"), tmp_path)
     assert message == f"{root / 'descriptions.csv'}:18: the file ends inside a quoted field that opens on this line (truncated?)"
+
+
+# --- Condensed Movies: the loader's duplicate rule, optional durations -----------------------
+
+
+def cmd_copy(tmp_path: Path, descriptions: str | None = None) -> Path:
+    root = tmp_path / "cmd"
+    shutil.copytree(CMD, root)
+    if descriptions is not None:
+        (root / "descriptions.csv").write_text(descriptions)
+    return root
+
+
+def test_cmd_description_shared_by_several_clips_is_dropped_for_all(tmp_path):
+    root = cmd_copy(
+        tmp_path,
+        "videoid,description\n"
+        "Sv-BxH3SVS8,Official clip from the movie.\n"
+        "WgMhaDEPGXo,  Official clip from the movie.  \n"
+        "9lqv-q15y1c,Laurent's parents meet his mother.\n"
+        "_nSQhWq7etg,Official clip from the movie.\n"
+        "Sv-BxH3SVS8,Jean Valjean sings.\n"
+        "9lqv-q15y1c,Laurent's parents meet his mother.\n",
+    )
+    samples, rejections = read_all(cmd, cmd.CmdConfig(annotations=str(root), video_root="/v"), tmp_path)
+    # As the release's loader (drop_duplicates(subset=['description'], keep=False)): the shared
+    # text goes for every clip, before a clip's first remaining description is taken.
+    assert [(s.id, s.segments[0].text) for s in samples] == [
+        ("9lqv-q15y1c", "Laurent's parents meet his mother."),
+        ("Sv-BxH3SVS8", "Jean Valjean sings."),
+    ]
+    assert dict(rejections.counts) == {
+        "description shared by several clips": 3,
+        "duplicate description": 1,  # a row repeated for the same clip counts once
+        "duplicate videoid in clips.csv": 1,
+        "conflicting split for movie": 1,
+        "bad genre cell": 1,
+    }
+    assert rejections.examples["description shared by several clips"] == [f"{root / 'descriptions.csv'}:{n}" for n in (2, 3, 5)]
+
+
+def test_cmd_durations_file_is_optional(tmp_path, caplog):
+    root = cmd_copy(tmp_path)
+    (root / "durations.csv").unlink()
+    cfg = cmd.CmdConfig(annotations=str(root), video_root="/v")
+    assert cmd.raw_inputs(cfg) == [str(root / n) for n in ("descriptions.csv", "clips.csv", "split.csv", "movie_info.csv")]
+    with caplog.at_level("WARNING"):
+        samples, rejections = read_all(cmd, cfg, tmp_path)
+    assert [s.id for s in samples] == ["Sv-BxH3SVS8", "WgMhaDEPGXo", "9lqv-q15y1c", "_nSQhWq7etg", "baddur00001"]
+    assert all(s.duration is None and not s.segments[0].timed for s in samples)
+    assert "bad duration" not in rejections.counts
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "durations.csv not found" in warnings[0]

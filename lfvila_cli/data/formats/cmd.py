@@ -5,17 +5,22 @@ quotes, UTF-8, a leading byte-order mark tolerated; a file that ends inside a qu
 cut download does, is an error naming the line where that field opens):
 
 * ``descriptions.csv`` (``videoid``, ``description``): the samples. Descriptions are stripped;
-  an empty one ("empty description") and a repeat of a clip's text ("duplicate description")
-  are dropped and counted. A clip with several *distinct* descriptions keeps the first in file
-  order and counts each other one as "extra description": the task has one text per clip.
+  an empty one is dropped ("empty description"). A text given for more than one clip (a
+  channel's boilerplate) is dropped for *all* of them, each row counted as "description shared
+  by several clips": the release's own loader does the same
+  (``drop_duplicates(subset=['description'], keep=False)``). A row repeating a clip's text is
+  counted once as "duplicate description". A clip with several *distinct* descriptions keeps
+  the first that is left, in file order, and counts each other one as "extra description": the
+  task has one text per clip.
 * ``clips.csv`` (``videoid``, ``imdbid``, ``upload_year``, ...): the clip's movie and folder.
   A repeated ``videoid`` keeps its first row ("duplicate videoid in clips.csv").
 * ``split.csv`` (``imdbid``, ``split``): split by movie. ``cmd.splits`` maps the file's values
   to corpus splits (default ``train``, ``val``, ``test`` as released, plus ``validate`` and
   ``valid`` -> ``val``). A movie listed twice with different splits keeps the first
   ("conflicting split for movie").
-* ``durations.csv`` (``videoid``, ``duration`` in whole seconds): the clip's length; a clip
-  absent from it (or with an empty cell) has an unknown duration (``null``).
+* ``durations.csv`` (optional: ``videoid``, ``duration`` in whole seconds): the clip's length;
+  a clip absent from it (or with an empty cell) has an unknown duration (``null``) and one
+  untimed segment. Without the file every clip is so, with one warning.
 * ``movie_info.csv`` (optional: ``imdbid``, ``genre`` or ``genres``): genre cells are Python
   list literals (``"['Drama', 'War']"``), parsed with ``ast.literal_eval`` only -- never
   ``eval`` -- and kept as the sample's ``genres`` task field. A cell that is not a literal list
@@ -54,7 +59,8 @@ log = logging.getLogger(__name__)
 
 SOURCE = "cmd"
 CLIPS, DURATIONS, SPLIT, DESCRIPTIONS, MOVIE_INFO = "clips.csv", "durations.csv", "split.csv", "descriptions.csv", "movie_info.csv"
-REQUIRED = (DESCRIPTIONS, CLIPS, SPLIT, DURATIONS)
+REQUIRED = (DESCRIPTIONS, CLIPS, SPLIT)
+OPTIONAL = (DURATIONS, MOVIE_INFO)
 # A genre list is a few dozen characters; a longer cell is not worth handing to the parser.
 MAX_LITERAL_CHARS = 10_000
 _YEAR = re.compile(r"(\d{4})(\.0*)?")
@@ -94,8 +100,7 @@ def raw_inputs(cfg: CmdConfig) -> list[str]:
     for path in paths:
         if not exists(path):
             raise DataError(f"{path}: not found (config key '{SOURCE}.annotations')")
-    info = _path(cfg, MOVIE_INFO)
-    return paths + ([info] if exists(info) else [])
+    return paths + [path for path in (_path(cfg, name) for name in OPTIONAL) if exists(path)]
 
 
 def read(cfg: CmdConfig, out_dir, rejections: Rejections) -> Iterator[Sample]:
@@ -105,7 +110,11 @@ def read(cfg: CmdConfig, out_dir, rejections: Rejections) -> Iterator[Sample]:
     root = video_root(cfg.video_root)
     clips = _clips(_path(cfg, CLIPS), rejections)
     movie_splits = _movie_splits(_path(cfg, SPLIT), rejections)
-    durations = _durations(_path(cfg, DURATIONS))
+    if _path(cfg, DURATIONS) in inputs:
+        durations = _durations(_path(cfg, DURATIONS))
+    else:
+        durations = {}
+        log.warning("cmd: %s not found: every clip's duration is unknown (one untimed segment each)", _path(cfg, DURATIONS))
     genres = _genres(_path(cfg, MOVIE_INFO), rejections) if _path(cfg, MOVIE_INFO) in inputs else {}
     count = 0
     for videoid, text, where in _descriptions(_path(cfg, DESCRIPTIONS), rejections):
@@ -215,13 +224,23 @@ def _durations(path: str) -> dict[str, str]:
 
 
 def _descriptions(path: str, rejections: Rejections) -> Iterator[tuple[str, str, str]]:
-    """``(videoid, text, where)`` for the first description of each clip."""
-    kept: dict[str, str] = {}
+    """``(videoid, text, where)`` for the first description of each clip that is not shared
+    with another clip."""
+    rows = []
     for line, row in _rows(path, ("videoid", "description")):
         where = f"{path}:{line}"
         videoid, text = (row.get("videoid") or "").strip(), (row.get("description") or "").strip()
-        if not text:
+        if text:
+            rows.append((videoid, text, where))
+        else:
             rejections.add("empty description", where)
+    clips_of: dict[str, set[str]] = {}
+    for videoid, text, _ in rows:
+        clips_of.setdefault(text, set()).add(videoid)
+    kept: dict[str, str] = {}
+    for videoid, text, where in rows:
+        if len(clips_of[text]) > 1:
+            rejections.add("description shared by several clips", where)
         elif videoid in kept:
             rejections.add("duplicate description" if kept[videoid] == text else "extra description", where)
         else:
