@@ -171,3 +171,40 @@ def test_cmd_durations_file_is_optional(tmp_path, caplog):
     assert "bad duration" not in rejections.counts
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "durations.csv not found" in warnings[0]
+
+
+# --- How2QA: the files as published ----------------------------------------------------------
+
+RELEASE = FIXTURES / "how2qa_release"  # how2QA_val_release.csv + how2QA_test_public_release.csv, no train file
+
+
+def warnings_of(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_how2qa_reads_both_published_files_with_one_warning(tmp_path, caplog):
+    from lfvila_cli.data.prepare import PrepareConfig, prepare, raw_inputs
+
+    cfg = PrepareConfig(source="how2qa", how2qa=how2qa.How2qaConfig(annotations=str(RELEASE), video_root="/v"))
+    with caplog.at_level("WARNING"):
+        # What a run does: fingerprint the inputs (status does the same), then read.
+        assert raw_inputs(cfg) == [str(RELEASE / "how2QA_val_release.csv"), str(RELEASE / "how2QA_test_public_release.csv")]
+        summary = prepare(cfg, tmp_path)
+    assert summary["splits"] == {"train": 0, "val": 2, "test": 1}
+    warnings = [w for w in warnings_of(caplog) if w.startswith("how2qa")]
+    assert len(warnings) == 1 and "how2QA_train_release.csv not found" in warnings[0]
+
+
+def test_how2qa_never_ignores_a_published_file_silently(tmp_path, caplog):
+    cfg = how2qa.How2qaConfig(annotations=str(RELEASE), video_root="/v", splits={"how2QA_val_release": "val"})
+    with caplog.at_level("WARNING"):
+        samples, _ = read_all(how2qa, cfg, tmp_path)
+    assert {s.split for s in samples} == {"val"}
+    assert any("how2QA_test_public_release.csv" in w and "how2qa.splits" in w for w in warnings_of(caplog))
+
+
+def test_how2qa_clip_times_are_rounded_to_the_millisecond(tmp_path):
+    samples, _ = read_all(how2qa, how2qa.How2qaConfig(annotations=str(RELEASE), video_root="/v"), tmp_path)
+    assert samples[0].task["clip"] == [127.835, 187.835]  # (151.3 + 164.37) / 2 - 30 = 127.83500000000001
+    assert (samples[0].segments[0].start, samples[0].segments[0].end) == (127.835, 187.835)
+    assert how2qa.clip_window(151.3, 164.37, 60.0) == (127.835, 187.835)

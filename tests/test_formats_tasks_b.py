@@ -94,7 +94,7 @@ def test_how2qa_csv_files_and_config(tmp_path):
     cfg = csv_cfg(splits={"how2QA_val_release": "test", "how2QA_test_release": "test"})
     assert how2qa.raw_inputs(cfg) == [str(HOW2QA / "how2QA_val_release.csv")]
     assert [(s.id, s.split) for s in read_all(how2qa, cfg, tmp_path)[0]] == [("how2QA_val_release-0", "test")]
-    with pytest.raises(DataError, match="none of how2QA_train_release.csv, how2QA_val_release.csv found"):
+    with pytest.raises(DataError, match="none of how2QA_train_release.csv, how2QA_val_release.csv, how2QA_test_public_release.csv found"):
         how2qa.raw_inputs(csv_cfg(annotations=str(tmp_path)))
     (tmp_path / "how2QA_train_release.csv").write_bytes(b"abc,[1:2],a,b,c,q,\xff\xfe\n")
     with pytest.raises(DataError, match="how2QA_train_release.csv:1: not UTF-8 text"):

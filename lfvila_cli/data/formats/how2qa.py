@@ -2,8 +2,11 @@
 
 Two published forms (FORMATS.md), chosen by ``how2qa.format``:
 
-``csv`` (default): ``how2QA_train_release.csv``, ``how2QA_val_release.csv`` in
-``how2qa.annotations``; ``how2qa.splits`` maps file stems to corpus splits. No header, 7
+``csv`` (default): the files in ``how2qa.annotations``; ``how2qa.splits`` maps file stems to
+corpus splits, by default the official repository's ``how2QA_val_release`` -> val and
+``how2QA_test_public_release`` -> test, plus ``how2QA_train_release`` -> train, which it does
+not publish (read when present; otherwise its split stays empty, with one warning per run). A
+published file left out of ``how2qa.splits`` is warned about, never skipped silently. No header, 7
 columns per row: YouTube id, span ``"[start:end]"`` (seconds on the source video; zero-length
 spans occur and are kept), three *wrong* answers, the question, the *correct* answer (always
 last). Fields may contain commas (standard CSV quoting) and distractors may repeat: all 4
@@ -12,7 +15,8 @@ would keep the field cut short, ``his channel is called "what``) is an error nam
 where that field opens. The video is the source video ``<video_root>/<ytid><video_ext>``. The CSV
 names no clip, so the clip watched is *our choice*: a window of ``clip_seconds`` (60) centred on
 the span, widened to the span when the span is longer, and shifted right to start at 0 when it
-would start before (the end may then pass a short video's end; the cache stops there). The
+would start before (the end may then pass a short video's end; the cache stops there), times
+rounded to the millisecond. The
 sample id is ``<file stem>-<row index>`` (rows counted from 0, blank rows included).
 
 ``hero``: JSON Lines files named by ``how2qa.hero_files`` (path -> split), one question per
@@ -80,14 +84,19 @@ _HERO_TS = re.compile(rf"{_NUMBER}-{_NUMBER}")
 _SEGMENT_NAME = re.compile(r".+_(\d+(?:\.\d+)?)_(\d+(?:\.\d+)?)")
 
 
+# The official repository publishes the val and test files; a train file named like them is read
+# when present (its split stays empty, with one warning, when it is not).
+PUBLISHED_SPLITS = {"how2QA_train_release": "train", "how2QA_val_release": "val", "how2QA_test_public_release": "test"}
+
+
 def _default_splits() -> dict[str, str]:
-    return {"how2QA_train_release": "train", "how2QA_val_release": "val"}
+    return dict(PUBLISHED_SPLITS)
 
 
 @dataclass
 class How2qaConfig:
     format: Literal["csv", "hero"] = "csv"
-    annotations: str = ""  # csv: directory (or URL) holding how2QA_train_release.csv, ...
+    annotations: str = ""  # csv: directory (or URL) holding how2QA_val_release.csv, how2QA_test_public_release.csv
     splits: dict[str, str] = field(default_factory=_default_splits)  # csv: file stem -> corpus split
     clip_seconds: float = 60.0  # csv: length of the clip window centred on the span
     hero_files: dict[str, str] = field(default_factory=dict)  # hero: JSON Lines path -> corpus split
@@ -112,17 +121,29 @@ Config = How2qaConfig
 
 
 def csv_files(cfg: How2qaConfig) -> list[tuple[str, str, str]]:
-    """``(path, file stem, split)`` for each mapped ``<stem>.csv`` that exists; none is an error."""
+    """``(path, file stem, split)`` for each mapped ``<stem>.csv`` that exists; none is an error.
+
+    Silent: ``raw_inputs`` calls it for every fingerprint (``lfvila status`` too); ``read`` warns."""
     require(cfg, "annotations", SOURCE)
     found = [(join(cfg.annotations, f"{stem}.csv"), stem, split) for stem, split in cfg.splits.items()]
     found = [entry for entry in found if exists(entry[0])]
     if not found:
         names = ", ".join(f"{stem}.csv" for stem in cfg.splits)
         raise DataError(f"{cfg.annotations}: none of {names} found (config key '{SOURCE}.annotations')")
-    absent = sorted(set(cfg.splits) - {stem for _, stem, _ in found})
+    return found
+
+
+def _warn_about_files(cfg: How2qaConfig, found: list[tuple[str, str, str]]) -> None:
+    """One warning for mapped files that are missing, one for published files left unmapped."""
+    absent = [stem for stem in cfg.splits if stem not in {stem for _, stem, _ in found}]
     if absent:
         log.warning("how2qa: %s not found in %s; their splits stay empty", ", ".join(f"{s}.csv" for s in absent), cfg.annotations)
-    return found
+    unmapped = [stem for stem in PUBLISHED_SPLITS if stem not in cfg.splits and exists(join(cfg.annotations, f"{stem}.csv"))]
+    if unmapped:
+        log.warning(
+            "how2qa: %s in %s is in no split and is not read (config key '%s.splits')",
+            ", ".join(f"{s}.csv" for s in unmapped), cfg.annotations, SOURCE,
+        )
 
 
 def _require_hero(cfg: How2qaConfig) -> None:
@@ -141,6 +162,7 @@ def read(cfg: How2qaConfig, out_dir: Path, rejections: Rejections) -> Iterator[S
     """One sample per question, files in config order, questions in file order."""
     if cfg.format == "csv":
         files = csv_files(cfg)
+        _warn_about_files(cfg, files)
         require(cfg, "video_root", SOURCE)
         for path, stem, split in files:
             yield from _read_csv(cfg, path, stem, split, rejections)
@@ -207,10 +229,11 @@ def _span(text: str) -> tuple[float, float] | None:
 
 def clip_window(start: float, end: float, seconds: float) -> tuple[float, float]:
     """A window of ``seconds`` (or the span's length if longer) centred on ``[start, end]``,
-    shifted right to start at 0 when it would start before."""
+    shifted right to start at 0 when it would start before; times rounded to the millisecond
+    (the centre of ``[151.3, 164.37]`` minus 30 s is ``127.83500000000001`` in floats)."""
     length = max(seconds, end - start)
     clip_start = max(0.0, (start + end) / 2 - length / 2)
-    return clip_start, clip_start + length
+    return round(clip_start, 3), round(clip_start + length, 3)
 
 
 # --- the HERO/VALUE JSON Lines form ------------------------------------------------------------
