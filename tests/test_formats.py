@@ -281,13 +281,13 @@ def anet_cfg(**kwargs) -> activitynet.ActivityNetConfig:
 def test_activitynet_samples_splits_and_rejections(tmp_path):
     samples, rejections = read_all(activitynet, anet_cfg(), tmp_path)
     assert [(s.id, s.split) for s in samples] == [
-        ("v_train0001", "train"),
-        ("v_train0002", "train"),
-        ("v_train0004", "train"),
-        ("v_train0007", "train"),
-        ("v_train0008", "train"),
-        ("val_1-v_shared0001", "val"),  # the same video in val_1 and val_2: prefixed by file
-        ("v_val0001", "val"),
+        ("train-v_train0001", "train"),  # ids are <file stem>-<key>: val_1 and val_2 share videos
+        ("train-v_train0002", "train"),
+        ("train-v_train0004", "train"),
+        ("train-v_train0007", "train"),
+        ("train-v_train0008", "train"),
+        ("val_1-v_shared0001", "val"),
+        ("val_1-v_val0001", "val"),
         ("val_2-v_shared0001", "test"),
     ]
     assert dict(rejections.counts) == {
@@ -302,32 +302,32 @@ def test_activitynet_samples_splits_and_rejections(tmp_path):
 
 def test_activitynet_paragraph_text_and_times(tmp_path):
     by_id = {s.id: s for s in read_all(activitynet, anet_cfg(), tmp_path)[0]}
-    first = by_id["v_train0001"]
+    first = by_id["train-v_train0001"]
     assert first.paragraph == "A man is standing in a kitchen. He chops onions on a board. He fries them in a pan."
     assert [(seg.start, seg.end) for seg in first.segments] == [(0.0, 19.86), (17.37, 60.81), (56.26, 79.42)]  # overlaps kept
     assert all(type(seg.start) is float and type(seg.end) is float for seg in first.segments)
-    second = by_id["v_train0002"]
+    second = by_id["train-v_train0002"]
     assert [seg.text for seg in second.segments] == ["First in time.", "Second in time, ending at the duration."]
     assert second.duration == 30.0 and second.segments[-1].end == 30.0
     assert validation_error(second) is None  # end == duration is valid
-    eight = by_id["v_train0008"]  # equal starts keep the file's order (a ends after b)
+    eight = by_id["train-v_train0008"]  # equal starts keep the file's order (a ends after b)
     assert [(seg.text, seg.start, seg.end) for seg in eight.segments] == [("a", 0.0, 6.0), ("b", 0.0, 4.0), ("c", 5.0, 9.0)]
 
 
 def test_activitynet_invalid_samples_are_caught_by_central_validation(tmp_path):
     by_id = {s.id: s for s in read_all(activitynet, anet_cfg(), tmp_path)[0]}
-    assert validation_error(by_id["v_train0004"]) == "segment ends before it starts"
-    assert validation_error(by_id["v_train0007"]) == "empty text"
-    assert validation_error(by_id["v_val0001"]) == "segment outside the video"
+    assert validation_error(by_id["train-v_train0004"]) == "segment ends before it starts"
+    assert validation_error(by_id["train-v_train0007"]) == "empty text"
+    assert [(g.start, g.end) for g in by_id["val_1-v_val0001"].segments] == [(0.0, 10.0), (10.0, 20.0)]  # end clamped
     valid = [sid for sid, s in by_id.items() if validation_error(s) is None]
-    assert len(valid) == 5
+    assert len(valid) == 6
 
 
 def test_activitynet_split_mapping_and_present_files(tmp_path):
     cfg = anet_cfg(splits={"train": "train", "val_1": "test"})
     assert activitynet.raw_inputs(cfg) == [str(ANET / "train.json"), str(ANET / "val_1.json")]
     samples, _ = read_all(activitynet, cfg, tmp_path)
-    assert {s.id: s.split for s in samples if s.split == "test"} == {"v_shared0001": "test", "v_val0001": "test"}
+    assert {s.id: s.split for s in samples if s.split == "test"} == {"val_1-v_shared0001": "test", "val_1-v_val0001": "test"}
 
     partial = tmp_path / "captions"
     partial.mkdir()
@@ -428,7 +428,7 @@ def test_prepare_counts_reader_and_central_rejections(tmp_path):
 
     cfg = PrepareConfig(source="activitynet", activitynet=anet_cfg())
     summary = prepare(cfg, tmp_path)
-    assert summary["samples"] == 5 and summary["splits"] == {"train": 3, "val": 1, "test": 1}
+    assert summary["samples"] == 6 and summary["splits"] == {"train": 3, "val": 2, "test": 1}
     stats = json.loads((tmp_path / "stats.json").read_text())
     assert stats["rejected"]["by_reason"] == {
         "timestamps and sentences differ in length": 1,
@@ -436,7 +436,6 @@ def test_prepare_counts_reader_and_central_rejections(tmp_path):
         "bad timestamp": 1,
         "segment ends before it starts": 1,
         "empty text": 1,
-        "segment outside the video": 1,
     }
 
 

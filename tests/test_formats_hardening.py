@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from lfvila_cli.data.corpus import Rejections, Sample
-from lfvila_cli.data.formats import cmd, how2qa, jsonl, load_json, queryd, violin
+from lfvila_cli.data.formats import activitynet, cmd, how2qa, jsonl, load_json, queryd, violin
 from lfvila_cli.errors import DataError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "formats"
@@ -208,3 +208,50 @@ def test_how2qa_clip_times_are_rounded_to_the_millisecond(tmp_path):
     assert samples[0].task["clip"] == [127.835, 187.835]  # (151.3 + 164.37) / 2 - 30 = 127.83500000000001
     assert (samples[0].segments[0].start, samples[0].segments[0].end) == (127.835, 187.835)
     assert how2qa.clip_window(151.3, 164.37, 60.0) == (127.835, 187.835)
+
+
+# --- ActivityNet Captions: ends past the duration, stable ids --------------------------------
+
+ANET = FIXTURES / "activitynet"
+
+
+def test_activitynet_clamps_ends_past_the_duration_and_counts_them(tmp_path):
+    from lfvila_cli.data.prepare import PrepareConfig, prepare
+
+    cfg = PrepareConfig(source="activitynet", activitynet=activitynet_cfg())
+    prepare(cfg, tmp_path)
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    # v_val0001 (duration 20) has [10, 25]: clamped to [10, 20], the video and both sentences kept.
+    assert stats["adjusted"]["by_reason"] == {"segment end clamped to the duration": 1}
+    assert stats["adjusted"]["examples"]["segment end clamped to the duration"] == [f"{ANET / 'val_1.json'}#v_val0001[1]"]
+    assert "segment outside the video" not in stats["rejected"]["by_reason"]
+    written = {r["id"]: r for r in map(json.loads, (tmp_path / "samples.jsonl").read_text().splitlines())}
+    assert [(g["start"], g["end"]) for g in written["val_1-v_val0001"]["segments"]] == [(0.0, 10.0), (10.0, 20.0)]
+    # Rejections found by the central validation name the file and the video, as the reader's do.
+    assert stats["rejected"]["examples"]["segment ends before it starts"] == [f"{ANET / 'train.json'}#v_train0004"]
+    assert stats["rejected"]["examples"]["empty text"] == [f"{ANET / 'train.json'}#v_train0007"]
+
+
+def test_activitynet_segment_starting_past_the_duration_is_dropped_alone(tmp_path):
+    entry = {"duration": 10.0, "timestamps": [[0, 4], [10.5, 12], [4, 10.2]], "sentences": ["one", " past the end", " two"]}
+    (tmp_path / "train.json").write_text(json.dumps({"v_short": entry}))
+    (sample,), rejections = read_all(activitynet, activitynet_cfg(annotations=str(tmp_path)), tmp_path)
+    assert [(g.start, g.end, g.text) for g in sample.segments] == [(0.0, 4.0, "one"), (4.0, 10.0, "two")]
+    assert rejections.examples["segment starts past the duration"] == [f"{tmp_path / 'train.json'}#v_short[1]"]
+    assert dict(rejections.adjusted.counts) == {"segment end clamped to the duration": 1}
+
+
+def test_activitynet_ids_do_not_change_when_another_file_is_added(tmp_path):
+    root = tmp_path / "captions"
+    root.mkdir()
+    for name in ("train.json", "val_1.json"):
+        shutil.copy(ANET / name, root)
+    before = {s.id for s in read_all(activitynet, activitynet_cfg(annotations=str(root)), tmp_path)[0]}
+    shutil.copy(ANET / "val_2.json", root)  # annotates v_shared0001 again
+    after = [s.id for s in read_all(activitynet, activitynet_cfg(annotations=str(root)), tmp_path)[0]]
+    assert before < set(after) and len(after) == len(set(after))
+    assert "val_1-v_shared0001" in before and "val_2-v_shared0001" in after
+
+
+def activitynet_cfg(**kwargs):
+    return activitynet.ActivityNetConfig(**{"annotations": str(ANET), "video_root": "/v", **kwargs})

@@ -23,7 +23,9 @@ paired with its sentence(s), in temporal order. Record fields:
   - anything else a reader adds (``group``, ``hard_negative_of``, ``events``...).
 
 Invalid records are rejected with a reason that is counted in ``stats.json``; ``strict`` turns
-any rejection into a failure.
+any rejection into a failure. Records a reader keeps after correcting them the way the dataset's
+common loaders do (an ActivityNet end past the duration clamped to it) are counted by what was
+done under ``adjusted``; they do not fail ``strict``. Examples of both name the file and record.
 """
 
 from __future__ import annotations
@@ -71,6 +73,14 @@ class Sample:
     segments: list[Segment]
     split: str
     task: dict[str, Any] = field(default_factory=dict)
+    # Where the reader found it ("<file>#<key>", "<file>:<line>"): named by rejection examples,
+    # not written to the corpus.
+    origin: str | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def where(self) -> str:
+        """The sample's origin when the reader gave one, else its id."""
+        return self.origin or self.id
 
     @property
     def paragraph(self) -> str:
@@ -211,8 +221,8 @@ def task_error(sample: Sample) -> str | None:
     return None
 
 
-class Rejections:
-    """Counts rejected records by reason and keeps a few examples of each for ``stats.json``."""
+class Tally:
+    """Counts records by reason and keeps a few examples of each for ``stats.json``."""
 
     def __init__(self, examples_per_reason: int = 5) -> None:
         self.counts: Counter[str] = Counter()
@@ -229,12 +239,20 @@ class Rejections:
     def total(self) -> int:
         return sum(self.counts.values())
 
+    def to_json(self) -> dict:
+        return {"total": self.total, "by_reason": dict(self.counts), "examples": self.examples}
+
+
+class Rejections(Tally):
+    """Rejected records by reason; ``adjusted`` counts the records kept after a correction."""
+
+    def __init__(self, examples_per_reason: int = 5) -> None:
+        super().__init__(examples_per_reason)
+        self.adjusted = Tally(examples_per_reason)
+
     def first(self) -> str:
         reason = next(iter(self.counts))
         return f"{self.examples[reason][0]}: {reason}"
-
-    def to_json(self) -> dict:
-        return {"total": self.total, "by_reason": dict(self.counts), "examples": self.examples}
 
 
 def corpus_stats(samples: list[Sample], rejections: Rejections) -> dict:
@@ -265,6 +283,7 @@ def corpus_stats(samples: list[Sample], rejections: Rejections) -> dict:
         "duration_seconds": {**summary(durations), "total": round(sum(durations), 3)},
         "videos": len({s.video for s in samples}),
         "rejected": rejections.to_json(),
+        "adjusted": rejections.adjusted.to_json(),
     }
 
 
@@ -277,7 +296,7 @@ def write_corpus(out_dir: str | Path, samples: Iterable[Sample], rejections: Rej
     with open(out_dir / name, "w", encoding="utf-8") as fh:
         for sample in samples:
             if sample.id in seen:
-                rejections.add("duplicate id", sample.id)
+                rejections.add("duplicate id", sample.where)
                 continue
             seen.add(sample.id)
             kept.append(sample)

@@ -98,7 +98,7 @@ def _validated(samples: Iterable[Sample], rejections: Rejections) -> Iterator[Sa
         if reason is None:
             yield sample
         else:
-            rejections.add(reason, sample.id)
+            rejections.add(reason, sample.where)
 
 
 def prepare(cfg: PrepareConfig, out_dir: Path) -> dict:
@@ -111,6 +111,8 @@ def prepare(cfg: PrepareConfig, out_dir: Path) -> dict:
         if extra.name != CORPUS_FILE:
             stats.setdefault("task_files", {})[extra.name] = sum(1 for line in extra.open() if line.strip())
     (out_dir / STATS_FILE).write_text(json.dumps(stats, indent=2) + "\n")
+    if rejections.adjusted.total:
+        log.info("prepare: adjusted %d record(s): %s", rejections.adjusted.total, dict(rejections.adjusted.counts))
     if rejections.total:
         log.warning("prepare: rejected %d record(s): %s", rejections.total, dict(rejections.counts))
         if cfg.strict:

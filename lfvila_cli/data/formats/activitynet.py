@@ -9,21 +9,26 @@ times are read as floats; overlapping segments are kept; an end equal to the dur
 ``activitynet.splits`` maps file stems to corpus splits (default ``train -> train``,
 ``val_1 -> val``, ``val_2 -> test``, the retrieval papers' use); the files of that mapping that
 exist in ``activitynet.annotations`` are read. ``val_1`` and ``val_2`` annotate the *same*
-videos, so a key found in more than one file gets its file stem as a prefix
-(``val_1-v_abc``, ``val_2-v_abc``); a key in one file keeps its name as the sample id. The video
-is ``<video_root>/<key><video_ext>`` (keys already carry ``v_``).
+videos, so the sample id is always ``<file stem>-<key>`` (``train-v_abc``, ``val_1-v_abc``,
+``val_2-v_abc``): unique across files, and the same whichever other files are present. The
+video is ``<video_root>/<key><video_ext>`` (keys already carry ``v_``).
+
+A segment that ends past the video's duration is clamped to it, as the widely used loaders of
+ActivityNet Captions do (the annotations overshoot by rounding and by a few seconds): the video
+keeps all its sentences and ``stats.json`` counts the segment under ``adjusted`` ("segment end
+clamped to the duration"). A segment that *starts* at or past the duration is dropped alone
+("segment starts past the duration").
 
 Rejected here: an entry that is not an object, lacks ``duration``/``timestamps``/``sentences``,
 has a non-number duration, a timestamp that is not a pair of numbers, a non-string sentence, or
-different numbers of timestamps and sentences. Ends before starts, empty sentences and ends past
-the duration are left to the central validation of ``prepare``.
+different numbers of timestamps and sentences. Ends before starts and empty sentences are left
+to the central validation of ``prepare``; its rejection examples name ``<file>#<key>`` as these do.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -72,23 +77,21 @@ def read(cfg: ActivityNetConfig, out_dir: Path, rejections: Rejections) -> Itera
     warn_missing_splits(files, cfg.annotations, cfg.splits, SOURCE)
     require(cfg, "video_root", SOURCE)
     root = video_root(cfg.video_root)
-    # The files are small (~10k videos each): load them all to find keys shared between files.
-    loaded = [(path, stem, split, _load(path)) for path, stem, split in files]
-    shared = Counter(key for *_, entries in loaded for key in entries)
-    for path, stem, split, entries in loaded:
+    for path, stem, split in files:
         count = 0
-        for key, entry in entries.items():
+        for key, entry in _load(path).items():
             where = f"{path}#{key}"
             segments = _segments(entry, key, where, rejections)
             if segments is None:
                 continue
             count += 1
             yield Sample(
-                id=f"{stem}-{key}" if shared[key] > 1 else key,
+                id=f"{stem}-{key}",
                 video=join(root, f"{key}{cfg.video_ext}"),
                 duration=float(entry["duration"]),
                 segments=segments,
                 split=split,
+                origin=where,
             )
         log.info("activitynet: %s -> %d %s samples", path, count, split)
 
@@ -101,12 +104,23 @@ def _load(path: str) -> dict:
 
 
 def _segments(entry: Any, key: str, where: str, rejections: Rejections) -> list[Segment] | None:
-    """The entry's segments in time order, or ``None`` after counting why it was rejected."""
+    """The entry's segments in time order, ends clamped to the duration, or ``None`` after
+    counting why it was rejected."""
     reason = _entry_error(entry, key)
     if reason is not None:
         rejections.add(reason, where)
         return None
-    pairs = [(float(start), float(end), sentence.strip()) for (start, end), sentence in zip(entry["timestamps"], entry["sentences"])]
+    duration = float(entry["duration"])
+    pairs = []
+    for i, ((start, end), sentence) in enumerate(zip(entry["timestamps"], entry["sentences"])):
+        start, end = float(start), float(end)
+        if start >= duration > 0:
+            rejections.add("segment starts past the duration", f"{where}[{i}]")
+            continue
+        if end > duration > 0:
+            rejections.adjusted.add("segment end clamped to the duration", f"{where}[{i}]")
+            end = duration
+        pairs.append((start, end, sentence.strip()))
     pairs.sort(key=lambda p: p[0])
     return [Segment(start, end, text) for start, end, text in pairs]
 
