@@ -255,3 +255,37 @@ def test_activitynet_ids_do_not_change_when_another_file_is_added(tmp_path):
 
 def activitynet_cfg(**kwargs):
     return activitynet.ActivityNetConfig(**{"annotations": str(ANET), "video_root": "/v", **kwargs})
+
+
+# --- DiDeMo: the video's own chunks, reversed pairs ------------------------------------------
+
+
+def test_didemo_times_are_clipped_to_the_videos_chunks_and_reversed_pairs_counted(tmp_path):
+    from lfvila_cli.data.formats import didemo
+
+    moments = [
+        # A 5-chunk video (shorter than 25 s): chunk 5 does not exist and is clipped to chunk 4.
+        {"video": "a.mp4", "num_segments": 5, "times": [[4, 5], [4, 5], [3, 4], [5, 5]], "description": "the end", "annotation_id": 1},
+        {"video": "a.mp4", "num_segments": 5, "times": [[1, 0], [0, 1], [0, 1], [2, 1]], "description": "the start", "annotation_id": 2},
+        {"video": "b.mp4", "num_segments": "six", "times": [[0, 0]], "description": "bad count", "annotation_id": 3},
+        {"video": "b.mp4", "num_segments": 6, "times": [[5, 5], [5, 5], [4, 5], [5, 5]], "description": "last chunk", "annotation_id": 4},
+    ]
+    (tmp_path / "train_data.json").write_text(json.dumps(moments))
+    samples, rejections = read_all(didemo, didemo.DidemoConfig(annotations=str(tmp_path), video_root="/v"), tmp_path)
+    a, b = samples
+    assert [(g.start, g.end, g.text) for g in a.segments] == [(0.0, 10.0, "the start"), (20.0, 25.0, "the end")]
+    assert [(g.start, g.end) for g in b.segments] == [(25.0, 30.0)]
+    path = tmp_path / "train_data.json"
+    assert dict(rejections.counts) == {"reversed times pair": 2, "bad num_segments": 1}
+    assert rejections.examples["reversed times pair"] == [f"{path}#1/times[0]", f"{path}#1/times[3]"]
+    assert dict(rejections.adjusted.counts) == {"times clipped to num_segments": 3}
+    assert rejections.adjusted.examples["times clipped to num_segments"][0] == f"{path}#0/times[0]"
+
+
+def test_didemo_docs_describe_the_official_evaluation():
+    from lfvila_cli.data.formats import didemo
+
+    doc = " ".join(didemo.__doc__.split())
+    assert "majority" not in doc and "best 3 of the 4" in doc
+    readme = " ".join((Path(__file__).parent.parent / "README.md").read_text().split())
+    assert "best 3 of the 4" in readme

@@ -1,16 +1,23 @@
 """DiDeMo (official ``train_data.json``, ``val_data.json``, ``test_data.json``) -> paragraphs.
 
-Each file is a JSON *list* of moments (FORMATS.md): ``video`` (the file name, extensions
-vary: ``.mov``, ``.mp4``, ``.avi``, ``.m4v``...), ``times`` (one ``[start_chunk, end_chunk]``
-pair per annotator, usually 4 and sometimes more; chunks are 5 s, the end chunk inclusive,
-indices 0-5), ``description``, ``annotation_id`` and other fields we ignore. Several moments
+Each file is a JSON *list* of moments: ``video`` (the file name, extensions vary: ``.mov``,
+``.mp4``, ``.avi``, ``.m4v``...), ``times`` (one ``[start_chunk, end_chunk]`` pair per
+annotator, usually 4 and sometimes more; chunks are 5 s, the end chunk inclusive, indices 0-5),
+``num_segments`` (the video's number of 5 s chunks, 6 for a video of 25-30 s and fewer for a
+shorter one), ``description``, ``annotation_id`` and other fields we ignore. Several moments
 share a video: the video's paragraph is its descriptions ordered by time, one segment each.
 
-A moment's time is the *consensus* of its annotators: the most frequent ``times`` pair, ties
-going to the pair listed first (the release's evaluation likewise scores against the majority).
-Chunks ``[s, e]`` become seconds ``[5·s, 5·(e + 1))``. Segments sort by (start, end), equal
-times keeping file order. DiDeMo does not give durations: samples carry none, and a chunk that
-runs past a short video's end is cut there by the cache stage.
+A pair is first clipped to the video's own chunks: in a video of ``num_segments`` (5, say: it
+is shorter than 25 s) a chunk index past ``num_segments - 1`` becomes ``num_segments - 1``,
+counted under ``adjusted`` in ``stats.json`` ("times clipped to num_segments"); a moment
+without ``num_segments`` takes 6. A moment's time is then one pair chosen from its annotators'
+pairs: the most frequent, ties going to the pair listed first. That choice is *ours*, to give
+the paragraph one time per sentence; the release's evaluation does not pick a pair but scores a
+prediction against every annotator's pair and averages the best 3 of the 4 (the 3 highest IoUs
+for mean IoU, the 3 best ranks for R@1 and R@5). Chunks ``[s, e]`` become seconds
+``[5·s, 5·(e + 1))``. Segments sort by (start, end), equal times keeping file order. DiDeMo
+does not give durations: samples carry none, and a last chunk that runs past a short video's
+end is cut there by the cache stage.
 
 ``didemo.splits`` maps file stems to corpus splits (default ``train_data -> train``,
 ``val_data -> val``, ``test_data -> test``). The sample id is the video file name without its
@@ -18,9 +25,11 @@ extension; the video is ``<video_root>/<video>`` as named in the file, or with i
 replaced by ``didemo.video_ext`` when that is set (for a transcoded copy, e.g. ``.mp4``).
 
 Rejected here (counted, the file goes on): a moment that is not an object, lacks
-``video``/``times``/``description``, has an unsafe video name, a non-string description, or no
-valid ``times`` pair (a pair of integers 0-5 with start <= end). A video whose moments were all
-rejected yields no sample.
+``video``/``times``/``description``, has an unsafe video name, a non-string description, a
+``num_segments`` that is not an integer 1-6, or no valid ``times`` pair (a pair of integers 0-5
+with start <= end). In a moment that is kept, each annotator pair that is not valid is counted
+alone and does not vote: "reversed times pair" (end chunk before start chunk) or "bad times
+pair". A video whose moments were all rejected yields no sample.
 """
 
 from __future__ import annotations
@@ -87,7 +96,7 @@ def read(cfg: DidemoConfig, out_dir, rejections: Rejections) -> Iterator[Sample]
             if reason is not None:
                 rejections.add(reason, f"{path}#{i}")
                 continue
-            start, end = consensus(moment["times"])
+            start, end = consensus(_clipped_times(moment, f"{path}#{i}", rejections))
             by_video.setdefault(moment["video"], []).append((start, end, moment["description"].strip()))
         for video, segments in by_video.items():
             segments.sort(key=lambda s: (s[0], s[1]))  # stable: equal times keep file order
@@ -110,6 +119,22 @@ def consensus(times: list) -> tuple[float, float]:
     return start * CHUNK_SECONDS, (end + 1) * CHUNK_SECONDS
 
 
+def _clipped_times(moment: dict, where: str, rejections: Rejections) -> list[list[int]]:
+    """The moment's valid pairs clipped to its ``num_segments`` chunks; invalid pairs counted."""
+    last = moment.get("num_segments", NUM_CHUNKS) - 1
+    pairs = []
+    for j, pair in enumerate(moment["times"]):
+        if not _valid_pair(pair):
+            reversed_pair = isinstance(pair, list) and _valid_pair(pair[::-1])
+            rejections.add("reversed times pair" if reversed_pair else "bad times pair", f"{where}/times[{j}]")
+            continue
+        if pair[1] > last:
+            rejections.adjusted.add("times clipped to num_segments", f"{where}/times[{j}]")
+            pair = [min(pair[0], last), last]
+        pairs.append(pair)
+    return pairs
+
+
 def _valid_pair(pair: Any) -> bool:
     return (
         isinstance(pair, list) and len(pair) == 2
@@ -128,6 +153,9 @@ def _moment_error(moment: Any) -> str | None:
         return "bad video name"
     if not isinstance(moment["description"], str):
         return "description is not a string"
+    count = moment.get("num_segments", NUM_CHUNKS)
+    if not (isinstance(count, int) and not isinstance(count, bool) and 1 <= count <= NUM_CHUNKS):
+        return "bad num_segments"
     if not isinstance(moment["times"], list) or not any(_valid_pair(p) for p in moment["times"]):
         return "no valid times pair"
     return None
