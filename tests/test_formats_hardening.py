@@ -289,3 +289,81 @@ def test_didemo_docs_describe_the_official_evaluation():
     assert "majority" not in doc and "best 3 of the 4" in doc
     readme = " ".join((Path(__file__).parent.parent / "README.md").read_text().split())
     assert "best 3 of the 4" in readme
+
+
+# --- VIOLIN (VALUE layout), QuerYD bare ids, HD-VILA without text, ActivityNet-QA ------------
+
+VALUE = FIXTURES / "violin_value"
+
+
+def test_violin_value_finds_subtitles_where_the_value_download_puts_them(tmp_path):
+    # The VALUE download script: ann/violin_subtitles.jsonl beside ann/violin/violin_<split>_release.jsonl.
+    (tmp_path / "ann" / "violin").mkdir(parents=True)
+    shutil.copy(VALUE / "violin_subtitles.jsonl", tmp_path / "ann")
+    shutil.copy(VALUE / "violin_train_release.jsonl", tmp_path / "ann" / "violin")
+    cfg = violin.ViolinConfig(annotations=str(tmp_path / "ann" / "violin"), format="value", video_root="/v")
+    assert violin.raw_inputs(cfg) == [str(tmp_path / "ann" / "violin" / "violin_train_release.jsonl"), str(tmp_path / "ann" / "violin_subtitles.jsonl")]
+    samples, _ = read_all(violin, cfg, tmp_path)
+    assert samples[0].task["subtitles"][0] == {"start": 1.2, "end": 2.5, "text": "Hey, Monica!"}
+
+
+def test_violin_value_ids_do_not_repeat_the_clip_name(tmp_path):
+    lines = [
+        {"paired_id": "friends_s01e02_seg02_clip_00_1", "vid_name": "friends_s01e02_seg02_clip_00", "statement": "Monica smiles.", "answer": 1},
+        {"paired_id": "friends_s01e02_seg02_clip_00_1", "vid_name": "friends_s01e02_seg02_clip_00", "statement": "Monica cries.", "answer": 0},
+        {"paired_id": 3, "vid_name": "movieclip_0007", "statement": "A car explodes.", "answer": 1},
+    ]
+    (tmp_path / "violin_val_release.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    cfg = violin.ViolinConfig(annotations=str(tmp_path), format="value", value_subtitles="", video_root="/v")
+    assert [s.id for s in read_all(violin, cfg, tmp_path)[0]] == [
+        "friends_s01e02_seg02_clip_00_1-true",
+        "friends_s01e02_seg02_clip_00_1-false",
+        "movieclip_0007-3-true",  # a paired_id without the clip's name still gets it
+    ]
+
+
+def test_queryd_split_lists_with_bare_youtube_ids(tmp_path):
+    root = tmp_path / "queryd"
+    root.mkdir()
+    shutil.copy(QUERYD / "raw_captions_combined_filtered.json", root)
+    (root / "train_list.txt").write_text("aaaaaaaaaaa\nvideo-bbbbbbbbbbb\nbbbbbbbbbbb\n../x\n")
+    cfg = queryd.QuerydConfig(annotations=str(root), video_root="/v", times="none")
+    samples, rejections = read_all(queryd, cfg, tmp_path)
+    assert [(s.id, s.video) for s in samples] == [("aaaaaaaaaaa", "/v/video-aaaaaaaaaaa.mp4"), ("bbbbbbbbbbb", "/v/video-bbbbbbbbbbb.mp4")]
+    assert dict(rejections.counts) == {"video listed twice": 1, "bad video id": 1}
+
+
+def test_hdvila_without_transcripts_names_the_key_to_set(tmp_path):
+    from lfvila_cli.data.formats import hdvila
+    from lfvila_cli.data.prepare import PrepareConfig, prepare
+    from lfvila_cli.errors import ConfigError
+
+    clips = [{"clip_id": f"aaaaaaaaaaa.{k}.mp4", "span": [f"00:00:{5 * k:02d}.000", f"00:00:{5 * k + 5:02d}.000"]} for k in range(1, 6)]
+    meta = tmp_path / "hdvila_part0.jsonl"
+    meta.write_text(json.dumps({"video_id": "aaaaaaaaaaa", "url": "", "clip": clips}) + "\n")
+    cfg = PrepareConfig(source="hdvila", hdvila=hdvila.HdvilaConfig(metadata=str(meta), video_root="/v"))
+    with pytest.raises(ConfigError) as info:
+        prepare(cfg, tmp_path / "out")
+    message = str(info.value)
+    assert "'hdvila.text'" in message and "5 clip(s)" in message and "\n" not in message
+    # With some inline text, the rejection reason itself names the key.
+    clips[0]["text"] = "hello"
+    meta.write_text(json.dumps({"video_id": "aaaaaaaaaaa", "url": "", "clip": clips}) + "\n")
+    _, rejections = read_all(hdvila, hdvila.HdvilaConfig(metadata=str(meta), video_root="/v", min_clips=1), tmp_path)
+    assert dict(rejections.counts) == {"missing text (hdvila.text not set)": 4}
+
+
+def test_anetqa_counts_a_lost_question_once(tmp_path):
+    from lfvila_cli.data.formats import anetqa
+
+    questions = [
+        {"question": 42, "question_id": "v_a_0", "video_name": "a"},  # its answer is fine
+        {"question": "is it sunny", "question_id": "v_b_0", "video_name": "b"},  # its answer is not
+        {"question": "what is this", "question_id": "v_c_0", "video_name": "c"},
+    ]
+    answers = [{"answer": "yes", "question_id": "v_a_0"}, {"answer": 7, "question_id": "v_b_0"}, {"answer": "a dog", "question_id": "v_c_0"}]
+    (tmp_path / "train_q.json").write_text(json.dumps(questions))
+    (tmp_path / "train_a.json").write_text(json.dumps(answers))
+    samples, rejections = read_all(anetqa, anetqa.AnetQaConfig(annotations=str(tmp_path), video_root="/v"), tmp_path)
+    assert [s.id for s in samples] == ["v_c_0"]
+    assert dict(rejections.counts) == {"question is not a string": 1, "answer is not a string": 1}

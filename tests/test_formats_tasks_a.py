@@ -49,9 +49,9 @@ def queryd_copy(tmp_path: Path) -> Path:
 
 
 QUERYD_REJECTIONS = {
-    "bad video id": 2,
+    "bad video id": 1,
     "no captions": 1,
-    "video listed twice": 1,
+    "video listed twice": 2,  # once as a bare id
     "captions are not a list": 1,
     "bad description": 1,
     "empty description": 2,
@@ -70,9 +70,9 @@ def test_queryd_samples_splits_and_rejections(tmp_path):
         ("iiiiiiiiiii", "test"),
     ]
     assert dict(rejections.counts) == QUERYD_REJECTIONS
-    assert rejections.examples["bad video id"] == [f"{QUERYD / 'train_list.txt'}:6", f"{QUERYD / 'val_list.txt'}:3"]
+    assert rejections.examples["bad video id"] == [f"{QUERYD / 'val_list.txt'}:3"]
     assert rejections.examples["no captions"] == [f"{QUERYD / 'train_list.txt'}:5"]
-    assert rejections.examples["video listed twice"] == [f"{QUERYD / 'train_list.txt'}:8"]
+    assert rejections.examples["video listed twice"] == [f"{QUERYD / 'train_list.txt'}:6", f"{QUERYD / 'train_list.txt'}:8"]
     captions = QUERYD / "raw_captions_combined_filtered.json"
     assert rejections.examples["bad description"] == [f"{captions}#video-ddddddddddd[0]"]
     assert rejections.examples["no descriptions"] == [f"{captions}#video-fffffffffff"]

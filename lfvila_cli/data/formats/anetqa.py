@@ -23,7 +23,8 @@ Rejected here (counted, the file goes on): a question or answer record that is n
 lacks a field (questions: ``question``, ``question_id``, ``video_name``; answers: ``answer``,
 ``question_id``), a non-string question, question id or answer, a non-integer ``type``, an
 unsafe video name, a repeated ``question_id`` within a file (the first is kept), a question
-without an answer ("no answer") and an answer without a question.
+without an answer ("no answer") and an answer without a question. A question lost because its
+question or answer record was rejected is counted once, by that record's reason.
 """
 
 from __future__ import annotations
@@ -159,35 +160,41 @@ def write_answers(out_dir: str | Path, vocabulary: list[str]) -> None:
 
 def _join(questions_path: str, answers_path: str, rejections: Rejections) -> list[tuple[dict, dict]]:
     """``(question, answer)`` records joined on ``question_id``, in the questions file's order."""
-    questions = _records(questions_path, "questions", QUESTION_FIELDS, _question_error, rejections)
-    answers = _records(answers_path, "answers", ANSWER_FIELDS, _answer_error, rejections)
+    # A question lost to a bad record on either side is counted once, by that record's reason.
+    questions, bad_questions = _records(questions_path, "questions", QUESTION_FIELDS, _question_error, rejections)
+    answers, bad_answers = _records(answers_path, "answers", ANSWER_FIELDS, _answer_error, rejections)
     for qid, (i, _) in answers.items():
-        if qid not in questions:
+        if qid not in questions and qid not in bad_questions:
             rejections.add("answer without a question", f"{answers_path}#{i}")
     joined = []
     for qid, (i, question) in questions.items():
         if qid not in answers:
-            rejections.add("no answer", f"{questions_path}#{i}")
+            if qid not in bad_answers:
+                rejections.add("no answer", f"{questions_path}#{i}")
             continue
         joined.append((question, answers[qid][1]))
     return joined
 
 
-def _records(path: str, kind: str, fields: tuple[str, ...], error, rejections: Rejections) -> dict[str, tuple[int, dict]]:
-    """``question_id -> (list index, record)`` for the valid records of one file."""
+def _records(path: str, kind: str, fields: tuple[str, ...], error, rejections: Rejections) -> tuple[dict[str, tuple[int, dict]], set[str]]:
+    """``question_id -> (list index, record)`` for the valid records of one file, and the
+    question ids of its rejected records."""
     records = load_json(path)
     if not isinstance(records, list):
         raise DataError(f"{path}: expected a JSON list of {kind}, got a {type(records).__name__}")
     by_id: dict[str, tuple[int, dict]] = {}
+    rejected: set[str] = set()
     for i, record in enumerate(records):
         reason = _fields_error(record, fields) or error(record)
         if reason is None and record["question_id"] in by_id:
             reason = "duplicate question_id"
         if reason is not None:
             rejections.add(reason, f"{path}#{i}")
+            if isinstance(record, dict) and isinstance(record.get("question_id"), str):
+                rejected.add(record["question_id"])
             continue
         by_id[record["question_id"]] = (i, record)
-    return by_id
+    return by_id, rejected
 
 
 def _fields_error(record: Any, fields: tuple[str, ...]) -> str | None:

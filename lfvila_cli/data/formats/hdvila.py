@@ -9,7 +9,9 @@ transcript: ASR text comes from a JSON Lines file ``{clip_id, text}`` (``hdvila.
 Construction, per video:
 
 1. Parse every clip; a clip that cannot become a segment (no span, unparsable time, end not
-   after start, no or empty text) is rejected *here*, per clip, with its reason. Checking it
+   after start, no or empty text) is rejected *here*, per clip, with its reason. Without
+   ``hdvila.text`` a clip with no inline text is counted as "missing text (hdvila.text not
+   set)", and when no clip has any the run stops with a one-line error naming that key. Checking it
    per clip rather than per sample means one bad clip splits a run instead of discarding a
    whole window of good clips.
 2. Sort clips by start and chain a clip onto the run before it when the gap
@@ -54,6 +56,7 @@ from . import absolute, expand, iter_jsonl, join, parse_time, safe_name, video_r
 log = logging.getLogger(__name__)
 
 SOURCE = "hdvila"
+MISSING_TEXT_NO_FILE = f"missing text ({SOURCE}.text not set)"
 # Float spans ("00:00:12.700" - "00:00:12.200") miss an exact tolerance by rounding.
 _EPS = 1e-6
 
@@ -113,11 +116,13 @@ def read(cfg: HdvilaConfig, out_dir: Path, rejections: Rejections) -> Iterator[S
     _require(cfg, "video_root")
     root = video_root(cfg.video_root)
     texts = load_texts(cfg.text, rejections) if cfg.text else {}
+    # The release has no transcripts: without a text file, say which key would have given them.
+    missing = "missing text" if cfg.text else MISSING_TEXT_NO_FILE
     videos = samples = 0
     for path in expand(cfg.metadata, f"{SOURCE}.metadata"):
         for lineno, record in iter_jsonl(path):
             where = f"{path}:{lineno}"
-            parsed = _parse_video(record, where, texts, rejections)
+            parsed = _parse_video(record, where, texts, rejections, missing)
             if parsed is None:
                 continue
             videos += 1
@@ -127,6 +132,11 @@ def read(cfg: HdvilaConfig, out_dir: Path, rejections: Rejections) -> Iterator[S
                 samples += 1
                 yield _sample(video_id, url, index, window, cfg, root)
     log.info("hdvila: %d videos -> %d long-form samples", videos, samples)
+    if not samples and rejections.counts[missing] and not cfg.text:
+        raise ConfigError(
+            f"config key '{SOURCE}.text' is required: {rejections.counts[missing]} clip(s) have no inline text and the "
+            "HD-VILA release carries no transcripts; set it to the ASR JSON Lines {clip_id, text}"
+        )
 
 
 def load_texts(pattern: str, rejections: Rejections) -> dict[str, str]:
@@ -190,7 +200,9 @@ def _windows(runs: list[list[Clip]], cfg: HdvilaConfig, where: str, rejections: 
     return windows
 
 
-def _parse_video(record: Any, where: str, texts: dict[str, str], rejections: Rejections) -> tuple[str, str | None, list[Clip]] | None:
+def _parse_video(
+    record: Any, where: str, texts: dict[str, str], rejections: Rejections, missing: str = "missing text"
+) -> tuple[str, str | None, list[Clip]] | None:
     if not isinstance(record, dict):
         rejections.add("record is not a JSON object", where)
         return None
@@ -212,6 +224,8 @@ def _parse_video(record: Any, where: str, texts: dict[str, str], rejections: Rej
     seen: set[str] = set()
     for i, entry in enumerate(record["clip"]):
         clip = _parse_clip(entry, texts)
+        if clip == "missing text":
+            clip = missing
         if isinstance(clip, Clip) and clip.clip_id in seen:
             clip = "duplicate clip_id"
         if isinstance(clip, str):

@@ -15,7 +15,8 @@ Release layout (FORMATS.md; names from the QuerYD downloader and collaborative-e
   sentences *untimed* (``Segment(None, None, text)``, logged, not rejected). ``queryd.times``
   ``""`` takes the release names when present (``.json`` first) and reads no times when
   neither exists; ``"none"`` reads no times.
-* split lists: text files with one ``video-<id>`` per line. ``queryd.splits`` maps file stems
+* split lists: text files with one ``video-<id>`` per line (or a bare ``<id>``, as some copies
+  have: the same video). ``queryd.splits`` maps file stems
   (``<stem>.txt`` in ``annotations``) to corpus splits; the default ``train_list``,
   ``val_list``, ``test_list`` are collaborative-experts' names (some copies name them
   ``exists_train_list.txt``...: map those stems instead). Mapped files that are missing are
@@ -28,8 +29,8 @@ the YouTube id (the key without ``video-``); the video is ``<video_root>/video-<
 ``<video_root>/<id><video_ext>`` with ``keep_prefix=false`` (videos fetched by YouTube id).
 Durations are not given (``null``). Caption keys listed in no split file are skipped (logged).
 
-Rejected here (counted, the file goes on): a split-list line that is not ``video-<id>`` with a
-safe id ("bad video id"), a listed video absent from the captions ("no captions") or listed a
+Rejected here (counted, the file goes on): a split-list line whose id is not safe ("bad video
+id"), a listed video absent from the captions ("no captions") or listed a
 second time ("video listed twice"), a caption entry that is not a list ("captions are not a
 list"), a description that is neither a list of word strings nor a string ("bad description")
 or has no words ("empty description"), and a video left with no description ("no descriptions").
@@ -155,9 +156,10 @@ def read(cfg: QuerydConfig, out_dir, rejections: Rejections) -> Iterator[Sample]
     untimed = 0
     for path, _, split in found.splits:
         count = 0
-        for lineno, key in _split_lines(path):
+        for lineno, line in _split_lines(path):
             where = f"{path}:{lineno}"
-            if not key.startswith(PREFIX) or not safe_name(key[len(PREFIX):]):
+            key = line if line.startswith(PREFIX) else PREFIX + line  # a bare YouTube id
+            if not safe_name(key[len(PREFIX):]):
                 rejections.add("bad video id", where)
                 continue
             if key in listed:

@@ -13,8 +13,12 @@ pair is rejected alone.
 ``violin.value_files`` (file -> split; default the VALUE release names
 ``violin_{train,val,test}_release.jsonl``; mapped files that are missing are warned about),
 subtitles in ``violin.value_subtitles`` (``{vid_name, sub: [{text, start, end}]}``, default
-``violin_subtitles.jsonl``; ``""`` = none). Sample id ``<vid_name>-<paired_id>-true|false``.
-File names are relative to ``violin.annotations`` unless absolute or URLs.
+``violin_subtitles.jsonl``; ``""`` = none). File names are relative to ``violin.annotations``
+unless absolute or URLs; a relative subtitles file not found there is looked for one folder up,
+where the VALUE download script puts it (``ann/violin_subtitles.jsonl`` beside
+``ann/violin/violin_train_release.jsonl``: point ``violin.annotations`` at ``ann/violin``).
+Sample id ``<paired_id>-true|false`` when ``paired_id`` already holds the clip's name (as in
+the VALUE release), ``<vid_name>-<paired_id>-true|false`` otherwise.
 
 Subtitle timing is unverified. Accepted per entry: ``[text, start, end]`` (numbers or
 timestamp strings), ``[text]``, a plain string, or ``{text, start, end}``; times that are
@@ -45,7 +49,7 @@ from typing import Any, Iterator, Literal
 from ...config import check
 from ...errors import DataError
 from ..corpus import SPLITS, Rejections, Sample, Segment
-from . import absolute, exists, is_url, iter_jsonl, join, load_json, parse_time, require, safe_name, video_root
+from . import absolute, exists, is_url, iter_jsonl, join, load_json, parent, parse_time, require, safe_name, video_root
 
 log = logging.getLogger(__name__)
 
@@ -97,12 +101,17 @@ def _value_files(cfg: ViolinConfig) -> list[tuple[str, str]]:
 
 
 def _subtitles_path(cfg: ViolinConfig) -> str | None:
+    """The subtitles file: in ``annotations`` or, where the VALUE download script puts it, in the
+    folder above (``ann/violin_subtitles.jsonl`` beside ``ann/violin/violin_train_release.jsonl``)."""
     if not cfg.value_subtitles:
         return None
     path = _path(cfg, cfg.value_subtitles)
-    if not exists(path):
-        raise DataError(f"{path}: not found (config key '{SOURCE}.value_subtitles'; \"\" reads no subtitles)")
-    return path
+    candidates = [path] if path != join(cfg.annotations, cfg.value_subtitles) else [path, join(parent(cfg.annotations), cfg.value_subtitles)]
+    found = next((candidate for candidate in candidates if exists(candidate)), None)
+    if found is None:
+        also = f"; nor is {candidates[1]}" if len(candidates) > 1 else ""
+        raise DataError(f"{path}: not found (config key '{SOURCE}.value_subtitles'; \"\" reads no subtitles){also}")
+    return found
 
 
 def raw_inputs(cfg: ViolinConfig) -> list[str]:
@@ -247,8 +256,9 @@ def _read_value(files: list[tuple[str, str]], subtitles_path: str | None, cfg: V
             if reason is not None:
                 rejections.add(reason, f"{path}:{lineno}")
                 continue
-            vid_name, answer = record["vid_name"].strip(), int(record["answer"])
-            sample_id = f"{vid_name}-{record['paired_id']}-{'true' if answer else 'false'}"
+            vid_name, answer, paired_id = record["vid_name"].strip(), int(record["answer"]), str(record["paired_id"])
+            pair = paired_id if vid_name in paired_id else f"{vid_name}-{paired_id}"
+            sample_id = f"{pair}-{'true' if answer else 'false'}"
             count += 1
             yield _sample(sample_id, _video(cfg, root, vid_name), split, record["statement"].strip(), answer, subtitles.get(vid_name, []))
         log.info("violin: %s -> %d %s samples", path, count, split)
