@@ -367,3 +367,24 @@ def test_anetqa_counts_a_lost_question_once(tmp_path):
     samples, rejections = read_all(anetqa, anetqa.AnetQaConfig(annotations=str(tmp_path), video_root="/v"), tmp_path)
     assert [s.id for s in samples] == ["v_c_0"]
     assert dict(rejections.counts) == {"question is not a string": 1, "answer is not a string": 1}
+
+
+# --- a NUL byte in a video path ----------------------------------------------------------------
+
+
+def test_prepare_rejects_a_nul_byte_in_a_video_path(tmp_path):
+    from lfvila_cli.data.prepare import PrepareConfig, prepare
+
+    segment = {"start": 0.0, "end": 2.0, "text": "a sentence"}
+    records = [
+        {"id": "fine", "video": "/v/fine.mp4", "segments": [segment]},
+        {"id": "nul", "video": "/v/bad\u0000name.mp4", "segments": [segment]},
+        {"id": "nul-segment", "video": "/v/dir", "segments": [{**segment, "video": "/v/dir/clip\u0000.mp4"}]},
+    ]
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    summary = prepare(PrepareConfig(source="jsonl", jsonl=jsonl.JsonlConfig(path=str(path))), tmp_path / "out")
+    assert summary["samples"] == 1
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert stats["rejected"]["by_reason"] == {"NUL byte in video path": 2}
+    assert stats["rejected"]["examples"]["NUL byte in video path"] == [f"{path}:2", f"{path}:3"]

@@ -154,6 +154,9 @@ def validation_error(sample: Sample, min_segments: int = 1) -> str | None:
         return "empty id"
     if not sample.video:
         return "empty video path"
+    # No file system or URL takes a NUL byte: the cache stage would fail on it instead.
+    if "\0" in sample.video or any(seg.video is not None and "\0" in seg.video for seg in sample.segments):
+        return "NUL byte in video path"
     if sample.split not in SPLITS:
         return f"unknown split '{sample.split}'"
     if len(sample.segments) < min_segments:

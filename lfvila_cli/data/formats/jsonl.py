@@ -10,7 +10,8 @@ One record per line, as ``Sample.from_json`` reads it (see ``corpus.py``)::
 ``jsonl.video_root``, by default the directory holding the file, and written to the corpus as
 absolute paths (URLs and absolute paths are kept). A line that is not JSON fails the run with
 ``file:line``; a record ``from_json`` refuses is rejected with its reason, made countable by
-dropping the segment index and the offending value. Walk-through: ``examples/custom_dataset``.
+dropping the segment index and the offending value. Rejections by ``prepare``'s own checks (a
+NUL byte in a video path, an end before its start...) name ``file:line`` too. Walk-through: ``examples/custom_dataset``.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def read(cfg: JsonlConfig, out_dir: Path, rejections: Rejections) -> Iterator[Sa
         except ValueError as exc:
             rejections.add(countable_reason(str(exc)), f"{cfg.path}:{lineno}")
             continue
+        sample.origin = f"{cfg.path}:{lineno}"
         sample.video = resolve(sample.video, base)
         for segment in sample.segments:
             if segment.video is not None:
