@@ -388,3 +388,14 @@ def test_prepare_rejects_a_nul_byte_in_a_video_path(tmp_path):
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
     assert stats["rejected"]["by_reason"] == {"NUL byte in video path": 2}
     assert stats["rejected"]["examples"]["NUL byte in video path"] == [f"{path}:2", f"{path}:3"]
+
+
+def test_rejections_by_prepare_name_the_file_and_record_for_every_reader(tmp_path):
+    from lfvila_cli.data.formats import lfvila_jsonl
+    from lfvila_cli.data.prepare import PrepareConfig, prepare
+
+    retrieval = FIXTURES / "lfvila_jsonl" / "retrieval.jsonl"
+    cfg = PrepareConfig(source="lfvila-jsonl", lfvila_jsonl=lfvila_jsonl.LfvilaJsonlConfig(task="retrieval", files={str(retrieval): "train"}, video_root="/v"))
+    prepare(cfg, tmp_path)
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert stats["rejected"]["examples"]["duplicate id"] == [f"{retrieval}:10"]  # the repeated clip_id's line

@@ -11,6 +11,8 @@ Every source module has the same small contract, which the ``prepare`` stage rel
   turned into a ``Sample`` is counted in ``rejections`` with a short, countable reason. Samples
   that parse but break a corpus rule (end before start, text outside the video...) are yielded
   as they are: ``prepare`` applies ``corpus.validation_error`` to every source in one place.
+  Each sample's ``origin`` names the file and record it came from, for those rejections'
+  examples. A record kept after a correction is counted in ``rejections.adjusted``.
 * ``raw_inputs(cfg) -> list[str]``: the annotation files whose bytes key the corpus artifact.
 
 The helpers below read through fsspec, so annotation files and video roots may be local paths

@@ -138,6 +138,7 @@ def read(cfg: AnetQaConfig, out_dir: Path, rejections: Rejections) -> Iterator[S
                 segments=[Segment(None, None, text)],
                 split=split,
                 task=task,
+                origin=f"{join(cfg.annotations, prefix + '_q.json')}#{question['question_id']}",
             )
         log.info("anet-qa: %s -> %d %s samples, %d with answers outside the vocabulary", prefix, len(items), split, outside)
 

@@ -135,6 +135,7 @@ def read(cfg: CmdConfig, out_dir, rejections: Rejections) -> Iterator[Sample]:
             segments=[Segment(0.0, duration, text) if duration is not None else Segment(None, None, text)],
             split=split,
             task=task,
+            origin=where,
         )
     log.info("cmd: %s -> %d samples", _path(cfg, DESCRIPTIONS), count)
 

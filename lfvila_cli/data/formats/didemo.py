@@ -107,6 +107,7 @@ def read(cfg: DidemoConfig, out_dir, rejections: Rejections) -> Iterator[Sample]
                 duration=None,
                 segments=[Segment(start, end, text) for start, end, text in segments],
                 split=split,
+                origin=f"{path}#{video}",
             )
         log.info("didemo: %s -> %d %s samples from %d moments", path, len(by_video), split, len(moments))
 

@@ -130,7 +130,9 @@ def read(cfg: HdvilaConfig, out_dir: Path, rejections: Rejections) -> Iterator[S
             windows = _windows(chain_runs(clips, cfg.gap_tolerance), cfg, where, rejections)
             for index, window in enumerate(windows):
                 samples += 1
-                yield _sample(video_id, url, index, window, cfg, root)
+                sample = _sample(video_id, url, index, window, cfg, root)
+                sample.origin = where
+                yield sample
     log.info("hdvila: %d videos -> %d long-form samples", videos, samples)
     if not samples and rejections.counts[missing] and not cfg.text:
         raise ConfigError(

@@ -201,6 +201,7 @@ def _read_csv(cfg: How2qaConfig, path: str, stem: str, split: str, rejections: R
             segments=[Segment(clip[0], clip[1], question)],
             split=split,
             task={"clip": list(clip), "question": question, "candidates": candidates, "answer": answer, "span": [start, end], "subtitles": []},
+            origin=where,
         )
     log.info("how2qa: %s -> %d %s samples", path, count, split)
 
@@ -271,6 +272,7 @@ def _read_hero(
                 "subtitles": subtitles.get(str(record["vid_name"]), [])[: cfg.max_subtitles],
                 "qid": qid,
             },
+            origin=where,
         )
     log.info("how2qa: %s -> %d %s samples", path, count, split)
 

@@ -109,6 +109,7 @@ def read(cfg: LfvilaJsonlConfig, out_dir: Path, rejections: Rejections) -> Itera
                 continue
             name = record["video_name"] if cfg.task == "anet-qa" else record["clip_id"]
             parsed.video, parsed.split = join(root, f"{name}{cfg.video_ext}"), split
+            parsed.origin = f"{path}:{lineno}"
             if cfg.task == "anet-qa":
                 largest = max(largest, parsed.task["label"])
             count += 1

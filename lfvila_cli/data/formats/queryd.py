@@ -187,6 +187,7 @@ def read(cfg: QuerydConfig, out_dir, rejections: Rejections) -> Iterator[Sample]
                 duration=None,
                 segments=segments,
                 split=split,
+                origin=where,
             )
         log.info("queryd: %s -> %d %s samples", path, count, split)
     if untimed:

@@ -137,7 +137,7 @@ def read(cfg: ViolinConfig, out_dir, rejections: Rejections) -> Iterator[Sample]
         yield from _read_value(files, subtitles, cfg, video_root(cfg.video_root), rejections)
 
 
-def _sample(sample_id: str, video: str, split: str, statement: str, label: int, subtitles: list[dict]) -> Sample:
+def _sample(sample_id: str, video: str, split: str, statement: str, label: int, subtitles: list[dict], origin: str) -> Sample:
     return Sample(
         id=sample_id,
         video=video,
@@ -145,6 +145,7 @@ def _sample(sample_id: str, video: str, split: str, statement: str, label: int, 
         segments=[Segment(None, None, statement)],
         split=split,
         task={"statement": statement, "label": label, "subtitles": subtitles},
+        origin=origin,
     )
 
 
@@ -182,7 +183,7 @@ def _read_annotation(path: str, cfg: ViolinConfig, root: str, rejections: Reject
                 continue
             for statement, label, tag in ((pair[0].strip(), 1, "true"), (pair[1].strip(), 0, "false")):
                 count += 1
-                yield _sample(f"{clip_id}-{i}-{tag}", video, split, statement, label, subtitles)
+                yield _sample(f"{clip_id}-{i}-{tag}", video, split, statement, label, subtitles, f"{where}/{i}")
     log.info("violin: %s -> %d samples from %d clips", path, count, len(clips))
 
 
@@ -260,7 +261,8 @@ def _read_value(files: list[tuple[str, str]], subtitles_path: str | None, cfg: V
             pair = paired_id if vid_name in paired_id else f"{vid_name}-{paired_id}"
             sample_id = f"{pair}-{'true' if answer else 'false'}"
             count += 1
-            yield _sample(sample_id, _video(cfg, root, vid_name), split, record["statement"].strip(), answer, subtitles.get(vid_name, []))
+            video = _video(cfg, root, vid_name)
+            yield _sample(sample_id, video, split, record["statement"].strip(), answer, subtitles.get(vid_name, []), f"{path}:{lineno}")
         log.info("violin: %s -> %d %s samples", path, count, split)
 
 
