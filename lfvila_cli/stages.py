@@ -137,7 +137,7 @@ def _pretrain_stage(number: int, inputs: tuple[str, ...]) -> Stage:
 STAGES: dict[str, Stage] = {
     "prepare": Stage(
         name="prepare",
-        version=2,  # 2: untimed segments, task fields checked; the example's How2QA distractors
+        version=3,  # 2: untimed segments, task fields checked; the example's How2QA distractors; 3: reader fixes (ActivityNet and VALUE VIOLIN ids, clamped and clipped times, How2QA test split)
         config_path="lfvila_cli.data.prepare:PrepareConfig",
         run_path="lfvila_cli.stages:run_prepare",
         fingerprints_path="lfvila_cli.stages:prepare_fingerprints",
