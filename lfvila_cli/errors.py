@@ -19,3 +19,11 @@ class DataError(LfvilaError):
 
 class ArtifactError(LfvilaError):
     """A missing, incomplete or inconsistent artifact in the work directory."""
+
+
+class CheckpointError(LfvilaError):
+    """A training checkpoint that cannot be read or written (missing, truncated, corrupt, disk full)."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint file holding objects other than tensors and plain data: refused, never unpickled."""

@@ -4,7 +4,9 @@
 forward / backward / step with DeepSpeed (ZeRO 1 or 2, fp32 / bf16 / fp16), AdamW with no weight
 decay on biases, norms and position tables, linear warm-up then linear decay to
 ``final_lr_ratio`` of the peak, a NaN/Inf check before every optimizer step, metrics as JSON Lines
-and checkpoints that count only once their completion marker is written.
+and checkpoints that count only once their completion marker is written. Checkpoints are read
+with ``torch.load(weights_only=True)`` only (see ``checkpoint``); resuming falls back from a
+complete checkpoint with a truncated or corrupt file to the previous one.
 
 Bad steps: a micro-batch whose total loss is NaN/Inf is not back-propagated through the model;
 instead every trainable gradient is set to NaN, so that ZeRO's overflow check (which runs on the
@@ -33,7 +35,7 @@ import torch
 import torch.nn as nn
 
 from ..config import check, to_dict
-from ..errors import ConfigError, LfvilaError
+from ..errors import CheckpointError, ConfigError, LfvilaError, UnsafeCheckpointError
 from . import checkpoint as ckpt
 from .schedule import lr_factor, parameter_groups
 
@@ -213,6 +215,8 @@ class Trainer:
         started = time.perf_counter()
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=self.ds_config)
         self.init_seconds = time.perf_counter() - started
+        # DeepSpeed's own engine unpickles whatever a checkpoint file holds (weights_only=False).
+        self.engine.checkpoint_engine = ckpt.checkpoint_engine()
         # Check the reduced gradients for Inf/NaN before every update, in every precision.
         self.optimizer.check_grad_overflow = True
         self.step = 0
@@ -223,14 +227,20 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> Path:
-        """Save at the current step; the marker is written once every rank has finished."""
+        """Save at the current step; the marker is written once every rank has finished. A failed
+        write (a full disk) is a ``CheckpointError`` naming the file; the folder stays unmarked."""
         tag = ckpt.tag_for(self.step)
         client_state = {
             "step": self.step, "epoch": self.epoch, "position": self.position,
             "bad_steps": self.bad_steps, "world_size": self.world_size,
         }
-        self.engine.save_checkpoint(str(self.ckpt_root), tag=tag, client_state=client_state, save_latest=False)
         path = self.ckpt_root / tag
+        try:
+            # Tensor files fail as CheckpointError in our engine; this catches DeepSpeed's other
+            # writes (its recovery scripts are copied in).
+            self.engine.save_checkpoint(str(self.ckpt_root), tag=tag, client_state=client_state, save_latest=False)
+        except OSError as exc:
+            raise CheckpointError(f"{exc.filename or path}: cannot write the checkpoint ({exc.strerror or exc})") from exc
         ckpt.save_rng(path, self.rank, self.generators)
         self.dist.barrier()
         if self.rank == 0:
@@ -241,15 +251,25 @@ class Trainer:
         return path
 
     def resume(self, path: Optional[str | Path] = "auto") -> Optional[Path]:
-        """Load ``path`` or, with "auto", the newest complete checkpoint (None if there is none)."""
-        path = ckpt.latest_complete(self.ckpt_root) if path == "auto" else Path(path)
-        if path is None:
-            return None
-        if not (path / ckpt.MARKER).is_file():
-            raise LfvilaError(f"{path}: checkpoint is incomplete (no {ckpt.MARKER} marker)")
-        load_path, state = self.engine.load_checkpoint(
-            str(path.parent), tag=path.name, load_optimizer_states=True, load_lr_scheduler_states=False
-        )
+        """Load ``path`` or, with "auto", the newest complete checkpoint whose files are all
+        readable (None if there is none): one with a truncated or corrupt file is skipped with a
+        warning naming the file (and loses its marker, so it is saved anew). A file holding
+        objects other than tensors and plain data stops the run (``UnsafeCheckpointError``)."""
+        if path == "auto":
+            path = self._newest_loadable()
+            if path is None:
+                return None
+        else:
+            path = Path(path)
+            if not (path / ckpt.MARKER).is_file():
+                raise LfvilaError(f"{path}: checkpoint is incomplete (no {ckpt.MARKER} marker)")
+            problem = self._check_on_every_rank(path)
+            if problem is not None:
+                raise CheckpointError(problem)
+        with ckpt.weights_only_loading():
+            load_path, state = self.engine.load_checkpoint(
+                str(path.parent), tag=path.name, load_optimizer_states=True, load_lr_scheduler_states=False
+            )
         if load_path is None:
             raise LfvilaError(f"{path}: DeepSpeed could not load this checkpoint")
         if state["world_size"] != self.world_size:
@@ -262,6 +282,54 @@ class Trainer:
             self._truncate_metrics(self.step)
         log.info("resumed from %s at step %d (epoch %d, micro-batch %d)", path, self.step, self.epoch, self.position)
         return path
+
+    def _newest_loadable(self) -> Optional[Path]:
+        """The newest complete checkpoint every rank can load (None if there is none); damaged
+        ones on the way are skipped with a warning and lose their marker."""
+        done = ckpt.list_checkpoints(self.ckpt_root)
+        damaged: list[Path] = []
+        for index in range(len(done) - 1, -1, -1):
+            problem = self._check_on_every_rank(done[index])
+            if problem is None:
+                break
+            if index == 0:
+                raise CheckpointError(
+                    f"no loadable checkpoint: all {len(done)} complete ones in {self.ckpt_root} are damaged (oldest: {problem})"
+                )
+            log.warning("%s; resuming from the previous complete checkpoint instead", problem)
+            damaged.append(done[index])
+        else:
+            return None
+        if damaged:
+            if self.rank == 0:
+                # Their steps are trained again: without its marker, a crash during the new save
+                # of the same step cannot leave a "complete" folder of mixed files.
+                for path in damaged:
+                    (path / ckpt.MARKER).unlink(missing_ok=True)
+            self.dist.barrier()
+        return done[index]
+
+    def _check_on_every_rank(self, path: Path) -> Optional[str]:
+        """None when every rank finds ``path`` loadable (``ckpt.verify``), else the problem; the
+        ranks agree before any of them starts DeepSpeed's load (which has collectives)."""
+        code, problem, refused = 0, None, None
+        try:
+            ckpt.verify(path)
+        except UnsafeCheckpointError as exc:
+            code, problem, refused = 2, str(exc), exc
+        except CheckpointError as exc:
+            code, problem = 1, str(exc)
+        if self.world_size > 1:
+            worst = torch.tensor([code], dtype=torch.int32, device=self.engine.device)
+            self.dist.all_reduce(worst, op=self.dist.ReduceOp.MAX)
+            worst_code = int(worst.item())
+        else:
+            worst_code = code
+        if worst_code == 2:
+            raise refused or UnsafeCheckpointError(f"{path}: refused by another rank (a file holds objects other than tensors; see its log)")
+        if worst_code == 1 and problem is None:
+            problem = f"{path}: a file is missing or unreadable on another rank (see its log)"
+        return problem
 
     # ------------------------------------------------------------------ loop
     def train(self, batches: BatchSource, steps_per_epoch: int, resume: Optional[str] = None) -> TrainResult:
