@@ -273,3 +273,56 @@ def test_disk_full_while_writing_the_marker(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match=r"step_00000003/\.COMPLETE\.tmp: cannot write the checkpoint marker \(No space left on device\)"):
         ckpt.mark_complete(tmp_path / "step_00000003", {"step": 3})
 
+
+# ---------------------------------------------------------------------------- damaged model weights
+SIZE = {"train_videos": 4, "val_videos": 2, "test_videos": 0, "max_clips": 4, "height": 64, "width": 96}
+FRAMES = {"frames_per_segment": 8, "height": 64, "width": 96}
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A work directory with a tiny stage-1 model and a chunks cache (what finetune and index read)."""
+    import yaml
+
+    from lfvila_cli.artifacts import Workdir
+    from lfvila_cli.stages import run_pipeline
+
+    root = tmp_path_factory.mktemp("weights")
+    stages = [
+        ("prepare", {"source": "example", "example": SIZE}),
+        ("cache", FRAMES),
+        ("pretrain1", {"train": {"micro_batch": 2, "max_steps": 1}, "val_every": 0}),
+        ("cache", {**FRAMES, "segment_mode": "chunks", "num_chunks": 4}),
+    ]
+    (root / "p.yaml").write_text(yaml.safe_dump({"stages": [{"stage": s, "config": c} for s, c in stages]}))
+    wd = Workdir(root / "wd")
+    results = run_pipeline(wd, root / "p.yaml", progress=False, echo=lambda line: None)
+    assert [r.status for r in results] == ["done"] * 4
+    return wd, results[2].artifact.path, results[3].artifact.path
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "garbage"])
+@pytest.mark.parametrize("command", ["finetune", "export", "index"])
+def test_damaged_model_weights_are_a_one_line_error(pretrained, command, damage):
+    from typer.testing import CliRunner
+
+    from lfvila_cli.main import app
+
+    wd, model_dir, chunks = pretrained
+    weights_file = model_dir / "model.safetensors"
+    good = weights_file.read_bytes()
+    weights_file.write_bytes({"truncated": good[: len(good) // 2], "empty": b"", "garbage": os.urandom(4096)}[damage])
+    args = {
+        "finetune": ["finetune", "--task", "didemo", "--init", str(model_dir), "--cache", str(chunks), "--set", "train.max_steps=1"],
+        "export": ["export", "--model", str(model_dir), "--set", "frames=32", "--set", "height=64", "--set", "width=96"],
+        "index": ["index", "--cache", str(chunks), "--from", str(model_dir), "--set", "engine=torch"],
+    }[command]
+    try:
+        out = CliRunner().invoke(app, args + ["--workdir", str(wd.root)], env={"LFVILA_DEBUG": ""})
+    finally:
+        weights_file.write_bytes(good)
+    # The only other line a run may print: "finetune: resuming in ..." (an earlier case's failed
+    # attempt left its partial artifact).
+    lines = [line for line in out.output.splitlines() if line.strip() and ": resuming in " not in line]
+    assert out.exit_code == 1 and len(lines) == 1, out.output
+    assert lines[0].startswith(f"error: {weights_file}: unreadable weights file, truncated or corrupt ("), out.output

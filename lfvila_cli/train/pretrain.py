@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from ..config import check, from_dict, to_dict
-from ..errors import ConfigError, DataError, LfvilaError
+from ..errors import ArtifactError, ConfigError, DataError, LfvilaError
 from ..data.loader import LoaderConfig
 from ..objectives import ObjectiveConfig
 from .engine import TrainConfig
@@ -177,15 +177,22 @@ def save_weights(state: dict[str, torch.Tensor], path: str | Path) -> dict[str, 
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """The state dict written by ``save_weights``, aliases restored."""
-    from safetensors import safe_open
+    """The state dict written by ``save_weights``, aliases restored. A missing, truncated or
+    corrupt file is an ``ArtifactError`` naming it (finetune, export and index read through here)."""
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
-    state = load_file(str(path), device="cpu")
-    with safe_open(str(path), framework="pt") as f:
-        aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
-    for alias, name in aliases.items():
-        state[alias] = state[name]
+    try:
+        state = load_file(str(path), device="cpu")
+        with safe_open(str(path), framework="pt") as f:
+            aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
+        for alias, name in aliases.items():
+            state[alias] = state[name]
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: no such weights file") from None
+    except (SafetensorError, OSError, ValueError, KeyError) as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ArtifactError(f"{path}: unreadable weights file, truncated or corrupt ({detail})") from exc
     return state
 
 
