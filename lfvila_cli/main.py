@@ -549,7 +549,7 @@ def search(
     from .artifacts import Workdir
     from .errors import ConfigError
     from .search import query
-    from .stages import input_artifact
+    from .stages import check_inputs, input_artifact
 
     _setup_logging(verbose)
     if top_k < 1:
@@ -560,6 +560,7 @@ def search(
     source = input_artifact(wd, artifact, "export" if engine == "onnx" else "pretrain1")
     if source is None:
         raise ConfigError(f"the model the index {artifact.key[:16]} was built with is gone")
+    check_inputs({"index": artifact, source.stage: source})
     results = query(artifact.path, source.path, engine, list(sentences), top_k)
     if as_json:
         typer.echo(json_module.dumps(results, indent=2))

@@ -191,6 +191,9 @@ def build_index(store_url: str, source: Path, cfg: IndexConfig, out_dir: Path, p
         frames, times = zip(*(store.sample(ids[r]) for r in rows))
         frames = np.stack([f.reshape(-1, store.height, store.width, 3) for f in frames])
         video, clip = encoder.videos(frames)
+        if not np.isfinite(video).all() or (clip is not None and not np.isfinite(clip).all()):
+            bad = next(ids[r] for r, v in zip(rows, video) if not np.isfinite(v).all()) if not np.isfinite(video).all() else ids[rows[0]]
+            raise DataError(f"index: the model gave non-finite embeddings (NaN/Inf) for {bad}; its files are damaged, or the frames are")
         times = np.stack(times)  # (b, M, K)
         lo, hi = int(rows[0]), int(rows[-1]) + 1
         values = {"video": video}
@@ -229,6 +232,10 @@ def query(index_dir: Path, source: Path, engine: str, sentences: list[str], top_
     paragraph, sentence_emb = encoder.paragraph(sentences)
     video = np.asarray(group["video"][:])
     scores = video @ paragraph
+    if not np.isfinite(scores).all():
+        bad = int((~np.isfinite(scores)).sum())
+        where = "the paragraph's embedding" if not np.isfinite(paragraph).all() else f"{bad} video embedding(s) of the index"
+        raise DataError(f"{index_dir}: {bad} of {len(scores)} scores are not finite ({where}); the model or the index is damaged: rebuild it")
     order = np.argsort(-scores, kind="stable")[:top_k]
     ids = list(group["sample_id"][:])
     grounded = "clips" in group and sentence_emb is not None

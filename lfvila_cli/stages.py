@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import __version__
-from .artifacts import KEY_CHARS, Artifact, Workdir, compute_key, file_digest, remove_temp_files
+from .artifacts import KEY_CHARS, Artifact, Workdir, compute_key, file_checksums, file_digest, remove_temp_files, verify_files
 from .config import from_dict, load_yaml, parse_override, to_dict
 from .errors import ArtifactError, ConfigError, LfvilaError
 from .locks import FileLock, describe_holder
@@ -581,7 +581,7 @@ def run_stage(
     short = key[:KEY_CHARS]
     existing = workdir.get(stage.name, key)
     if existing is not None and not force:
-        problem = _load(stage.verify_path)(existing) if stage.verify_path else None
+        problem = unusable(stage, existing)
         if problem is None:
             return _up_to_date(workdir, stage, existing, name, rank, dry_run, echo)
         if rank == 0:
@@ -605,11 +605,30 @@ def run_stage(
     try:
         if not force:  # another process may have committed it while this one waited
             existing = workdir.get(stage.name, key)
-            if existing is not None and (not stage.verify_path or _load(stage.verify_path)(existing) is None):
+            if existing is not None and unusable(stage, existing) is None:
                 return _up_to_date(workdir, stage, existing, name, rank, dry_run, echo)
         return _build(workdir, stage, config, inputs, payload, key, lock, rank, world_size, rebuild, name, progress, echo, reached)
     finally:
         lock.release()
+
+
+def unusable(stage: Stage, artifact: Artifact) -> str | None:
+    """Why a committed artifact cannot be used as it is (a file changed since it was written, a
+    stage's own check such as a cache's missing frame store), or ``None``."""
+    problem = verify_files(artifact)
+    if problem is None and stage.verify_path:
+        problem = _load(stage.verify_path)(artifact)
+    return problem
+
+
+def check_inputs(inputs: dict[str, Artifact]) -> None:
+    """Refuse to use an input artifact whose files differ from its manifest (one line)."""
+    for name, artifact in sorted(inputs.items()):
+        problem = verify_files(artifact)
+        if problem is not None:
+            raise ArtifactError(
+                f"{name}/{artifact.key[:KEY_CHARS]} ({artifact.path}): {problem}; rebuild it with its stage's --force"
+            )
 
 
 def _up_to_date(workdir: Workdir, stage: Stage, existing: Artifact, name: str | None, rank: int, dry_run: bool, echo) -> StageResult:
@@ -630,6 +649,7 @@ def _build(workdir, stage, config, inputs, payload, key, lock, rank, world_size,
         _failure_marker(workdir, stage.name, key).unlink(missing_ok=True)  # an earlier launch's
     # Rank 0 of a multi-rank launch leaves a failure marker for any error from here to the commit.
     with _failure_reported(workdir, stage.name, key, rank, world_size):
+        check_inputs(inputs)
         started = time.time()
         resumed = False
         if stage.resumable:
@@ -669,6 +689,7 @@ def _build(workdir, stage, config, inputs, payload, key, lock, rank, world_size,
         }
         if resumed:  # writers killed in an earlier run may have left their temporary files
             remove_temp_files(out_dir)
+        manifest["files"] = file_checksums(out_dir)
         lock.check()
         artifact = workdir.commit(out_dir, stage.name, key, manifest, to_dict(config), replace=rebuild)
         _set_refs(workdir, stage.name, key, name)
@@ -847,7 +868,7 @@ def artifact_state(workdir: Workdir, artifact: Artifact, _seen: dict | None = No
                 inputs[name] = upstream
             if compute_key(stage.key_payload(config, inputs)) != artifact.key:
                 state = "stale: raw inputs or config meaning changed"
-            elif stage.verify_path and (problem := _load(stage.verify_path)(artifact)):
+            elif problem := unusable(stage, artifact):
                 state = f"stale: {problem}"
         except LfvilaError as exc:
             state = f"stale: {exc}"

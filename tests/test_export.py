@@ -340,3 +340,42 @@ def test_index_embeds_shared_frames_once(exported, tmp_path):
     assert cache_frames(tmp_path / "c" / "samples.jsonl", cfg, str(tmp_path / "frames.zarr"), progress=False)["rows"] == 12
     info = build_index(str(tmp_path / "frames.zarr"), export_artifact.path, IndexConfig(batch=2), tmp_path / "index")
     assert info["videos"] == 3 and info["shared"] == 1 and info["skipped"] == 0
+
+
+def test_damaged_model_files_are_refused_not_used(indexed, tmp_path):
+    """4 KB of an exported encoder's weights overwritten (same size): `status` calls the export
+    stale and `search` refuses it in one line; NaN embeddings in an index are refused too."""
+    import shutil
+
+    import zarr
+    from typer.testing import CliRunner
+
+    from lfvila_cli.errors import DataError
+    from lfvila_cli.main import app
+    from lfvila_cli.search import query
+    from lfvila_cli.stages import input_artifact
+
+    wd, _, onnx_index, _ = indexed
+    shutil.copytree(wd.root, tmp_path / "wd")
+    copy = Workdir(tmp_path / "wd")
+    index = copy.resolve("index", onnx_index.key)
+    export = input_artifact(copy, index, "export")
+    assert export.manifest["files"]["text_encoder.onnx"]["size"] == (export.path / "text_encoder.onnx").stat().st_size
+    weights = export.path / "text_encoder.onnx"
+    original = weights.read_bytes()
+    middle = len(original) // 2
+    weights.write_bytes(original[:middle] + b"\xff" * 4096 + original[middle + 4096 :])
+    args = ["search", "--workdir", str(copy.root), "--index", index.key[:16], "the red circle grows."]
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code != 0 and len(refused.output.strip().splitlines()) == 1, refused.output
+    assert "text_encoder.onnx changed after it was written" in refused.output
+    status = CliRunner().invoke(app, ["status", "--workdir", str(copy.root)]).output
+    assert f"{export.key[:16]}" in status and "stale: text_encoder.onnx changed" in status
+    weights.write_bytes(original)
+    assert CliRunner().invoke(app, args).exit_code == 0
+    group = zarr.open_group(str(index.path / "features.zarr"), mode="r+")
+    video = np.asarray(group["video"][:])
+    video[1] = np.nan
+    group["video"][:] = video
+    with pytest.raises(DataError, match="1 of .* scores are not finite"):
+        query(index.path, export.path, "onnx", ["the red circle grows."])

@@ -205,3 +205,21 @@ def test_pipeline_chains_and_skips(tmp_path):
     assert [r.status for r in changed] == ["done", "done"]
     dry = run_pipeline(wd, pipe, overrides=["toy.n=7"], dry_run=True, echo=lines.append)
     assert [r.status for r in dry] == ["would run", "waiting for input"]
+
+
+def test_changed_files_make_an_artifact_unusable(tmp_path):
+    """The manifest records each file's size and SHA-256: a file changed in place (same size)
+    makes `status` call the artifact stale, a rerun rebuild it, and a consumer refuse it."""
+    wd = Workdir(tmp_path)
+    first = run(wd)
+    assert set(first.artifact.manifest["files"]) == {"out.txt", "part1.txt"}
+    (first.artifact.path / "out.txt").write_text("bbb")
+    assert artifact_state(wd, wd.resolve("toy")) == "stale: out.txt changed after it was written (SHA-256 differs)"
+    with pytest.raises(ArtifactError, match=r"^toy/\w+ \(.*\): out.txt changed after it was written .*--force$"):
+        run(wd, "toydown", inputs={"toy": wd.resolve("toy")})
+    lines = []
+    again = run(wd, lines=lines)
+    assert again.status == "done" and "is unusable (out.txt changed" in lines[0]
+    assert (again.artifact.path / "out.txt").read_text() == "aaa" and artifact_state(wd, again.artifact) == "current"
+    (again.artifact.path / "part1.txt").unlink()
+    assert artifact_state(wd, wd.resolve("toy")) == "stale: part1.txt is missing"
