@@ -72,6 +72,44 @@ def make_broken(directory: Path, good: Path) -> dict[str, Path]:
     return {"missing": directory / "missing.mp4", "text": text, "truncated": truncated, "garbage": corrupt}
 
 
+def _encode_with_pyav(path: Path, frames: np.ndarray, codec: str, container_options: dict | None = None, zero_timestamps: bool = False) -> Path:
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), mode="w", options=container_options or {}) as container:
+        stream = container.add_stream(codec, rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.codec_context.thread_count = 1
+        if codec == "libx264":
+            stream.options = {"g": "30", "bf": "0", "preset": "veryfast", "threads": "1"}
+        packets = [p for f in frames for p in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24"))]
+        for packet in packets + list(stream.encode()):
+            if zero_timestamps:
+                packet.pts = packet.dts = 0
+            container.mux(packet)
+    return path
+
+
+def make_zero_timestamp_video(path: Path, num_frames: int = 240, codec: str = "libx264") -> Path:
+    """A video whose packets all carry pts = dts = 0 (H.264 in .mp4 or VP9 in .webm, 30 s at 8 fps).
+
+    decord opens it and decodes its first seconds, but its accurate seek spins forever (no
+    error, no timeout) on frames near the end: checked here, spans from ~22 s on in the mp4,
+    the last frame in the webm (120 frames did not hang). It encodes in well under a second.
+    """
+    return _encode_with_pyav(path, synthetic_frames(num_frames), codec, zero_timestamps=True)
+
+
+def make_truncated_faststart(path: Path, num_frames: int = 48) -> Path:
+    """An mp4 with its index at the front (``movflags=faststart``) cut at 60%: it opens, then
+    FFmpeg's packet reader fails, which decord reports as "av_read_frame failed with 1094995529"."""
+    full = _encode_with_pyav(path.with_suffix(".full.mp4"), synthetic_frames(num_frames), "libx264", {"movflags": "faststart"})
+    data = full.read_bytes()
+    path.write_bytes(data[: int(len(data) * 0.6)])
+    full.unlink()
+    return path
+
+
 def sample(sample_id: str, video: str, bounds: list[tuple[float, float]], duration: float | None = 3.0, **extra) -> dict:
     segments = [{"start": a, "end": b, "text": f"segment {i}"} for i, (a, b) in enumerate(bounds)]
     return {"id": sample_id, "video": video, "duration": duration, "split": extra.pop("split", "train"), "segments": segments, **extra}

@@ -1,8 +1,10 @@
 """The cache stage library: decode → resize/crop → Zarr frame store, failures, resume, ranks."""
 
+import importlib.util
 import io
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers_video import FPS, decoded_index, make_broken, make_video, sample, write_corpus_file
+from helpers_video import FPS, decoded_index, make_broken, make_truncated_faststart, make_video, sample, write_corpus_file
 from lfvila_cli.config import from_dict
 from lfvila_cli.data import cache as cache_mod
 from lfvila_cli.data.cache import CacheConfig, cache_frames
@@ -376,6 +378,85 @@ def test_failure_rate_above_threshold_raises_one_line_naming_videos(videos, tmp_
     summary = cache_frames(corpus, cfg(max_failure_rate=0.25), url, progress=False)
     assert summary["written"] == 0 and summary["skipped"] == 10 and summary["failed"] == 2
     assert {f["reason"] for f in summary["failures"]} == {"file not found", "cannot open: Invalid data found when processing input"}
+
+
+@pytest.mark.parametrize(
+    "raw, reason",
+    [
+        ("[05:03:38] /ws/src/video/video_reader.cc:486: Error: av_read_frame failed with 1094995529",
+         "reading the file failed: invalid data in the stream"),
+        ("[05:03:38] /ws/src/video/video_reader.cc:486: Error: av_read_frame failed with -541478725",
+         "reading the file failed: unexpected end of file"),
+        ("[1] /ws/threaded_decoder.cc:292: [1] /ws/threaded_decoder.cc:218: Check failed: "
+         "avcodec_send_packet(dec_ctx_.get(), pkt.get()) >= 0 (-1094995529 vs. 0) Thread worker: Error sending packet.",
+         "invalid data in the stream (Thread worker: Error sending packet.)"),
+        ("Error: avcodec_receive_frame failed with 22", "decoding failed: invalid argument"),
+        ("Error: av_read_frame failed with 12345678", "reading the file failed: unknown FFmpeg error (code -12345678)"),
+    ],
+)
+def test_ffmpeg_error_codes_are_reported_in_words(raw, reason):
+    from lfvila_cli.data.video import _short_reason
+
+    assert _short_reason(RuntimeError(raw)) == reason
+
+
+def test_a_video_ffmpeg_cannot_read_fails_with_words_not_a_code(videos, tmp_path):
+    """A truncated mp4 with its index in front opens, then FFmpeg's packet reader fails: decord
+    says "av_read_frame failed with 1094995529"; the store says what that means."""
+    cut = make_truncated_faststart(tmp_path / "cut.mp4")
+    corpus = write_corpus_file(tmp_path, good_records(videos) + [sample("cut", str(cut), [(0, 1), (1, 2)])])
+    summary = cache_frames(corpus, cfg(max_failure_rate=1.0), str(tmp_path / "frames.zarr"), progress=False)
+    assert (summary["ok"], summary["failed"]) == (8, 2)
+    reasons = [f["reason"] for f in FrameStore(tmp_path / "frames.zarr").failures()]
+    assert reasons == ["cannot open: reading the file failed: invalid data in the stream"] * 2
+    assert not any(re.search(r"\d{5,}", r) for r in reasons)
+
+
+def test_a_symlink_loop_is_reported_as_such_not_as_a_missing_file(videos, tmp_path):
+    loop_a, loop_b, dangling = tmp_path / "loop_a.mp4", tmp_path / "loop_b.mp4", tmp_path / "dangling.mp4"
+    loop_a.symlink_to(loop_b)
+    loop_b.symlink_to(loop_a)
+    dangling.symlink_to(tmp_path / "nowhere.mp4")
+    records = good_records(videos) + [
+        sample("loop", str(loop_a), [(0, 1)]),
+        sample("dangling", str(dangling), [(0, 1)]),
+        sample("missing", str(tmp_path / "missing.mp4"), [(0, 1)]),
+    ]
+    corpus = write_corpus_file(tmp_path / "corpus", records)
+    summary = cache_frames(corpus, cfg(max_failure_rate=1.0), str(tmp_path / "frames.zarr"), progress=False)
+    reasons = {f["sample"]: f["reason"] for f in summary["failures"]}
+    assert reasons == {
+        "loop": "symlink loop (too many levels of symbolic links)",
+        "dangling": "broken symlink: its target does not exist",
+        "missing": "file not found",
+    }
+    assert summary["ok"] == 8
+
+
+def test_a_url_whose_filesystem_package_is_missing_names_the_package(monkeypatch):
+    """fsspec's HTTP filesystem needs aiohttp; any protocol whose implementation cannot be
+    imported fails the video with the package to install (checked here with a stand-in)."""
+    registry = importlib.import_module("fsspec.registry")  # ``fsspec.registry`` is the registry's mapping
+    monkeypatch.setitem(registry.known_implementations, "lfvilatest", {
+        "class": "lfvila_no_such_package.FileSystem", "err": "install lfvila_no_such_package to read lfvilatest:// URLs"
+    })
+    with pytest.raises(VideoError) as err:
+        VideoDecoder("lfvilatest://host/v.mp4", H, W)
+    assert str(err.value) == (
+        "cannot read: lfvilatest:// URLs need the package 'lfvila_no_such_package', which is not installed "
+        "(pip install lfvila_no_such_package)"
+    )
+
+
+@pytest.mark.skipif(importlib.util.find_spec("aiohttp") is not None, reason="aiohttp is installed: http:// works")
+def test_http_videos_without_aiohttp_fail_their_rows_with_one_clear_line(videos, tmp_path):
+    records = good_records(videos) + [sample("http", "http://127.0.0.1:9/v.mp4", [(0, 1), (1, 2)])]
+    corpus = write_corpus_file(tmp_path, records)
+    summary = cache_frames(corpus, cfg(max_failure_rate=1.0), str(tmp_path / "frames.zarr"), progress=False)
+    assert (summary["ok"], summary["failed"], summary["pending"]) == (8, 2, 0)
+    assert {f["reason"] for f in summary["failures"]} == {
+        "cannot read: http:// URLs need the package 'aiohttp', which is not installed (pip install aiohttp)"
+    }
 
 
 def test_failures_are_logged_at_a_limited_rate(videos, tmp_path, caplog):

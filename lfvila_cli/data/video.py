@@ -7,9 +7,11 @@ PyAV are imported inside the functions so the CLI starts fast.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,7 +71,17 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float, crf: int = 23,
 # For a span of at least K frames this keeps all K frames inside the span; rounding to the
 # nearest timestamp can step onto the first frame of the next clip.
 
+# Words for FFmpeg's error codes (``AVERROR``). decord logs some of them negated ("av_read_frame
+# failed with 1094995529"), so either sign is looked up; codes not listed here are asked of
+# FFmpeg itself (``av_strerror`` through PyAV).
 _AVERROR = {-1094995529: "invalid data in the stream", -541478725: "unexpected end of file", -5: "I/O error"}
+_FFMPEG_CALLS = {  # what decord was doing when an FFmpeg call failed, in words
+    "av_read_frame": "reading the file",
+    "avcodec_send_packet": "decoding",
+    "avcodec_receive_frame": "decoding",
+    "avformat_open_input": "opening the file",
+    "avformat_find_stream_info": "reading the stream information",
+}
 _REASON_CHARS = 200
 
 
@@ -84,8 +96,29 @@ class VideoInfo:
     duration: float  # seconds covered by the frames (end of the last frame)
 
 
+def ffmpeg_error_words(code: int) -> str:
+    """An FFmpeg error code of either sign in words: ``1094995529`` -> "invalid data in the stream"."""
+    code = -abs(int(code))
+    if code in _AVERROR:
+        return _AVERROR[code]
+    words = None
+    try:
+        import av.error
+
+        av.error.err_check(code)
+    except ImportError:
+        pass
+    except Exception as exc:  # noqa: BLE001 - err_check raises the FFmpegError (or OSError) subclass of the code
+        if type(exc).__name__ != "UndefinedError":
+            words = getattr(exc, "strerror", None)
+    if not words:
+        return f"unknown FFmpeg error (code {code})"
+    return words[0].lower() + words[1:] if words[1:2].islower() else words
+
+
 def _short_reason(exc: BaseException) -> str:
-    """One line from a decord/FFmpeg error: drop the ``[time] file.cc:N:`` prefix and stack trace."""
+    """One line from a decord/FFmpeg error: drop the ``[time] file.cc:N:`` prefix and stack trace,
+    and put FFmpeg's numeric error codes into words."""
     text = str(exc).strip() or type(exc).__name__
     line = next((ln.strip() for ln in text.splitlines() if ln.strip()), text)
     line = re.sub(r"^(\[[\d:]+\]\s*\S+:\d+:\s*)+", "", line)
@@ -93,8 +126,11 @@ def _short_reason(exc: BaseException) -> str:
     line = re.sub(r": '[^']*'$", "", line)  # PyAV appends the path; the failures table lists it
     check = re.match(r"Check failed: .*\((-?\d+) vs\. 0\)\s*(.*)$", line)
     if check:  # decord's "Check failed: avcodec_send_packet(...) >= 0 (-1094995529 vs. 0) Thread worker: ..."
-        code = int(check.group(1))
-        line = f"{_AVERROR.get(code, f'FFmpeg error {code}')} ({check.group(2).strip() or 'decoder'})"
+        line = f"{ffmpeg_error_words(int(check.group(1)))} ({check.group(2).strip() or 'decoder'})"
+    call = re.match(r"(?:Error:\s*)?(\w+) failed with (-?\d+)\s*$", line)
+    if call:  # decord's "Error: av_read_frame failed with 1094995529"
+        doing = _FFMPEG_CALLS.get(call.group(1), call.group(1))
+        line = f"{doing} failed: {ffmpeg_error_words(int(call.group(2)))}"
     return line[:_REASON_CHARS]
 
 
@@ -182,14 +218,45 @@ def _open_source(source: str):
                 return io.BytesIO(fh.read())
         except FileNotFoundError:
             raise VideoError("cannot read: file not found") from None
-        except (OSError, ValueError, ImportError) as exc:
+        except ImportError as exc:
+            raise VideoError(f"cannot read: {_missing_package(exc, source)}") from None
+        except (OSError, ValueError) as exc:
             raise VideoError(f"cannot read: {_short_reason(exc)}") from None
     path = source[len("file://") :] if source.startswith("file://") else source
-    if not os.path.exists(path):
-        raise VideoError("file not found")
-    if os.path.isdir(path):
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise VideoError(_path_problem(exc, path)) from None
+    if stat.S_ISDIR(st.st_mode):
         raise VideoError("is a directory, not a video file")
+    if not stat.S_ISREG(st.st_mode):
+        raise VideoError("not a regular file")  # a FIFO or a device: decord would block or misread
+    if not os.access(path, os.R_OK):
+        raise VideoError("permission denied")
     return path
+
+
+def _path_problem(exc: OSError, path: str) -> str:
+    """Why ``os.stat`` failed, in words: a symlink loop or a dangling link is not "file not found"."""
+    if exc.errno == errno.ELOOP:
+        return "symlink loop (too many levels of symbolic links)"
+    if exc.errno == errno.ENOENT:
+        return "broken symlink: its target does not exist" if os.path.islink(path) else "file not found"
+    if exc.errno == errno.ENOTDIR:
+        return "file not found (a component of the path is not a directory)"
+    if exc.errno == errno.EACCES:
+        return "permission denied"
+    return (exc.strerror or type(exc).__name__).lower()
+
+
+def _missing_package(exc: ImportError, source: str) -> str:
+    """"http:// URLs need the package 'aiohttp' (pip install aiohttp)" from fsspec's ImportError."""
+    protocol = source.split("://", 1)[0]
+    cause = exc if isinstance(exc, ModuleNotFoundError) else exc.__cause__ or exc.__context__
+    name = getattr(cause, "name", None) if isinstance(cause, ModuleNotFoundError) else None
+    if name:
+        return f"{protocol}:// URLs need the package '{name}', which is not installed (pip install {name})"
+    return f"{protocol}:// URLs need a package that is not installed: {_short_reason(exc)}"
 
 
 def _probe(data) -> None:
