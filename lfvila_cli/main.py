@@ -171,7 +171,7 @@ def cache(
     corpus: str = typer.Option("latest", "--corpus", help="The prepare artifact to cache: ref name, key (prefix) or artifact directory."),
     max_failure_rate: Optional[float] = typer.Option(None, "--max-failure-rate", help="Fail when more than this fraction of segments cannot be decoded (default 0.05)."),
     store_url: Optional[str] = typer.Option(None, "--store-url", help="Write the Zarr store here (local path or fsspec URL) instead of inside the artifact."),
-    retry_failed: bool = typer.Option(False, "--retry-failed", help="Decode again the segments an unfinished earlier run recorded as failed (e.g. one stopped by --max-failure-rate); a committed cache is redone with --force."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Decode again the segments an earlier run recorded as failed: an unfinished run's (e.g. one stopped by --max-failure-rate), or, after videos were fixed or restored, a committed cache's (the new cache starts from its decoded rows)."),
     workdir: Path = WorkdirOpt,
     config: Optional[List[Path]] = ConfigOpt,
     set_: Optional[List[str]] = SetOpt,

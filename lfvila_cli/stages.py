@@ -366,6 +366,8 @@ def run_cache(ctx: StageContext) -> dict:
     owner = {"workdir_id": identity["id"], "workdir": identity["path"], "stage": "cache", "key": ctx.key}
     if ctx.force and ctx.config.store_url and ctx.rank == 0:
         _remove_store(ctx.workdir, ctx.config.store_url, owner)  # the partial directory was wiped; an external store too
+    if ctx.config.retry_failed and not ctx.config.store_url and ctx.rank == 0 and not os.path.exists(url):
+        _seed_from_earlier_store(ctx, url, owner)
     summary = cache_frames(
         corpus_file(ctx.inputs["prepare"]),
         ctx.config,
@@ -377,6 +379,59 @@ def run_cache(ctx: StageContext) -> dict:
     )
     summary["store_url"] = ctx.config.store_url
     return summary
+
+
+def _seed_from_earlier_store(ctx: StageContext, url: str, owner: dict) -> None:
+    """``--retry-failed`` after videos were fixed or restored: their fingerprints changed, so the
+    cache has a new key and a new store. Start it from the newest earlier store of the same rows
+    (same corpus segments and layout) in this work directory instead of decoding every row
+    again: its chunks are hard-linked (Zarr replaces a chunk file when it writes one, so the
+    earlier store stays as it was), and the rows of every video whose fingerprint changed go
+    back to pending. The failed rows are then retried as usual."""
+    import numpy as np
+
+    from .data.cache import plan_rows
+    from .data.framestore import ERROR_BYTES, PENDING, open_group
+
+    plan = plan_rows(corpus_file(ctx.inputs["prepare"]), ctx.config)
+    fingerprints = cache_fingerprints(ctx.config, ctx.inputs)
+    earlier = None
+    for artifact in sorted(ctx.workdir.artifacts("cache"), key=lambda a: -a.manifest.get("created", 0)):
+        if artifact.key == ctx.key or artifact.summary.get("store_url"):
+            continue
+        source = artifact.path / "frames.zarr"
+        try:
+            attrs = open_group(str(source), mode="r").attrs.asdict()
+        except LfvilaError:
+            continue
+        if attrs.get("ready") and attrs.get("plan_digest") == plan.digest and attrs.get("rows") == plan.rows and all(
+            attrs.get(k) == v for k, v in ctx.config.layout().items()
+        ):
+            earlier = artifact
+            break
+    if earlier is None:
+        return
+    old = earlier.manifest.get("key_payload", {}).get("fingerprints", {})
+    changed = {video for video in set(old) | set(fingerprints) if old.get(video) != fingerprints.get(video)}
+    rows = [row for task in plan.tasks if task.video in changed or task.source in changed for row in task.rows]
+    building = Path(url).with_name(f".seeding-{os.getpid()}.zarr")
+    shutil.rmtree(building, ignore_errors=True)
+
+    def link(src, dst):
+        try:
+            os.link(src, dst)
+        except OSError:  # another filesystem, or no hard links: a copy
+            shutil.copy2(src, dst)
+
+    shutil.copytree(earlier.path / "frames.zarr", building, copy_function=link)
+    group = open_group(str(building), mode="r+")
+    if rows:
+        index = np.asarray(rows, dtype=np.int64)
+        group["status"].oindex[index] = np.full(index.size, PENDING, dtype=np.uint8)
+        group["error"].oindex[index, :] = np.zeros((index.size, ERROR_BYTES), dtype=np.uint8)
+    group.attrs.put({**group.attrs.asdict(), "owner": owner})
+    os.replace(building, url)  # complete before any rank sees it
+    log.info("cache: started from the store of cache/%s (%d rows of %d changed videos to decode again)", earlier.key[:KEY_CHARS], len(rows), len(changed))
 
 
 def run_pretrain_stage(ctx: StageContext) -> dict:

@@ -13,6 +13,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -363,3 +364,37 @@ def test_temporary_files_of_killed_writers_do_not_reach_the_artifact(tmp_path):
     (artifact,) = Workdir(wd).artifacts("cache")
     leftovers = [p for p in artifact.path.rglob("*") if p.name.endswith(".partial") or p.name.endswith(".tmp")]
     assert not leftovers
+
+
+def test_retry_failed_after_a_fix_reuses_the_decoded_rows(tmp_path):
+    """A missing video restored: its fingerprint changes, so does the cache key. With
+    --retry-failed the new store starts from the earlier one: only the restored video's rows
+    are decoded; the earlier artifact's store stays as it was."""
+    import shutil
+
+    from helpers_video import make_video
+
+    from lfvila_cli.data.framestore import FrameStore
+
+    wd = tmp_path / "wd"
+    good = make_video(tmp_path / "good.mp4")
+    lines = []
+    for name, path in (("good", good), ("late", tmp_path / "late.mp4")):
+        segs = [{"start": i * 0.5, "end": (i + 1) * 0.5, "text": f"part {i}"} for i in range(4)]
+        lines.append(json.dumps({"id": name, "video": str(path), "duration": 3.0, "split": "train", "segments": segs}))
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("\n".join(lines) + "\n")
+    assert invoke("prepare", "--source", "jsonl", "--workdir", wd, "--set", f"jsonl.path={corpus}").exit_code == 0
+    args = ["cache", "--workdir", wd, "--set", "frames_per_segment=2", "--set", "height=32", "--set", "width=48", "--max-failure-rate", "0.9"]
+    assert "4/8 segments cached, 4 failed" in invoke(*args).output
+    first = Workdir(wd).resolve("cache")
+    shutil.copy(good, tmp_path / "late.mp4")
+    again = invoke(*args, "--retry-failed")
+    assert again.exit_code == 0 and "8/8 segments cached" in again.output, again.output
+    second = Workdir(wd).resolve("cache")
+    assert second.key != first.key
+    assert second.summary["written"] == 4 and second.summary["skipped"] == 4
+    assert FrameStore(second.path / "frames.zarr").status_counts() == {"pending": 0, "ok": 8, "failed": 0}
+    assert FrameStore(first.path / "frames.zarr").status_counts() == {"pending": 0, "ok": 4, "failed": 4}
+    frames, _ = FrameStore(second.path / "frames.zarr").sample("late")
+    assert np.array_equal(frames, FrameStore(second.path / "frames.zarr").sample("good")[0])
