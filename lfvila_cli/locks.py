@@ -83,6 +83,13 @@ def _pid_running(pid: int) -> bool:
         return True
 
 
+def holder_gone(holder: dict) -> bool:
+    """Whether a holder on this host has certainly stopped (for display; taking a lock over
+    also waits for its heartbeat to stop)."""
+    pid = holder.get("pid")
+    return holder.get("host") == _host() and isinstance(pid, int) and not _pid_running(pid)
+
+
 def describe_holder(holder: dict) -> str:
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("started", 0)))
     return f"pid {holder.get('pid', '?')} on {holder.get('host', '?')} (since {started})"

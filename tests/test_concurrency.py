@@ -201,8 +201,10 @@ def test_a_killed_force_run_keeps_the_old_artifact(tmp_path):
         time.sleep(0.05)
     assert marker.exists()
     assert wd.resolve("toy").key == first.key, "the old artifact must stay visible while --force rebuilds"
+    assert f"being built by pid {proc.pid}" in invoke("status", "--workdir", tmp_path).output
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert "left by a stopped run" in invoke("status", "--workdir", tmp_path).output
     assert wd.resolve("toy").key == first.key and (wd.resolve("toy").path / "out.txt").read_text() == "aaa"
     rows = status_rows(wd)
     assert [r["state"] for r in rows] == ["current"]
