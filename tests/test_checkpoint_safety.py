@@ -301,9 +301,19 @@ def pretrained(tmp_path_factory):
     return wd, results[2].artifact.path, results[3].artifact.path
 
 
-@pytest.mark.parametrize("damage", ["truncated", "empty", "garbage"])
+DAMAGE = ["truncated", "empty", "garbage"]
+
+
+def damage_file(path: Path, damage: str) -> None:
+    good = path.read_bytes()
+    path.write_bytes({"truncated": good[: len(good) // 2], "empty": b"", "garbage": os.urandom(len(good))}[damage])
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
 @pytest.mark.parametrize("command", ["finetune", "export", "index"])
 def test_damaged_model_weights_are_a_one_line_error(pretrained, command, damage):
+    """Through the CLI on a store artifact (the store's checksum check may speak first: either
+    way one line naming the file)."""
     from typer.testing import CliRunner
 
     from lfvila_cli.main import app
@@ -311,7 +321,7 @@ def test_damaged_model_weights_are_a_one_line_error(pretrained, command, damage)
     wd, model_dir, chunks = pretrained
     weights_file = model_dir / "model.safetensors"
     good = weights_file.read_bytes()
-    weights_file.write_bytes({"truncated": good[: len(good) // 2], "empty": b"", "garbage": os.urandom(4096)}[damage])
+    damage_file(weights_file, damage)
     args = {
         "finetune": ["finetune", "--task", "didemo", "--init", str(model_dir), "--cache", str(chunks), "--set", "train.max_steps=1"],
         "export": ["export", "--model", str(model_dir), "--set", "frames=32", "--set", "height=64", "--set", "width=96"],
@@ -325,4 +335,32 @@ def test_damaged_model_weights_are_a_one_line_error(pretrained, command, damage)
     # attempt left its partial artifact).
     lines = [line for line in out.output.splitlines() if line.strip() and ": resuming in " not in line]
     assert out.exit_code == 1 and len(lines) == 1, out.output
-    assert lines[0].startswith(f"error: {weights_file}: unreadable weights file, truncated or corrupt ("), out.output
+    assert lines[0].startswith("error: ") and "model.safetensors" in lines[0], out.output
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+@pytest.mark.parametrize("reader", ["finetune", "export", "index"])
+def test_damaged_model_weights_outside_the_store_are_a_one_line_error(pretrained, tmp_path, reader, damage):
+    """What each command reads the weights with, on a model directory no manifest vouches for
+    (copied out of the store, or made before manifests held checksums)."""
+    import shutil
+
+    from lfvila_cli.errors import ArtifactError
+    from lfvila_cli.search import Encoder
+    from lfvila_cli.train.finetune import load_pretrained_into
+    from lfvila_cli.train.pretrain import load_pretrained
+
+    _, model_dir, _ = pretrained
+    copy = tmp_path / "model"
+    shutil.copytree(model_dir, copy, ignore=shutil.ignore_patterns("run"))
+    model = load_pretrained(copy) if reader == "finetune" else None
+    damage_file(copy / "model.safetensors", damage)
+    read = {
+        "finetune": lambda: load_pretrained_into(model, copy),
+        "export": lambda: load_pretrained(copy),  # export_onnx's first step
+        "index": lambda: Encoder("torch", copy),
+    }[reader]
+    with pytest.raises(ArtifactError) as err:
+        read()
+    assert str(err.value).startswith(f"{copy / 'model.safetensors'}: unreadable weights file, truncated or corrupt (")
+    assert "\n" not in str(err.value)
