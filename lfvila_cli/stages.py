@@ -290,8 +290,8 @@ def _stat_fingerprint(url: str) -> list | None:
     try:
         fs, path = fsspec.core.url_to_fs(url)
         info = fs.info(path)
-    except (OSError, ValueError):
-        return None
+    except (OSError, ValueError, ImportError):  # ImportError: a protocol's optional package
+        return None  # the cache stage records why that video failed
     return [info.get("size"), str(info.get("mtime") or info.get("LastModified") or info.get("ETag") or "")]
 
 

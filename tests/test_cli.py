@@ -375,3 +375,24 @@ def test_pretrain_stages_through_the_cli(tmp_path):
     assert bad.exit_code == 2 and "--stage must be 1 or 2" in bad.output
     fixed = invoke("pretrain", "--stage", "1", "--workdir", wd, "--set", "stage=2")
     assert fixed.exit_code == 2 and "fixes it to 1" in fixed.output
+
+
+def test_an_http_video_without_its_package_fails_that_video_not_the_stage(tmp_path):
+    """The cache key fingerprints external videos: an http:// URL whose fsspec filesystem needs a
+    package that is not installed must not stop the stage there (the video's rows fail)."""
+    import importlib.util
+
+    if importlib.util.find_spec("aiohttp") is not None:
+        pytest.skip("aiohttp is installed: http:// is reachable")
+    from helpers_video import make_video
+
+    wd = tmp_path / "wd"
+    video = make_video(tmp_path / "v.mp4")
+    segs = [{"start": i * 0.5, "end": (i + 1) * 0.5, "text": f"part {i}"} for i in range(2)]
+    records = [{"id": "local", "video": str(video), "duration": 3.0, "segments": segs},
+               {"id": "remote", "video": "http://127.0.0.1:9/v.mp4", "duration": 3.0, "segments": segs}]
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert invoke("prepare", "--source", "jsonl", "--workdir", wd, "--set", f"jsonl.path={corpus}").exit_code == 0
+    result = invoke("cache", "--workdir", wd, "--set", "frames_per_segment=2", "--set", "height=32", "--set", "width=48", "--max-failure-rate", "0.9")
+    assert result.exit_code == 0 and "2/4 segments cached, 2 failed" in result.output, result.output
