@@ -6,6 +6,7 @@ same work directory 4 times (the case that once lost a whole frame store in 3 tr
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -372,8 +373,6 @@ def test_retry_failed_after_a_fix_reuses_the_decoded_rows(tmp_path):
     """A missing video restored: its fingerprint changes, so does the cache key. With
     --retry-failed the new store starts from the earlier one: only the restored video's rows
     are decoded; the earlier artifact's store stays as it was."""
-    import shutil
-
     from helpers_video import make_video
 
     from lfvila_cli.data.framestore import FrameStore
@@ -400,3 +399,44 @@ def test_retry_failed_after_a_fix_reuses_the_decoded_rows(tmp_path):
     assert FrameStore(first.path / "frames.zarr").status_counts() == {"pending": 0, "ok": 4, "failed": 4}
     frames, _ = FrameStore(second.path / "frames.zarr").sample("late")
     assert np.array_equal(frames, FrameStore(second.path / "frames.zarr").sample("good")[0])
+
+
+def test_other_ranks_start_only_once_their_own_launch_holds_the_lock(tmp_path, monkeypatch):
+    """Ranks > 0 of a resumable stage write into its partial work: they wait while the lock is
+    another process's (and find the artifact it commits), and start once rank 0 of their own
+    launch holds it."""
+    import dataclasses
+    import threading
+
+    from lfvila_cli.stages import _launch_id
+
+    stage = dataclasses.replace(toy_stage.TOY, resumable=True)
+    monkeypatch.setitem(STAGES, "toy", stage)
+    wd = Workdir(tmp_path)
+    cfg = resolve_config(stage)
+    key = run_stage(wd, stage, cfg, {}, dry_run=True, echo=lambda s: None).key
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29611")
+
+    def commit_as_rank_zero():
+        work = wd.new_temp_dir("toy", key)
+        (work / "out.txt").write_text("aaa")
+        wd.commit(work, "toy", key, {"key": key, "stage": "toy", "summary": {"length": 3}}, {})
+
+    for launch, body_runs in (("10.0.0.9|29500||", False), (_launch_id(), True)):
+        holder = FileLock(wd.lock_path("toy", key), launch=launch)
+        holder.acquire()
+        result = {}
+        thread = threading.Thread(target=lambda: result.update(r=run_stage(wd, stage, cfg, {}, echo=lambda s: None)))
+        thread.start()
+        time.sleep(1.0)
+        assert bool(toy_stage.calls) == body_runs
+        commit_as_rank_zero()
+        holder.release()
+        thread.join(timeout=30)
+        assert not thread.is_alive() and result["r"].status == "up to date"
+        shutil.rmtree(wd.artifact_dir("toy", key))
+        shutil.rmtree(wd.partial_dir("toy", key), ignore_errors=True)
+        toy_stage.calls.clear()
