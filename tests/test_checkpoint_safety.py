@@ -9,6 +9,7 @@ import errno
 import logging
 import os
 import pickle
+import random
 import socket
 import subprocess
 import sys
@@ -164,7 +165,7 @@ def test_no_loadable_checkpoint_is_a_one_line_error(tmp_path, damage):
         elif damage == "empty":
             victim.write_bytes(b"")
         elif damage == "garbage":
-            victim.write_bytes(os.urandom(4096))
+            victim.write_bytes(random.Random(0).randbytes(4096))
         else:
             victim.unlink()
     again = Trainer(make_model(), make_loss(), config(), tmp_path)
@@ -173,6 +174,16 @@ def test_no_loadable_checkpoint_is_a_one_line_error(tmp_path, damage):
     message = str(err.value)
     assert "\n" not in message and not isinstance(err.value, UnsafeCheckpointError)
     assert message.startswith("no loadable checkpoint: all 2 complete ones") and "step_00000004" in message
+
+
+def test_any_garbage_is_a_checkpoint_error(tmp_path):
+    """Random bytes reach torch's weights-only unpickler as all kinds of errors (IndexError,
+    KeyError, ...): every one is a CheckpointError naming the file."""
+    path = tmp_path / "garbage.pt"
+    for seed in range(300):
+        path.write_bytes(random.Random(seed).randbytes(512))
+        with pytest.raises(CheckpointError, match="garbage.pt: "):
+            ckpt.load_file(path)
 
 
 def test_explicit_damaged_checkpoint_is_an_error_not_a_fallback(tmp_path):
@@ -306,7 +317,7 @@ DAMAGE = ["truncated", "empty", "garbage"]
 
 def damage_file(path: Path, damage: str) -> None:
     good = path.read_bytes()
-    path.write_bytes({"truncated": good[: len(good) // 2], "empty": b"", "garbage": os.urandom(len(good))}[damage])
+    path.write_bytes({"truncated": good[: len(good) // 2], "empty": b"", "garbage": random.Random(0).randbytes(len(good))}[damage])
 
 
 @pytest.mark.parametrize("damage", DAMAGE)
