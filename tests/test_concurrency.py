@@ -337,6 +337,7 @@ def test_a_half_created_store_layout_is_completed(tmp_path):
     group.create_array("status", shape=(2,), chunks=(1,), dtype="uint8")
     group.attrs["layout_version"] = 1
     group.attrs["frames_per_segment"] = 2
+    (tmp_path / "frames.zarr" / "zarr.0123456789abcdef0123456789abcdef.partial").write_text("{")  # a torn write of zarr.json
     summary = cache_frames(corpus, CacheConfig(frames_per_segment=2, height=32, width=48, workers=1), url, progress=False)
     assert summary["ok"] == 2
 

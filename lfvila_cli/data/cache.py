@@ -38,6 +38,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import re
 import threading
 import time
 from collections import Counter
@@ -358,7 +359,9 @@ def _foreign_content(url: str, cfg: CacheConfig, plan: CachePlan) -> str | None:
     except (OSError, ValueError, ImportError):
         return None  # open_group reports what is wrong with the location
     ours = {"zarr.json", *_expected_arrays(cfg, plan)}
-    other = sorted({str(e).rstrip("/").rsplit("/", 1)[-1] for e in entries} - ours)
+    names = {str(e).rstrip("/").rsplit("/", 1)[-1] for e in entries}
+    # Zarr writes zarr.json through ``zarr.<uuid hex>.partial``: a kill can leave one behind.
+    other = sorted(n for n in names - ours if not re.fullmatch(r"zarr\.[0-9a-f]{32}\.partial", n))
     return f"holds {', '.join(other[:3])}{' ...' if len(other) > 3 else ''}" if other else None
 
 
