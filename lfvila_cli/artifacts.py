@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ArtifactError
+from .locks import pid_running
 
 MANIFEST = "manifest.json"
 CONFIG = "stage_config.json"  # config.json is left to the artifact (a finished model's own)
@@ -329,7 +330,7 @@ def _owned_by_live_process(name: str) -> bool:
         host, pid = parts[2], int(parts[3])
     except (IndexError, ValueError):
         return True
-    return host != _HOST or _pid_alive(pid)
+    return host != _HOST or pid_running(pid)
 
 
 # What writers killed mid-write leave: Zarr's ``<name>.<uuid hex>.partial`` chunk files and our
@@ -350,19 +351,6 @@ def remove_temp_files(folder: Path) -> int:
                 except OSError:
                     pass
     return removed
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a killed process not yet reaped by its parent is a zombie: as good as gone
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def _fsync_dir(path: Path) -> None:

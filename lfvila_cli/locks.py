@@ -70,7 +70,7 @@ def _pid_start(pid: int) -> str:
         return ""
 
 
-def _pid_running(pid: int) -> bool:
+def pid_running(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -87,7 +87,7 @@ def holder_gone(holder: dict) -> bool:
     """Whether a holder on this host has certainly stopped (for display; taking a lock over
     also waits for its heartbeat to stop)."""
     pid = holder.get("pid")
-    return holder.get("host") == _host() and isinstance(pid, int) and not _pid_running(pid)
+    return holder.get("host") == _host() and isinstance(pid, int) and not pid_running(pid)
 
 
 def describe_holder(holder: dict) -> str:
@@ -151,7 +151,7 @@ class FileLock:
             return "its host has rebooted since"
         pid = holder.get("pid")
         if isinstance(pid, int):
-            if not _pid_running(pid):
+            if not pid_running(pid):
                 return f"pid {pid} is not running"
             if holder.get("pid_start") and _pid_start(pid) != holder.get("pid_start"):
                 return f"pid {pid} is another process now"

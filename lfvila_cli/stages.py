@@ -755,42 +755,38 @@ def _build(workdir, stage, config, inputs, payload, key, lock, rank, world_size,
 
 def _wait_for_launch_lock(workdir: Workdir, stage: Stage, key: str, rank: int, world_size: int, reached: float) -> StageResult | None:
     """A rank other than 0 of a resumable stage starts only once rank 0 of its own launch holds
-    the stage's lock (never into the partial work of another process), or returns the artifact
-    if it is committed meanwhile."""
+    the stage's lock (never into the partial work of another process): ``None`` then, or the
+    artifact if it is committed meanwhile."""
     lock = FileLock(workdir.lock_path(stage.name, key))
-    marker = _failure_marker(workdir, stage.name, key)
+
+    def started() -> bool:
+        holder = lock.read()
+        return bool(holder) and holder.get("launch") == _launch_id() and holder.get("started", 0) >= reached - _MARKER_SLACK_S
+
+    return _wait_for_rank_zero(workdir, stage, key, rank, world_size, reached, "start", started)
+
+
+def _wait_for_commit(workdir: Workdir, stage: Stage, key: str, rank: int, world_size: int, echo, reached: float) -> StageResult:
+    """A rank other than 0 waits for rank 0 to commit ``stage``/``key``, or for rank 0's failure
+    marker of this launch (``reached``: when this rank reached the stage)."""
+    return _wait_for_rank_zero(workdir, stage, key, rank, world_size, reached, "commit", lambda: False)
+
+
+def _wait_for_rank_zero(workdir, stage, key, rank, world_size, reached, what: str, done: Callable[[], bool]) -> StageResult | None:
+    """Poll until the artifact is committed (returned), ``done()`` (``None``), rank 0's failure
+    marker of this launch (raised) or ``LFVILA_RANK_WAIT_S``."""
     deadline = time.monotonic() + RANK_WAIT_S
     delay = 0.05
+    marker = _failure_marker(workdir, stage.name, key)
     while (artifact := workdir.get(stage.name, key)) is None:
-        holder = lock.read()
-        if holder and holder.get("launch") == _launch_id() and holder.get("started", 0) >= reached - _MARKER_SLACK_S:
+        if done():
             return None
         error = _marked_failure(marker, reached)
         if error is not None:
             raise ArtifactError(f"rank {rank}/{world_size}: rank 0 failed {stage.name}/{key[:KEY_CHARS]} ({error}); see rank 0's output")
         if time.monotonic() > deadline:
             raise ArtifactError(
-                f"rank {rank}/{world_size}: rank 0 did not start {stage.name}/{key[:KEY_CHARS]} within "
-                f"{RANK_WAIT_S:.0f}s (LFVILA_RANK_WAIT_S); see rank 0's output"
-            )
-        time.sleep(delay)
-        delay = min(delay * 2, 1.0)
-    return StageResult(stage.name, "up to date", key, artifact, f"{stage.name}: rank {rank} sees {key[:KEY_CHARS]}")
-
-
-def _wait_for_commit(workdir: Workdir, stage: Stage, key: str, rank: int, world_size: int, echo, reached: float) -> StageResult:
-    """A rank other than 0 waits for rank 0 to commit ``stage``/``key``, or for rank 0's failure
-    marker of this launch (``reached``: when this rank reached the stage)."""
-    deadline = time.monotonic() + RANK_WAIT_S
-    delay = 0.05
-    marker = _failure_marker(workdir, stage.name, key)
-    while (artifact := workdir.get(stage.name, key)) is None:
-        error = _marked_failure(marker, reached)
-        if error is not None:
-            raise ArtifactError(f"rank {rank}/{world_size}: rank 0 failed {stage.name}/{key[:KEY_CHARS]} ({error}); see rank 0's output")
-        if time.monotonic() > deadline:
-            raise ArtifactError(
-                f"rank {rank}/{world_size}: rank 0 did not commit {stage.name}/{key[:KEY_CHARS]} within "
+                f"rank {rank}/{world_size}: rank 0 did not {what} {stage.name}/{key[:KEY_CHARS]} within "
                 f"{RANK_WAIT_S:.0f}s (LFVILA_RANK_WAIT_S); see rank 0's output"
             )
         time.sleep(delay)
