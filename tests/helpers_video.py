@@ -90,14 +90,15 @@ def _encode_with_pyav(path: Path, frames: np.ndarray, codec: str, container_opti
     return path
 
 
-def make_zero_timestamp_video(path: Path, num_frames: int = 240, codec: str = "libx264") -> Path:
+def make_zero_timestamp_video(path: Path, num_frames: int = 240, codec: str = "libx264", seed: int = 0) -> Path:
     """A video whose packets all carry pts = dts = 0 (H.264 in .mp4 or VP9 in .webm, 30 s at 8 fps).
 
     decord opens it and decodes its first seconds, but its accurate seek spins forever (no
-    error, no timeout) on frames near the end: checked here, spans from ~22 s on in the mp4,
-    the last frame in the webm (120 frames did not hang). It encodes in well under a second.
+    error, no timeout) on frames near the end: checked here, spans from ~21 s on in the mp4,
+    the last frame in the webm (120 frames did not hang). The mp4 hangs every time; the webm
+    only now and then (it depends on decord's read-ahead thread). It encodes in well under a second.
     """
-    return _encode_with_pyav(path, synthetic_frames(num_frames), codec, zero_timestamps=True)
+    return _encode_with_pyav(path, synthetic_frames(num_frames, seed=seed), codec, zero_timestamps=True)
 
 
 def make_truncated_faststart(path: Path, num_frames: int = 48) -> Path:

@@ -19,7 +19,7 @@ from lfvila_cli.config import from_dict
 from lfvila_cli.data import cache as cache_mod
 from lfvila_cli.data.cache import CacheConfig, cache_frames
 from lfvila_cli.data.framestore import PENDING, FrameStore
-from lfvila_cli.data.video import VideoDecoder, VideoError, decode_span, frame_indices, resize_frames, span_times
+from lfvila_cli.data.video import BoundedVideoDecoder, VideoDecoder, VideoError, decode_span, frame_indices, resize_frames, span_times
 from lfvila_cli.errors import ConfigError, DataError
 
 TESTS = Path(__file__).parent
@@ -253,17 +253,19 @@ def test_segments_past_the_end_are_cut_at_the_end_or_fail(videos, tmp_path):
     assert np.allclose(times[0], [2.125, 2.375, 2.625, 2.875]) and decoded_index(frames[0]).tolist() == [17, 19, 21, 23]
 
 
-def test_each_video_is_opened_once_for_all_its_segments(videos, tmp_path, monkeypatch):
+@pytest.mark.parametrize("decode_timeout_s", [0, 30])  # in this process; in a child process, bounded
+def test_each_video_is_opened_once_for_all_its_segments(videos, tmp_path, monkeypatch, decode_timeout_s):
     opened = []
-    original = VideoDecoder.__init__
+    decoder_class = BoundedVideoDecoder if decode_timeout_s else VideoDecoder
+    original = decoder_class.__init__
 
     def counting(self, source, *args, **kwargs):
         opened.append(source)
         original(self, source, *args, **kwargs)
 
-    monkeypatch.setattr(VideoDecoder, "__init__", counting)
+    monkeypatch.setattr(decoder_class, "__init__", counting)
     corpus = write_corpus_file(tmp_path, good_records(videos))
-    cache_frames(corpus, cfg(), str(tmp_path / "frames.zarr"), progress=False)
+    cache_frames(corpus, cfg(decode_timeout_s=decode_timeout_s), str(tmp_path / "frames.zarr"), progress=False)
     assert sorted(opened) == sorted(str(videos / f) for f in ["v0.mp4", "v1.mp4", "clip0.mp4", "clip1.mp4"])
 
 
@@ -392,6 +394,9 @@ def test_failure_rate_above_threshold_raises_one_line_naming_videos(videos, tmp_
          "invalid data in the stream (Thread worker: Error sending packet.)"),
         ("Error: avcodec_receive_frame failed with 22", "decoding failed: invalid argument"),
         ("Error: av_read_frame failed with 12345678", "reading the file failed: unknown FFmpeg error (code -12345678)"),
+        ("[/data/v.webm]Unable to handle EOF because the video might have corrupted framesand "
+         "`DECORD_REWIND_RETRY_MAX=16`. You may override the limit by `export DECORD_REWIND_RETRY_MAX=32` for example",
+         "cannot decode up to the end of the video (corrupt frames near the end?)"),
     ],
 )
 def test_ffmpeg_error_codes_are_reported_in_words(raw, reason):
@@ -484,6 +489,7 @@ def test_rerun_on_a_finished_store_creates_and_decodes_nothing(videos, tmp_path,
 
     monkeypatch.setattr(cache_mod, "_create_layout", forbidden)
     monkeypatch.setattr(cache_mod, "VideoDecoder", forbidden)
+    monkeypatch.setattr(cache_mod, "BoundedVideoDecoder", forbidden)
     summary = cache_frames(corpus, cfg(), url, progress=False)
     assert (summary["written"], summary["skipped"], summary["ok"]) == (0, 8, 8)
     after = FrameStore(url).sample("b")
@@ -561,13 +567,13 @@ KILLED_RUN = """
 import sys, time
 from pathlib import Path
 from lfvila_cli.data import cache
-from lfvila_cli.data.video import VideoDecoder
+from lfvila_cli.data.video import BoundedVideoDecoder
 
-span = VideoDecoder.span
+span = BoundedVideoDecoder.span  # the cache's decoder (it decodes in a child process)
 def slow_span(self, *args, **kwargs):
     time.sleep(0.15)  # slow enough for the parent to kill the run in the middle
     return span(self, *args, **kwargs)
-VideoDecoder.span = slow_span
+BoundedVideoDecoder.span = slow_span
 cfg = cache.CacheConfig(frames_per_segment=4, height=36, width=44, workers=1)
 cache.cache_frames(Path(sys.argv[1]), cfg, sys.argv[2], progress=False)
 """
@@ -794,6 +800,8 @@ def test_cache_shows_frames_per_second_on_a_terminal(videos, tmp_path, monkeypat
         ({"splits": ["val", "val"]}, "splits"),
         ({"max_failure_rate": 1.5}, "max_failure_rate"),
         ({"workers": 0}, "workers"),
+        ({"decode_timeout_s": -1}, "decode_timeout_s"),
+        ({"decode_timeout_s": float("inf")}, "decode_timeout_s"),
         ({"segment_mode": "frames"}, "segment_mode"),
     ],
 )
@@ -805,6 +813,7 @@ def test_config_validation_names_the_key(changes, key):
 def test_config_defaults_and_policy_fields():
     config = from_dict(CacheConfig, {"splits": ["train"], "workers": 4})
     assert (config.frames_per_segment, config.height, config.width, config.segment_mode) == (8, 192, 320, "clips")
-    assert set(cache_mod.POLICY_FIELDS) == {"max_failure_rate", "workers", "retry_failed"}
+    assert set(cache_mod.POLICY_FIELDS) == {"max_failure_rate", "workers", "retry_failed", "decode_timeout_s"}
+    assert config.decode_timeout_s == 60.0
     assert config.retry_failed is False
     assert not set(cache_mod.POLICY_FIELDS) & set(config.layout())

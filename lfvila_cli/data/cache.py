@@ -43,6 +43,7 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -54,11 +55,11 @@ from ..errors import DataError
 from .corpus import SPLITS, read_corpus, resolve_video
 from .formats import absolute
 from .framestore import ERROR_BYTES, FAILED, LAYOUT_VERSION, OK, PENDING, decode_reason, encode_reason, open_group
-from .video import VideoDecoder, VideoError, chunk_span
+from .video import BoundedVideoDecoder, VideoDecoder, VideoError, chunk_span, decode_process
 
 log = logging.getLogger(__name__)
 
-POLICY_FIELDS = ("max_failure_rate", "workers", "retry_failed")  # change how the run behaves, not what it makes
+POLICY_FIELDS = ("max_failure_rate", "workers", "retry_failed", "decode_timeout_s")  # change how the run behaves, not what it makes
 MAX_LISTED_FAILURES = 1000  # in the returned summary; the store keeps every reason
 LOGGED_FAILURES = 10  # logged one by one, then one line per FAILURE_LOG_INTERVAL_S
 FAILURE_LOG_INTERVAL_S = 30.0
@@ -78,6 +79,9 @@ class CacheConfig:
     max_failure_rate: float = 0.05
     workers: int = 2
     retry_failed: bool = False  # on an existing store, decode this rank's failed rows again
+    # Opening a video and decoding each segment run in a child process and fail after this
+    # many seconds ("decode timed out after N s"); 0 decodes in this process, unbounded.
+    decode_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
         self.store_url = absolute(self.store_url)  # the artifact finds its store from any directory
@@ -99,6 +103,11 @@ class CacheConfig:
             f"must be between 0 and 1, got {self.max_failure_rate}",
         )
         check(self.workers >= 1, "workers", f"must be >= 1, got {self.workers}")
+        check(
+            self.decode_timeout_s >= 0 and self.decode_timeout_s != float("inf"),
+            "decode_timeout_s",
+            f"must be a number of seconds >= 0 (0: decode in this process, unbounded), got {self.decode_timeout_s}",
+        )
 
     def layout(self) -> dict:
         """The part of the config that shapes the store (saved in, and checked against, its attrs)."""
@@ -453,7 +462,7 @@ def _write_failed(arrays: _Arrays, row: int, reason: str) -> None:
     arrays.status[row] = FAILED
 
 
-def _resolve_span(span: Span, decoder: VideoDecoder) -> tuple[float | None, float | None]:
+def _resolve_span(span: Span, decoder: VideoDecoder | BoundedVideoDecoder) -> tuple[float | None, float | None]:
     if span[0] == "span":
         return span[1], span[2]
     if span[0] == "file":
@@ -502,22 +511,26 @@ def _run_task(task: VideoTask, arrays: _Arrays, cfg: CacheConfig, writer: _RowWr
         writes.append(writer.submit(_write_failed, arrays, row, reason))
         result.after[i], result.reasons[row] = FAILED, reason
 
-    try:
-        decoder = VideoDecoder(task.source, cfg.height, cfg.width, num_threads=1)
-    except VideoError as exc:
-        for i in todo:
-            failed(i, str(exc))
-    else:
-        with decoder:
+    with decode_process() if cfg.decode_timeout_s else nullcontext() as process:
+        try:
+            if process is None:  # the reference path: in this thread, unbounded
+                decoder = VideoDecoder(task.source, cfg.height, cfg.width, num_threads=1)
+            else:
+                decoder = BoundedVideoDecoder(task.source, cfg.height, cfg.width, process, cfg.decode_timeout_s)
+        except VideoError as exc:
             for i in todo:
-                try:
-                    frames, times = decoder.span(*_resolve_span(task.spans[i], decoder), cfg.frames_per_segment)
-                except VideoError as exc:
-                    failed(i, str(exc))
-                    continue
-                writes.append(writer.submit(_write_ok, arrays, int(rows[i]), frames, times))
-                result.after[i] = OK
-                result.frames += len(frames)
+                failed(i, str(exc))
+        else:
+            with decoder:
+                for i in todo:
+                    try:
+                        frames, times = decoder.span(*_resolve_span(task.spans[i], decoder), cfg.frames_per_segment)
+                    except VideoError as exc:
+                        failed(i, str(exc))
+                        continue
+                    writes.append(writer.submit(_write_ok, arrays, int(rows[i]), frames, times))
+                    result.after[i] = OK
+                    result.frames += len(frames)
     for future in writes:  # the task is done once its rows are in the store
         future.result()
     return result

@@ -1,21 +1,34 @@
 """Video files: writing H.264 mp4 with PyAV (example data, tests) and decoding with decord.
 
 Decoding turns a span of a video into ``K`` evenly spaced frames, resized to cover ``H × W``
-(aspect kept) and centre-cropped, uint8 RGB, with the timestamp of every frame. decord and
+(aspect kept) and centre-cropped, uint8 RGB, with the timestamp of every frame
+(``VideoDecoder``). ``BoundedVideoDecoder`` does the same in a child process that is killed
+when a request overruns its time: decord can spin forever in C on some videos. decord and
 PyAV are imported inside the functions so the CLI starts fast.
 """
 
 from __future__ import annotations
 
+import atexit
 import errno
 import io
 import os
 import re
+import signal
+import socket
 import stat
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from ..errors import LfvilaError
 
 
 def write_video(path: str | Path, frames: np.ndarray, fps: float, crf: int = 23, gop: int = 8) -> None:
@@ -124,6 +137,9 @@ def _short_reason(exc: BaseException) -> str:
     line = re.sub(r"^(\[[\d:]+\]\s*\S+:\d+:\s*)+", "", line)
     line = re.sub(r"^\[Errno -?\d+\]\s*", "", line)
     line = re.sub(r": '[^']*'$", "", line)  # PyAV appends the path; the failures table lists it
+    line = re.sub(r"^\[[^\]]*[/.][^\]]*\]\s*", "", line)  # decord starts some with "[<path>]"
+    if line.startswith("Unable to handle EOF"):  # decord's rewind limit, with advice on an env variable
+        line = "cannot decode up to the end of the video (corrupt frames near the end?)"
     check = re.match(r"Check failed: .*\((-?\d+) vs\. 0\)\s*(.*)$", line)
     if check:  # decord's "Check failed: avcodec_send_packet(...) >= 0 (-1094995529 vs. 0) Thread worker: ..."
         line = f"{ffmpeg_error_words(int(check.group(1)))} ({check.group(2).strip() or 'decoder'})"
@@ -208,7 +224,7 @@ _FFMPEG_QUIET = False
 
 def _open_source(source: str):
     """What decord and PyAV can open: a local path as is, a URL read into memory with fsspec."""
-    if "://" in source and not source.startswith("file://"):
+    if _is_remote(source):
         import fsspec
 
         # A missing object, an unknown protocol ("Protocol not known") or a filesystem whose
@@ -283,13 +299,14 @@ class VideoDecoder:
     its seek state carries over between nearby spans.
     """
 
-    def __init__(self, source: str, height: int, width: int, num_threads: int = 1) -> None:
+    def __init__(self, source: str, height: int, width: int, num_threads: int = 1, *, data=None) -> None:
+        """``data``: what ``_open_source(source)`` returned, when the caller has read it already."""
         import decord
 
         self.source, self.height, self.width = source, height, width
         self._errors = _decode_errors()
         _quiet_ffmpeg()
-        data = _open_source(source)
+        data = _open_source(source) if data is None else data
         _probe(data)
         try:
             self._reader = decord.VideoReader(data, num_threads=num_threads)
@@ -363,3 +380,352 @@ def decode_span(
     """Direct decode of one span (opens the video for this call only): the reference for the cache."""
     with VideoDecoder(source, height, width) as decoder:
         return decoder.span(start, end, num_frames)
+
+
+# --- bounded decoding: each decode thread drives a child process -----------------------------------
+#
+# decord can spin forever inside its C++ code: on a video whose packets all carry pts = dts = 0
+# its accurate seek never reaches frames near the end (no error, no timeout). A thread stuck in
+# C cannot be interrupted, so the cache decodes in child processes it can kill: each decode
+# thread borrows one ``DecodeProcess`` (started once, reused across videos and across runs in
+# the same process, killed and replaced when a request overruns its time) and talks to it
+# through ``BoundedVideoDecoder``, which has ``VideoDecoder``'s interface. The child runs
+# ``VideoDecoder`` itself, resize included, so frames and times are the same bytes as an
+# in-process decode, which stays the reference path (``decode_timeout_s = 0`` in the cache).
+#
+# Costs, measured on 2 cores: a child starts in ~1.5 s of CPU (torch's import), paid once per
+# decode thread per process; a decoded 8x192x320 row crosses the socket in ~2 ms.
+
+STARTUP_TIMEOUT_S = 120.0  # a child imports torch, decord and PyAV before it says it is ready
+URL_READ_TIMEOUT_S = 600.0  # reading a remote video into memory is I/O, bounded apart from decoding
+IDLE_EXIT_S = 60.0  # a child nobody asks anything for this long exits on its own
+_IDLE_REUSE_S = 45.0  # ... so the parent lends out only children idle for less (a safe margin)
+_PARENT_POLL_S = 0.5
+_PROCESS_LOCAL = ("memory://",)  # fsspec filesystems that live in one process: the parent reads those
+
+
+class DecodeProcessError(LfvilaError):
+    """A decode child process could not be started (not a property of any one video)."""
+
+
+class _NoReply(Exception):
+    """A request to a decode child got no answer: ``timed_out`` (it was killed) or it died."""
+
+    def __init__(self, timed_out: bool, detail: str = "") -> None:
+        super().__init__(detail)
+        self.timed_out, self.detail = timed_out, detail
+
+
+def _is_remote(source: str) -> bool:
+    return "://" in source and not source.startswith("file://")
+
+
+class DecodeProcess:
+    """A child process that opens one video at a time and decodes spans of it on request.
+
+    Requests and replies are pickled tuples on a socket pair; the frames of a ``("frames",
+    shape, times)`` reply follow as one raw byte message. A reply that does not come within its
+    time kills the child (``_NoReply(timed_out=True)``); the next request starts a fresh one.
+    The child exits when the socket closes, when its parent is gone, or after ``IDLE_EXIT_S``
+    without a request. One thread uses it at a time (``decode_process()`` lends them out).
+    """
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen | None = None
+        self._conn = None
+        self.opened_by: object | None = None  # the BoundedVideoDecoder whose video the child holds
+        self.idle_since = time.monotonic()
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def _start(self) -> None:
+        from multiprocessing.connection import Connection
+
+        parent_end, child_end = socket.socketpair()
+        package_root = str(Path(__file__).resolve().parents[2])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
+        code = f"from lfvila_cli.data.video import _decode_server; _decode_server({child_end.fileno()}, {os.getpid()})"
+        try:
+            # A session of its own: Ctrl-C in a terminal reaches the parent, which decides; a
+            # child that got it too would die mid-request and fail a row that was fine.
+            self._proc = subprocess.Popen(
+                [sys.executable, "-c", code],
+                pass_fds=(child_end.fileno(),),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            parent_end.close()
+            raise DecodeProcessError(f"cannot start a decode process: {exc}; decode_timeout_s=0 decodes in this process") from None
+        finally:
+            child_end.close()
+        self._conn = Connection(parent_end.detach())
+        _register(self)
+        try:
+            self._next(STARTUP_TIMEOUT_S)
+        except _NoReply as exc:
+            self.kill()
+            why = f"not ready after {STARTUP_TIMEOUT_S:.0f} s" if exc.timed_out else exc.detail
+            raise DecodeProcessError(
+                f"the decode process did not start ({why}; its error is above); decode_timeout_s=0 decodes in this process"
+            ) from None
+
+    def _next(self, timeout_s: float) -> tuple:
+        try:
+            if not self._conn.poll(timeout_s):
+                raise _NoReply(timed_out=True)
+            reply = self._conn.recv()
+            if reply[0] == "frames":  # the bytes are on their way already: no bound of their own
+                _, shape, times = reply
+                frames = np.frombuffer(self._conn.recv_bytes(), dtype=np.uint8).reshape(shape)
+                return ("frames", frames, times)
+            return reply
+        except (EOFError, OSError):
+            raise _NoReply(timed_out=False, detail=self._exit_status()) from None
+
+    def _exit_status(self) -> str:
+        try:
+            code = self._proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            return "it closed its connection"
+        if code < 0:
+            try:
+                return f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"killed by signal {-code}"
+        return f"exit code {code}"
+
+    def request(self, message: tuple, timeout_s: float) -> tuple:
+        """Send ``message`` and return the reply (``"frames"`` replies carry the array).
+
+        Raises ``_NoReply`` when no reply comes within ``timeout_s`` (the child is killed) or
+        the child dies; ``DecodeProcessError`` when no child can be started.
+        """
+        if not self.alive:
+            self.kill()
+            self._start()
+        try:
+            self._conn.send(message)
+        except OSError:
+            detail = self._exit_status()
+            self.kill()
+            raise _NoReply(timed_out=False, detail=detail) from None
+        return self.receive(timeout_s)
+
+    def receive(self, timeout_s: float) -> tuple:
+        """The next reply (a request may have several), within ``timeout_s``: as ``request``."""
+        try:
+            return self._next(timeout_s)
+        except _NoReply:
+            self.kill()
+            raise
+
+    def tell(self, message: tuple) -> None:
+        """Send a request that has no reply (``("close",)``); a dead child is left for the next request."""
+        if self.alive:
+            try:
+                self._conn.send(message)
+            except OSError:
+                pass
+
+    def kill(self) -> None:
+        """Stop the child now (SIGKILL: it may be spinning in C) and reap it."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if self._proc is not None:
+            if self._proc.poll() is None:
+                self._proc.kill()
+            self._proc.wait()
+            self._proc = None
+        self.opened_by = None
+
+
+def _decode_server(fd: int, parent_pid: int) -> None:
+    """The child's side of ``DecodeProcess``: serve ``open``/``span``/``close`` requests."""
+    import traceback
+    from multiprocessing.connection import Connection
+
+    conn = Connection(fd)
+    threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True, name="lfvila-parent-watch").start()
+    import av  # noqa: F401 - loaded before "ready", so a request's time is its own work
+    import decord  # noqa: F401
+    import torch  # noqa: F401
+
+    _quiet_ffmpeg()
+    conn.send(("ready",))
+    decoder = None
+    while conn.poll(IDLE_EXIT_S):
+        try:
+            request = conn.recv()
+        except EOFError:
+            break
+        kind = request[0]
+        if kind == "close":
+            decoder = None
+            continue
+        try:
+            if kind == "open":
+                decoder = None
+                source, height, width, data = request[1:]
+                if data is None:
+                    data = _open_source(source)
+                else:  # read by the parent (a process-local filesystem)
+                    data = io.BytesIO(data)
+                if isinstance(data, io.BytesIO):
+                    conn.send(("read",))  # a URL is in memory: what follows is decoding, bounded apart
+                decoder = VideoDecoder(source, height, width, num_threads=1, data=data)
+                info = decoder.info
+                conn.send(("info", int(info.num_frames), float(info.fps), float(info.duration)))
+            elif kind == "span":
+                frames, times = decoder.span(*request[1:])
+                conn.send(("frames", frames.shape, times))
+                conn.send_bytes(memoryview(np.ascontiguousarray(frames)).cast("B"))
+            else:
+                raise ValueError(f"unknown request {kind!r}")
+        except VideoError as exc:
+            conn.send(("error", str(exc)))
+        except Exception:  # noqa: BLE001 - a bug, not a bad video: the parent raises it
+            conn.send(("bug", traceback.format_exc()))
+    conn.close()
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """In the child: exit as soon as the parent is gone (killed, crashed), even mid-decode."""
+    while True:
+        time.sleep(_PARENT_POLL_S)
+        if os.getppid() != parent_pid:
+            os._exit(1)
+
+
+class BoundedVideoDecoder:
+    """``VideoDecoder``'s interface (``info``, ``span``, ``close``), decoding in ``process``:
+    opening the video and each span return or fail within ``timeout_s`` seconds.
+
+    A span that overruns fails with "decode timed out after N s" and its child is killed; the
+    next span starts a fresh child and opens the video again, so a stuck span costs only
+    itself. Frames and times are those of ``VideoDecoder``, which the child runs. Reading a
+    remote video into memory is bounded apart, by ``max(timeout_s, URL_READ_TIMEOUT_S)``.
+    """
+
+    def __init__(self, source: str, height: int, width: int, process: DecodeProcess, timeout_s: float) -> None:
+        if not timeout_s > 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        self.source, self.height, self.width = source, height, width
+        self.timeout_s = timeout_s
+        self._process = process
+        self.info = self._open(reopening=False)
+
+    def _reply(self, call, reopening_or_span: bool) -> tuple:
+        try:
+            reply = call()
+        except _NoReply as exc:
+            if exc.timed_out:
+                what = "decode" if reopening_or_span else "cannot open:"
+                raise VideoError(f"{what} timed out after {self.timeout_s:g} s") from None
+            what = "decode failed:" if reopening_or_span else "cannot open:"
+            raise VideoError(f"{what} the decode process died ({exc.detail})") from None
+        if reply[0] == "error":
+            raise VideoError(reply[1])
+        if reply[0] == "bug":
+            raise RuntimeError(f"decode process, on {self.source}:\n{reply[1]}")
+        return reply
+
+    def _open(self, reopening: bool) -> VideoInfo:
+        process, source = self._process, self.source
+        process.opened_by = None
+        data = None
+        if source.startswith(_PROCESS_LOCAL):  # the child would not see it: read it here, send the bytes
+            data = _open_source(source).getvalue()
+        read_s = max(self.timeout_s, URL_READ_TIMEOUT_S) if _is_remote(source) else self.timeout_s
+        reply = self._reply(lambda: process.request(("open", source, self.height, self.width, data), read_s), reopening)
+        if reply[0] == "read":  # a URL read into memory: from here on, decoding time
+            reply = self._reply(lambda: process.receive(self.timeout_s), reopening)
+        process.opened_by = self
+        return VideoInfo(reply[1], reply[2], reply[3])
+
+    def span(self, start: float | None, end: float | None, num_frames: int) -> tuple[np.ndarray, np.ndarray]:
+        """As ``VideoDecoder.span``; also a ``VideoError`` when the decode overruns its time."""
+        if self._process.opened_by is not self:  # its child was replaced after a timeout
+            self._open(reopening=True)
+        _, frames, times = self._reply(lambda: self._process.request(("span", start, end, num_frames), self.timeout_s), True)
+        return frames, times
+
+    def close(self) -> None:
+        if self._process.opened_by is self:
+            self._process.tell(("close",))
+            self._process.opened_by = None
+
+    def __enter__(self) -> "BoundedVideoDecoder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# Idle children, kept for the next task or run of this process (they start in ~1.5 s of CPU).
+_POOL_LOCK = threading.Lock()
+_IDLE: list[DecodeProcess] = []
+_STARTED: "weakref.WeakSet[DecodeProcess]" = weakref.WeakSet()
+_POOL_PID = os.getpid()
+
+
+def _own_pool() -> None:
+    """After a fork, the children belong to the parent: forget them (call with the lock held)."""
+    global _IDLE, _STARTED, _POOL_PID
+    if os.getpid() != _POOL_PID:
+        _IDLE, _STARTED, _POOL_PID = [], weakref.WeakSet(), os.getpid()
+
+
+def _register(process: DecodeProcess) -> None:
+    with _POOL_LOCK:
+        _own_pool()
+        _STARTED.add(process)
+
+
+@contextmanager
+def decode_process():
+    """Lend a ``DecodeProcess`` to the calling thread (an idle one when there is one): the
+    thread uses it alone and gives it back for the next task; one that failed is stopped."""
+    process = None
+    with _POOL_LOCK:
+        _own_pool()
+        while _IDLE and process is None:
+            candidate = _IDLE.pop()
+            if candidate.alive and time.monotonic() - candidate.idle_since < _IDLE_REUSE_S:
+                process = candidate
+            else:
+                candidate.kill()  # exited (or about to) on its own
+    process = process or DecodeProcess()
+    try:
+        yield process
+    except BaseException:
+        process.kill()
+        raise
+    if process.alive:
+        process.idle_since = time.monotonic()
+        with _POOL_LOCK:
+            _own_pool()
+            _IDLE.append(process)
+
+
+def stop_decode_processes() -> None:
+    """Stop every decode child of this process (at exit; tests)."""
+    with _POOL_LOCK:
+        if os.getpid() != _POOL_PID:
+            return
+        processes = list(_STARTED)
+        _IDLE.clear()
+    for process in processes:
+        process.kill()
+
+
+atexit.register(stop_decode_processes)
