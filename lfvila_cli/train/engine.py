@@ -433,7 +433,8 @@ class Trainer:
         if self.world_size == 1:
             return values
         names = sorted(values)
-        tensor = torch.tensor([values[n] for n in names], dtype=torch.float64)
+        # on the engine's device: NCCL reduces CUDA tensors only
+        tensor = torch.tensor([values[n] for n in names], dtype=torch.float64, device=self.engine.device)
         self.dist.all_reduce(tensor)
         return {n: float(v) / self.world_size for n, v in zip(names, tensor.tolist())}
 
