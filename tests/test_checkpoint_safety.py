@@ -375,3 +375,27 @@ def test_damaged_model_weights_outside_the_store_are_a_one_line_error(pretrained
         read()
     assert str(err.value).startswith(f"{copy / 'model.safetensors'}: unreadable weights file, truncated or corrupt (")
     assert "\n" not in str(err.value)
+
+
+def test_weights_of_another_model_are_a_one_line_error(pretrained, tmp_path):
+    """A readable model.safetensors whose tensors do not fit config.json: one line naming the
+    file and the first difference (torch's error lists every tensor over many lines)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from lfvila_cli.errors import ArtifactError
+    from lfvila_cli.train.pretrain import load_pretrained
+
+    _, model_dir, _ = pretrained
+    copy = tmp_path / "model"
+    shutil.copytree(model_dir, copy, ignore=shutil.ignore_patterns("run"))
+    state = load_file(str(copy / "model.safetensors"))
+    name = sorted(state)[0]
+    del state[name]
+    save_file(state, str(copy / "model.safetensors"))
+    with pytest.raises(ArtifactError) as err:
+        load_pretrained(copy)
+    message = str(err.value)
+    assert message.startswith(f"{copy / 'model.safetensors'}: the weights do not fit the model config.json describes (")
+    assert "\n" not in message and "Missing key" in message

@@ -206,7 +206,11 @@ def load_pretrained(model_dir: str | Path):
     except OSError as exc:
         raise LfvilaError(f"{model_dir}: cannot read {CONFIG_FILE} ({exc.strerror or exc})") from None
     model = build_model(config)
-    model.load_state_dict(load_weights(model_dir / WEIGHTS_FILE), strict=True)
+    try:
+        model.load_state_dict(load_weights(model_dir / WEIGHTS_FILE), strict=True)
+    except RuntimeError as exc:  # torch lists every missing, unexpected and misshapen tensor
+        first = next((ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip()), str(exc))
+        raise ArtifactError(f"{model_dir / WEIGHTS_FILE}: the weights do not fit the model {CONFIG_FILE} describes ({first[:200]})") from None
     return model
 
 
