@@ -427,7 +427,8 @@ class DecodeProcess:
     shape, times)`` reply follow as one raw byte message. A reply that does not come within its
     time kills the child (``_NoReply(timed_out=True)``); the next request starts a fresh one.
     The child exits when the socket closes, when its parent is gone, or after ``IDLE_EXIT_S``
-    without a request. One thread uses it at a time (``decode_process()`` lends them out).
+    without a request and with no video open. One thread uses it at a time
+    (``decode_process()`` lends them out).
     """
 
     def __init__(self) -> None:
@@ -563,7 +564,9 @@ def _decode_server(fd: int, parent_pid: int) -> None:
     _quiet_ffmpeg()
     conn.send(("ready",))
     decoder = None
-    while conn.poll(IDLE_EXIT_S):
+    # Idle exit only between videos: a thread that holds this child with a video open may
+    # pause for long (its rows wait for a slow store) and must find it there.
+    while conn.poll(IDLE_EXIT_S if decoder is None else None):
         try:
             request = conn.recv()
         except EOFError:
