@@ -48,12 +48,12 @@ class TinyNet(nn.Module):
 
 @pytest.fixture(autouse=True, scope="module")
 def _scoped_process_group():
-    """The Trainer sets single-process rendezvous variables and a gloo group in this process:
-    undo both afterwards so that later tests' subprocesses do not inherit RANK/MASTER_PORT."""
+    """The Trainer sets single-process rendezvous variables in this process: undo them afterwards
+    so that later tests' subprocesses do not inherit RANK/MASTER_PORT. The gloo group stays:
+    DeepSpeed keeps its groups for the process's lifetime, and a later Trainer in this process
+    (the CLI tests) would find them destroyed."""
     saved = dict(os.environ)
     yield
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
     os.environ.clear()
     os.environ.update(saved)
 
