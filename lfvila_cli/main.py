@@ -193,7 +193,7 @@ def cache(
 
     Config keys: frames_per_segment (8), height (192), width (320), segment_mode (clips |
     chunks), num_chunks (4), splits ([] = all), store_url, compression (none | zstd),
-    max_failure_rate (0.05), workers (2), retry_failed (false).
+    max_failure_rate (0.05), workers (2), retry_failed (false), decode_timeout_s (60; 0 = no bound).
     """
     _setup_logging(verbose)
     overrides = []
