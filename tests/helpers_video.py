@@ -98,6 +98,20 @@ def make_zero_timestamp_video(path: Path, num_frames: int = 240, codec: str = "l
     the last frame in the webm (120 frames did not hang). The mp4 hangs every time; the webm
     only now and then (it depends on decord's read-ahead thread). It encodes in well under a second.
     """
+    import sys
+
+    if codec != "libx264" and "decord" in sys.modules:
+        # decord's bundled FFmpeg, once loaded, makes PyAV's libvpx refuse to open
+        # ("avcodec_open2 returned 22"): encode in a fresh process.
+        import subprocess
+
+        code = (
+            "import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]);"
+            "from helpers_video import make_zero_timestamp_video as make;"
+            "make(Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5]))"
+        )
+        subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), str(path), str(num_frames), codec, str(seed)], check=True)
+        return path
     return _encode_with_pyav(path, synthetic_frames(num_frames, seed=seed), codec, zero_timestamps=True)
 
 
