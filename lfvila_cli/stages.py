@@ -24,7 +24,7 @@ from . import __version__
 from .artifacts import KEY_CHARS, Artifact, Workdir, compute_key, file_checksums, file_digest, remove_temp_files, verify_files
 from .config import from_dict, load_yaml, parse_override, to_dict
 from .errors import ArtifactError, ConfigError, LfvilaError
-from .locks import FileLock, describe_holder
+from .locks import FileLock, describe_holder, holder_gone
 
 log = logging.getLogger(__name__)
 
@@ -656,7 +656,14 @@ def run_stage(
             return committed
         return _build(workdir, stage, config, inputs, payload, key, None, rank, world_size, rebuild, name, progress, echo, reached)
     lock = FileLock(workdir.lock_path(stage.name, key), launch=_launch_id())
-    lock.acquire(on_wait=lambda holder: echo(f"{stage.name}: waiting for {describe_holder(holder)}, which is building {short} ({lock.path})"))
+
+    def waiting(holder: dict) -> None:
+        if holder_gone(holder):
+            echo(f"{stage.name}: {describe_holder(holder)} was stopped while building {short}; taking its lock over once its heartbeat has stopped")
+        else:
+            echo(f"{stage.name}: waiting for {describe_holder(holder)}, which is building {short} ({lock.path})")
+
+    lock.acquire(on_wait=waiting)
     try:
         if not force:  # another process may have committed it while this one waited
             existing = workdir.get(stage.name, key)
