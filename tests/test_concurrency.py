@@ -19,6 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 import toy_stage
+from test_cli import _tiny_corpus
 from lfvila_cli.artifacts import Workdir
 from lfvila_cli.locks import FileLock, LockError
 from lfvila_cli.main import app
@@ -285,22 +286,11 @@ def test_two_pipelines_at_once_on_one_work_directory(tmp_path):
         assert not [p.name for p in workdir.stage_dir("cache").iterdir() if p.name != cache.path.name]
 
 
-def _tiny_cache_args(tmp_path, wd):
-    from helpers_video import make_video
-
-    video = make_video(tmp_path / "v.mp4")
-    corpus = tmp_path / "corpus.jsonl"
-    segs = [{"start": i * 0.5, "end": (i + 1) * 0.5, "text": f"part {i}"} for i in range(4)]
-    corpus.write_text(json.dumps({"id": "v", "video": str(video), "duration": 3.0, "segments": segs}) + "\n")
-    assert invoke("prepare", "--source", "jsonl", "--workdir", wd, "--set", f"jsonl.path={corpus}").exit_code == 0
-    return ["--set", "frames_per_segment=2", "--set", "height=32", "--set", "width=48"]
-
-
 def test_force_deletes_no_store_of_another_work_directory(tmp_path):
     store = tmp_path / "shared.zarr"
     owner_wd, other_wd = tmp_path / "a", tmp_path / "b"
-    args = _tiny_cache_args(tmp_path, owner_wd)
-    _tiny_cache_args(tmp_path, other_wd)
+    args = _tiny_corpus(tmp_path, owner_wd)
+    _tiny_corpus(tmp_path, other_wd)
     assert invoke("cache", "--workdir", owner_wd, "--store-url", store, *args).exit_code == 0
     chunks = sorted(p.relative_to(store) for p in store.rglob("*") if p.is_file())
     # the same corpus and store: the other work directory may read the finished store ...
@@ -344,7 +334,7 @@ def test_a_half_created_store_layout_is_completed(tmp_path):
 
 def test_temporary_files_of_killed_writers_do_not_reach_the_artifact(tmp_path):
     wd = tmp_path / "wd"
-    args = _tiny_cache_args(tmp_path, wd)
+    args = _tiny_corpus(tmp_path, wd)
     store_dir = wd / "store" / "cache"
     # a run killed mid-write: its partial store with a chunk being written and a manifest temp
     import lfvila_cli.data.cache as cache_module
