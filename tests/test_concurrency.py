@@ -431,3 +431,36 @@ def test_other_ranks_start_only_once_their_own_launch_holds_the_lock(tmp_path, m
         shutil.rmtree(wd.artifact_dir("toy", key))
         shutil.rmtree(wd.partial_dir("toy", key), ignore_errors=True)
         toy_stage.calls.clear()
+
+
+def test_a_holder_on_another_host_is_judged_by_its_heartbeat_alone(tmp_path):
+    """A real process under another host name (its own UTS namespace, as a node of a cluster
+    sharing the work directory over NFS would be): alive, its lock is respected; killed, its lock
+    is taken over only once its heartbeat has been silent for LFVILA_LOCK_STALE_S."""
+    import shutil as sh
+
+    if sh.which("unshare") is None or subprocess.run(["unshare", "--uts", "true"], capture_output=True).returncode != 0:
+        pytest.skip("no permission for a UTS namespace here")
+    path = tmp_path / ".lock-x"
+    code = (
+        "import sys, time; from lfvila_cli.locks import FileLock; l = FileLock(sys.argv[1], heartbeat_s=0.2);"
+        "l.acquire(); print('held', flush=True); time.sleep(120)"
+    )
+    remote = subprocess.Popen(
+        ["unshare", "--uts", "sh", "-c", f'hostname othernode && exec "{sys.executable}" -c "$0" "$1"', code, str(path)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert remote.stdout.readline().strip() == "held"
+        lock = FileLock(path, heartbeat_s=0.2, stale_after_s=2.0)
+        assert lock.read()["host"] == "othernode"
+        time.sleep(1.0)
+        assert lock.stale_reason(lock.read()) is None, "a live holder on another host keeps its lock"
+    finally:
+        remote.kill()
+        remote.wait()
+    started = time.monotonic()
+    lock.acquire(poll_s=0.05)
+    waited = time.monotonic() - started
+    lock.release()
+    assert 1.0 < waited < 10.0, waited  # not at once (its pid means nothing here), not never
