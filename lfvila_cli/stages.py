@@ -650,7 +650,7 @@ def run_stage(
         raise ConfigError("--force under a multi-rank launch would race; run it once in a single process")
     if rank != 0:
         if not stage.resumable:
-            return _wait_for_commit(workdir, stage, key, rank, world_size, echo, reached)
+            return _wait_for_commit(workdir, stage, key, rank, world_size, echo, reached, replacing=existing if rebuild else None)
         committed = _wait_for_launch_lock(workdir, stage, key, rank, world_size, reached)
         if committed is not None:
             return committed
@@ -773,19 +773,30 @@ def _wait_for_launch_lock(workdir: Workdir, stage: Stage, key: str, rank: int, w
     return _wait_for_rank_zero(workdir, stage, key, rank, world_size, reached, "start", started)
 
 
-def _wait_for_commit(workdir: Workdir, stage: Stage, key: str, rank: int, world_size: int, echo, reached: float) -> StageResult:
+def _wait_for_commit(
+    workdir: Workdir, stage: Stage, key: str, rank: int, world_size: int, echo, reached: float, replacing: Artifact | None = None
+) -> StageResult:
     """A rank other than 0 waits for rank 0 to commit ``stage``/``key``, or for rank 0's failure
-    marker of this launch (``reached``: when this rank reached the stage)."""
-    return _wait_for_rank_zero(workdir, stage, key, rank, world_size, reached, "commit", lambda: False)
+    marker of this launch (``reached``: when this rank reached the stage). ``replacing``: the
+    artifact rank 0 rebuilds (``--force``), which stays visible until then: wait for another."""
+    return _wait_for_rank_zero(workdir, stage, key, rank, world_size, reached, "commit", lambda: False, replacing)
 
 
-def _wait_for_rank_zero(workdir, stage, key, rank, world_size, reached, what: str, done: Callable[[], bool]) -> StageResult | None:
-    """Poll until the artifact is committed (returned), ``done()`` (``None``), rank 0's failure
-    marker of this launch (raised) or ``LFVILA_RANK_WAIT_S``."""
+def _wait_for_rank_zero(workdir, stage, key, rank, world_size, reached, what: str, done: Callable[[], bool], replacing: Artifact | None = None) -> StageResult | None:
+    """Poll until the artifact is committed (returned; not ``replacing``), ``done()`` (``None``),
+    rank 0's failure marker of this launch (raised) or ``LFVILA_RANK_WAIT_S``."""
     deadline = time.monotonic() + RANK_WAIT_S
     delay = 0.05
     marker = _failure_marker(workdir, stage.name, key)
-    while (artifact := workdir.get(stage.name, key)) is None:
+    old = replacing.manifest.get("created") if replacing is not None else None
+
+    def committed() -> Artifact | None:
+        artifact = workdir.get(stage.name, key)
+        if artifact is not None and old is not None and artifact.manifest.get("created") == old:
+            return None
+        return artifact
+
+    while (artifact := committed()) is None:
         if done():
             return None
         error = _marked_failure(marker, reached)

@@ -464,3 +464,25 @@ def test_a_holder_on_another_host_is_judged_by_its_heartbeat_alone(tmp_path):
     waited = time.monotonic() - started
     lock.release()
     assert 1.0 < waited < 10.0, waited  # not at once (its pid means nothing here), not never
+
+
+def test_other_ranks_of_a_forced_stage_wait_for_the_new_artifact(tmp_path, monkeypatch):
+    """--force under a multi-rank launch: the old artifact stays visible while rank 0 rebuilds,
+    so the other ranks must wait for the new commit, not take the old one."""
+    import threading
+
+    wd = Workdir(tmp_path)
+    cfg = resolve_config(STAGES["toy"])
+    first = run_stage(wd, STAGES["toy"], cfg, {}, echo=lambda s: None)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(r=run_stage(wd, STAGES["toy"], cfg, {}, force=True, echo=lambda s: None)))
+    thread.start()
+    time.sleep(1.0)
+    assert thread.is_alive(), "rank 1 took the artifact rank 0 is replacing"
+    work = wd.new_temp_dir("toy", first.key)
+    (work / "out.txt").write_text("new")
+    wd.commit(work, "toy", first.key, {"key": first.key, "stage": "toy", "created": time.time(), "summary": {}}, {}, replace=True)
+    thread.join(timeout=30)
+    assert not thread.is_alive() and (result["r"].artifact.path / "out.txt").read_text() == "new"
