@@ -4,7 +4,7 @@ bundled example, and does MTC help it tell temporal order?
 Builds (or, with ``--dir``, reuses) the quickstart's example corpus and 64×96 frame store through
 the project's own stages, then runs ``run_pretrain`` (the real Trainer) with the quickstart's
 stage-1 recipe (``stages/quickstart.yaml``: 300 steps of 16), with the
-multimodal temporal contrastive loss on (``objectives.mtc_weight`` 0.25, SPEC §4) and off (0),
+multimodal temporal contrastive loss on (``objectives.mtc_weight`` 0.25, docs/method.md §4) and off (0),
 ``--seeds`` seeds each (the seed sets the initialisation, the data order and augmentation, and
 the MTC draws), and reports on the val split, for the model at the end of training:
 

@@ -1,4 +1,4 @@
-"""Content-addressed artifact store (DESIGN.md "Artifacts").
+"""Content-addressed artifact store (docs/engineering.md §2).
 
 Layout under the work directory::
 

@@ -1,4 +1,4 @@
-"""Validation metrics of the dual encoder (SPEC §6): paragraph→video retrieval and temporal order.
+"""Validation metrics of the dual encoder (docs/method.md §6): paragraph→video retrieval and temporal order.
 
 * ``paragraph_to_video_retrieval(video_emb, text_emb)``: text i's ground-truth video is video i
   (the diagonal). Recall@K is the *fraction* (0–1) of paragraphs whose own video ranks in the
@@ -215,7 +215,7 @@ def dual_softmax_ranks(query: torch.Tensor, keys: torch.Tensor, temperature: flo
     """Ranks as ``ranks_chunked`` after dual-softmax re-scoring (Cheng et al. 2021): each score
     ``s[q, k]`` is multiplied by ``softmax_q(s[:, k] / temperature)``, the prior of query ``q``
     among all queries for key ``k``. This uses every query at once — a transductive step — so
-    it is reported apart from the plain numbers, never mixed with them (SPEC §6).
+    it is reported apart from the plain numbers, never mixed with them (docs/method.md §6).
 
     Two chunked passes keep memory ~ chunk × N: the per-key log-sum-exp over queries, then the
     re-scored ranks. ``dual_softmax_ranks_reference`` is the full-matrix version."""

@@ -343,7 +343,7 @@ def finetune(
     name: Optional[str] = NameOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
-    """Fine-tune a downstream task (SPEC §6) with the pre-training trainer (DeepSpeed,
+    """Fine-tune a downstream task (docs/method.md §6) with the pre-training trainer (DeepSpeed,
     checkpoints, --resume, --num-gpus as for pretrain).
 
     Retrieval tasks train the dual encoder with VPC on frames spread over the whole video

@@ -1,4 +1,4 @@
-"""LF-VILA pre-training objectives (SPEC §4): features in, losses out; no model code here.
+"""LF-VILA pre-training objectives (docs/method.md §4): features in, losses out; no model code here.
 
 * **VPC — global Video–Paragraph Contrastive.** Symmetric InfoNCE between the L2-normalised
   global video feature and paragraph feature of each sample, over the *global* batch
@@ -8,7 +8,7 @@
   nearer in time to ``i``, and clips likewise to sentences. Per sample: 2 distinct key
   positions and 2 distinct value positions; a key's target is the value nearest to it in time
   (rows with a tie are ignored), the other value is a hard negative from the same video, and
-  3 more negatives come from *other* videos of the global batch (**Decision**, SPEC §4: the
+  3 more negatives come from *other* videos of the global batch (**Decision**, docs/method.md §4: the
   released code took one from the same video). Both directions (sentence keys → clip values,
   clip keys → sentence values), cross-entropy at temperature 0.05, directions summed.
   Stage-1 weight 0.25.
@@ -56,7 +56,7 @@ class ObjectiveConfig:
     mtc_weight: float = 0.25
     mlm_weight: float = 1.0
     vtm_weight: float = 10.0
-    temperature: float = 0.05  # fixed, not learned (SPEC §4); used by VPC and MTC
+    temperature: float = 0.05  # fixed, not learned (docs/method.md §4); used by VPC and MTC
     mtc_num_key: int = 2
     mtc_num_value: int = 2
     mtc_num_other_neg: int = 3
@@ -285,7 +285,7 @@ def temporal_contrastive_loss(
     plans: tuple[TemporalContrastivePlan, TemporalContrastivePlan] | None = None,
     group=None,
 ) -> TemporalContrastiveOutput:
-    """Multimodal temporal contrastive loss (MTC), SPEC §4.
+    """Multimodal temporal contrastive loss (MTC), docs/method.md §4.
 
     sentences, clips: (B, M, D) local, assumed L2-normalised; ``[b, i]`` is sentence/clip ``i``
     of sample ``b``. Both are all-gathered (with gradient) so other-video negatives come from

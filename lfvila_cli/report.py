@@ -6,7 +6,7 @@ Inputs: a task's frame store (``cache``, chunks mode) and a model: a fine-tuned 
 
     metrics.json     the figures (retrieval: both directions, R@1/5/10/50, MedR, MnR, chance;
                      QA: accuracy, chance), the dual-softmax figures under their own key when asked
-    report.md        a table of our figures beside the paper's (SPEC §6) and the chance level
+    report.md        a table of our figures beside the paper's (docs/method.md §6) and the chance level
     predictions.jsonl  per item: retrieval ranks in both directions, QA predicted / true answer
     similarity.png   retrieval: paragraph × video cosine similarity for up to ``heatmap_items`` items
     alignment.png    retrieval with a model that has local projections (stage 1, zero-shot):

@@ -99,7 +99,7 @@ def create_session(path: str | Path, graph: Optional[str] = None, prefer_gpu: bo
     on_cuda = session.get_providers()[0] == "CUDAExecutionProvider"
     if on_cuda or len(providers) == 1:
         log.info("%s: ONNX Runtime on %s", Path(path).name, "CUDA" if on_cuda else "CPU")
-    else:  # CUDA was asked for and could not start: worth a warning (DESIGN.md), once per process
+    else:  # CUDA was asked for and could not start: worth a warning (docs/engineering.md §4), once per process
         (log.info if _warned_fallback else log.warning)("%s: ONNX Runtime on CPU (the CUDA provider is installed but cannot run on this machine)", Path(path).name)
         _warned_fallback = True
     return session

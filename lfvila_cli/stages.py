@@ -1,6 +1,6 @@
 """Stages as data, and the runner that keys, skips, writes and commits them.
 
-A stage declares its contract (STYLE.md §2): name, version (bumped by hand when the meaning of
+A stage declares its contract (docs/engineering.md §1): name, version (bumped by hand when the meaning of
 its output changes), config dataclass, input stages, raw-input fingerprints and a ``run``
 function. ``run_stage`` computes the key, reports a hit in one line, or runs the stage into a
 temporary (or, for resumable stages, a ``.partial``) directory and commits it atomically.

@@ -52,7 +52,7 @@ def test_samples_read_back_exactly_what_was_written(written):
     assert got_frames.dtype == np.uint8 and got_times.dtype == np.float32
     np.testing.assert_array_equal(got_frames, frames[0:2])
     np.testing.assert_array_equal(got_times, times[0:2])
-    # a window of consecutive segments reads only those rows (the 4-clip window of SPEC §1)
+    # a window of consecutive segments reads only those rows (the 4-clip window of docs/method.md §1)
     got_frames, got_times = store.sample("second", segments=slice(2, 3))
     np.testing.assert_array_equal(got_frames, frames[4:5])
     np.testing.assert_array_equal(got_times, times[4:5])

@@ -1,4 +1,4 @@
-"""LF-VILA objectives against slow references written from SPEC §4 (single process).
+"""LF-VILA objectives against slow references written from docs/method.md §4 (single process).
 
 The 2-rank parity tests (all-gathered loss vs single-process loss) are in
 ``test_objectives_distributed.py``.
@@ -114,7 +114,7 @@ def test_vpc_rejects_mismatched_shapes():
 
 
 def mtc_reference(sentences, clips, plans, temperature):
-    """MTC straight from SPEC §4, in plain loops over the given draws.
+    """MTC straight from docs/method.md §4, in plain loops over the given draws.
 
     Targets are recomputed here from the positions (nearest value; a tie skips the row), not
     read from the plan.

@@ -1,5 +1,5 @@
 """The paper's recipes in stages/paper/: every file parses, every stage config resolves, the
-hyper-parameters SPEC §1/§4/§5/§6 state are the ones the files set, and an unset data path fails
+hyper-parameters docs/method.md §1/§4/§5/§6 state are the ones the files set, and an unset data path fails
 with the library's one-line "config key ... is required" error."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ RETRIEVAL = ("activitynet", "didemo", "queryd", "cmd")
 QA = ("how2qa", "violin", "anet-qa")
 TASK_FILES = {task: PAPER / f"{task}.yaml" for task in RETRIEVAL + QA}
 ALL_FILES = [PAPER / "pretrain.yaml", *TASK_FILES.values()]
-# SPEC §6 epochs; per-GPU micro-batches from the authors' released configs (SPEC is silent).
+# docs/method.md §6 epochs; per-GPU micro-batches from the authors' released configs (the paper is silent).
 EPOCHS = {"activitynet": 20, "didemo": 20, "queryd": 20, "cmd": 20, "how2qa": 30, "violin": 100, "anet-qa": 100}
 MICRO_BATCH = {"activitynet": 16, "didemo": 16, "queryd": 16, "cmd": 16, "how2qa": 4, "violin": 12, "anet-qa": 16}
 SOURCE_KEY = {"activitynet": "activitynet", "didemo": "didemo", "queryd": "queryd", "cmd": "cmd",
@@ -35,7 +35,7 @@ def resolved(path: Path) -> dict:
 
 
 def check_paper_optimiser(train, epochs: int, micro_batch: int) -> None:
-    """SPEC §5 / §6: DeepSpeed AdamW 5e-5, betas (0.9, 0.98), eps 1e-8, wd 0.05, ZeRO-2, bf16
+    """docs/method.md §5 / §6: DeepSpeed AdamW 5e-5, betas (0.9, 0.98), eps 1e-8, wd 0.05, ZeRO-2, bf16
     (the modern fp16), linear decay to 1%, warm-up from a ratio (not the CPU defaults' fixed steps)."""
     assert train.lr == 5e-5
     assert tuple(train.betas) == (0.9, 0.98)
@@ -77,7 +77,7 @@ def test_the_directory_holds_exactly_these_recipes():
 def test_pretrain_recipe_matches_the_paper():
     cfg = resolved(PAPER / "pretrain.yaml")
     prep = cfg["prepare"]
-    assert prep.source == "hdvila" and prep.hdvila.min_clips == 4  # SPEC §1: runs of at least 4 clips
+    assert prep.source == "hdvila" and prep.hdvila.min_clips == 4  # docs/method.md §1: runs of at least 4 clips
     assert prep.hdvila.max_clips == 0  # whole runs, as the authors' corpus: every 4-clip start reachable
     cache = cfg["cache"]
     assert (cache.segment_mode, cache.frames_per_segment, cache.height, cache.width) == ("clips", 8, 192, 320)
@@ -95,7 +95,7 @@ def test_pretrain_recipe_matches_the_paper():
     check_paper_optimiser(cfg["pretrain2"].train, epochs=10, micro_batch=48)
     s1 = cfg["pretrain1"].objectives
     assert cfg["pretrain1"].tokenizer == "bert-base-uncased"
-    # SPEC §2's Swin-B init is a stage-1 key the header tells users to set (no file to name here).
+    # docs/method.md §2's Swin-B init is a stage-1 key the header tells users to set (no file to name here).
     assert cfg["pretrain1"].video_init == "" and cfg["pretrain2"].video_init == ""
     assert "--set pretrain1.video_init=" in (PAPER / "pretrain.yaml").read_text(encoding="utf-8")
     assert (s1.vpc_weight, s1.mtc_weight, s1.temperature) == (1.0, 0.25, 0.05)
@@ -128,7 +128,7 @@ def test_task_recipe_matches_the_paper(task):
     assert ev.model == "finetune" and ev.dual_softmax == 0.0  # plain figures, no re-scoring mixed in
     assert ev.split == ("val" if task == "how2qa" else "test")
     if task in RETRIEVAL:
-        assert ft.loader.clips_per_sample == 4  # paragraphs merged to 4 sentences (SPEC §6)
+        assert ft.loader.clips_per_sample == 4  # paragraphs merged to 4 sentences (docs/method.md §6)
 
 
 def test_task_specifics():

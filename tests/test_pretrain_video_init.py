@@ -1,4 +1,4 @@
-"""Stage 1's video encoder from a Swin-2D checkpoint (SPEC §2; ``PretrainConfig.video_init``): the
+"""Stage 1's video encoder from a Swin-2D checkpoint (docs/method.md §2; ``PretrainConfig.video_init``): the
 weights the trainer starts from, the run summary, one-line refusals, resume, the stage key.
 
 lfvila-tiny's video encoder (16 wide, 12 blocks as 2/2/2/2/2/2, merges after layers 0, 1, 4,

@@ -178,7 +178,7 @@ def test_keep_layers_and_parameter_names_match_the_authors_layout():
     encoder = HierarchicalTextEncoder(tiny_text_config(keep_layers=4))
     assert encoder.num_layers == 4
     names = {f"text_encoder.{k}" for k in encoder.state_dict()}
-    # Names from shared/fixtures/official-checkpoint-keys/stage1_keys.tsv (the authors' text side).
+    # Names from tests/fixtures/official-checkpoint-keys/stage1_keys.tsv (the authors' text side).
     layer = "text_encoder.bert.encoder.layer.3."
     authors = [
         "text_encoder.bert.embeddings.word_embeddings.weight",

@@ -1,5 +1,5 @@
 """HTWA video encoder: windowed attention against dense references, the clip/global temporal
-structure (SPEC §2 Decisions), the clamped-window bias, checkpointing, errors and shapes."""
+structure (docs/method.md §2 Decisions), the clamped-window bias, checkpointing, errors and shapes."""
 
 from __future__ import annotations
 
@@ -165,7 +165,7 @@ def test_final_clip_features_mix_clips_as_the_release_did():
     assert (a[:, 0] - b[:, 0]).abs().max() > 1e-3
 
 
-# 4. The top layer is global for any frame count (SPEC Decision) -----------------------------
+# 4. The top layer is global for any frame count (docs/method.md §7) -----------------------------
 
 
 @pytest.mark.parametrize("global_top_layer", [True, False])
@@ -183,7 +183,7 @@ def test_top_layer_is_global_at_64_frames(global_top_layer):
         assert diff == 0.0
 
 
-# 5. Clamped windows read the bias at their own offsets (SPEC Decision) ----------------------
+# 5. Clamped windows read the bias at their own offsets (docs/method.md §7) ----------------------
 
 
 def test_clamped_window_bias_uses_its_own_offsets():

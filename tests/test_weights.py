@@ -29,7 +29,7 @@ from lfvila_cli.model.weights import (
 )
 
 # The authors' key lists (name<TAB>[shape]<TAB>dtype), written by instantiating their classes
-# (copied from shared/fixtures/official-checkpoint-keys; its README says how they were made).
+# (copied from tests/fixtures/official-checkpoint-keys; its README says how they were made).
 KEYS = Path(__file__).resolve().parent / "fixtures" / "official-checkpoint-keys"
 
 RELEASES = [

@@ -1,6 +1,6 @@
 """``lfvila cache``: decode every corpus segment once into the frame store (``framestore.py``).
 
-For each segment, ``K`` frames evenly spaced over it (SPEC §1: the centres of ``K`` equal
+For each segment, ``K`` frames evenly spaced over it (docs/method.md §1: the centres of ``K`` equal
 sub-intervals), resized to cover ``H × W`` and centre-cropped (``video.VideoDecoder``), go to
 one row of the store with their timestamps. Two segmentations:
 
@@ -8,7 +8,7 @@ one row of the store with their timestamps. Two segmentations:
   a segment that carries its own ``video`` is spread over that whole file;
 * ``chunks``: ``num_chunks`` equal chunks of what each sample covers — its ``clip`` when it
   names one (QA items on part of a long video), else ``[0, duration]``, else the whole file —
-  the fine-tuning recipe: 32 frames spread over the whole video (SPEC §6).
+  the fine-tuning recipe: 32 frames spread over the whole video (docs/method.md §6).
 
 Robustness and scale:
 

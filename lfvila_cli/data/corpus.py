@@ -1,6 +1,6 @@
 """The long-form corpus: one JSON Lines record per long-form sample (the output of ``prepare``).
 
-A *long-form sample* (SPEC §1) is one source video cut into ``M`` consecutive segments, each
+A *long-form sample* (docs/method.md §1) is one source video cut into ``M`` consecutive segments, each
 paired with its sentence(s), in temporal order. Record fields:
 
 * ``id`` (str, unique), ``video`` (path relative to the corpus directory, absolute path or

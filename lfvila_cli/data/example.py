@@ -5,7 +5,7 @@ coloured shape on a plain background: it moves left/right/up/down, grows, shrink
 turns another colour. The object's state (position, size, colour, angle) carries over from
 clip to clip, so the video is continuous, and each clip is narrated by one sentence that names
 the object as it looks at that moment ("the red circle grows."). That is exactly the
-long-form shape of SPEC §1: sentence ``i`` belongs to clip ``i``, in temporal order.
+long-form shape of docs/method.md §1: sentence ``i`` belongs to clip ``i``, in temporal order.
 
 Why these choices:
 
@@ -69,7 +69,7 @@ SPLIT_INDEX = {"train": 0, "val": 1, "test": 2}
 TASKS = ("long-form", "how2qa", "violin")
 # Independent random streams per video, so e.g. asking for more QA items leaves the videos alone.
 _PLAN, _REORDER, _HOW2QA, _VIOLIN = range(4)
-# The paragraph encoder's sentence-index embedding holds at most 8 segments (SPEC §3).
+# The paragraph encoder's sentence-index embedding holds at most 8 segments (docs/method.md §3).
 MAX_CLIPS = 8
 SAME_VIDEO_DISTRACTORS = 1  # How2QA-shaped items: the other distractors are events that never happen
 
@@ -148,7 +148,7 @@ class ExampleConfig:
             "example.train_videos",
             "the dataset would be empty (train, val and test videos are all 0)",
         )
-        check(self.min_clips >= 4, "example.min_clips", f"long-form samples keep runs of at least 4 clips (SPEC §1), got {self.min_clips}")
+        check(self.min_clips >= 4, "example.min_clips", f"long-form samples keep runs of at least 4 clips (docs/method.md §1), got {self.min_clips}")
         check(
             self.max_clips >= self.min_clips,
             "example.max_clips",

@@ -45,7 +45,7 @@ ERROR_BYTES = 256
 
 
 def open_group(url: str | Path, mode: str):
-    """Open the Zarr group at ``url``; ``file://`` URLs get ``auto_mkdir`` (ENVIRONMENT.md)."""
+    """Open the Zarr group at ``url``; ``file://`` URLs get ``auto_mkdir`` (docs/engineering.md §4)."""
     import zarr
 
     url = str(url)
@@ -140,7 +140,7 @@ class FrameStore:
         """Frames ``(M, K, H, W, 3)`` uint8 and times ``(M, K)`` float32 of one sample.
 
         ``segments`` picks consecutive segments (e.g. ``slice(s, s + 4)`` for the 4-clip window
-        of SPEC §1) so only those rows are read. Any selected row that is not ok is an error
+        of docs/method.md §1) so only those rows are read. Any selected row that is not ok is an error
         naming the sample, the segment and the reason: training never silently swaps a failed
         video for another. ``check_status=False`` skips re-reading the rows' status (a reader
         that already checked it, as the training loader does at construction, saves a chunk

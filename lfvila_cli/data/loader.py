@@ -1,4 +1,4 @@
-"""The pre-training data pipeline: corpus + frame store → batches of 4-clip windows (SPEC §1).
+"""The pre-training data pipeline: corpus + frame store → batches of 4-clip windows (docs/method.md §1).
 
 Each training example is a *window* of ``clips_per_sample`` (4) consecutive clips of one
 long-form sample: their ``K`` frames each (``T = clips · K`` frames, ImageNet-normalised) and
@@ -21,7 +21,7 @@ Reproducibility and robustness:
 * The frame store (Zarr) is opened lazily, once per process: handles are not fork-safe, so a
   DataLoader worker opens its own on first use.
 * ``source="decode"`` reads the same rows straight from the videos with ``VideoDecoder``
-  (the path the cache stage uses), the slow reference of the store (STYLE.md §7).
+  (the path the cache stage uses), the slow reference of the store (docs/engineering.md §3).
 
 ``make_loader`` shards with a deterministic distributed batch sampler (order a pure function of
 ``(seed, epoch)``, disjoint per rank) and resumes mid-epoch by skipping batches unloaded.

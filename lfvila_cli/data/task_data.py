@@ -1,4 +1,4 @@
-"""Fine-tuning and evaluation data for the downstream tasks (SPEC §6).
+"""Fine-tuning and evaluation data for the downstream tasks (docs/method.md §6).
 
 Every task reads a frame store cached in ``chunks`` mode: each sample's video (or its
 ``clip``) as ``N`` equal chunks of ``K`` frames, so ``T = N·K`` frames spread over the whole
@@ -6,7 +6,7 @@ video. Items:
 
 * **retrieval** — frames and the paragraph as ``M`` sentence slots (``loader.clips_per_sample``):
   a paragraph of more than ``M`` sentences is merged by repeatedly joining the adjacent pair
-  with the smallest combined length in words (ties: the earliest pair), as SPEC §6 says; a
+  with the smallest combined length in words (ties: the earliest pair), as docs/method.md §6 says; a
   shorter one leaves slots empty (the text encoder masks them).
 * **multiple_choice** (How2QA) — for each of the ``C`` candidates a text of ``2 + S`` slots: the
   question, the candidate, then up to ``S`` = ``max_subtitles`` subtitle lines in time order

@@ -1,13 +1,13 @@
 """BERT WordPiece tokenizers without a network: load a local/cached one, or train a small one.
 
-The text encoder (SPEC §3) reads uncased BERT WordPiece ids. A real run loads
+The text encoder (docs/method.md §3) reads uncased BERT WordPiece ids. A real run loads
 ``bert-base-uncased`` (or any local BERT directory) with ``load_tokenizer``; the bundled
 example and the ``lfvila-tiny`` preset can instead use a tokenizer trained on the corpus
 sentences with ``train_wordpiece_tokenizer`` (the example's sentences use a few dozen words,
 so the trained vocabulary is tiny; its ids are < 30,522 and fit the tiny preset's BERT
 embedding table).
 
-Transformers 5 trap (ENVIRONMENT.md): ``BertTokenizerFast(vocab_file=...)`` — and, in 5.x,
+Transformers 5 trap (docs/engineering.md §4): ``BertTokenizerFast(vocab_file=...)`` — and, in 5.x,
 ``BertTokenizer(vocab_file=...)`` too — silently ignore the file and map every word to
 ``[UNK]``. Here the tokenizer is built from the vocabulary *dict* and saved with
 ``save_pretrained``, so the directory holds ``tokenizer.json`` + ``vocab.txt`` +

@@ -35,7 +35,7 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float, crf: int = 23,
     """Write ``frames`` (T, H, W, 3) uint8 RGB as an H.264 mp4 (even H and W required by yuv420p).
 
     A short keyframe interval (``gop``) keeps random access cheap for the frame sampler, as
-    ENVIRONMENT.md recommends for training data.
+    docs/engineering.md §4 recommends for training data.
     """
     import av
 

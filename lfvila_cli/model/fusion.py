@@ -1,6 +1,6 @@
 """Cross-modal (fusion) encoder: the upper BERT layers over [paragraph tokens ; video tokens].
 
-Paper idea (LF-VILA, SPEC §3, stage 2 and QA): after the text encoder's sentence and
+Paper idea (LF-VILA, docs/method.md §3, stage 2 and QA): after the text encoder's sentence and
 paragraph levels (text_encoder.py), the remaining layers of the same BERT (12..23 of
 BERT-large) run single-stream self-attention over the paragraph tokens (summary token +
 M·L tokens) followed by the video tokens, with one joint key mask, so padded text tokens are

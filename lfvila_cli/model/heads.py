@@ -1,6 +1,6 @@
 """Heads on the encoders' features: contrastive projections, MLM, VTM and the QA heads.
 
-Paper ideas (LF-VILA, SPEC §4 and §6):
+Paper ideas (LF-VILA, docs/method.md §4 and §6):
 
 * **Contrastive projections.** Features for VPC (global Video–Paragraph Contrastive) and MTC
   (Multimodal Temporal Contrastive) go through a linear map (1024→1024 in the paper) and L2
@@ -19,7 +19,7 @@ Paper ideas (LF-VILA, SPEC §4 and §6):
 * **Classification QA (VIOLIN: 2 labels, ActivityNet-QA: 1654 answer classes).** A linear
   classifier on the pooled output.
 
-Parameter names here against the authors' checkpoint keys (shared/fixtures/official-checkpoint-keys):
+Parameter names here against the authors' checkpoint keys (tests/fixtures/official-checkpoint-keys):
 
     ContrastiveProjections: video.linear.*     video_global_proj.*
                             paragraph.linear.* text_global_proj.*

@@ -1,6 +1,6 @@
 """LF-VILA, composed: HTWA video encoder + hierarchical BERT + cross-modal encoder + heads.
 
-Paper (Sun et al., NeurIPS 2022, arXiv 2210.06031; SPEC §2–§4, §6). One model object serves
+Paper (Sun et al., NeurIPS 2022, arXiv 2210.06031; docs/method.md §2–§4, §6). One model object serves
 every stage and task; its config says which parts exist:
 
 * **Stage 1** (VPC, global Video–Paragraph Contrastive, + MTC, Multimodal Temporal
@@ -93,7 +93,7 @@ def _default_text() -> TextEncoderConfig:
 
 @dataclass
 class LfvilaConfig:
-    """The whole model. Defaults: ``lfvila-base`` stage 1 (SPEC sizes, BERT-large from the hub)."""
+    """The whole model. Defaults: ``lfvila-base`` stage 1 (the paper's sizes, docs/method.md §2–§3; BERT-large from the hub)."""
 
     video: VideoEncoderConfig = field(default_factory=VideoEncoderConfig)
     text: TextEncoderConfig = field(default_factory=_default_text)
@@ -404,7 +404,7 @@ class LfvilaModel(nn.Module):
     # ----------------------------------------------------------------------------- training
 
     def stage_parameter_names(self, stage: Stage) -> list[str]:
-        """Names of the parameters a stage trains (SPEC §4).
+        """Names of the parameters a stage trains (docs/method.md §4).
 
         stage1: video encoder, BERT embeddings and text layers [0, sentence+paragraph),
         paragraph embedding, projections. stage2: the cross-modal layers, the pooler, the video

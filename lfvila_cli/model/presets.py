@@ -1,7 +1,7 @@
 """Named model presets: ``lfvila-base`` (the paper), ``lfvila-small``, ``lfvila-tiny``.
 
 Each preset is a factory of ``LfvilaConfig`` for a *variant* — the layout a stage or task
-needs (SPEC §4, §6; see ``lfvila.py``):
+needs (docs/method.md §4, §6; see ``lfvila.py``):
 
     stage1             video encoder, text layers [0, s+p) only, global + local projections,
                        and the MLM/VTM heads the release's stage-1 file carries (unused there)
@@ -17,7 +17,7 @@ dict with random weights (offline; tests, parameter counts), anything else = a h
 directory loaded with ``AutoModel.from_pretrained`` (it must have the preset's width).
 
 Parameter counts of ``lfvila-base`` against the authors' released models (unique parameters
-of the classes that wrote their checkpoints; ``shared/fixtures/official-checkpoint-keys``):
+of the classes that wrote their checkpoints; ``tests/fixtures/official-checkpoint-keys``):
 
     variant               ours          release       difference
     stage1                310,173,636   310,288,324   −114,688
@@ -143,7 +143,7 @@ def _compose(
 
 
 def lfvila_base(variant: str = "stage1", num_labels: Optional[int] = None, text_model: Optional[str] = None) -> LfvilaConfig:
-    """The paper's model (SPEC §2–§3): HTWA Swin-B-sized video encoder (128 wide, 24 blocks,
+    """The paper's model (docs/method.md §2–§3): HTWA Swin-B-sized video encoder (128 wide, 24 blocks,
     windows 2/4/8/16/16/32 × 3×5), BERT-large-uncased split 8 / 4 / 12, projections 1024→1024.
     Frames 32 × 192×320, 4 sentences × 50 tokens."""
     video = VideoEncoderConfig()

@@ -1,6 +1,6 @@
 """Hierarchical text encoder: one BERT split by layer into a sentence and a paragraph level.
 
-Paper idea (LF-VILA, SPEC §3): a long-form paragraph is ``M`` sentences, sentence ``i``
+Paper idea (LF-VILA, docs/method.md §3): a long-form paragraph is ``M`` sentences, sentence ``i``
 spoken or written over clip ``i``. The lower layers of a BERT read each sentence alone, so a
 sentence feature can be contrasted with its clip (MTC, Multimodal Temporal Contrastive); the
 next layers read the whole paragraph, giving the paragraph feature for VPC (global
@@ -45,7 +45,7 @@ Departures from the authors' release (microsoft/XPretrain, LF-VILA/src):
   the release left ``nn.Embedding``'s N(0, 1). Irrelevant once trained weights are loaded.
 
 Parameter names here (prefix ``<this module>.``) against the authors' checkpoint keys
-(``shared/fixtures/official-checkpoint-keys/*.tsv``, prefix as in those files):
+(``tests/fixtures/official-checkpoint-keys/*.tsv``, prefix as in those files):
 
     bert.embeddings.*                         text_encoder.bert.embeddings.*   (same names; their
                                               persistent ``position_ids`` buffer is not saved by
@@ -209,7 +209,7 @@ class ParagraphEmbedding(nn.Module):
 
 
 class HierarchicalTextEncoder(nn.Module):
-    """BERT split by layer: sentence level, then paragraph level (SPEC §3).
+    """BERT split by layer: sentence level, then paragraph level (docs/method.md §3).
 
     ``bert`` keeps every layer it was loaded with (or ``keep_layers`` of them); the layers
     above the paragraph level belong to the cross-modal encoder, which is built over this

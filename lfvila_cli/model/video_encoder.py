@@ -13,14 +13,14 @@ nW windows per sample, M = T / frames_per_clip clips.
 
 Departures from the authors' release (microsoft/XPretrain, LF-VILA/src/models/video_encoder.py):
 
-* **Top layer global for any frame count** (SPEC Decision). The last layer's temporal window is
+* **Top layer global for any frame count** (docs/method.md §7). The last layer's temporal window is
   the whole video (``global_top_layer``). Its bias table keeps the authors' size (2·32−1 time
   offsets); temporal offsets beyond ±31 (only when T > 32) read the table's outermost entry.
-* **Bias for clamped windows** (SPEC Decision). When a window is clamped to a smaller map, the
+* **Bias for clamped windows** (docs/method.md §7). When a window is clamped to a smaller map, the
   relative-position bias is gathered at the clamped window's own offsets; the authors sliced the
   corner ``relative_position_index[:N, :N]`` of the full-window index, which pairs tokens with
   the wrong offsets.
-* **Clip features from the last intra-clip layer** (SPEC Decision): the output of layer
+* **Clip features from the last intra-clip layer** (docs/method.md §7): the output of layer
   ``clip_feature_layer`` → PatchMerging → LayerNorm → mean per clip. The release computed this
   head but, by a bug, returned the final-layer features; ``clip_features="final"`` keeps that.
 * **Padding.** Where a map is not a multiple of its window (never for the base preset at
@@ -28,7 +28,7 @@ Departures from the authors' release (microsoft/XPretrain, LF-VILA/src/models/vi
   token's output. The authors zero-padded after norm1 and let those tokens be attended.
   Masked logits get −10⁴ (softmax weight exactly 0 in fp32) instead of the authors' −100.
 * **Pooling.** ``global_feature`` is the mean of all final tokens and ``clip_features`` the mean
-  of a clip's tokens (SPEC §2, §4); the authors' wrapper max-pooled each frame's map with a
+  of a clip's tokens (docs/method.md §2, §4); the authors' wrapper max-pooled each frame's map with a
   (2, 3) kernel, stride 1, before averaging.
 * **Inputs.** Frames come as (B, T, 3, H, W); H and W must be multiples of the patch size and T
   one of the frame counts the windows allow (``VideoEncoderConfig.check_frames``). The authors
@@ -51,7 +51,7 @@ base preset has exactly the authors' 89,229,448 parameters):
 
 ``qkv`` is packed with rows in q, k, v order; bias tables are [(2Wt−1)(2Wh−1)(2Ww−1), nH] for
 the nominal window of the layer, indexed as t·(2Wh−1)(2Ww−1) + h·(2Ww−1) + w after offsetting
-each coordinate difference by W−1 — the Video-Swin layout. For Swin-B initialisation (SPEC §2)
+each coordinate difference by W−1 — the Video-Swin layout. For Swin-B initialisation (docs/method.md §2)
 its 24 blocks ``layers.{s}.blocks.{j}`` map in order onto our 24 blocks, its three
 ``layers.{s}.downsample`` onto ours after layers 0, 1 and 4.
 """
@@ -90,7 +90,7 @@ class InputShapeError(LfvilaError, ValueError):
 
 @dataclass
 class VideoEncoderConfig:
-    """The HTWA video encoder. Defaults are the paper's base model (SPEC §2 table)."""
+    """The HTWA video encoder. Defaults are the paper's base model (docs/method.md §2 table)."""
 
     in_chans: int = 3
     patch_size: list[int] = field(default_factory=lambda: [1, 8, 8])  # (t, h, w); t must be 1
@@ -379,7 +379,7 @@ def relative_position_index(window: Window, table_window: Window, device: torch.
     """(N, N) table index for the offset of query i from key j inside an actual ``window``.
 
     The window may be smaller than ``table_window`` (clamped to a small map): its own offsets
-    are used (SPEC Decision), not the corner of the full window's index.
+    are used (docs/method.md §7), not the corner of the full window's index.
     """
     coords = grid_coords(window)  # (3, N)
     offsets = coords[:, :, None] - coords[:, None, :]  # (3, N, N)

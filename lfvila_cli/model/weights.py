@@ -1,9 +1,9 @@
 """Weights: Swin-2D inflation into the HTWA video encoder, BERT initialisation, and import /
 export of the authors' released LF-VILA checkpoints.
 
-HTWA = Hierarchical Temporal Window Attention (the video encoder, SPEC §2); VPC / MTC / MLM /
+HTWA = Hierarchical Temporal Window Attention (the video encoder, docs/method.md §2); VPC / MTC / MLM /
 VTM = global Video–Paragraph Contrastive, Multimodal Temporal Contrastive, Masked Language
-Modelling, Video–Text Matching (SPEC §4).
+Modelling, Video–Text Matching (docs/method.md §4).
 
 Every import reads tensors only: ``torch.load(path, map_location="cpu", weights_only=True)`` or
 safetensors, never arbitrary unpickling. It returns an ``ImportReport``: model keys loaded,
@@ -18,7 +18,7 @@ lacks get real memory and their fresh initialisation (``lfvila.materialise_meta`
 tensor still on meta is refused (``WeightImportError``); a shape-only (meta) source leaves a
 shape-only model. Non-persistent index buffers are never on meta (``parameters_on_meta``).
 
-**(a) Swin-2D → HTWA (SPEC §2).** Accepts the original Swin release (``patch_embed.proj``,
+**(a) Swin-2D → HTWA (docs/method.md §2).** Accepts the original Swin release (``patch_embed.proj``,
 ``layers.{s}.blocks.{j}.attn.qkv``, ``layers.{s}.downsample``, ``norm``; optionally wrapped in
 ``{"model": ...}``) and ``transformers``' ``SwinModel`` (on-disk names
 ``embeddings.patch_embeddings.projection``, ``encoder.layers.{s}.blocks.{j}.attention.self.{query,key,value}``
@@ -496,7 +496,7 @@ def load_swin2d(
     patch_inflation: Literal["tile", "nearest"] = "tile",
     assign: Optional[bool] = None,
 ) -> ImportReport:
-    """Initialise a ``VideoEncoder`` from a Swin-2D checkpoint (file or state dict) per SPEC §2."""
+    """Initialise a ``VideoEncoder`` from a Swin-2D checkpoint (file or state dict) per docs/method.md §2."""
     state, label = read_state_dict(source)
     converted, report = inflate_swin2d(state, encoder.config, patch_inflation, label)
     _load_into(encoder, converted, report, assign)
@@ -591,7 +591,7 @@ def load_bert_weights(
         converted["text_encoder.paragraph_embedding.position_embeddings.weight"] = (
             source_key, _paragraph_positions(model, table)
         )
-        report.notes.append("text_encoder.paragraph_embedding.position_embeddings.weight <- BERT's position table (SPEC §3)")
+        report.notes.append("text_encoder.paragraph_embedding.position_embeddings.weight <- BERT's position table (docs/method.md §3)")
     decoder = "mlm_head.decoder.weight"
     word = "text_encoder.bert.embeddings.word_embeddings.weight"
     if mlm_head and decoder in own and decoder not in converted and "mlm_head.bias" in converted and word in converted:

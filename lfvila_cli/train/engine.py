@@ -1,4 +1,4 @@
-"""The trainer core over the DeepSpeed engine (model-agnostic; SPEC §5 recipe).
+"""The trainer core over the DeepSpeed engine (model-agnostic; docs/method.md §5 recipe).
 
 ``Trainer(model, loss_fn, cfg, run_dir).train(batches, steps_per_epoch, resume="auto")`` runs
 forward / backward / step with DeepSpeed (ZeRO 1 or 2, fp32 / bf16 / fp16), AdamW with no weight
@@ -49,7 +49,7 @@ BatchSource = Callable[[int, int], Iterable[Any]]
 
 @dataclass
 class TrainConfig:
-    """Optimisation recipe (SPEC §5). Steps are optimizer steps (``grad_accum`` micro-batches)."""
+    """Optimisation recipe (docs/method.md §5). Steps are optimizer steps (``grad_accum`` micro-batches)."""
 
     lr: float = 5e-5
     betas: tuple[float, float] = (0.9, 0.98)
@@ -61,7 +61,7 @@ class TrainConfig:
     final_lr_ratio: float = 0.01
     micro_batch: int = 16
     grad_accum: int = 1
-    # SPEC §5 names no clipping; 1.0 (global L2 norm) is the usual BERT/ViT pre-training choice.
+    # docs/method.md §5 names no clipping; 1.0 (global L2 norm) is the usual BERT/ViT pre-training choice.
     grad_clip: float = 1.0
     zero_stage: int = 2
     precision: Literal["fp32", "bf16", "fp16"] = "bf16"
@@ -171,7 +171,7 @@ class TrainResult:
 
 
 class Trainer:
-    """Runs the SPEC §5 recipe for ``model`` with ``loss_fn(engine, batch, step) -> {"total": ..,
+    """Runs the docs/method.md §5 recipe for ``model`` with ``loss_fn(engine, batch, step) -> {"total": ..,
     term: ..}`` in ``run_dir`` (metrics.jsonl, checkpoints/, the configs).
 
     Trainable parameters are those with ``requires_grad`` when the Trainer is built (call e.g.

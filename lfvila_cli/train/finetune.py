@@ -1,9 +1,9 @@
-"""The body of ``lfvila finetune --task ...`` (SPEC §6) as a library function.
+"""The body of ``lfvila finetune --task ...`` (docs/method.md §6) as a library function.
 
 ``run_finetune(cfg, corpus_path, store_url, out_dir, init_from=..., answers=..., ...)`` fine-tunes
 one downstream task on the corpus' train split with the pre-training trainer (DeepSpeed,
 checkpoints, resume), validates on the val split every ``val_every`` steps and at the end, and
-writes the model that scored best on **validation** (never test; SPEC §6 Decision):
+writes the model that scored best on **validation** (never test; docs/method.md §7):
 
     out_dir/config.json, model.safetensors, tokenizer/   the selected model
     out_dir/metrics.jsonl, loss.png                      training and validation records
@@ -76,7 +76,7 @@ class TaskSpec:
     pretrained_stage: str  # the pre-training artifact it starts from
     paper_epochs: int
     max_subtitles: int  # subtitle slots after the question / statement
-    paper: dict  # LF-VILA's reported figures (SPEC §6), for the report
+    paper: dict  # LF-VILA's reported figures (docs/method.md §6), for the report
     num_labels: Optional[int] = None  # classification: fixed, or None = from answers.json
 
 
@@ -98,7 +98,7 @@ def task_spec(task: str) -> TaskSpec:
 
 
 def _finetune_train() -> TrainConfig:
-    # The tiny model on the bundled example, on a CPU; SPEC §6 (lr 5e-5, 20/30/100 epochs) is the
+    # The tiny model on the bundled example, on a CPU; docs/method.md §6 (lr 5e-5, 20/30/100 epochs) is the
     # paper recipe in stages/paper/.
     return TrainConfig(lr=2e-4, micro_batch=16, epochs=10, precision="fp32", checkpoint_every=200, warmup_steps=10)
 

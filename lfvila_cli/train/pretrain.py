@@ -1,4 +1,4 @@
-"""The body of ``lfvila pretrain --stage 1|2`` (SPEC §4, §5) as a library function.
+"""The body of ``lfvila pretrain --stage 1|2`` (docs/method.md §4, §5) as a library function.
 
 ``run_pretrain(cfg, corpus_path, store_url, out_dir, init_from=..., rank=..., world_size=...,
 progress=..., resume=...)`` trains one pre-training stage over the corpus' train split, validates
@@ -14,7 +14,7 @@ on its val split every ``cfg.val_every`` steps and at the end, and writes the fi
 
 Stage 1 trains the video encoder, text layers 0–11 and the projections on VPC + MTC; its video
 encoder starts from random weights, or with ``video_init`` set from a Swin-2D checkpoint inflated to
-3-D (SPEC §2: Swin-B 22k 384 for the base preset; ``model.weights.load_swin2d``). Stage 2
+3-D (docs/method.md §2: Swin-B 22k 384 for the base preset; ``model.weights.load_swin2d``). Stage 2
 starts from a stage-1 artifact (``init_from``): its weights are loaded strictly into every part
 that a stage-1 model has, everything from stage 1 is frozen, and layers 12–23, the video token
 embedding and the MLM/VTM heads train on MLM + VTM. Stage 2 reuses the stage-1 tokenizer unless
@@ -70,7 +70,7 @@ class PretrainConfig:
     tokenizer: str = ""  # "" = train a WordPiece tokenizer on the train sentences (stage 2: the stage-1 one)
     tokenizer_vocab_size: int = 2000
     loader: LoaderConfig = field(default_factory=lambda: LoaderConfig(max_tokens=32))
-    # Loss weights, temperature, MTC sampling, MLM rate (SPEC §4); saved in the model's config.json.
+    # Loss weights, temperature, MTC sampling, MLM rate (docs/method.md §4); saved in the model's config.json.
     objectives: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     train: TrainConfig = field(default_factory=_quickstart_train)
     val_every: int = 50  # steps; 0 = only at the end
@@ -78,7 +78,7 @@ class PretrainConfig:
     val_batch: int = 8
     workers: int = 1  # DataLoader worker processes feeding training (0 = load in the training process)
     # Stage 1: "" = random video encoder; else a Swin-2D checkpoint (.pth / .bin / .safetensors, or a
-    # directory holding model.safetensors / pytorch_model.bin) inflated into it (SPEC §2: Swin-B
+    # directory holding model.safetensors / pytorch_model.bin) inflated into it (docs/method.md §2: Swin-B
     # ImageNet-22k 384 px, window 12, e.g. swin_base_patch4_window12_384_22k.pth, for lfvila-base).
     video_init: str = ""
 
@@ -103,7 +103,7 @@ def key_config(cfg: PretrainConfig) -> dict:
     return {k: v for k, v in to_dict(cfg).items() if k not in POLICY_FIELDS and not (k == "video_init" and not v)}
 
 
-# The video encoder's parts no Swin-2D layer may fit: the clip-feature head (SPEC §2) is loaded from
+# The video encoder's parts no Swin-2D layer may fit: the clip-feature head (docs/method.md §2) is loaded from
 # the Swin merge after the clip-feature layer only when the widths agree (they do for Swin-B).
 VIDEO_INIT_ALLOW_MISSING = (r"^clip_merge\.", r"^clip_norm\.")
 
@@ -120,7 +120,7 @@ def video_init_file(source: str) -> Path:
 
 
 def init_video_encoder(model, source: str) -> dict[str, Any]:
-    """Initialise ``model.video_encoder`` from the Swin-2D checkpoint ``source`` (SPEC §2, patch
+    """Initialise ``model.video_encoder`` from the Swin-2D checkpoint ``source`` (docs/method.md §2, patch
     kernel tiled) and return the import record for the run summary. Anything but a complete
     import (the clip head aside) is a one-line ``WeightImportError`` naming the key and the file.
     Deterministic and draws no random numbers: every rank that loads the same file gets the

@@ -1,4 +1,4 @@
-"""Learning-rate schedule and AdamW parameter groups (SPEC §5).
+"""Learning-rate schedule and AdamW parameter groups (docs/method.md §5).
 
 The schedule is a pure function of the optimizer step, so a resumed run needs no scheduler state:
 linear warm-up from 0 to the peak over ``warmup_steps``, then linear decay to
@@ -12,7 +12,7 @@ from typing import Iterable
 
 import torch.nn as nn
 
-# Parameters that take no weight decay (SPEC §5): biases, normalisation weights (LayerNorm,
+# Parameters that take no weight decay (docs/method.md §5): biases, normalisation weights (LayerNorm,
 # norm1, clip_norm, BERT's ``LayerNorm``) and position / relative-position tables.
 _NO_DECAY_PATTERNS = (
     re.compile(r"(^|\.)bias$"),

@@ -1,4 +1,4 @@
-"""HD-VILA-100M clip metadata -> long-form samples (the LF-VILA-8M construction, SPEC §1).
+"""HD-VILA-100M clip metadata -> long-form samples (the LF-VILA-8M construction, docs/method.md §1).
 
 Input (FORMATS.md): JSON Lines, one YouTube video per line, ``{video_id, url, clip: [{clip_id:
 "<video_id>.<k>.mp4", span: ["HH:MM:SS.mmm", "HH:MM:SS.mmm"]}]}``. The release carries no
@@ -69,7 +69,7 @@ class HdvilaConfig:
     layout: Literal["clips", "source"] = "clips"  # clips: <root>/<video_id>/<clip_id>; source: <root>/<video_id><video_ext>
     video_ext: str = ".mp4"  # source layout only
     split: str = "train"
-    min_clips: int = 4  # shortest run of contiguous clips kept (SPEC §1)
+    min_clips: int = 4  # shortest run of contiguous clips kept (docs/method.md §1)
     max_clips: int = 8  # longest window; longer runs are split evenly (0 = keep whole runs)
     gap_tolerance: float = 0.5  # seconds of gap or overlap between clips still counted as contiguous
 
