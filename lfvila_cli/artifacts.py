@@ -75,18 +75,26 @@ def file_checksums(folder: Path) -> dict[str, dict]:
             if rel in (MANIFEST, CONFIG):
                 continue
             path = os.path.join(dirpath, name)
-            out[rel] = {"size": os.path.getsize(path), "sha256": file_digest(path)}
+            st = os.stat(path)
+            digest = _DIGESTS[_identity(st)] = file_digest(path)  # its consumers in this process need not read it again
+            out[rel] = {"size": st.st_size, "sha256": digest}
     return out
 
 
-# (path, size, mtime_ns, inode) -> digest already computed in this process
+# (device, inode, size, mtime, ctime) -> digest already computed in this process; the identity of a
+# file survives the rename that commits its artifact, and changes when the file is rewritten.
 _DIGESTS: dict[tuple, str] = {}
+
+
+def _identity(st: os.stat_result) -> tuple:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def verify_files(artifact: "Artifact") -> str | None:
     """The first file of ``artifact`` that is missing or differs from its manifest, as a
     reason; ``None`` when all match (or the manifest predates checksums). Costs one read of the
-    files (SHA-256 at ~1 GB/s), once per process while a file is unchanged."""
+    files (SHA-256 at ~1 GB/s), once per process while a file is unchanged (none for files this process
+    has just recorded)."""
     for rel, want in sorted((artifact.manifest.get("files") or {}).items()):
         path = artifact.path / rel
         try:
@@ -95,10 +103,9 @@ def verify_files(artifact: "Artifact") -> str | None:
             return f"{rel} is missing"
         if st.st_size != want.get("size"):
             return f"{rel} has {st.st_size} bytes, {want.get('size')} when written"
-        memo = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
-        digest = _DIGESTS.get(memo)
+        digest = _DIGESTS.get(_identity(st))
         if digest is None:
-            digest = _DIGESTS[memo] = file_digest(str(path))
+            digest = _DIGESTS[_identity(st)] = file_digest(str(path))
         if digest != want.get("sha256"):
             return f"{rel} changed after it was written (SHA-256 differs)"
     return None

@@ -40,6 +40,7 @@ class StageContext:
     world_size: int = 1
     progress: bool = True
     force: bool = False  # rebuilding an artifact of this key: resumable stages start their partial work afresh
+    key_payload: dict = field(default_factory=dict)  # what the key was computed from (its fingerprints included)
 
 
 @dataclass(frozen=True)
@@ -394,7 +395,7 @@ def _seed_from_earlier_store(ctx: StageContext, url: str, owner: dict) -> None:
     from .data.framestore import ERROR_BYTES, PENDING, open_group
 
     plan = plan_rows(corpus_file(ctx.inputs["prepare"]), ctx.config)
-    fingerprints = cache_fingerprints(ctx.config, ctx.inputs)
+    fingerprints = ctx.key_payload.get("fingerprints", {})  # stat-ing every video again would cost as much
     earlier = None
     for artifact in sorted(ctx.workdir.artifacts("cache"), key=lambda a: -a.manifest.get("created", 0)):
         if artifact.key == ctx.key or artifact.summary.get("store_url"):
@@ -724,7 +725,7 @@ def _build(workdir, stage, config, inputs, payload, key, lock, rank, world_size,
                 echo(f"{stage.name}: resuming in {out_dir}")
         else:
             out_dir = workdir.new_temp_dir(stage.name, key)
-        ctx = StageContext(workdir, config, inputs, out_dir, key, rank, world_size, progress and rank == 0, rebuild)
+        ctx = StageContext(workdir, config, inputs, out_dir, key, rank, world_size, progress and rank == 0, rebuild, payload)
         try:
             summary = _load(stage.run_path)(ctx) or {}
         except BaseException:
