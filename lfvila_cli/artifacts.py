@@ -276,8 +276,8 @@ class Workdir:
         for path in list(folder.glob(".tmp-*")) + list(folder.glob(".trash-*")):
             if _owned_by_live_process(path.name):
                 continue
-            if path.name.startswith(".trash-") and not (folder / path.name.split("-")[1]).exists():
-                Workdir._restore_trash(folder / path.name.split("-")[1])  # the only copy left
+            if path.name.startswith(".trash-") and not (folder / work_key(path.name)).exists():
+                Workdir._restore_trash(folder / work_key(path.name))  # the only copy left
                 continue
             shutil.rmtree(path, ignore_errors=True)
 
@@ -327,6 +327,13 @@ class Workdir:
 
 
 _HOST = "".join(c for c in socket.gethostname() if c.isalnum())[:32] or "host"
+
+
+def work_key(name: str) -> str:
+    """The (short) key of work in progress: ``.tmp-<key>-…``, ``.trash-<key>-…`` or ``<key>.partial``."""
+    if name.startswith((".tmp-", ".trash-")):
+        return name.split("-")[1]
+    return name.removesuffix(".partial")
 
 
 def _owned_by_live_process(name: str) -> bool:

@@ -606,7 +606,7 @@ def run(
 def status(workdir: Path = WorkdirOpt) -> None:
     """List the artifacts in the work directory and whether each is current or stale."""
     from .artifacts import Workdir
-    from .stages import status_rows
+    from .stages import partial_state, status_rows
 
     wd = Workdir(workdir)
     rows = status_rows(wd)
@@ -616,21 +616,7 @@ def status(workdir: Path = WorkdirOpt) -> None:
         refs = f" [{', '.join(row['refs'])}]" if row["refs"] else ""
         typer.echo(f"{row['stage']:<8} {row['key']}{refs}  {row['created']}  {row['state']}  — {row['summary']}")
     for partial in wd.partials():
-        typer.echo(f"{partial.parent.name:<8} {partial.name}  {_partial_state(wd, partial)}")
-
-
-def _partial_state(wd, partial: Path) -> str:
-    """Whether a process is building this partial work now (it holds the stage's lock)."""
-    from .locks import FileLock, describe_holder, holder_gone
-
-    key = partial.name[len(".tmp-") :].split("-")[0] if partial.name.startswith(".tmp-") else partial.name.removesuffix(".partial")
-    lock = FileLock(wd.lock_path(partial.parent.name, key))
-    holder = lock.read()
-    if holder and not holder_gone(holder) and lock.stale_reason(holder) is None:
-        return f"being built by {describe_holder(holder)}"
-    if partial.name.startswith(".tmp-"):
-        return "left by a stopped run (removed when the stage runs again)"
-    return "incomplete (rerun the stage to resume or finish it)"
+        typer.echo(f"{partial.parent.name:<8} {partial.name}  {partial_state(wd, partial)}")
 
 
 def _strip_launcher_args() -> None:

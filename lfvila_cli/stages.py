@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import __version__
-from .artifacts import KEY_CHARS, Artifact, Workdir, compute_key, file_checksums, file_digest, remove_temp_files, verify_files
+from .artifacts import KEY_CHARS, Artifact, Workdir, compute_key, file_checksums, file_digest, remove_temp_files, verify_files, work_key
 from .config import from_dict, load_yaml, parse_override, to_dict
 from .errors import ArtifactError, ConfigError, LfvilaError
 from .locks import FileLock, describe_holder, holder_gone
@@ -967,3 +967,15 @@ def status_rows(workdir: Workdir) -> list[dict]:
             }
         )
     return rows
+
+
+def partial_state(workdir: Workdir, partial: Path) -> str:
+    """Whether a process is building this partial work now (it holds the stage's lock), or it
+    was left by a stopped run."""
+    lock = FileLock(workdir.lock_path(partial.parent.name, work_key(partial.name)))
+    holder = lock.read()
+    if holder and not holder_gone(holder) and lock.stale_reason(holder) is None:
+        return f"being built by {describe_holder(holder)}"
+    if partial.name.startswith(".tmp-"):
+        return "left by a stopped run (removed when the stage runs again)"
+    return "incomplete (rerun the stage to resume or finish it)"
