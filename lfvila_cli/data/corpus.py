@@ -1,31 +1,22 @@
-"""The long-form corpus: one JSON Lines record per long-form sample (the output of ``prepare``).
+"""The long-form corpus: one JSON Lines record per sample (the output of ``prepare``).
 
 A *long-form sample* (docs/method.md §1) is one source video cut into ``M`` consecutive segments, each
-paired with its sentence(s), in temporal order. Record fields:
+paired with its sentence(s), in temporal order. Record fields (docs/data-formats.md §1):
 
 * ``id`` (str, unique), ``video`` (path relative to the corpus directory, absolute path or
-  fsspec URL), ``duration`` (seconds or null when unknown), ``split`` (train/val/test),
-* ``segments``: ``[{start, end, text}]`` in time order; a segment may carry its own ``video``
-  when the clip is stored as a separate file (HD-VILA clip layout): its frames are then spread
-  over that whole file, and ``start``/``end`` stay on the source timeline. A segment is
-  *untimed* when the source gives no times: ``start`` and ``end`` both null (the cache spreads
-  the sample's untimed segments as equal chunks over its video),
-* task fields, kept verbatim (checked by ``task_error`` where present):
+  fsspec URL), ``duration`` (seconds or null), ``split`` (train/val/test, default train);
+* ``segments``: ``[{start, end, text, video?}]`` in time order; ``start``/``end`` both null =
+  untimed; a segment's own ``video`` is a separate clip file (times stay on the source timeline);
+* task fields, kept verbatim and checked by ``task_error`` where present: ``clip``;
+  multiple choice ``question``, ``candidates``, ``answer`` (index), ``span``, ``subtitles``;
+  entailment ``statement``, ``label``; open-ended QA ``question``, ``answer`` (string),
+  ``label`` (class index, -1 outside the vocabulary); anything else a reader adds.
 
-  - ``clip``: ``[start, end]`` seconds of ``video`` that the sample covers (fine-tuning frames
-    are spread over it); absent = the whole file (``[0, duration]``);
-  - multiple choice (How2QA): ``question``, ``candidates`` (>= 2 strings), ``answer`` (0-based
-    index), ``span`` (``[start, end]`` on the video's timeline, or null), ``subtitles``
-    (``[{start, end, text}]``, times may be null), ``qid``;
-  - entailment (VIOLIN): ``statement``, ``label`` (1 true, 0 false), ``subtitles``;
-  - open-ended QA (ActivityNet-QA): ``question``, ``answer`` (the annotated string), ``label``
-    (class index into the prepare artifact's ``answers.json``; -1 = outside the vocabulary);
-  - anything else a reader adds (``group``, ``hard_negative_of``, ``events``...).
-
-Invalid records are rejected with a reason that is counted in ``stats.json``; ``strict`` turns
-any rejection into a failure. Records a reader keeps after correcting them the way the dataset's
-common loaders do (an ActivityNet end past the duration clamped to it) are counted by what was
-done under ``adjusted``; they do not fail ``strict``. Examples of both name the file and record.
+``validation_error`` is the one rule set ``prepare`` applies to every source; its reasons are
+short and countable, counted in ``stats.json`` by ``Rejections`` (corrections a reader makes
+go under ``adjusted``). ``write_corpus`` writes ``samples.jsonl`` and returns the ``stats.json``
+summary; ``read_corpus`` reads it back, a malformed line being a one-line error naming file
+and line.
 """
 
 from __future__ import annotations
@@ -331,3 +322,8 @@ def resolve_video(video: str, base: str | Path) -> str:
     if "://" in video or os.path.isabs(video):
         return video
     return str(Path(base) / video)
+
+
+def read_split(path: str | Path, split: str) -> list[Sample]:
+    """The samples of one split of a corpus file, in file order."""
+    return [sample for sample in read_corpus(path) if sample.split == split]

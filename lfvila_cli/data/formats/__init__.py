@@ -17,7 +17,8 @@ Every source module has the same small contract, which the ``prepare`` stage rel
 
 The helpers below read through fsspec, so annotation files and video roots may be local paths
 or URLs (``s3://bucket/hdvila``); compressed files (``.gz``, ``.bz2``...) are inferred from the
-name.
+name. Each reader's accepted fields, rejections and config keys: docs/data-formats.md §2–§12;
+the shared rules (errors, paths, times, ``--set`` syntax): docs/data-formats.md §1.
 """
 
 from __future__ import annotations

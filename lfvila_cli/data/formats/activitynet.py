@@ -1,28 +1,13 @@
 """ActivityNet Captions (official ``train.json``, ``val_1.json``, ``val_2.json``) -> paragraphs.
 
-Each file is one JSON object ``{"v_<youtube id>": {duration, timestamps: [[start, end], ...],
-sentences: [...]}}`` with ``timestamps[i]`` paired with ``sentences[i]`` (FORMATS.md). A video's
-paragraph is its sentences ordered by start time (a stable sort, so equal starts keep the file's
-order), each stripped of the leading spaces the release puts on all but the first. Integer
-times are read as floats; overlapping segments are kept; an end equal to the duration is valid.
+Reads each mapped file (``activitynet.splits``: file stem -> split) as one JSON object
+``{"v_<id>": {duration, timestamps: [[start, end], ...], sentences: [...]}}``.
 
-``activitynet.splits`` maps file stems to corpus splits (default ``train -> train``,
-``val_1 -> val``, ``val_2 -> test``, the retrieval papers' use); the files of that mapping that
-exist in ``activitynet.annotations`` are read. ``val_1`` and ``val_2`` annotate the *same*
-videos, so the sample id is always ``<file stem>-<key>`` (``train-v_abc``, ``val_1-v_abc``,
-``val_2-v_abc``): unique across files, and the same whichever other files are present. The
-video is ``<video_root>/<key><video_ext>`` (keys already carry ``v_``).
-
-A segment that ends past the video's duration is clamped to it, as the widely used loaders of
-ActivityNet Captions do (the annotations overshoot by rounding and by a few seconds): the video
-keeps all its sentences and ``stats.json`` counts the segment under ``adjusted`` ("segment end
-clamped to the duration"). A segment that *starts* at or past the duration is dropped alone
-("segment starts past the duration").
-
-Rejected here: an entry that is not an object, lacks ``duration``/``timestamps``/``sentences``,
-has a non-number duration, a timestamp that is not a pair of numbers, a non-string sentence, or
-different numbers of timestamps and sentences. Ends before starts and empty sentences are left
-to the central validation of ``prepare``; its rejection examples name ``<file>#<key>`` as these do.
+Produces one sample per video entry: id ``<file stem>-<key>`` (``val_1`` and ``val_2`` annotate
+the same videos), ``video`` ``<video_root>/<key><video_ext>``, the given ``duration``, one
+segment per sentence (stripped), sorted by start. An end past the duration is clamped to it
+(counted under ``adjusted``); a segment starting past it is dropped alone.
+Fields, rejection reasons and config keys: docs/data-formats.md §4.
 """
 
 from __future__ import annotations

@@ -1,30 +1,15 @@
 """ActivityNet-QA (``train_q.json`` + ``train_a.json``, ``val_*``, ``test_*``) -> open-ended QA samples.
 
-Each split is two parallel JSON lists (FORMATS.md). Questions: ``question``, ``question_id``
-(``v_<video>_<n>``), ``video_name`` (*without* the ``v_`` prefix). Answers: ``answer`` (a
-string), ``question_id``, ``type`` (integer question/answer type). The two lists are joined on
-``question_id``, never on list position. ``anet_qa.splits`` maps file prefixes to corpus splits
-(default ``train``, ``val``, ``test``); the pairs found in ``anet_qa.annotations`` are read.
+Reads, per prefix of ``anet_qa.splits``, two parallel JSON lists joined on ``question_id``:
+questions ``{question, question_id, video_name}`` (``video_name`` without ``v_``) and answers
+``{answer, question_id, type?}``. Writes ``out_dir/answers.json``: the ``vocab_size`` (1654) most
+frequent normalised train answers, index = class.
 
-Papers treat the task as classification over the most frequent training answers (1654 in
-LF-VILA): the vocabulary is the ``vocab_size`` most frequent answers of the *train* split after
-``.strip().lower()``, ties broken by the answer string, written to ``out_dir/answers.json`` (a
-JSON list, index = class). A sample's ``label`` is its normalised answer's index, or -1 when the
-answer is outside the vocabulary; such train samples are *kept* (the trainer skips them, the
-evaluation counts them as wrong), so the corpus still holds every annotated question. No train
-split -> ``DataError``: there would be no vocabulary.
-
-One sample per question: id ``question_id``, video ``<video_root>/<video_prefix><video_name>
-<video_ext>`` (``video_prefix`` defaults to ``v_``, the ActivityNet file naming), one untimed
-segment holding the question, task fields ``question``, ``answer`` (as annotated), ``label``
-and ``answer_type`` (the ``type``, when given).
-
-Rejected here (counted, the file goes on): a question or answer record that is not an object or
-lacks a field (questions: ``question``, ``question_id``, ``video_name``; answers: ``answer``,
-``question_id``), a non-string question, question id or answer, a non-integer ``type``, an
-unsafe video name, a repeated ``question_id`` within a file (the first is kept), a question
-without an answer ("no answer") and an answer without a question. A question lost because its
-question or answer record was rejected is counted once, by that record's reason.
+Produces one sample per joined question: id ``question_id``, ``video``
+``<video_root>/<video_prefix><video_name><video_ext>``, one untimed segment holding the
+question, task ``question``, ``answer`` (as annotated), ``label`` (class index, -1 outside the
+vocabulary; such items are kept) and ``answer_type``. Fields, rejection reasons and config keys:
+docs/data-formats.md §10.
 """
 
 from __future__ import annotations

@@ -1,44 +1,15 @@
 """Condensed Movies (the release's CSV metadata) -> one text segment per clip.
 
-Files in ``cmd.annotations`` (read with the ``csv`` module: standard quoting with doubled
-quotes, UTF-8, a leading byte-order mark tolerated; a file that ends inside a quoted field, as a
-cut download does, is an error naming the line where that field opens):
+Reads from ``cmd.annotations``: ``descriptions.csv`` (``videoid``, ``description``),
+``clips.csv`` (``videoid``, ``imdbid``, ``upload_year``), ``split.csv`` (``imdbid``, ``split``,
+by movie), optional ``durations.csv`` (``videoid``, ``duration``) and ``movie_info.csv``
+(``imdbid``, ``genres``: Python list literals, parsed with ``ast.literal_eval`` only). A
+description shared by several clips is dropped for all of them, as the release's loader does.
 
-* ``descriptions.csv`` (``videoid``, ``description``): the samples. Descriptions are stripped;
-  an empty one is dropped ("empty description"). A text given for more than one clip (a
-  channel's boilerplate) is dropped for *all* of them, each row counted as "description shared
-  by several clips": the release's own loader does the same
-  (``drop_duplicates(subset=['description'], keep=False)``). A row repeating a clip's text is
-  counted once as "duplicate description". A clip with several *distinct* descriptions keeps
-  the first that is left, in file order, and counts each other one as "extra description": the
-  task has one text per clip.
-* ``clips.csv`` (``videoid``, ``imdbid``, ``upload_year``, ...): the clip's movie and folder.
-  A repeated ``videoid`` keeps its first row ("duplicate videoid in clips.csv").
-* ``split.csv`` (``imdbid``, ``split``): split by movie. ``cmd.splits`` maps the file's values
-  to corpus splits (default ``train``, ``val``, ``test`` as released, plus ``validate`` and
-  ``valid`` -> ``val``). A movie listed twice with different splits keeps the first
-  ("conflicting split for movie").
-* ``durations.csv`` (optional: ``videoid``, ``duration`` in whole seconds): the clip's length;
-  a clip absent from it (or with an empty cell) has an unknown duration (``null``) and one
-  untimed segment. Without the file every clip is so, with one warning.
-* ``movie_info.csv`` (optional: ``imdbid``, ``genre`` or ``genres``): genre cells are Python
-  list literals (``"['Drama', 'War']"``), parsed with ``ast.literal_eval`` only -- never
-  ``eval`` -- and kept as the sample's ``genres`` task field. A cell that is not a literal list
-  of strings (e.g. ``__import__('os').system(...)``) is rejected ("bad genre cell"); the
-  movie's samples go on without genres.
-
-A missing required column is a ``DataError`` naming the file and the column. Each kept
-description gives one sample: id ``videoid``, one segment ``[0, duration]`` with the text when
-the duration is known, an untimed segment otherwise, task fields ``imdbid`` (and ``genres``).
-Video: ``cmd.layout`` ``year`` (default, the release's download layout):
-``<video_root>/<upload_year>/<videoid><video_ext>``; ``flat``: ``<video_root>/<videoid><video_ext>``.
-``video_ext`` defaults to ``.mkv``, the release downloader's merge format.
-
-Rejected here, per description (counted, the file goes on): an unsafe ``videoid`` ("bad
-videoid"), a ``videoid`` absent from ``clips.csv`` ("videoid not in clips.csv"), no ``imdbid``
-("missing imdbid"), a movie absent from ``split.csv`` ("no split for movie") or with a value
-outside ``cmd.splits`` ("unknown split"), a duration that is not a positive number ("bad
-duration") and, with layout ``year``, an ``upload_year`` that is not a year ("bad upload_year").
+Produces one sample per kept description: id ``videoid``, ``video``
+``<video_root>/<upload_year>/<videoid><video_ext>`` (layout ``flat``: no year folder), one
+segment ``[0, duration]`` (untimed when the duration is unknown), task ``imdbid`` (and
+``genres``). Files, rejection reasons and config keys: docs/data-formats.md §7.
 """
 
 from __future__ import annotations

@@ -1,35 +1,15 @@
 """DiDeMo (official ``train_data.json``, ``val_data.json``, ``test_data.json``) -> paragraphs.
 
-Each file is a JSON *list* of moments: ``video`` (the file name, extensions vary: ``.mov``,
-``.mp4``, ``.avi``, ``.m4v``...), ``times`` (one ``[start_chunk, end_chunk]`` pair per
-annotator, usually 4 and sometimes more; chunks are 5 s, the end chunk inclusive, indices 0-5),
-``num_segments`` (the video's number of 5 s chunks, 6 for a video of 25-30 s and fewer for a
-shorter one), ``description``, ``annotation_id`` and other fields we ignore. Several moments
-share a video: the video's paragraph is its descriptions ordered by time, one segment each.
+Reads each mapped file (``didemo.splits``: file stem -> split) as a JSON list of moments
+``{video, times: [[start_chunk, end_chunk], ...], description, num_segments?, ...}``; chunks are
+5 s, the end chunk inclusive. A moment's time is its annotators' most frequent pair after
+clipping to ``num_segments``, in seconds ``[5·s, 5·(e + 1)]``: our choice (docs/method.md §7), as
+the official evaluation picks no pair but scores against every annotator's and averages the
+best 3 of the 4.
 
-A pair is first clipped to the video's own chunks: in a video of ``num_segments`` (5, say: it
-is shorter than 25 s) a chunk index past ``num_segments - 1`` becomes ``num_segments - 1``,
-counted under ``adjusted`` in ``stats.json`` ("times clipped to num_segments"); a moment
-without ``num_segments`` takes 6. A moment's time is then one pair chosen from its annotators'
-pairs: the most frequent, ties going to the pair listed first. That choice is *ours*, to give
-the paragraph one time per sentence; the release's evaluation does not pick a pair but scores a
-prediction against every annotator's pair and averages the best 3 of the 4 (the 3 highest IoUs
-for mean IoU, the 3 best ranks for R@1 and R@5). Chunks ``[s, e]`` become seconds
-``[5·s, 5·(e + 1))``. Segments sort by (start, end), equal times keeping file order. DiDeMo
-does not give durations: samples carry none, and a last chunk that runs past a short video's
-end is cut there by the cache stage.
-
-``didemo.splits`` maps file stems to corpus splits (default ``train_data -> train``,
-``val_data -> val``, ``test_data -> test``). The sample id is the video file name without its
-extension; the video is ``<video_root>/<video>`` as named in the file, or with its extension
-replaced by ``didemo.video_ext`` when that is set (for a transcoded copy, e.g. ``.mp4``).
-
-Rejected here (counted, the file goes on): a moment that is not an object, lacks
-``video``/``times``/``description``, has an unsafe video name, a non-string description, a
-``num_segments`` that is not an integer 1-6, or no valid ``times`` pair (a pair of integers 0-5
-with start <= end). In a moment that is kept, each annotator pair that is not valid is counted
-alone and does not vote: "reversed times pair" (end chunk before start chunk) or "bad times
-pair". A video whose moments were all rejected yields no sample.
+Produces one sample per video: id the file name's stem, ``video`` ``<video_root>/<video>`` (or
+the stem + ``didemo.video_ext``), ``duration`` null, one segment per moment sorted by time.
+Fields, rejection reasons and config keys: docs/data-formats.md §5.
 """
 
 from __future__ import annotations

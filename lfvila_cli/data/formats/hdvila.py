@@ -1,43 +1,16 @@
 """HD-VILA-100M clip metadata -> long-form samples (the LF-VILA-8M construction, docs/method.md §1).
 
-Input (FORMATS.md): JSON Lines, one YouTube video per line, ``{video_id, url, clip: [{clip_id:
-"<video_id>.<k>.mp4", span: ["HH:MM:SS.mmm", "HH:MM:SS.mmm"]}]}``. The release carries no
-transcript: ASR text comes from a JSON Lines file ``{clip_id, text}`` (``hdvila.text``) or a
-``text`` field on each clip. Both ``metadata`` and ``text`` accept a glob
-(``hdvila_part*.jsonl``) and ``.gz`` files.
+Reads ``hdvila.metadata`` (JSON Lines, one video per line: ``{video_id, url, clip: [{clip_id,
+span: ["HH:MM:SS.mmm", "HH:MM:SS.mmm"]}]}``; path, URL or glob) and the ASR text, from
+``hdvila.text`` (JSON Lines ``{clip_id, text}``) or a ``text`` field on each clip. Per video:
+clips are parsed one by one (a bad clip is rejected alone), chained into runs while
+``|next.start - prev.end| <= gap_tolerance``, runs shorter than ``min_clips`` dropped, and runs
+longer than ``max_clips`` cut into near-equal windows (``max_clips = 0`` keeps whole runs).
 
-Construction, per video:
-
-1. Parse every clip; a clip that cannot become a segment (no span, unparsable time, end not
-   after start, no or empty text) is rejected *here*, per clip, with its reason. Without
-   ``hdvila.text`` a clip with no inline text is counted as "missing text (hdvila.text not
-   set)", and when no clip has any the run stops with a one-line error naming that key. Checking it
-   per clip rather than per sample means one bad clip splits a run instead of discarding a
-   whole window of good clips.
-2. Sort clips by start and chain a clip onto the run before it when the gap
-   ``next.start - prev.end`` lies within ``±gap_tolerance`` (default 0.5 s). HD-VILA clips are
-   cut at scene boundaries, so truly consecutive clips meet exactly or within a frame or two;
-   half a second absorbs rounding and a dropped sub-second shot without bridging real missing
-   content. A larger overlap (a negative gap beyond the tolerance: duplicated footage) breaks
-   the run just like a larger gap does.
-3. Keep runs of at least ``min_clips`` (4); a shorter run is one rejection
-   ``"run shorter than 4 clips"`` (counted per run, not per clip).
-4. A run longer than ``max_clips`` (8, the text encoder's sentence-index table) is cut into
-   ``ceil(n / max_clips)`` consecutive windows of near-equal length (e.g. 10 -> 5 + 5) so that
-   no clip is lost. Only when ``max_clips < 2 * min_clips - 1`` can balanced windows fall below
-   ``min_clips``; then the run is cut into full windows of ``max_clips`` and the shorter tail is
-   dropped as one rejection ``"run remainder shorter than 4 clips"``. ``max_clips = 0`` keeps
-   whole runs, as the authors' corpus does (their sampler draws 4 consecutive clips from any
-   run; windows make 4-clip draws across a window boundary unreachable).
-
-Sample id ``<video_id>-<window index>`` (windows counted over the whole video). Layout
-``clips`` (default): each segment has its own ``video`` ``<root>/<video_id>/<clip_id>`` and the
-sample's ``video`` is the directory ``<root>/<video_id>``; layout ``source``: the sample's
-``video`` is ``<root>/<video_id><video_ext>`` and segments are spans of it. Times stay on the
-source-video timeline either way; ``duration`` is unknown (null).
-
-The same ``video_id`` on two metadata lines yields the same sample ids; ``prepare`` rejects the
-repeats as "duplicate id". The ASR text map is held in memory (one entry per clip).
+Produces one sample per window: id ``<video_id>-<window index>``, ``duration`` null, one segment
+per clip on the source timeline; layout ``clips``: ``video`` ``<root>/<video_id>`` and each
+segment its own ``<root>/<video_id>/<clip_id>``; layout ``source``: ``<root>/<video_id><ext>``.
+Fields, rejection reasons and config keys: docs/data-formats.md §3.
 """
 
 from __future__ import annotations

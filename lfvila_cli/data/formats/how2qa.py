@@ -1,50 +1,16 @@
 """How2QA (official release CSV, or the HERO/VALUE JSON Lines form) -> multiple-choice samples.
 
-Two published forms (FORMATS.md), chosen by ``how2qa.format``:
+Reads, by ``how2qa.format``: ``csv`` -- the headerless 7-column files of ``how2qa.splits``
+(YouTube id, span ``"[start:end]"``, three wrong answers, question, correct answer last);
+``hero`` -- JSON Lines ``{q, a0..a3, answer_idx, qid, ts, vid_name}`` (``how2qa.hero_files``), the
+``vid_name -> "<ytid>_<start>_<end>"`` mapping (``hero_mapping``) and optional subtitles
+``{vid_name, sub: [{text, start, end}]}`` (``hero_subtitles``).
 
-``csv`` (default): the files in ``how2qa.annotations``; ``how2qa.splits`` maps file stems to
-corpus splits, by default the official repository's ``how2QA_val_release`` -> val and
-``how2QA_test_public_release`` -> test, plus ``how2QA_train_release`` -> train, which it does
-not publish (read when present; otherwise its split stays empty, with one warning per run). A
-published file left out of ``how2qa.splits`` is warned about, never skipped silently. No header, 7
-columns per row: YouTube id, span ``"[start:end]"`` (seconds on the source video; zero-length
-spans occur and are kept), three *wrong* answers, the question, the *correct* answer (always
-last). Fields may contain commas (standard CSV quoting) and distractors may repeat: all 4
-candidates are kept. A file that ends inside a quoted field (a cut download: the csv module
-would keep the field cut short, ``his channel is called "what``) is an error naming the line
-where that field opens. The video is the source video ``<video_root>/<ytid><video_ext>``. The CSV
-names no clip, so the clip watched is *our choice*: a window of ``clip_seconds`` (60) centred on
-the span, widened to the span when the span is longer, and shifted right to start at 0 when it
-would start before (the end may then pass a short video's end; the cache stops there), times
-rounded to the millisecond. The
-sample id is ``<file stem>-<row index>`` (rows counted from 0, blank rows included).
-
-``hero``: JSON Lines files named by ``how2qa.hero_files`` (path -> split), one question per
-line: ``q``, ``a0``..``a3``, ``answer_idx`` (0-based), ``qid``, ``ts`` (``"start-end"``) and
-``vid_name``, a numeric string that ``how2qa.hero_mapping`` (a JSON object ``vid_name ->
-"<ytid>_<start>_<end>"``) maps to the 60 s segment file ``<video_root>/<mapped><video_ext>``;
-``ts`` is relative to that file. Subtitles come from ``how2qa.hero_subtitles`` (optional) in
-JSON Lines ``{vid_name, sub: [{text, start, end}]}``; a sample keeps the first
-``max_subtitles`` (6) in time order (the simplest rule that does not look at the answer span);
-their times are kept as given, taken to be on the segment file's timeline like ``ts``
-(*unverified*). ``hero_mapping`` is required (FORMATS.md: ``vid_name`` is numeric). The sample
-id is ``qid``; the CSV's span format ``[start:end]`` is read with integer or decimal seconds.
-
-Every sample has task fields ``question``, ``candidates`` (4), ``answer`` (index after a
-deterministic shuffle keyed by ``<file stem>:<row index>`` or ``qid``: the CSV always puts the
-answer last), ``span`` (on the video file's timeline), ``subtitles`` (``[]`` for the CSV, which
-has none), plus ``clip`` (CSV) or ``qid`` (HERO). One segment holds the question, timed over
-the clip: the CSV window, or ``[0, end - start]`` of the HERO segment file when its mapped name
-ends in ``_<start>_<end>`` (untimed otherwise).
-
-Rejected here (counted, the file goes on). CSV: a row without 7 columns, an unsafe YouTube id,
-an unparsable span, a span ending before it starts, an empty question or answer (any of the
-4). HERO: a line that is not an object, a missing field, a non-string or empty question or
-answer, a non-integer ``answer_idx`` or one outside 0-3, a ``qid`` that is not a non-empty
-string or an integer, a bad ``ts``, a ``ts`` ending before it starts, a ``vid_name`` missing
-from the mapping or mapped to an unsafe name. A subtitle line that is not ``{vid_name, sub:
-[...]}`` or a subtitle entry without a ``text`` string is counted as "bad subtitle record" and
-dropped.
+Produces one sample per question with task ``question``, ``candidates`` (4, in a deterministic
+shuffled order), ``answer`` (index), ``span``, ``subtitles``, plus ``clip`` (CSV: a
+``clip_seconds`` window centred on the span, our choice, docs/method.md §7) or ``qid`` (HERO), and
+one segment holding the question. Fields, rejection reasons and config keys:
+docs/data-formats.md §8.
 """
 
 from __future__ import annotations

@@ -1,17 +1,14 @@
 """Bring your own videos: a corpus JSON Lines file in the ``prepare`` output format itself.
 
-One record per line, as ``Sample.from_json`` reads it (see ``corpus.py``)::
+Reads ``jsonl.path``, one record per line as ``Sample.from_json`` reads it::
 
     {"id": "cooking-01", "video": "videos/cooking-01.mp4", "duration": 95.0, "split": "train",
      "segments": [{"start": 0.0, "end": 12.5, "text": "Chop the onions."}, ...]}
 
-``duration`` and ``split`` are optional (unknown, ``train``); a segment may carry its own
-``video`` when each clip is a separate file. Relative ``video`` paths are resolved under
-``jsonl.video_root``, by default the directory holding the file, and written to the corpus as
-absolute paths (URLs and absolute paths are kept). A line that is not JSON fails the run with
-``file:line``; a record ``from_json`` refuses is rejected with its reason, made countable by
-dropping the segment index and the offending value. Rejections by ``prepare``'s own checks (a
-NUL byte in a video path, an end before its start...) name ``file:line`` too. Walk-through: ``examples/custom_dataset``.
+Produces the same samples, with relative ``video`` paths (sample and segments) resolved under
+``jsonl.video_root`` (default: the file's directory) and written absolute. A line that is not
+JSON fails the run with ``file:line``; a record ``from_json`` refuses is rejected with its
+reason, made countable. Details: docs/data-formats.md §12; walk-through: ``examples/custom_dataset``.
 """
 
 from __future__ import annotations

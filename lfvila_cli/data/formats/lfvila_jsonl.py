@@ -1,35 +1,16 @@
 """The LF-VILA authors' pre-processed JSON Lines (their fine-tuning release) -> corpus samples.
 
-One record per line (FORMATS.md, last section); ``lfvila_jsonl.task`` says which of the four
-shapes the files hold, ``lfvila_jsonl.files`` maps each file (path or URL) to a corpus split.
-The video is ``<video_root>/<clip_id><video_ext>`` (ActivityNet-QA: ``video_name``) and the
-whole file is the clip, whose length the records do not give: every segment is *untimed*.
+Reads the files of ``lfvila_jsonl.files`` (path -> split), whose shape ``lfvila_jsonl.task``
+names: ``retrieval`` ``{clip_id, text}`` (a string or a list of sentences); ``how2qa``
+``{clip_id, span, text_q, text_a, text_s, answer_idx}``; ``violin`` ``{clip_id, text_q, text_s,
+answer}``; ``anet-qa`` ``{video_name, question, answer (class index)}``, with the optional answer
+vocabulary ``lfvila_jsonl.answers`` (copied to ``answers.json``; without it the classes are
+named by index).
 
-* ``retrieval`` (ActivityNet, DiDeMo, QuerYD, Condensed Movies): ``{clip_id, text}``, ``text``
-  one string (one segment) or an ordered list of sentences (one segment each). Sample id
-  ``clip_id`` (a repeated one is rejected by the corpus writer as "duplicate id").
-* ``how2qa``: ``{clip_id, span: [start, end], text_q, text_a: [4 strings], text_s: [{text, start,
-  end}], answer_idx}``. ``span`` may be ``NaN`` (Python's ``json`` reads the non-standard
-  literal), ``[NaN, NaN]``, null or absent: the whole clip, task ``span`` null. Candidates are
-  shuffled deterministically (key ``<file stem>:<line>``) and ``answer`` re-recorded.
-* ``violin``: ``{clip_id, text_q (the statement), text_s, answer (1 true / 0 false)}`` -> task
-  ``statement``, ``label``, ``subtitles``.
-* ``anet-qa``: ``{video_name, question, answer (class index)}`` -> task ``question``, ``label``
-  (the index) and ``answer``: the class's string when ``lfvila_jsonl.answers`` names the
-  authors' vocabulary (a JSON list, copied to ``out_dir/answers.json``). Without it the
-  vocabulary is unknown: ``answers.json`` lists the class indices as strings (``"0"``, ``"1"``...
-  up to the largest index seen) and ``answer`` is the index as a string.
-
-QA sample ids are ``<file stem>-<line number>``. ``text_s`` (absent = ``[]``) becomes task
-``subtitles`` in the file's order, times as floats or both null when either is missing.
-
-Rejected here (counted, the file goes on): a line that is not an object, a missing field, an
-unsafe ``clip_id``/``video_name``; retrieval: ``text`` neither a string nor a list, an empty
-list, a non-string sentence; how2qa: an empty or non-string question or candidate, ``text_a``
-not 4 strings, a non-integer ``answer_idx`` or one outside 0-3, a ``span`` that is not a pair
-of numbers (or NaN), a span ending before it starts; violin: an empty statement, ``answer``
-not 0 or 1; anet-qa: an empty question, ``answer`` not a class index (or past the vocabulary);
-how2qa/violin: ``text_s`` not a list of ``{text, start, end}`` objects.
+Produces one sample per valid line, ``video`` ``<video_root>/<clip_id|video_name><video_ext>``
+(the whole file is the clip), untimed segments (retrieval: one per sentence; QA: the question
+or statement), and the task fields of docs/data-formats.md §1. Fields, ids, rejection reasons
+and config keys: docs/data-formats.md §11.
 """
 
 from __future__ import annotations

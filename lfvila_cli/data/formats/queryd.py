@@ -1,39 +1,14 @@
 """QuerYD (captions + times + split lists, as released) -> paragraphs.
 
-Release layout (FORMATS.md; names from the QuerYD downloader and collaborative-experts):
+Reads from ``queryd.annotations``: the captions ``{"video-<id>": [description, ...]}`` (each a
+list of word tokens or a string; JSON, or a pickle only with ``queryd.allow_pickle=true``), the
+optional times (same keys, per description a ``[start, end]`` pair or a list of pairs), and the
+split lists ``<stem>.txt`` of ``queryd.splits`` (one ``video-<id>`` or bare ``<id>`` per line).
 
-* captions ``raw_captions_combined_filtered.pkl``: a dict ``"video-<youtube id>" -> list of
-  descriptions``, each description a list of word tokens. Loading a pickle runs code stored in
-  it, so a ``.pkl`` is read only with ``queryd.allow_pickle=true``; the same structure as JSON
-  (``raw_captions_combined_filtered.json``) needs no opt-in. ``queryd.captions`` ``""`` takes
-  the ``.json`` when present, else the ``.pkl``.
-* times ``times_captions_combined_filtered.pkl`` (or ``.json``): the same keys, one entry per
-  description in the same order. Its structure is unverified; accepted per description: a
-  ``[start, end]`` pair of seconds, or a list of such pairs (the description spans the first
-  start to the last end). Anything else for a video -- another shape, a count that differs
-  from its descriptions, a negative time, an end not after its start -- leaves that video's
-  sentences *untimed* (``Segment(None, None, text)``, logged, not rejected). ``queryd.times``
-  ``""`` takes the release names when present (``.json`` first) and reads no times when
-  neither exists; ``"none"`` reads no times.
-* split lists: text files with one ``video-<id>`` per line (or a bare ``<id>``, as some copies
-  have: the same video). ``queryd.splits`` maps file stems
-  (``<stem>.txt`` in ``annotations``) to corpus splits; the default ``train_list``,
-  ``val_list``, ``test_list`` are collaborative-experts' names (some copies name them
-  ``exists_train_list.txt``...: map those stems instead). Mapped files that are missing are
-  warned about; none found is an error.
-
-Each listed video gives one sample: sentences are its descriptions' tokens joined with single
-spaces, ordered by start (a stable sort) when timed, in file order when untimed. The sample id is
-the YouTube id (the key without ``video-``); the video is ``<video_root>/video-<id><video_ext>``
-(``queryd.keep_prefix=true``, the default: the QuerYD downloader saves ``video-<id>``) or
-``<video_root>/<id><video_ext>`` with ``keep_prefix=false`` (videos fetched by YouTube id).
-Durations are not given (``null``). Caption keys listed in no split file are skipped (logged).
-
-Rejected here (counted, the file goes on): a split-list line whose id is not safe ("bad video
-id"), a listed video absent from the captions ("no captions") or listed a
-second time ("video listed twice"), a caption entry that is not a list ("captions are not a
-list"), a description that is neither a list of word strings nor a string ("bad description")
-or has no words ("empty description"), and a video left with no description ("no descriptions").
+Produces one sample per listed video: id the YouTube id, ``video``
+``<video_root>/video-<id><video_ext>`` (``keep_prefix=false``: ``<id><video_ext>``), ``duration``
+null, one segment per description, timed and sorted by start when the video's times are usable,
+untimed in file order otherwise. Fields, rejection reasons and config keys: docs/data-formats.md §6.
 """
 
 from __future__ import annotations

@@ -1,41 +1,16 @@
 """VIOLIN (video-and-language inference) -> entailment samples, one per statement.
 
-``violin.format`` ``annotation`` (default): ``violin_annotation.json`` (FORMATS.md), one JSON
-object keyed by clip id; each record has ``file`` (the clip's video name), ``split`` in
-``train``/``validate``/``test`` (``validate`` -> ``val``), ``sub`` (subtitle entries whose first
-element is the text) and ``statement``: pairs ``[true_statement, false_statement]`` (3 per clip
-in the release; any number is taken). Each well-formed pair gives two samples,
-``<clip>-<pair index>-true`` (label 1) and ``<clip>-<pair index>-false`` (label 0); a malformed
-pair is rejected alone.
+Reads, by ``violin.format``: ``annotation`` -- ``violin_annotation.json``, an object keyed by
+clip id ``{file, split (train/validate/test), sub, statement: [[true, false], ...]}``;
+``value`` -- the VALUE JSON Lines ``{paired_id, vid_name, statement, answer}`` of
+``violin.value_files`` with subtitles ``{vid_name, sub}`` from ``violin.value_subtitles``.
+Subtitle entries may be ``[text, start, end]``, ``[text]``, a string or ``{text, start, end}``.
 
-``violin.format`` ``value``: the VALUE benchmark's JSON Lines, one statement per line
-``{paired_id, vid_name, statement, answer}`` (``answer`` 1 true / 0 false), in the files of
-``violin.value_files`` (file -> split; default the VALUE release names
-``violin_{train,val,test}_release.jsonl``; mapped files that are missing are warned about),
-subtitles in ``violin.value_subtitles`` (``{vid_name, sub: [{text, start, end}]}``, default
-``violin_subtitles.jsonl``; ``""`` = none). File names are relative to ``violin.annotations``
-unless absolute or URLs; a relative subtitles file not found there is looked for one folder up,
-where the VALUE download script puts it (``ann/violin_subtitles.jsonl`` beside
-``ann/violin/violin_train_release.jsonl``: point ``violin.annotations`` at ``ann/violin``).
-Sample id ``<paired_id>-true|false`` when ``paired_id`` already holds the clip's name (as in
-the VALUE release), ``<vid_name>-<paired_id>-true|false`` otherwise.
-
-Subtitle timing is unverified. Accepted per entry: ``[text, start, end]`` (numbers or
-timestamp strings), ``[text]``, a plain string, or ``{text, start, end}``; times that are
-missing, unparsable or reversed leave that subtitle untimed (``start``/``end`` null). An entry
-with no text string rejects its record (the clip, or the subtitle line of the value form).
-
-Every sample: task ``statement``, ``label`` (1/0), ``subtitles`` (``[{start, end, text}]``),
-``clip`` absent (the whole file); one untimed segment holding the statement; no duration.
-Video ``<video_root>/<name>``: ``name`` is ``file`` (or ``vid_name``) as given when it has an
-extension and ``video_ext`` is ``""`` (default), ``<name>.mp4`` when it has none, or its stem
-with ``video_ext`` when that is set.
-
-Rejected here (counted, the file goes on): a record that is not an object, lacks a field, has an
-unsafe clip id/file/vid_name, an unknown split, a ``sub`` that is not a list or a subtitle with
-no text, a ``statement`` that is not a list; a malformed statement pair (not two non-empty
-strings); a value line whose ``answer`` is not 0/1, whose ``statement`` is not a string or
-whose ``paired_id`` is not a string or integer; a repeated subtitle record for one video.
+Produces one sample per statement: task ``statement``, ``label`` (1 true, 0 false),
+``subtitles`` (``[{start, end, text}]``), no ``clip``, ``duration`` null, one untimed segment
+holding the statement; ids ``<clip>-<pair>-true|false`` (annotation) or
+``<paired_id>-true|false`` (value). Fields, rejection reasons and config keys:
+docs/data-formats.md §9.
 """
 
 from __future__ import annotations
