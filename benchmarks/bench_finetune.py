@@ -22,7 +22,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from lfvila_cli.artifacts import Workdir  # noqa: E402
+from lfvila_cli.pipeline.artifacts import Workdir  # noqa: E402
 from lfvila_cli.stages import run_pipeline  # noqa: E402
 
 PIPELINE = Path(__file__).resolve().parents[1] / "stages" / "quickstart.yaml"

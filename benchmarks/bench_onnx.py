@@ -49,7 +49,7 @@ def main() -> None:
     import onnxruntime as ort
 
     from lfvila_cli.export import TEXT_FILE, VIDEO_FILE, read_metadata
-    from lfvila_cli.train.pretrain import load_pretrained
+    from lfvila_cli.model.pretrained import load_pretrained
 
     torch.set_num_threads(args.threads)
     export_dir = Path(args.export)

@@ -54,12 +54,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from lfvila_cli.artifacts import Workdir  # noqa: E402
+from lfvila_cli.pipeline.artifacts import Workdir  # noqa: E402
 from lfvila_cli.config import resolve  # noqa: E402
 from lfvila_cli.data.corpus import read_corpus  # noqa: E402
 from lfvila_cli.data.loader import PretrainDataset, make_loader  # noqa: E402
 from lfvila_cli.data.tokenizer import load_tokenizer, train_wordpiece_tokenizer  # noqa: E402
-from lfvila_cli.stages import STAGES, corpus_file, frame_store_url, load_pipeline, resolve_config, run_stage  # noqa: E402
+from lfvila_cli.pipeline.runner import run_stage  # noqa: E402
+from lfvila_cli.pipeline.stage import resolve_config  # noqa: E402
+from lfvila_cli.stages import STAGES, load_pipeline  # noqa: E402
+from lfvila_cli.stages.cache import frame_store_url  # noqa: E402
+from lfvila_cli.stages.prepare import corpus_file  # noqa: E402
 from lfvila_cli.train import engine  # noqa: E402
 from lfvila_cli.train.pretrain import PretrainConfig, run_pretrain  # noqa: E402
 
@@ -70,9 +74,9 @@ QUICKSTART = Path(__file__).resolve().parents[1] / "stages" / "quickstart.yaml"
 
 def quickstart_layer(stage_name: str) -> dict:
     """The config a stage gets in the quickstart pipeline file."""
-    for stage, layer in load_pipeline(QUICKSTART):
-        if stage.name == stage_name:
-            return layer
+    for entry in load_pipeline(QUICKSTART):
+        if entry.stage.name == stage_name:
+            return entry.config
     raise KeyError(f"{QUICKSTART} has no {stage_name} stage")
 
 

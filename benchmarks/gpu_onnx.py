@@ -39,7 +39,7 @@ def _model_dir(root: Path, preset: str) -> Path:
     from lfvila_cli.data.tokenizer import train_wordpiece_tokenizer
     from lfvila_cli.model.lfvila import build_model
     from lfvila_cli.model.presets import get_preset
-    from lfvila_cli.train.pretrain import save_weights
+    from lfvila_cli.model.pretrained import save_weights
 
     torch.manual_seed(0)
     config = get_preset(preset, "stage1", text_model="random")
@@ -68,7 +68,7 @@ def main() -> None:
 
     from lfvila_cli.export import TEXT_FILE, VIDEO_FILE, ExportConfig, export_onnx
     from lfvila_cli.runtime import OnnxGraph
-    from lfvila_cli.train.pretrain import load_pretrained
+    from lfvila_cli.model.pretrained import load_pretrained
 
     root = Path(tempfile.mkdtemp(prefix="gpu_onnx_"))
     model_dir = _model_dir(root, args.preset)

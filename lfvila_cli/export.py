@@ -101,10 +101,6 @@ class ExportConfig:
         return self.tolerance if self.tolerance is not None else DEFAULT_TOLERANCE[self.precision]
 
 
-def input_names(cfg: ExportConfig) -> tuple[str, ...]:
-    return (cfg.model,)
-
-
 class _Graph(torch.nn.Module):
     """One exported graph: a forward of the model with float inputs cast to the model's dtype
     and float outputs returned as float32 (so an fp16 graph keeps float32 inputs and outputs)."""
@@ -246,7 +242,7 @@ def _ranks(text: np.ndarray, video: np.ndarray) -> np.ndarray:
 def _find_answers(model_dir: Path, depth: int = 4) -> Optional[Path]:
     """The ``answers.json`` of the prepare artifact a classification model was trained from,
     found by following the artifacts' recorded inputs (finetune -> cache -> prepare)."""
-    from .train.finetune import ANSWERS_FILE as PREPARED
+    from .data.formats.anetqa import ANSWERS_FILE as PREPARED
 
     seen, frontier = set(), [model_dir]
     for _ in range(depth):
@@ -269,7 +265,8 @@ def _find_answers(model_dir: Path, depth: int = 4) -> Optional[Path]:
 def export_onnx(model_dir: Path, out_dir: Path, cfg: ExportConfig) -> dict[str, Any]:
     """Export and parity-check the graphs of the model in ``model_dir`` into ``out_dir``."""
     from .data.loader import trained_loader_config
-    from .train.pretrain import TOKENIZER_DIR, load_pretrained
+    from .model.pretrained import TOKENIZER_DIR, load_pretrained
+    from .pipeline.artifacts import read_stage_config
 
     model = load_pretrained(model_dir).eval()
     config = model.config
@@ -280,11 +277,9 @@ def export_onnx(model_dir: Path, out_dir: Path, cfg: ExportConfig) -> dict[str, 
     exported = model if cfg.precision == "fp32" else copy.deepcopy(model).half()
     out_dir.mkdir(parents=True, exist_ok=True)
     versions = _versions()
-    trained = trained_loader_config(model_dir)  # the normalisation the model was trained with
-    task = None
-    stage_config = model_dir / "stage_config.json"
-    if stage_config.is_file():
-        task = json.loads(stage_config.read_text(encoding="utf-8")).get("task")
+    training = read_stage_config(model_dir)
+    trained = trained_loader_config(training)  # the normalisation the model was trained with
+    task = training.get("task")
     preprocessing = {
         "frames": cfg.frames, "frames_per_clip": k, "height": cfg.height, "width": cfg.width,
         "channel_order": "RGB", "layout": "B,T,3,H,W",
@@ -296,7 +291,7 @@ def export_onnx(model_dir: Path, out_dir: Path, cfg: ExportConfig) -> dict[str, 
         summary["task"] = task
     answers = None
     if specs[0].name == "classification" and task == "anet-qa":
-        from .train.finetune import read_answers
+        from .tasks import read_answers
 
         found = _find_answers(model_dir)
         if found is None:
@@ -358,18 +353,3 @@ def export_onnx(model_dir: Path, out_dir: Path, cfg: ExportConfig) -> dict[str, 
         summary["answers"] = ANSWERS_FILE
     (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
-
-
-def describe(summary: dict) -> str:
-    parity = summary.get("parity") or {}
-    diffs = parity.get("max_abs_diff") or {}
-    worst = max(diffs.values()) if diffs else float("nan")
-    graphs = summary.get("graphs") or {}
-    fixed = next((g.get("fixed") for g in graphs.values() if g.get("fixed")), {})
-    what = "video + text encoders" if "video" in graphs else f"{next(iter(graphs), '?').replace('_', '-')} QA model"
-    agree = parity.get("same_ranking", parity.get("same_predictions"))
-    return (
-        f"{what} ({summary.get('precision', 'fp32')}), {fixed.get('frames', '?')} frames at {fixed.get('height', '?')}×{fixed.get('width', '?')}, "
-        f"parity max |diff| {worst:.1e} at batch {parity.get('batch', '?')}, "
-        f"{'ranking' if 'same_ranking' in parity else 'predictions'} {'same' if agree else 'DIFFERENT'}"
-    )

@@ -8,10 +8,13 @@ non-zero; ``LFVILA_DEBUG=1`` shows the traceback instead.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import os
 import shlex
 import sys
+import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
@@ -34,6 +37,56 @@ ForceOpt = typer.Option(False, "--force", help="Rerun even if an artifact with t
 DryRunOpt = typer.Option(False, "--dry-run", help="Show whether the stage would run or is up to date; do no work.")
 NameOpt = typer.Option(None, "--name", help="Also record the artifact under this ref name (besides 'latest').")
 VerboseOpt = typer.Option(False, "--verbose", "-v", help="Log progress details (INFO level).")
+
+
+@dataclass
+class StageOptions:
+    """The options every stage command shares, declared once (``stage_command``)."""
+
+    workdir: Path
+    config: list[Path]
+    overrides: list[str]  # --set KEY=VALUE
+    force: bool
+    dry_run: bool
+    name: Optional[str]
+    verbose: bool
+
+
+_SHARED = (  # (parameter, type, option): appended to each stage command's own options
+    ("workdir", Path, WorkdirOpt),
+    ("config", Optional[List[Path]], ConfigOpt),
+    ("set_", Optional[List[str]], SetOpt),
+    ("force", bool, ForceOpt),
+    ("dry_run", bool, DryRunOpt),
+    ("name", Optional[str], NameOpt),
+    ("verbose", bool, VerboseOpt),
+)
+
+
+def stage_command(func):
+    """A stage command: ``func`` declares only its own options and takes the shared ones as one
+    ``opts: StageOptions`` argument; logging is set up before it runs."""
+    signature = inspect.signature(func)
+    own = [p for p in signature.parameters.values() if p.name != "opts"]
+    shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind) for name, kind, option in _SHARED]
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        values = {name: kwargs.pop(name) for name, _, _ in _SHARED}
+        opts = StageOptions(
+            workdir=values["workdir"], config=list(values["config"] or []), overrides=list(values["set_"] or []),
+            force=values["force"], dry_run=values["dry_run"], name=values["name"], verbose=values["verbose"],
+        )
+        _setup_logging(opts.verbose)
+        return func(*args, opts=opts, **kwargs)
+
+    hints = {k: v for k, v in typing.get_type_hints(func).items() if k not in ("opts", "return")}
+    wrapper.__annotations__ = {**hints, **{name: kind for name, kind, _ in _SHARED}}
+    wrapper.__signature__ = signature.replace(
+        parameters=[p.replace(annotation=hints.get(p.name, p.annotation)) for p in own] + shared
+    )
+    del wrapper.__wrapped__  # Typer reads the signature above, not the function's own
+    return wrapper
 
 
 def _fail(message: str, code: int) -> None:
@@ -86,18 +139,25 @@ def _progress() -> bool:
     return sys.stderr.isatty()
 
 
-def _run_single(stage_name: str, workdir: Path, config: list[Path] | None, overrides: list[str], inputs: dict[str, str], force: bool, dry_run: bool, name: str | None) -> None:
-    from .artifacts import Workdir
-    from .stages import get_stage, resolve_config, resolve_inputs, run_stage
+def _run_single(stage_name: str, opts: StageOptions, overrides: list[str], refs: dict[str, str]) -> None:
+    """Run one stage: its config from the defaults, ``--config`` files, the command's own options
+    (``overrides``, before ``--set``), and ``--set``; its inputs by the input rule (``refs``: the
+    command's artifact options)."""
+    from .pipeline.artifacts import Workdir
+    from .pipeline.chain import pick_inputs
+    from .pipeline.runner import run_stage
+    from .pipeline.stage import resolve_config
+    from .stages import get_stage
 
     stage = get_stage(stage_name)
-    cfg = resolve_config(stage, files=config or [], overrides=overrides)
-    wd = Workdir(workdir)
-    run_stage(wd, stage, cfg, resolve_inputs(wd, stage, inputs, cfg), force=force, dry_run=dry_run, name=name, progress=_progress(), echo=typer.echo)
+    cfg = resolve_config(stage, files=opts.config, overrides=[*overrides, *opts.overrides])
+    wd = Workdir(opts.workdir)
+    run_stage(wd, stage, cfg, pick_inputs(wd, stage, cfg, refs=refs), force=opts.force, dry_run=opts.dry_run, name=opts.name, progress=_progress(), echo=typer.echo)
 
 
 @app.command()
 @command
+@stage_command
 def prepare(
     source: Optional[str] = typer.Option(
         None, "--source",
@@ -105,13 +165,8 @@ def prepare(
     ),
     task: Optional[str] = typer.Option(None, "--task", help="--source lfvila-jsonl: retrieval | how2qa | violin | anet-qa, the shape of the authors' files (shortcut for --set lfvila_jsonl.task=...)."),
     strict: bool = typer.Option(False, "--strict", help="Fail on any rejected record instead of counting it in stats.json."),
-    workdir: Path = WorkdirOpt,
-    config: Optional[List[Path]] = ConfigOpt,
-    set_: Optional[List[str]] = SetOpt,
-    force: bool = ForceOpt,
-    dry_run: bool = DryRunOpt,
-    name: Optional[str] = NameOpt,
-    verbose: bool = VerboseOpt,
+    *,
+    opts: StageOptions,
 ) -> None:
     """Build the corpus (samples.jsonl + stats.json) from a source: long-form paragraphs for
     pre-training and retrieval, or QA items for the QA tasks.
@@ -157,28 +212,23 @@ def prepare(
     """
     from .errors import ConfigError
 
-    _setup_logging(verbose)
     if task is not None and source not in (None, "lfvila-jsonl"):
         raise ConfigError(f"--task is for --source lfvila-jsonl (the authors' files), not --source {source}")
     overrides = ([f"source={source}"] if source else []) + (["strict=true"] if strict else [])
-    overrides += ([f"lfvila_jsonl.task={task}"] if task else []) + list(set_ or [])
-    _run_single("prepare", workdir, config, overrides, {}, force, dry_run, name)
+    overrides += [f"lfvila_jsonl.task={task}"] if task else []
+    _run_single("prepare", opts, overrides, {})
 
 
 @app.command()
 @command
+@stage_command
 def cache(
     corpus: str = typer.Option("latest", "--corpus", help="The prepare artifact to cache: ref name, key (prefix) or artifact directory."),
     max_failure_rate: Optional[float] = typer.Option(None, "--max-failure-rate", help="Fail when more than this fraction of segments cannot be decoded (default 0.05)."),
     store_url: Optional[str] = typer.Option(None, "--store-url", help="Write the Zarr store here (local path or fsspec URL) instead of inside the artifact."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Decode again the segments an earlier run recorded as failed: an unfinished run's (e.g. one stopped by --max-failure-rate), or, after videos were fixed or restored, a committed cache's (the new cache starts from its decoded rows)."),
-    workdir: Path = WorkdirOpt,
-    config: Optional[List[Path]] = ConfigOpt,
-    set_: Optional[List[str]] = SetOpt,
-    force: bool = ForceOpt,
-    dry_run: bool = DryRunOpt,
-    name: Optional[str] = NameOpt,
-    verbose: bool = VerboseOpt,
+    *,
+    opts: StageOptions,
 ) -> None:
     """Decode K frames per segment, resize + centre-crop, and write them to a Zarr v3 store.
 
@@ -195,7 +245,6 @@ def cache(
     chunks), num_chunks (4), splits ([] = all), store_url, compression (none | zstd),
     max_failure_rate (0.05), workers (2), retry_failed (false), decode_timeout_s (60; 0 = no bound).
     """
-    _setup_logging(verbose)
     overrides = []
     if max_failure_rate is not None:
         overrides.append(f"max_failure_rate={max_failure_rate}")
@@ -203,7 +252,7 @@ def cache(
         overrides.append(f"store_url={store_url}")
     if retry_failed:
         overrides.append("retry_failed=true")
-    _run_single("cache", workdir, config, overrides + list(set_ or []), {"prepare": corpus}, force, dry_run, name)
+    _run_single("cache", opts, overrides, {"prepare": corpus})
 
 
 def _given_args(ctx: typer.Context, leave_out: tuple[str, ...] = ()) -> list[str]:
@@ -233,7 +282,7 @@ def _resume_force(resume: str, force: bool) -> bool:
     return force or resume == "never"
 
 
-def _launched(ctx: typer.Context, num_gpus, hostfile, master_port, force: bool, dry_run: bool) -> bool:
+def _launched(ctx: typer.Context, num_gpus, hostfile, master_port, opts: StageOptions) -> bool:
     """With --num-gpus / --hostfile / --master-port outside a launched rank: run this same
     command through the DeepSpeed launcher (or, with --dry-run, print its command line) and
     return True; else False (run here)."""
@@ -243,10 +292,10 @@ def _launched(ctx: typer.Context, num_gpus, hostfile, master_port, force: bool, 
     if (num_gpus is None and hostfile is None and master_port is None) or in_launched_rank():
         return False
     check_launch_options(num_gpus, hostfile, master_port)
-    if force:
+    if opts.force:
         raise ConfigError("--force under a multi-rank launch would race; run it once in a single process")
     args = _given_args(ctx, leave_out=("num_gpus", "hostfile", "master_port"))
-    if dry_run:  # the key does not depend on the number of ranks: answer here
+    if opts.dry_run:  # the key does not depend on the number of ranks: answer here
         typer.echo("would launch: " + shlex.join(launcher_command(args, num_gpus=num_gpus, hostfile=hostfile, master_port=master_port)))
         return True
     code = launch(args, num_gpus=num_gpus, hostfile=hostfile, master_port=master_port, echo=typer.echo)
@@ -263,6 +312,7 @@ MasterPortOpt = typer.Option(None, "--master-port", help="The rendezvous port of
 
 @app.command()
 @command
+@stage_command
 def pretrain(
     ctx: typer.Context,
     stage: int = typer.Option(1, "--stage", help="1: VPC + 0.25·MTC, everything trainable; 2: MLM + 10·VTM on top of a frozen stage-1 model."),
@@ -272,13 +322,8 @@ def pretrain(
     hostfile: Optional[Path] = HostfileOpt,
     resume: str = ResumeOpt,
     master_port: Optional[int] = MasterPortOpt,
-    workdir: Path = WorkdirOpt,
-    config: Optional[List[Path]] = ConfigOpt,
-    set_: Optional[List[str]] = SetOpt,
-    force: bool = ForceOpt,
-    dry_run: bool = DryRunOpt,
-    name: Optional[str] = NameOpt,
-    verbose: bool = VerboseOpt,
+    *,
+    opts: StageOptions,
 ) -> None:
     """Pre-train LF-VILA on a frame store with DeepSpeed (stage 1 or 2).
 
@@ -312,18 +357,18 @@ def pretrain(
     """
     from .errors import ConfigError
 
-    _setup_logging(verbose)
     if stage not in (1, 2):
         raise ConfigError(f"--stage must be 1 or 2, got {stage}")
-    force = _resume_force(resume, force)
-    if _launched(ctx, num_gpus, hostfile, master_port, force, dry_run):
+    opts.force = _resume_force(resume, opts.force)
+    if _launched(ctx, num_gpus, hostfile, master_port, opts):
         return
-    inputs = {"cache": cache} if stage == 1 else {"cache": cache, "pretrain1": init}
-    _run_single(f"pretrain{stage}", workdir, config, list(set_ or []), inputs, force, dry_run, name)
+    refs = {"cache": cache} if stage == 1 else {"cache": cache, "pretrain1": init}
+    _run_single(f"pretrain{stage}", opts, [], refs)
 
 
 @app.command()
 @command
+@stage_command
 def finetune(
     ctx: typer.Context,
     task: str = typer.Option(..., "--task", help="activitynet | didemo | queryd | cmd (retrieval) | how2qa (multiple choice) | violin | anet-qa (classification)."),
@@ -335,13 +380,8 @@ def finetune(
     hostfile: Optional[Path] = HostfileOpt,
     resume: str = ResumeOpt,
     master_port: Optional[int] = MasterPortOpt,
-    workdir: Path = WorkdirOpt,
-    config: Optional[List[Path]] = ConfigOpt,
-    set_: Optional[List[str]] = SetOpt,
-    force: bool = ForceOpt,
-    dry_run: bool = DryRunOpt,
-    name: Optional[str] = NameOpt,
-    verbose: bool = VerboseOpt,
+    *,
+    opts: StageOptions,
 ) -> None:
     """Fine-tune a downstream task (docs/method.md §6) with the pre-training trainer (DeepSpeed,
     checkpoints, --resume, --num-gpus as for pretrain).
@@ -370,11 +410,10 @@ def finetune(
     """
     from .errors import ConfigError
 
-    _setup_logging(verbose)
-    force = _resume_force(resume, force)
+    opts.force = _resume_force(resume, opts.force)
     if scratch and release_checkpoint is not None:
         raise ConfigError("--scratch and --release-checkpoint are two different starts: give one")
-    if _launched(ctx, num_gpus, hostfile, master_port, force, dry_run):
+    if _launched(ctx, num_gpus, hostfile, master_port, opts):
         return
     overrides = [f"task={task}"]
     if scratch:
@@ -382,11 +421,12 @@ def finetune(
     if release_checkpoint is not None:
         overrides += ["init=release", f"release_checkpoint={release_checkpoint.resolve()}"]
     refs = {"cache": cache, "pretrain1": init, "pretrain2": init}  # the config's task picks the one used
-    _run_single("finetune", workdir, config, overrides + list(set_ or []), refs, force, dry_run, name)
+    _run_single("finetune", opts, overrides, refs)
 
 
 @app.command()
 @command
+@stage_command
 def evaluate(
     model: str = typer.Option("latest", "--model", help="The fine-tuned model (finetune artifact) to score: ref name, key (prefix) or directory."),
     zero_shot: Optional[str] = typer.Option(None, "--zero-shot", help="Score this pre-trained stage-1 artifact (ref, key or directory) on retrieval without fine-tuning, instead of --model."),
@@ -394,13 +434,8 @@ def evaluate(
     split: Optional[str] = typer.Option(None, "--split", help="train | val | test (default test, or the config file's)."),
     task: Optional[str] = typer.Option(None, "--task", help="Zero-shot: the retrieval task whose paper figures the report shows (default activitynet); fine-tuned: checked against the model's."),
     dual_softmax: Optional[float] = typer.Option(None, "--dual-softmax", help="Also report retrieval re-scored by dual softmax at this temperature (e.g. 0.01), labelled apart from the plain figures."),
-    workdir: Path = WorkdirOpt,
-    config: Optional[List[Path]] = ConfigOpt,
-    set_: Optional[List[str]] = SetOpt,
-    force: bool = ForceOpt,
-    dry_run: bool = DryRunOpt,
-    name: Optional[str] = NameOpt,
-    verbose: bool = VerboseOpt,
+    *,
+    opts: StageOptions,
 ) -> None:
     """Score a model on one split of a task: metrics.json, report.md (a table beside the paper's
     figures and chance), predictions.jsonl and PNG figures (paragraph × video similarity;
@@ -417,14 +452,12 @@ def evaluate(
     Config keys: model (finetune | pretrain1), task, split, batch, dual_softmax (0 = off), chunk,
     heatmap_items, alignment_videos.
     """
-    _setup_logging(verbose)
     overrides = [f"split={split}"] if split else []
     if cache is None and zero_shot is None:
-        # Score the model on the task data it was fine-tuned on unless told otherwise: the latest
-        # cache may belong to another task.
-        from .artifacts import Workdir
+        from .pipeline.artifacts import Workdir
+        from .stages.evaluate import default_cache
 
-        cache = Workdir(workdir).resolve("finetune", model).manifest.get("inputs", {}).get("cache", "latest")[:16]
+        cache = default_cache(Workdir(opts.workdir), model)
     if zero_shot is not None:
         overrides.append("model=pretrain1")
     if task:
@@ -432,11 +465,11 @@ def evaluate(
     if dual_softmax is not None:
         overrides.append(f"dual_softmax={dual_softmax}")
     refs = {"cache": cache or "latest", "finetune": model, "pretrain1": zero_shot or "latest"}
-    _run_single("evaluate", workdir, config, overrides + list(set_ or []), refs, force, dry_run, name)
-    if not dry_run:
-        from .artifacts import Workdir
+    _run_single("evaluate", opts, overrides, refs)
+    if not opts.dry_run:
+        from .pipeline.artifacts import Workdir
 
-        _echo_report(Workdir(workdir).resolve("evaluate", name or "latest").path)
+        _echo_report(Workdir(opts.workdir).resolve("evaluate", opts.name or "latest").path)
 
 
 def _echo_report(artifact_dir: Path) -> None:
@@ -448,18 +481,14 @@ def _echo_report(artifact_dir: Path) -> None:
 
 @app.command()
 @command
+@stage_command
 def export(
     onnx: bool = typer.Option(True, "--onnx/--no-onnx", help="Export to ONNX (the only format so far)."),
     model: str = typer.Option("latest", "--model", help="The model artifact to export: ref name, key (prefix) or directory."),
     stage: str = typer.Option("pretrain1", "--from", help="Which stage made it: pretrain1 | pretrain2 | finetune (retrieval or QA)."),
     fp16: bool = typer.Option(False, "--fp16", help="fp16 weights and compute for GPU serving (the same as --set precision=fp16)."),
-    workdir: Path = WorkdirOpt,
-    config: Optional[List[Path]] = ConfigOpt,
-    set_: Optional[List[str]] = SetOpt,
-    force: bool = ForceOpt,
-    dry_run: bool = DryRunOpt,
-    name: Optional[str] = NameOpt,
-    verbose: bool = VerboseOpt,
+    *,
+    opts: StageOptions,
 ) -> None:
     """Export a model to ONNX, each graph checked against PyTorch in ONNX Runtime on another
     batch size (max |difference| <= tolerance, and the same retrieval ranking or the same
@@ -487,25 +516,20 @@ def export(
     """
     from .errors import ConfigError
 
-    _setup_logging(verbose)
     if not onnx:
         raise ConfigError("--no-onnx: ONNX is the only export format so far")
     overrides = [f"model={stage}"] + (["precision=fp16"] if fp16 else [])
-    _run_single("export", workdir, config, overrides + list(set_ or []), {stage: model}, force, dry_run, name)
+    _run_single("export", opts, overrides, {stage: model})
 
 
 @app.command()
 @command
+@stage_command
 def index(
     cache: str = typer.Option("latest", "--cache", help="The frame store to index (segment_mode=chunks): ref name, key (prefix) or directory."),
     source: str = typer.Option("latest", "--from", help="engine onnx: the export artifact; engine torch: the pretrain1 artifact."),
-    workdir: Path = WorkdirOpt,
-    config: Optional[List[Path]] = ConfigOpt,
-    set_: Optional[List[str]] = SetOpt,
-    force: bool = ForceOpt,
-    dry_run: bool = DryRunOpt,
-    name: Optional[str] = NameOpt,
-    verbose: bool = VerboseOpt,
+    *,
+    opts: StageOptions,
 ) -> None:
     """Embed every video of a frame store for `lfvila search`: video and per-clip embeddings with
     their time spans, in a Zarr feature store (features.zarr). Resumable: a killed run goes on
@@ -522,9 +546,8 @@ def index(
 
     Config keys: engine (onnx | torch), batch (not part of the key).
     """
-    _setup_logging(verbose)
     refs = {"cache": cache, "export": source, "pretrain1": source}
-    _run_single("index", workdir, config, list(set_ or []), refs, force, dry_run, name)
+    _run_single("index", opts, [], refs)
 
 
 @app.command()
@@ -544,31 +567,19 @@ def search(
 
       lfvila search "the red circle grows." "the red circle moves to the left." --top-k 3
     """
-    import json as json_module
+    import json
 
-    from .artifacts import Workdir
-    from .errors import ConfigError
-    from .search import query
-    from .stages import check_inputs, input_artifact
+    from .pipeline.artifacts import Workdir
+    from .search import result_lines
+    from .stages.index import query_index
 
     _setup_logging(verbose)
-    if top_k < 1:
-        raise ConfigError(f"--top-k must be >= 1, got {top_k}")
-    wd = Workdir(workdir)
-    artifact = wd.resolve("index", index_ref)
-    engine = artifact.config.get("engine", "onnx")
-    source = input_artifact(wd, artifact, "export" if engine == "onnx" else "pretrain1")
-    if source is None:
-        raise ConfigError(f"the model the index {artifact.key[:16]} was built with is gone")
-    check_inputs({"index": artifact, source.stage: source})
-    results = query(artifact.path, source.path, engine, list(sentences), top_k)
+    results = query_index(Workdir(workdir), index_ref, list(sentences), top_k)
     if as_json:
-        typer.echo(json_module.dumps(results, indent=2))
+        typer.echo(json.dumps(results, indent=2))
         return
-    for r in results:
-        typer.echo(f"{r['rank']}. {r['id']}  score {r['score']:.3f}")
-        for s in r.get("sentences", []):
-            typer.echo(f"     clip {s['clip']} [{s['start']:.1f}s–{s['end']:.1f}s] {s['score']:.3f}  {s['sentence']}")
+    for line in result_lines(results):
+        typer.echo(line)
 
 
 @app.command()
@@ -588,12 +599,12 @@ def run(
 
       lfvila run stages/quickstart.yaml
     """
-    from .artifacts import Workdir
+    from .pipeline.artifacts import Workdir
+    from .pipeline.ranks import dist_env
     from .stages import run_pipeline
 
     _setup_logging(verbose)
     results = run_pipeline(Workdir(workdir), pipeline, overrides=list(set_ or []), force=force, dry_run=dry_run, progress=_progress(), echo=typer.echo)
-    from .stages import dist_env
 
     for result in results:
         if result.stage == "evaluate" and result.artifact is not None and dist_env()[0] == 0:
@@ -605,8 +616,9 @@ def run(
 @command
 def status(workdir: Path = WorkdirOpt) -> None:
     """List the artifacts in the work directory and whether each is current or stale."""
-    from .artifacts import Workdir
-    from .stages import partial_state, status_rows
+    from .pipeline.artifacts import Workdir
+    from .pipeline.status import partial_state
+    from .stages import status_rows
 
     wd = Workdir(workdir)
     rows = status_rows(wd)

@@ -28,6 +28,8 @@ import torch
 
 from .config import check
 from .errors import ConfigError, DataError
+from .plots import pyplot
+from .tasks import TASKS, task_spec
 
 log = logging.getLogger(__name__)
 
@@ -57,25 +59,19 @@ class EvaluateConfig:
         check(self.chunk >= 1, "chunk", f"must be >= 1, got {self.chunk}")
         check(self.heatmap_items >= 0 and self.alignment_videos >= 0, "heatmap_items", "figure sizes must be >= 0")
         if self.task:
-            from .train.finetune import task_spec
-
             task_spec(self.task)
-
-
-def input_names(cfg: EvaluateConfig) -> tuple[str, ...]:
-    return ("cache", cfg.model)
 
 
 def run_evaluate(
     cfg: EvaluateConfig, corpus_path: Path, store_url: str, model_dir: Path, model_stage_config: dict, out_dir: Path
 ) -> dict[str, Any]:
     """Evaluate the model in ``model_dir`` (see the module docstring); returns the summary."""
+    from .data.corpus import read_split
     from .data.loader import trained_loader_config
-    from .data.task_data import TaskDataset
+    from .data.task_data import TaskDataset, check_fit
     from .data.tokenizer import load_tokenizer
     from .evaluation import predict_task, ranks_chunked, task_metrics
-    from .train.finetune import TASKS, check_fit, task_spec
-    from .train.pretrain import TOKENIZER_DIR, _read_split, load_pretrained
+    from .model.pretrained import TOKENIZER_DIR, load_pretrained
 
     task = model_stage_config.get("task", "") if cfg.model == "finetune" else ""
     if cfg.model == "finetune":
@@ -86,7 +82,7 @@ def run_evaluate(
         if task_spec(task).kind != "retrieval":
             raise ConfigError(f"config key 'task': zero-shot evaluation is paragraph-to-video retrieval; {task!r} is a QA task")
     spec = TASKS[task]
-    samples = _read_split(corpus_path, cfg.split)
+    samples = read_split(corpus_path, cfg.split)
     if not samples:
         raise DataError(f"{corpus_path}: no {cfg.split}-split samples to evaluate")
     tokenizer = load_tokenizer(model_dir / TOKENIZER_DIR, local_files_only=True)
@@ -199,16 +195,6 @@ def report_text_table(artifact_dir: Path) -> str:
 # -------------------------------------------------------------------------------------- figures
 
 
-def pyplot():
-    """matplotlib's pyplot on the Agg backend (files only, no display)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def similarity_figure(predicted: dict, ids: list[str], items: int, path: Path, title: str) -> None:
     """Paragraph × video cosine similarity of the first ``items`` items (diagonal = true pairs)."""
     plt = pyplot()
@@ -248,15 +234,3 @@ def alignment_figure(predicted: dict, ids: list[str], videos: int, path: Path) -
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
-
-
-def describe(summary: dict) -> str:
-    """One line for the stage runner: the task, the split and the headline figures."""
-    m = summary.get("metrics", {})
-    where = f"{summary.get('task', '?')} {summary.get('split', '?')}" + (" zero-shot" if summary.get("zero_shot") else "")
-    if "accuracy" in m:
-        return f"{where}: accuracy {m['accuracy']:.3f} (chance {m['chance']:.3f}, {m['num_items']} items)"
-    if "text_to_video" in m:
-        t2v = m["text_to_video"]
-        return f"{where}: text→video R@1 {t2v['R@1']:.3f} R@5 {t2v['R@5']:.3f} MedR {t2v['MedR']:.1f} (chance R@1 {m['chance']['R@1']:.3f}, {m['num_videos']} videos)"
-    return where

@@ -51,10 +51,6 @@ class IndexConfig:
         check(self.batch >= 1, "batch", f"must be >= 1, got {self.batch}")
 
 
-def input_names(cfg: IndexConfig) -> tuple[str, ...]:
-    return ("cache", "export") if cfg.engine == "onnx" else ("cache", "pretrain1")
-
-
 class Encoder:
     """Video and paragraph embeddings through ONNX Runtime (an export directory) or PyTorch (a
     model directory), with the preprocessing the model was trained with. ``dim``: the embedding
@@ -79,7 +75,7 @@ class Encoder:
             self.grounded = "clips" in self.video_graph.output_names
             mean, std = self.pre["image_mean"], self.pre["image_std"]
         else:
-            from .train.pretrain import load_pretrained
+            from .model.pretrained import load_pretrained
 
             self.model = load_pretrained(self.source).eval()
             self.fixed = None
@@ -88,8 +84,9 @@ class Encoder:
             self.dim = self.model.config.projections.embed_dim
             self.grounded = self.model.projections is not None and self.model.projections.clip is not None
             from .data.loader import trained_loader_config
+            from .pipeline.artifacts import read_stage_config
 
-            loader = trained_loader_config(self.source)
+            loader = trained_loader_config(read_stage_config(self.source))
             mean, std = loader.image_mean, loader.image_std
         self.mean, self.std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
         self.tokenizer = load_tokenizer(self.source / "tokenizer", local_files_only=True)
@@ -255,6 +252,11 @@ def query(index_dir: Path, source: Path, engine: str, sentences: list[str], top_
     return results
 
 
-def describe(summary: dict) -> str:
-    rate = summary.get("videos_per_s")
-    return f"{summary.get('videos', '?')} videos indexed with {summary.get('engine', '?')}" + (f" ({rate} videos/s)" if rate else "")
+def result_lines(results: list[dict[str, Any]]) -> list[str]:
+    """``query``'s results as text: a line per video, then one per sentence with its best clip."""
+    lines = []
+    for r in results:
+        lines.append(f"{r['rank']}. {r['id']}  score {r['score']:.3f}")
+        for s in r.get("sentences", []):
+            lines.append(f"     clip {s['clip']} [{s['start']:.1f}s–{s['end']:.1f}s] {s['score']:.3f}  {s['sentence']}")
+    return lines

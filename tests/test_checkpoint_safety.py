@@ -295,7 +295,7 @@ def pretrained(tmp_path_factory):
     """A work directory with a tiny stage-1 model and a chunks cache (what finetune and index read)."""
     import yaml
 
-    from lfvila_cli.artifacts import Workdir
+    from lfvila_cli.pipeline.artifacts import Workdir
     from lfvila_cli.stages import run_pipeline
 
     root = tmp_path_factory.mktemp("weights")
@@ -358,8 +358,8 @@ def test_damaged_model_weights_outside_the_store_are_a_one_line_error(pretrained
 
     from lfvila_cli.errors import ArtifactError
     from lfvila_cli.search import Encoder
-    from lfvila_cli.train.finetune import load_pretrained_into
-    from lfvila_cli.train.pretrain import load_pretrained
+    from lfvila_cli.model.pretrained import load_pretrained_into
+    from lfvila_cli.model.pretrained import load_pretrained
 
     _, model_dir, _ = pretrained
     copy = tmp_path / "model"
@@ -385,7 +385,7 @@ def test_weights_of_another_model_are_a_one_line_error(pretrained, tmp_path):
     from safetensors.torch import load_file, save_file
 
     from lfvila_cli.errors import ArtifactError
-    from lfvila_cli.train.pretrain import load_pretrained
+    from lfvila_cli.model.pretrained import load_pretrained
 
     _, model_dir, _ = pretrained
     copy = tmp_path / "model"

@@ -124,9 +124,9 @@ def test_cache_through_cli_records_broken_videos(tmp_path):
     ok = invoke("cache", "--workdir", wd, *small, "--max-failure-rate", "0.9")
     assert ok.exit_code == 0, ok.output
     assert "4/12 segments cached, 8 failed" in ok.output
-    from lfvila_cli.artifacts import Workdir
+    from lfvila_cli.pipeline.artifacts import Workdir
     from lfvila_cli.data.framestore import FrameStore
-    from lfvila_cli.stages import frame_store_url
+    from lfvila_cli.stages.cache import frame_store_url
 
     store = FrameStore(frame_store_url(Workdir(wd).resolve("cache")))
     frames, times = store.sample("good")
@@ -207,7 +207,7 @@ def test_two_rank_launch_through_the_cli_commits_once(tmp_path):
     assert [p.returncode for p in procs] == [0, 0], outputs
     assert "cache: done" in outputs[0] and "4/12 segments cached, 8 failed" in outputs[0]
     assert "rank 1/2 finished its rows" in outputs[1]
-    from lfvila_cli.artifacts import Workdir
+    from lfvila_cli.pipeline.artifacts import Workdir
 
     artifacts = Workdir(wd).artifacts("cache")
     assert len(artifacts) == 1 and artifacts[0].summary["world_size"] == 2
@@ -239,7 +239,7 @@ def test_a_cache_whose_store_was_deleted_is_rebuilt(tmp_path):
 
 
 def test_an_interrupted_force_hides_the_old_artifact(tmp_path, monkeypatch):
-    from lfvila_cli.artifacts import Workdir
+    from lfvila_cli.pipeline.artifacts import Workdir
     import lfvila_cli.data.cache as cache_module
 
     wd = tmp_path / "wd"

@@ -20,10 +20,12 @@ from typer.testing import CliRunner
 
 import toy_stage
 from test_cli import _tiny_corpus
-from lfvila_cli.artifacts import Workdir
-from lfvila_cli.locks import FileLock, LockError
+from lfvila_cli.pipeline.artifacts import Workdir
+from lfvila_cli.pipeline.locks import FileLock, LockError
 from lfvila_cli.main import app
-from lfvila_cli.stages import STAGES, resolve_config, run_stage, status_rows
+from lfvila_cli.pipeline.runner import run_stage
+from lfvila_cli.pipeline.stage import resolve_config
+from lfvila_cli.stages import STAGES, status_rows
 
 TESTS = Path(__file__).parent
 REPO = TESTS.parent
@@ -52,7 +54,7 @@ COUNTER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from lfvila_cli.locks import FileLock
+    from lfvila_cli.pipeline.locks import FileLock
     lock, counter = FileLock(sys.argv[1], heartbeat_s=0.2), Path(sys.argv[2])
     for _ in range(3):
         lock.acquire(poll_s=0.01)
@@ -83,7 +85,7 @@ def _plant(path: Path, age_s: float, **fields) -> None:
 def test_stale_locks_are_judged_by_holder_and_heartbeat(tmp_path):
     import socket
 
-    from lfvila_cli.locks import _boot_id
+    from lfvila_cli.pipeline.locks import _boot_id
 
     path = tmp_path / ".lock-x"
     lock = FileLock(path, heartbeat_s=1.0, stale_after_s=60.0)
@@ -122,7 +124,7 @@ def test_a_stale_lock_is_taken_over_and_a_live_one_waited_for(tmp_path, caplog):
     assert "taking over a stale lock" in caplog.text
     # a live holder in another process: the waiter waits until it lets go
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from lfvila_cli.locks import FileLock; l = FileLock(sys.argv[1], heartbeat_s=0.2);"
+        [sys.executable, "-c", "import sys, time; from lfvila_cli.pipeline.locks import FileLock; l = FileLock(sys.argv[1], heartbeat_s=0.2);"
          "l.acquire(); print('held', flush=True); time.sleep(1.5); l.release()", str(tmp_path / ".lock-z")],
         stdout=subprocess.PIPE, text=True,
     )
@@ -137,7 +139,7 @@ def test_a_stale_lock_is_taken_over_and_a_live_one_waited_for(tmp_path, caplog):
     holder.wait(timeout=30)
     # a holder killed with SIGKILL leaves its lock: taken over once its heartbeat stops
     killed = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from lfvila_cli.locks import FileLock; l = FileLock(sys.argv[1], heartbeat_s=0.2);"
+        [sys.executable, "-c", "import sys, time; from lfvila_cli.pipeline.locks import FileLock; l = FileLock(sys.argv[1], heartbeat_s=0.2);"
          "l.acquire(); print('held', flush=True); time.sleep(60)", str(tmp_path / ".lock-k")],
         stdout=subprocess.PIPE, text=True,
     )
@@ -167,8 +169,13 @@ def test_a_holder_notices_a_lost_lock_before_committing(tmp_path):
 TOY_RUN = (
     "import sys; sys.path.insert(0, sys.argv[2]);"
     "import toy_stage; toy_stage.register();"
-    "from lfvila_cli.artifacts import Workdir; from lfvila_cli.stages import STAGES, run_stage, resolve_config;"
-    "force = len(sys.argv) > 3;"
+    "from lfvila_cli.pipeline.artifacts import Workdir; from lfvila_cli.stages import STAGES; from lfvila_cli.pipeline.runner import run_stage; from lfvila_cli.pipeline.stage import resolve_config;"
+    "force = sys.argv[3:4] == ['--force'];"
+    # With START_GATE=DIR N: once imported, wait until N processes are ready, so that they reach
+    # the stage together however long each took to import.
+    "import os, time, pathlib; gate = os.environ.get('START_GATE');"
+    "g = pathlib.Path(gate.split()[0]) if gate else None; g and g.mkdir(parents=True, exist_ok=True); g and (g / str(os.getpid())).touch();"
+    "[time.sleep(0.01) for _ in iter(lambda: g is not None and len(list(g.iterdir())) < int(gate.split()[1]), False)];"
     "r = run_stage(Workdir(sys.argv[1]), STAGES['toy'], resolve_config(STAGES['toy']), {}, force=force, echo=lambda s: print(s, flush=True));"
     "print('STATUS', r.status)"
 )
@@ -180,6 +187,7 @@ def test_two_processes_on_one_stage_build_it_once(tmp_path):
     env = dict(os.environ, TOY_SLEEP="0.5", LFVILA_LOCK_HEARTBEAT_S="0.2")
     for attempt in range(6):
         wd = tmp_path / f"wd{attempt}"
+        env["START_GATE"] = f"{tmp_path / f'gate{attempt}'} 2"
         procs = [subprocess.Popen([sys.executable, "-c", TOY_RUN, str(wd), str(TESTS)], env=env, stdout=subprocess.PIPE, text=True) for _ in range(2)]
         outputs = [p.communicate(timeout=60)[0] for p in procs]
         assert [p.returncode for p in procs] == [0, 0], outputs
@@ -399,7 +407,7 @@ def test_other_ranks_start_only_once_their_own_launch_holds_the_lock(tmp_path, m
     import dataclasses
     import threading
 
-    from lfvila_cli.stages import _launch_id
+    from lfvila_cli.pipeline.ranks import launch_id as _launch_id
 
     stage = dataclasses.replace(toy_stage.TOY, resumable=True)
     monkeypatch.setitem(STAGES, "toy", stage)
@@ -443,7 +451,7 @@ def test_a_holder_on_another_host_is_judged_by_its_heartbeat_alone(tmp_path):
         pytest.skip("no permission for a UTS namespace here")
     path = tmp_path / ".lock-x"
     code = (
-        "import sys, time; from lfvila_cli.locks import FileLock; l = FileLock(sys.argv[1], heartbeat_s=0.2);"
+        "import sys, time; from lfvila_cli.pipeline.locks import FileLock; l = FileLock(sys.argv[1], heartbeat_s=0.2);"
         "l.acquire(); print('held', flush=True); time.sleep(120)"
     )
     remote = subprocess.Popen(

@@ -120,7 +120,7 @@ def test_bounded_decoder_gives_the_same_frames_times_and_reasons_as_the_referenc
 
 def test_the_timeout_is_a_policy_field_that_leaves_the_artifact_key_alone():
     from lfvila_cli.data.cache import POLICY_FIELDS
-    from lfvila_cli.stages import cache_key_config
+    from lfvila_cli.stages.cache import key_config as cache_key_config
 
     assert "decode_timeout_s" in POLICY_FIELDS
     assert cache_key_config(CacheConfig(decode_timeout_s=5)) == cache_key_config(CacheConfig())

@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from lfvila_cli.artifacts import Workdir
+from lfvila_cli.pipeline.artifacts import Workdir
 from lfvila_cli.errors import LfvilaError
 from lfvila_cli.export import TEXT_FILE, VIDEO_FILE, ExportError, OnnxFileError, create_session, read_metadata
-from lfvila_cli.stages import get_stage, resolve_config, run_pipeline, run_stage
+from lfvila_cli.pipeline.runner import run_stage
+from lfvila_cli.pipeline.stage import resolve_config
+from lfvila_cli.stages import get_stage, run_pipeline
 
 SIZE = {"train_videos": 4, "val_videos": 1, "test_videos": 0, "max_clips": 4, "height": 64, "width": 96}
 EXPORT = {"frames": 32, "height": 64, "width": 96}
@@ -55,7 +57,7 @@ def test_export_writes_both_graphs_with_metadata_and_parity(exported):
 
 def test_exported_graphs_match_pytorch_at_other_batch_sizes(exported):
     """Batch 1 and 5 (traced at 2, checked at 3 by export itself), and 6 sentence slots for text."""
-    from lfvila_cli.train.pretrain import load_pretrained
+    from lfvila_cli.model.pretrained import load_pretrained
 
     _, model_artifact, artifact = exported
     model = load_pretrained(model_artifact.path).eval()
@@ -136,7 +138,7 @@ def test_onnx_only_example_ranks_like_pytorch(exported, tmp_path):
     from pathlib import Path
 
     from lfvila_cli.data.tokenizer import load_tokenizer
-    from lfvila_cli.train.pretrain import load_pretrained
+    from lfvila_cli.model.pretrained import load_pretrained
 
     _, model_artifact, artifact = exported
     gen = np.random.default_rng(3)
@@ -191,7 +193,7 @@ def test_onnx_and_torch_indexes_agree_and_search_matches_brute_force(exported, i
 
     from lfvila_cli.data.framestore import FrameStore
     from lfvila_cli.search import query
-    from lfvila_cli.train.pretrain import load_pretrained
+    from lfvila_cli.model.pretrained import load_pretrained
 
     wd, cache, onnx_index, torch_index = indexed
     _, model_artifact, export_artifact = exported
@@ -272,7 +274,7 @@ def test_retrieval_model_exports_global_embeddings_and_searches_without_groundin
     from lfvila_cli.model.lfvila import build_model
     from lfvila_cli.model.presets import get_preset
     from lfvila_cli.search import IndexConfig, build_index, query
-    from lfvila_cli.train.pretrain import save_weights
+    from lfvila_cli.model.pretrained import save_weights
 
     wd, cache, _, _ = indexed
     model_dir = tmp_path / "retrieval"
@@ -353,13 +355,12 @@ def test_damaged_model_files_are_refused_not_used(indexed, tmp_path):
     from lfvila_cli.errors import DataError
     from lfvila_cli.main import app
     from lfvila_cli.search import query
-    from lfvila_cli.stages import input_artifact
 
     wd, _, onnx_index, _ = indexed
     shutil.copytree(wd.root, tmp_path / "wd")
     copy = Workdir(tmp_path / "wd")
     index = copy.resolve("index", onnx_index.key)
-    export = input_artifact(copy, index, "export")
+    export = copy.input_of(index, "export")
     assert export.manifest["files"]["text_encoder.onnx"]["size"] == (export.path / "text_encoder.onnx").stat().st_size
     weights = export.path / "text_encoder.onnx"
     original = weights.read_bytes()

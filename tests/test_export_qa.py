@@ -13,7 +13,7 @@ from lfvila_cli.export import ANSWERS_FILE, QA_FILE, TEXT_FILE, VIDEO_FILE, Expo
 from lfvila_cli.model.lfvila import build_model
 from lfvila_cli.model.presets import get_preset
 from lfvila_cli.runtime import OnnxGraph, read_metadata
-from lfvila_cli.train.pretrain import load_pretrained, save_weights
+from lfvila_cli.model.pretrained import load_pretrained, save_weights
 
 SIZE = {"frames": 16, "height": 64, "width": 96}
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from lfvila_cli.artifacts import Workdir
+from lfvila_cli.pipeline.artifacts import Workdir
 from lfvila_cli.data.task_data import IGNORE_SPAN, merge_sentences, span_labels
 from lfvila_cli.errors import ConfigError
 from lfvila_cli.evaluation import (
@@ -21,7 +21,9 @@ from lfvila_cli.evaluation import (
     task_metrics,
 )
 from lfvila_cli.stages import run_pipeline
-from lfvila_cli.train.finetune import TASKS, FinetuneConfig, input_names
+from lfvila_cli.stages.finetune import input_names
+from lfvila_cli.tasks import TASKS
+from lfvila_cli.train.finetune import FinetuneConfig
 
 # --- pieces ---------------------------------------------------------------------------------------
 
@@ -225,7 +227,7 @@ def test_finetune_resumes_with_its_validation_history_and_best_weights(pretraine
     same final weights, every validation record once, the best of all four selected."""
     from lfvila_cli.data.corpus import CORPUS_FILE
     from lfvila_cli.train.finetune import run_finetune
-    from lfvila_cli.train.pretrain import load_weights
+    from lfvila_cli.model.pretrained import load_weights
 
     root, wd, _ = pretrained
     results, _ = _run(root, wd, "resume", [("prepare", {"source": "example", "example": SIZE}), ("cache", CHUNKS)])
@@ -233,7 +235,8 @@ def test_finetune_resumes_with_its_validation_history_and_best_weights(pretraine
     init = wd.resolve("pretrain1").path
 
     def config(steps: int) -> FinetuneConfig:
-        from lfvila_cli.stages import get_stage, resolve_config
+        from lfvila_cli.pipeline.stage import resolve_config
+        from lfvila_cli.stages import get_stage
 
         layer = {"task": "didemo", **QUICK, "train": {"micro_batch": 4, "max_steps": steps, "checkpoint_every": 1}}
         return resolve_config(get_stage("finetune"), layers=[layer])

@@ -13,14 +13,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from lfvila_cli.artifacts import KEY_CHARS, Workdir
+from lfvila_cli.pipeline.artifacts import KEY_CHARS, Workdir
 from lfvila_cli.data.tokenizer import load_tokenizer, train_wordpiece_tokenizer
 from lfvila_cli.errors import LfvilaError
 from lfvila_cli.main import app
 from lfvila_cli.model.lfvila import build_model
 from lfvila_cli.model.presets import get_preset
 from lfvila_cli.model.weights import convert_official_state_dict, export_official_state_dict, read_state_dict
-from lfvila_cli.stages import get_stage, resolve_config, run_pipeline
+from lfvila_cli.pipeline.stage import resolve_config
+from lfvila_cli.stages import get_stage, run_pipeline
 from lfvila_cli.train.finetune import build_task_model
 
 SIZE = {"train_videos": 8, "val_videos": 2, "test_videos": 2, "max_clips": 5, "height": 64, "width": 96}

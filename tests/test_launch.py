@@ -167,7 +167,7 @@ def rank_env(**extra) -> dict:
 
 
 def finished_run(wd: Path, ref: str):
-    from lfvila_cli.artifacts import Workdir
+    from lfvila_cli.pipeline.artifacts import Workdir
 
     artifact = Workdir(wd).resolve("pretrain1", ref)
     train_config = json.loads((artifact.path / "run" / "train_config.json").read_text())
@@ -197,8 +197,8 @@ RANK_WRAPPER = textwrap.dedent(
 @pytest.mark.distributed
 @pytest.mark.slow
 def test_torchrun_two_cpu_ranks_agree(workdir, tmp_path):
-    from lfvila_cli.artifacts import Workdir
-    from lfvila_cli.train.pretrain import load_weights
+    from lfvila_cli.pipeline.artifacts import Workdir
+    from lfvila_cli.model.pretrained import load_weights
 
     wrapper = tmp_path / "rank.py"
     wrapper.write_text(RANK_WRAPPER.format(out=str(tmp_path)))

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from lfvila_cli.artifacts import Workdir
+from lfvila_cli.pipeline.artifacts import Workdir
 from lfvila_cli.errors import ConfigError
-from lfvila_cli.stages import load_pipeline, prepare_fingerprints, resolve_config, run_pipeline
+from lfvila_cli.pipeline.stage import resolve_config
+from lfvila_cli.stages import load_pipeline, run_pipeline
+from lfvila_cli.stages.prepare import fingerprints as prepare_fingerprints
 
 PAPER = Path(__file__).parents[1] / "stages" / "paper"
 RETRIEVAL = ("activitynet", "didemo", "queryd", "cmd")
@@ -28,7 +30,8 @@ SOURCE_KEY = {"activitynet": "activitynet", "didemo": "didemo", "queryd": "query
 def resolved(path: Path) -> dict:
     """{stage name: resolved config} of a pipeline file (each stage appears once in these files)."""
     out = {}
-    for stage, layer in load_pipeline(path):
+    for entry in load_pipeline(path):
+        stage, layer = entry.stage, entry.config
         assert stage.name not in out, f"{path.name}: stage {stage.name} twice"
         out[stage.name] = resolve_config(stage, layers=[layer])
     return out
@@ -54,9 +57,9 @@ def check_paper_optimiser(train, epochs: int, micro_batch: int) -> None:
 @pytest.mark.parametrize("path", ALL_FILES, ids=lambda p: p.name)
 def test_every_file_parses_and_every_stage_resolves(path):
     chain = load_pipeline(path)
-    for stage, layer in chain:
-        resolve_config(stage, layers=[layer])  # ConfigError on an unknown key or a bad value
-    names = [stage.name for stage, _ in chain]
+    for entry in chain:
+        resolve_config(entry.stage, layers=[entry.config])  # ConfigError on an unknown key or a bad value
+    names = [entry.stage.name for entry in chain]
     if path.name == "pretrain.yaml":
         assert names == ["prepare", "cache", "pretrain1", "pretrain2"]
     else:
@@ -121,7 +124,7 @@ def test_task_recipe_matches_the_paper(task):
     check_paper_optimiser(ft.train, epochs=EPOCHS[task], micro_batch=MICRO_BATCH[task])
     # Retrieval starts from stage 1, QA from stage 2; neither is in the file: the work directory's latest.
     assert ft.spec.pretrained_stage == ("pretrain1" if task in RETRIEVAL else "pretrain2")
-    from lfvila_cli.train.finetune import input_names
+    from lfvila_cli.stages.finetune import input_names
 
     assert input_names(ft) == ("cache", ft.spec.pretrained_stage)
     ev = cfg["evaluate"]
@@ -164,7 +167,7 @@ def test_every_set_key_named_in_the_header_resolves(path):
     header = "\n".join(line for line in path.read_text(encoding="utf-8").splitlines() if line.startswith("#"))
     found = re.findall(r"--set ([a-z0-9_]+)\.([A-Za-z0-9_.]+)=(\S+)", header)
     assert found, f"{path.name}: the header shows no --set"
-    chain = {stage.name: (stage, layer) for stage, layer in load_pipeline(path)}
+    chain = {entry.stage.name: (entry.stage, entry.config) for entry in load_pipeline(path)}
     for stage_name, key, value in found:
         assert stage_name in chain, f"{path.name}: --set {stage_name}.{key}: no such stage in the file"
         stage, layer = chain[stage_name]
@@ -179,7 +182,8 @@ def test_setting_the_required_paths_clears_the_required_error(tmp_path, task):
     """With the two paths the header names, prepare goes on to look for the files themselves."""
     from lfvila_cli.errors import LfvilaError
 
-    stage, layer = load_pipeline(TASK_FILES[task])[0]
+    first = load_pipeline(TASK_FILES[task])[0]
+    stage, layer = first.stage, first.config
     key = SOURCE_KEY[task]
     prep = resolve_config(stage, layers=[layer], overrides=[f"{key}.annotations={tmp_path}", f"{key}.video_root={tmp_path}"])
     try:

@@ -26,14 +26,9 @@ from lfvila_cli.evaluation import (
 )
 from lfvila_cli.errors import ConfigError, LfvilaError
 from lfvila_cli.train.engine import TrainConfig
-from lfvila_cli.train.pretrain import (
-    PretrainConfig,
-    load_pretrained,
-    load_weights,
-    plot_curves,
-    run_pretrain,
-    save_weights,
-)
+from lfvila_cli.model.pretrained import load_pretrained, load_weights, save_weights
+from lfvila_cli.plots import plot_curves
+from lfvila_cli.train.pretrain import PretrainConfig, run_pretrain
 
 # The tiny preset's frames: 8 per clip at 64×96 (4 clips → 32 frames).
 K, H, W = 8, 64, 96
@@ -303,7 +298,7 @@ def test_objectives_from_the_config_reach_the_loss_and_the_saved_model(data, tmp
 
 
 def test_pretrain_key_leaves_out_the_loader_workers():
-    from lfvila_cli.train.pretrain import key_config
+    from lfvila_cli.stages.pretrain import key_config
 
     one, two = _cfg(1, 2), _cfg(1, 2)
     two.workers = 3

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from lfvila_cli.artifacts import compute_key
+from lfvila_cli.pipeline.artifacts import compute_key
 from lfvila_cli.config import to_dict
 from lfvila_cli.data.cache import CacheConfig, cache_frames
 from lfvila_cli.data.example import ExampleConfig
@@ -26,10 +26,12 @@ from lfvila_cli.model.lfvila import build_model
 from lfvila_cli.model.presets import get_preset
 from lfvila_cli.model.video_encoder import VideoEncoder, VideoEncoderConfig
 from lfvila_cli.model.weights import load_swin2d
-from lfvila_cli.stages import STAGES, resolve_config
+from lfvila_cli.pipeline.stage import resolve_config
+from lfvila_cli.stages import STAGES
 from lfvila_cli.train import engine
 from lfvila_cli.train.engine import TrainConfig
-from lfvila_cli.train.pretrain import PretrainConfig, init_video_encoder, load_weights, run_pretrain
+from lfvila_cli.model.pretrained import load_weights
+from lfvila_cli.train.pretrain import PretrainConfig, init_video_encoder, run_pretrain
 
 K, H, W = 8, 64, 96  # the tiny preset's frames
 TINY_SWIN = dict(image_size=32, patch_size=4, embed_dim=16, depths=[2, 2, 6, 2], num_heads=[1, 2, 4, 8], window_size=2)
@@ -236,7 +238,7 @@ def test_the_stage_key_follows_the_checkpoint_bytes_and_is_unchanged_when_unset(
 
     save_file(swin_state(), str(folder / "model.safetensors"))
     _, payload_dir = _key("pretrain1", [f"video_init={folder}"])
-    from lfvila_cli.artifacts import file_digest
+    from lfvila_cli.pipeline.artifacts import file_digest
 
     assert payload_dir["fingerprints"] == {"video_init": file_digest(str(folder / "model.safetensors"))}
     assert _key("pretrain2")[1]["fingerprints"] == {}  # stage 2 keys as before

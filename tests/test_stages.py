@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 
 import toy_stage
-from lfvila_cli.artifacts import Workdir
+from lfvila_cli.pipeline.artifacts import Workdir
 from lfvila_cli.errors import ArtifactError
-from lfvila_cli.stages import STAGES, artifact_state, resolve_config, run_pipeline, run_stage
+from lfvila_cli.pipeline.runner import run_stage
+from lfvila_cli.pipeline.stage import resolve_config
+from lfvila_cli.stages import STAGES, artifact_state, run_pipeline
 
 TESTS = Path(__file__).parent
 
@@ -102,7 +104,7 @@ def test_ranks_waiting_for_a_failed_rank_zero_stop_at_once(tmp_path, monkeypatch
     """Under a multi-rank launch rank 0's failure reaches the waiting ranks through a marker in
     the store: they stop with its error, not after LFVILA_RANK_WAIT_S. A marker from an earlier
     launch is ignored, and rank 0 clears it when it runs the stage again."""
-    import lfvila_cli.stages as stages
+    import lfvila_cli.pipeline.ranks as ranks
 
     wd = Workdir(tmp_path)
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -113,13 +115,13 @@ def test_ranks_waiting_for_a_failed_rank_zero_stop_at_once(tmp_path, monkeypatch
     markers = list(wd.stage_dir("toy").glob(".failed-*"))
     assert len(markers) == 1 and json.loads(markers[0].read_text())["error"] == "RuntimeError: toy failure"
     monkeypatch.setenv("RANK", "1")
-    monkeypatch.setattr(stages, "RANK_WAIT_S", 60.0)
+    monkeypatch.setattr(ranks, "RANK_WAIT_S", 60.0)
     started = time.monotonic()
     with pytest.raises(ArtifactError, match=r"rank 1/2: rank 0 failed toy/\w+ \(RuntimeError: toy failure\)"):
         run(wd)
     assert time.monotonic() - started < 5
     # not this launch's failure: written before this rank reached the stage, or by another launch
-    monkeypatch.setattr(stages, "RANK_WAIT_S", 0.3)
+    monkeypatch.setattr(ranks, "RANK_WAIT_S", 0.3)
     record = json.loads(markers[0].read_text())
     markers[0].write_text(json.dumps({**record, "time": time.time() - 3600}))
     with pytest.raises(ArtifactError, match="did not commit"):
@@ -139,7 +141,7 @@ def test_killed_stage_leaves_no_visible_artifact(tmp_path):
     script = (
         "import sys; sys.path.insert(0, sys.argv[2]);"
         "import toy_stage; toy_stage.register();"
-        "from lfvila_cli.artifacts import Workdir; from lfvila_cli.stages import STAGES, run_stage, resolve_config;"
+        "from lfvila_cli.pipeline.artifacts import Workdir; from lfvila_cli.stages import STAGES; from lfvila_cli.pipeline.runner import run_stage; from lfvila_cli.pipeline.stage import resolve_config;"
         "run_stage(Workdir(sys.argv[1]), STAGES['toy'], resolve_config(STAGES['toy']), {})"
     )
     env = dict(os.environ, TOY_SLEEP="30")

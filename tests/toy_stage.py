@@ -8,7 +8,8 @@ import os
 import time
 from dataclasses import dataclass
 
-from lfvila_cli.stages import STAGES, Stage
+from lfvila_cli.pipeline.stage import Stage
+from lfvila_cli.stages import STAGES
 
 calls = []
 
@@ -22,7 +23,7 @@ class ToyConfig:
 
 
 def fingerprints(config, inputs):
-    from lfvila_cli.artifacts import file_digest
+    from lfvila_cli.pipeline.artifacts import file_digest
 
     return {config.source_file: file_digest(config.source_file)} if config.source_file else {}
 
@@ -46,17 +47,17 @@ def run(ctx):
 TOY = Stage(
     name="toy",
     version=1,
-    config_path="toy_stage:ToyConfig",
-    run_path="toy_stage:run",
-    fingerprints_path="toy_stage:fingerprints",
+    config_class=ToyConfig,
+    run=run,
+    fingerprints=fingerprints,
     policy_fields=("workers",),
     describe=lambda s: f"{s.get('length')} chars",
 )
 TOY_DOWN = Stage(
     name="toydown",
     version=1,
-    config_path="toy_stage:ToyConfig",
-    run_path="toy_stage:run",
+    config_class=ToyConfig,
+    run=run,
     inputs=("toy",),
     describe=lambda s: f"{s.get('length')} chars",
 )

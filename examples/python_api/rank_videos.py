@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lfvila_cli.artifacts import Workdir
+from lfvila_cli.pipeline.artifacts import Workdir
 from lfvila_cli.data.video import decode_chunks
 from lfvila_cli.search import Encoder
 

@@ -138,18 +138,12 @@ class _Entry:
     starts: np.ndarray  # valid window starts (segment indices), ascending
 
 
-def trained_loader_config(stage_config: dict | str | Path) -> LoaderConfig:
-    """The loader settings a model was trained with: from its artifact's stage config (a dict,
-    or the artifact directory holding ``stage_config.json``); the tiny presets' defaults
-    (``max_tokens`` 32) when it has none."""
-    import json
-
-    from ..artifacts import CONFIG
+def trained_loader_config(stage_config: dict) -> LoaderConfig:
+    """The loader settings a model was trained with, from its artifact's stage config (a dict:
+    ``pipeline.artifacts.read_stage_config``); the tiny presets' defaults (``max_tokens`` 32)
+    when it has none."""
     from ..config import from_dict
 
-    if not isinstance(stage_config, dict):
-        path = Path(stage_config) / CONFIG
-        stage_config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     loader = stage_config.get("loader") or {}
     return from_dict(LoaderConfig, loader, "loader.") if loader else LoaderConfig(max_tokens=32)
 

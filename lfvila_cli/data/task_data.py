@@ -34,7 +34,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 import torch
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from .corpus import Sample
 from .framestore import OK, FrameStore
 from .loader import LoaderConfig, StoreBacked, augment, crop_params, normalisation
@@ -214,3 +214,23 @@ class TaskDataset(StoreBacked, torch.utils.data.Dataset):
             if name != "sample_id":
                 batch[name] = torch.stack([torch.as_tensor(it[name]) for it in items])
         return batch
+
+
+def check_fit(dataset, config, what: str) -> None:
+    """One-line errors when a task dataset does not fit the model: no usable item, the frame
+    store's frames per chunk, frames per video or the sentence slots per text."""
+    if len(dataset) == 0:
+        raise DataError(f"{what}: no usable {dataset.kind} items ({dict(dataset.skipped) or 'the split is empty'})")
+    store = dataset.store
+    k, n = store.frames_per_segment, int(store.attrs.get("num_chunks") or 0)
+    if k != config.video.frames_per_clip:
+        raise ConfigError(
+            f"the frame store holds {k} frames per chunk but the model's clips are {config.video.frames_per_clip} frames "
+            f"(video.frames_per_clip): cache with frames_per_segment={config.video.frames_per_clip}"
+        )
+    if config.fusion is not None and n * k > config.fusion.max_frames:
+        raise ConfigError(f"the frame store gives {n} chunks × {k} = {n * k} frames, more than the model's fusion.max_frames={config.fusion.max_frames}: cache fewer num_chunks")
+    slots = dataset.text_slots
+    if slots > config.text.max_sentences:
+        key = "loader.clips_per_sample" if dataset.kind == "retrieval" else "max_subtitles"
+        raise ConfigError(f"config key '{key}': {slots} sentence slots per text, more than the model's {config.text.max_sentences}")

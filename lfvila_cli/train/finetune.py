@@ -40,61 +40,30 @@ from typing import Any, Literal, Optional
 import numpy as np
 import torch
 
-from ..config import check, to_dict
+from ..config import check
+from ..data.corpus import read_split
 from ..data.loader import LoaderConfig
+from ..data.task_data import check_fit
 from ..errors import ConfigError, DataError, LfvilaError
+from ..model.pretrained import TOKENIZER_DIR, WEIGHTS_FILE, float_state, load_pretrained_into, load_weights, read_config, save_weights
+from ..tasks import TaskSpec, read_answers, task_spec
 from .engine import TrainConfig
 from .pretrain import (
-    CONFIG_FILE,
-    TOKENIZER_DIR,
-    WEIGHTS_FILE,
     _barrier,
     _ensure_distributed,
     _json_clean,
     _move,
     _read_jsonl,
-    _read_split,
     _subset_samples,
     _write_finished,
     batch_source,
     drop_records_from,
-    load_weights,
     resolve_tokenizer,
-    save_weights,
 )
 
 log = logging.getLogger(__name__)
 
 SELECTION_FILE = "selection.json"
-ANSWERS_FILE = "answers.json"  # in the prepare artifact of anet-qa
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    kind: str  # retrieval | multiple_choice | classification
-    variant: str  # model preset variant
-    pretrained_stage: str  # the pre-training artifact it starts from
-    paper_epochs: int
-    max_subtitles: int  # subtitle slots after the question / statement
-    paper: dict  # LF-VILA's reported figures (docs/method.md §6), for the report
-    num_labels: Optional[int] = None  # classification: fixed, or None = from answers.json
-
-
-TASKS: dict[str, TaskSpec] = {
-    "activitynet": TaskSpec("retrieval", "retrieval", "pretrain1", 20, 0, {"R@1": 35.3, "R@5": 65.4}),
-    "didemo": TaskSpec("retrieval", "retrieval", "pretrain1", 20, 0, {"R@1": 35.0, "R@5": 64.5, "R@10": 75.8}),
-    "queryd": TaskSpec("retrieval", "retrieval", "pretrain1", 20, 0, {"R@1": 69.7, "R@5": 85.7, "R@10": 90.3}),
-    "cmd": TaskSpec("retrieval", "retrieval", "pretrain1", 20, 0, {"R@1": 13.6, "R@5": 32.5, "R@10": 41.8}),
-    "how2qa": TaskSpec("multiple_choice", "qa-multichoice", "pretrain2", 30, 6, {}),
-    "violin": TaskSpec("classification", "qa-classification", "pretrain2", 100, 4, {}, num_labels=2),
-    "anet-qa": TaskSpec("classification", "qa-classification", "pretrain2", 100, 0, {}),
-}
-
-
-def task_spec(task: str) -> TaskSpec:
-    if task not in TASKS:
-        raise ConfigError(f"config key 'task': unknown task {task!r}; known: {', '.join(TASKS)}")
-    return TASKS[task]
 
 
 def _finetune_train() -> TrainConfig:
@@ -142,61 +111,14 @@ class FinetuneConfig:
         return self.spec.max_subtitles if self.max_subtitles < 0 else self.max_subtitles
 
 
-POLICY_FIELDS = ("workers",)
-
-
-def key_config(cfg: FinetuneConfig) -> dict:
-    return {k: v for k, v in to_dict(cfg).items() if k not in POLICY_FIELDS}
-
-
-def input_names(cfg: FinetuneConfig) -> tuple[str, ...]:
-    """The stage's input artifacts: the task's frames, and the pre-trained model it starts from."""
-    return ("cache", cfg.spec.pretrained_stage) if cfg.init == "pretrained" else ("cache",)
-
-
 # ---------------------------------------------------------------------------------------------
 # Model construction
 # ---------------------------------------------------------------------------------------------
 
 
-def read_answers(corpus_dir: Path) -> list[str]:
-    path = Path(corpus_dir) / ANSWERS_FILE
-    try:
-        answers = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read the answer vocabulary ({exc.strerror or exc}); was the corpus prepared with --source anet-qa?") from None
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: invalid JSON ({exc.msg})") from None
-    if not isinstance(answers, list) or not answers:
-        raise DataError(f"{path}: expected a non-empty JSON list of answers")
-    return [str(a) for a in answers]
-
-
-def load_pretrained_into(model, model_dir: Path) -> dict[str, Any]:
-    """Copy a pre-training artifact's weights into a task ``model``: every tensor both have
-    (same name) must have the same shape; the artifact's extra tensors (heads the task does not
-    use) are left out and the task's own (new heads) stay freshly initialised. Returns counts
-    and the fresh parameter groups."""
-    state = load_weights(model_dir / WEIGHTS_FILE)
-    own = model.state_dict()
-    wrong = sorted(k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape))
-    if wrong:
-        k = wrong[0]
-        raise LfvilaError(
-            f"{model_dir}: {len(wrong)} tensors do not fit the task model (e.g. {k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)})"
-        )
-    shared = {k: v for k, v in state.items() if k in own}
-    if not shared:
-        raise LfvilaError(f"{model_dir}: no tensor of the pre-trained model fits the task model")
-    model.load_state_dict(shared, strict=False)
-    fresh = sorted({k.split(".")[0] for k in own if k not in shared})  # top-level modules
-    return {"loaded": len(shared), "left_out": len(state) - len(shared), "fresh": fresh}
-
-
 def build_task_model(cfg: FinetuneConfig, init_from: Optional[Path], tokenizer, num_labels: Optional[int]):
     """(model, config, init report) for ``cfg.task``."""
-    from ..config import from_dict
-    from ..model.lfvila import LfvilaConfig, build_model
+    from ..model.lfvila import build_model
     from ..model.presets import derive_variant, get_preset
 
     spec = cfg.spec
@@ -207,8 +129,7 @@ def build_task_model(cfg: FinetuneConfig, init_from: Optional[Path], tokenizer, 
 
         release_state, _ = read_state_dict(cfg.release_checkpoint)  # read once: sized from, then loaded
     if cfg.init == "pretrained":
-        source = from_dict(LfvilaConfig, json.loads((init_from / CONFIG_FILE).read_text(encoding="utf-8")))
-        config = derive_variant(source, spec.variant, labels)
+        config = derive_variant(read_config(init_from), spec.variant, labels)
     else:
         config = get_preset(cfg.model, spec.variant, num_labels=labels, text_model=cfg.text_model)
         if config.text.bert_config is not None and cfg.init == "scratch":
@@ -327,8 +248,8 @@ def run_finetune(
     best_dir = run_dir / "best"
 
     _ensure_distributed(world_size)
-    train_samples = _read_split(corpus_path, "train")
-    val_samples = _subset_samples(_read_split(corpus_path, "val"), cfg.val_max_samples)
+    train_samples = read_split(corpus_path, "train")
+    val_samples = _subset_samples(read_split(corpus_path, "val"), cfg.val_max_samples)
     if not train_samples:
         raise DataError(f"{corpus_path}: no train-split samples to fine-tune on")
     num_labels = None
@@ -406,8 +327,7 @@ def run_finetune(
             # Weights first, then the record that names them: a crash between leaves the old record
             # pointing at newer weights of a better step, never at missing ones.
             best_dir.mkdir(parents=True, exist_ok=True)
-            state = {k: v.detach().float() if v.is_floating_point() else v.detach() for k, v in module.state_dict().items()}
-            save_weights(state, best_dir / (WEIGHTS_FILE + ".tmp"))
+            save_weights(float_state(module), best_dir / (WEIGHTS_FILE + ".tmp"))
             os.replace(best_dir / (WEIGHTS_FILE + ".tmp"), best_dir / WEIGHTS_FILE)  # a kill never leaves half a file
             best.clear()
             best.update({"step": step, "value": value})
@@ -456,26 +376,6 @@ def run_finetune(
             summary["samples_per_s"] = float(np.median(rates))
         _write_finished(model, config, out_dir, train_records, val_records, val_keys=("selected_on",))
     return summary
-
-
-def check_fit(dataset, config, what: str) -> None:
-    """One-line errors when a task dataset does not fit the model: no usable item, the frame
-    store's frames per chunk, frames per video or the sentence slots per text."""
-    if len(dataset) == 0:
-        raise DataError(f"{what}: no usable {dataset.kind} items ({dict(dataset.skipped) or 'the split is empty'})")
-    store = dataset.store
-    k, n = store.frames_per_segment, int(store.attrs.get("num_chunks") or 0)
-    if k != config.video.frames_per_clip:
-        raise ConfigError(
-            f"the frame store holds {k} frames per chunk but the model's clips are {config.video.frames_per_clip} frames "
-            f"(video.frames_per_clip): cache with frames_per_segment={config.video.frames_per_clip}"
-        )
-    if config.fusion is not None and n * k > config.fusion.max_frames:
-        raise ConfigError(f"the frame store gives {n} chunks × {k} = {n * k} frames, more than the model's fusion.max_frames={config.fusion.max_frames}: cache fewer num_chunks")
-    slots = dataset.text_slots
-    if slots > config.text.max_sentences:
-        key = "loader.clips_per_sample" if dataset.kind == "retrieval" else "max_subtitles"
-        raise ConfigError(f"config key '{key}': {slots} sentence slots per text, more than the model's {config.text.max_sentences}")
 
 
 def _metric_name(kind: str) -> str:

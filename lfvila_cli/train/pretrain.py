@@ -37,17 +37,16 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from ..config import check, from_dict, to_dict
-from ..errors import ArtifactError, ConfigError, DataError, LfvilaError
+from ..config import check
+from ..data.corpus import read_split
 from ..data.loader import LoaderConfig
+from ..errors import ConfigError, DataError, LfvilaError
+from ..model.pretrained import TOKENIZER_DIR, WEIGHTS_FILE, load_stage1_into, save_pretrained
 from ..objectives import ObjectiveConfig
 from .engine import TrainConfig
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-TOKENIZER_DIR = "tokenizer"
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "loss.png"
 VAL_FILE = "val_metrics.jsonl"  # in run/, next to the trainer's metrics.jsonl
@@ -93,16 +92,6 @@ class PretrainConfig:
         check(self.stage == 1 or not self.video_init, "video_init", _VIDEO_INIT_STAGE1_ONLY)
 
 
-POLICY_FIELDS = ("workers",)  # change how a run goes, not what it makes: left out of the artifact key
-
-
-def key_config(cfg: PretrainConfig) -> dict:
-    """The config that shapes the model (the artifact key): everything but ``POLICY_FIELDS``, and
-    ``video_init`` only when set (keys made before it existed stay valid; the stage adds the
-    checkpoint's digest, ``stages.pretrain_fingerprints``)."""
-    return {k: v for k, v in to_dict(cfg).items() if k not in POLICY_FIELDS and not (k == "video_init" and not v)}
-
-
 # The video encoder's parts no Swin-2D layer may fit: the clip-feature head (docs/method.md §2) is loaded from
 # the Swin merge after the clip-feature layer only when the widths agree (they do for Swin-B).
 VIDEO_INIT_ALLOW_MISSING = (r"^clip_merge\.", r"^clip_norm\.")
@@ -146,138 +135,6 @@ def init_video_encoder(model, source: str) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Weights and finished-model files
-# ---------------------------------------------------------------------------------------------
-
-
-def _storage_key(t: torch.Tensor) -> tuple:
-    return (t.device.type, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
-
-
-def save_weights(state: dict[str, torch.Tensor], path: str | Path) -> dict[str, str]:
-    """Save ``state`` with safetensors; a tensor shared under several names (tied weights) is
-    stored once under its first name and the others are recorded as aliases in the metadata.
-    Returns the aliases ``{alias: stored name}``."""
-    from safetensors.torch import save_file
-
-    stored: dict[str, torch.Tensor] = {}
-    aliases: dict[str, str] = {}
-    seen: dict[tuple, str] = {}
-    for name, tensor in state.items():
-        tensor = tensor.detach()
-        key = _storage_key(tensor) if tensor.numel() else None
-        if key is not None and key in seen:
-            aliases[name] = seen[key]
-            continue
-        if key is not None:
-            seen[key] = name
-        stored[name] = tensor.to("cpu").contiguous().clone()
-    save_file(stored, str(path), metadata={"format": "pt", "aliases": json.dumps(aliases, sort_keys=True)})
-    return aliases
-
-
-def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """The state dict written by ``save_weights``, aliases restored. A missing, truncated or
-    corrupt file is an ``ArtifactError`` naming it (finetune, export and index read through here)."""
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
-
-    try:
-        state = load_file(str(path), device="cpu")
-        with safe_open(str(path), framework="pt") as f:
-            aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
-        for alias, name in aliases.items():
-            state[alias] = state[name]
-    except FileNotFoundError:
-        raise ArtifactError(f"{path}: no such weights file") from None
-    except (SafetensorError, OSError, ValueError, KeyError) as exc:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ArtifactError(f"{path}: unreadable weights file, truncated or corrupt ({detail})") from exc
-    return state
-
-
-def load_pretrained(model_dir: str | Path):
-    """Rebuild a finished pre-training model: ``config.json`` + ``model.safetensors`` (strict)."""
-    from ..model.lfvila import LfvilaConfig, build_model
-
-    model_dir = Path(model_dir)
-    try:
-        config = from_dict(LfvilaConfig, json.loads((model_dir / CONFIG_FILE).read_text(encoding="utf-8")))
-    except OSError as exc:
-        raise LfvilaError(f"{model_dir}: cannot read {CONFIG_FILE} ({exc.strerror or exc})") from None
-    model = build_model(config)
-    try:
-        model.load_state_dict(load_weights(model_dir / WEIGHTS_FILE), strict=True)
-    except RuntimeError as exc:  # torch lists every missing, unexpected and misshapen tensor
-        first = next((ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip()), str(exc))
-        raise ArtifactError(f"{model_dir / WEIGHTS_FILE}: the weights do not fit the model {CONFIG_FILE} describes ({first[:200]})") from None
-    return model
-
-
-def load_stage1_into(model, stage1_dir: str | Path) -> dict[str, int]:
-    """Load a stage-1 artifact's weights into a stage-2 ``model``: every tensor of the file must
-    exist in the model with the same shape, and every tensor a stage-1 model of the same
-    configuration has must be in the file (strict on the stage-1 parts)."""
-    from ..model.lfvila import LfvilaConfig, build_model
-
-    stage1_dir = Path(stage1_dir)
-    weights = stage1_dir / WEIGHTS_FILE
-    if not weights.is_file():
-        raise LfvilaError(f"--init-from {stage1_dir}: no {WEIGHTS_FILE} (is it a finished stage-1 artifact?)")
-    state = load_weights(weights)
-    config = from_dict(LfvilaConfig, json.loads((stage1_dir / CONFIG_FILE).read_text(encoding="utf-8")))
-    expected = set(build_model(config, device="meta").state_dict())
-    own = model.state_dict()
-    missing = sorted(expected - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = sorted(k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape))
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"not in the stage-2 model {len(unexpected)} (e.g. {unexpected[0]})")
-        if wrong:
-            k = wrong[0]
-            parts.append(f"shape mismatch {len(wrong)} (e.g. {k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)})")
-        raise LfvilaError(f"--init-from {stage1_dir}: the stage-1 weights do not fit this model: {'; '.join(parts)}")
-    result = model.load_state_dict(state, strict=False)
-    return {"loaded": len(state), "fresh": len(result.missing_keys)}
-
-
-# ---------------------------------------------------------------------------------------------
-# The loss-curve PNG (no matplotlib): a numpy rasteriser and a minimal PNG writer
-# ---------------------------------------------------------------------------------------------
-
-
-def plot_curves(series: dict[str, tuple[list[float], list[float]]], path: str | Path, width: int = 640, panel_height: int = 140) -> None:
-    """One labelled panel per named series ``{name: (steps, values)}`` (non-finite values
-    dropped), stacked vertically with a shared step axis, each scaled to its own range, the zero
-    line drawn when in range; ``width`` × (panels · ``panel_height`` + 50) pixels."""
-    from ..report import pyplot
-
-    plt = pyplot()
-    names = [n for n, (xs, ys) in series.items() if any(np.isfinite(ys))] or ["(no data)"]
-    height = len(names) * panel_height + 50
-    fig, axes = plt.subplots(len(names), 1, figsize=(width / 100, height / 100), dpi=100, sharex=True, squeeze=False)
-    for p, (ax, name) in enumerate(zip(axes[:, 0], names)):
-        ax.set_title(name, fontsize=8, loc="left", pad=2)
-        ax.tick_params(labelsize=7)
-        ax.grid(alpha=0.3)
-        if name not in series:
-            continue
-        xs, ys = (np.asarray(v, np.float64) for v in series[name])
-        ok = np.isfinite(ys) & np.isfinite(xs)
-        ax.plot(xs[ok], ys[ok], color=f"C{p}", marker="o" if ok.sum() == 1 else None, linewidth=1.2)
-        if ok.any() and ys[ok].min() < 0 < ys[ok].max():
-            ax.axhline(0, color="0.7", linewidth=0.8)
-    axes[-1, 0].set_xlabel("step", fontsize=8)
-    fig.subplots_adjust(left=0.08, right=0.98, top=1 - 16 / height, bottom=42 / height, hspace=0.4)
-    fig.savefig(str(path), dpi=100)
-    plt.close(fig)
-
-
-# ---------------------------------------------------------------------------------------------
 # Pre-training
 # ---------------------------------------------------------------------------------------------
 
@@ -285,12 +142,6 @@ def plot_curves(series: dict[str, tuple[list[float], list[float]]], path: str | 
 def _step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
     # One generator per (seed, step, stream): identical on every rank and after a resume.
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 7 + stream)
-
-
-def _read_split(corpus_path: Path, split: str) -> list:
-    from ..data.corpus import read_corpus
-
-    return [s for s in read_corpus(corpus_path) if s.split == split]
 
 
 def resolve_tokenizer(
@@ -476,8 +327,8 @@ def run_pretrain(
     run_dir = out_dir / "run"
 
     _ensure_distributed(world_size)
-    train_samples = _read_split(corpus_path, "train")
-    val_samples = _subset_samples(_read_split(corpus_path, "val"), cfg.val_max_samples)
+    train_samples = read_split(corpus_path, "train")
+    val_samples = _subset_samples(read_split(corpus_path, "val"), cfg.val_max_samples)
     if not train_samples:
         raise DataError(f"{corpus_path}: no train-split samples to pre-train on")
     tokenizer = resolve_tokenizer(
@@ -664,9 +515,7 @@ def _write_finished(
 ) -> None:
     """config.json, model.safetensors, metrics.jsonl and loss.png (the tokenizer is already there);
     ``val_keys``: the validation figures drawn beside the training losses."""
-    (out_dir / CONFIG_FILE).write_text(json.dumps(to_dict(config), indent=2) + "\n", encoding="utf-8")
-    state = {k: v.detach().float() if v.is_floating_point() else v.detach() for k, v in model.state_dict().items()}
-    save_weights(state, out_dir / WEIGHTS_FILE)
+    save_pretrained(model, config, out_dir)
     with open(out_dir / METRICS_FILE, "w", encoding="utf-8") as f:
         for record in train_records:
             f.write(json.dumps({"split": "train", **record}) + "\n")
@@ -680,4 +529,6 @@ def _write_finished(
         pts = [(r["step"], r[key]) for r in val_records if isinstance(r.get(key), (int, float))]
         if pts:
             series[f"val {key}"] = ([p[0] for p in pts], [p[1] for p in pts])
+    from ..plots import plot_curves
+
     plot_curves(series, out_dir / PLOT_FILE)

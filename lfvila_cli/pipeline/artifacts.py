@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ArtifactError
+from ..errors import ArtifactError
 from .locks import pid_running
 
 MANIFEST = "manifest.json"
@@ -109,6 +109,13 @@ def verify_files(artifact: "Artifact") -> str | None:
         if digest != want.get("sha256"):
             return f"{rel} changed after it was written (SHA-256 differs)"
     return None
+
+
+def read_stage_config(artifact_dir: str | Path) -> dict:
+    """The resolved config an artifact was made with (``stage_config.json``); ``{}`` for a
+    directory that is not an artifact (e.g. a model directory written by hand)."""
+    path = Path(artifact_dir) / CONFIG
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -249,6 +256,18 @@ class Workdir:
         if artifact is None:
             raise ArtifactError(f"ref {stage}/{ref} points to {key[:KEY_CHARS]}, which is missing from {self.stage_dir(stage)}")
         return artifact
+
+    def input_of(self, artifact: Artifact, name: str) -> Artifact | None:
+        """The input ``name`` an artifact was built from: in this work directory, or where it lived
+        when it was built (``--corpus DIR`` from another work directory); ``None`` when gone."""
+        key = artifact.manifest.get("inputs", {}).get(name)
+        if key is None:
+            return None
+        found = self.get(name, key)
+        elsewhere = artifact.manifest.get("input_paths", {}).get(name)
+        if found is None and elsewhere and Path(elsewhere, MANIFEST).is_file():
+            found = Workdir(Path(elsewhere).parent.parent.parent).get(name, key)
+        return found
 
     # --- writing ------------------------------------------------------------------------
     def set_ref(self, stage: str, name: str, key: str) -> None:

@@ -33,7 +33,7 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
-from .errors import LfvilaError
+from ..errors import LfvilaError
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,219 @@
+"""The ``cache`` stage: decode a corpus' segments into a Zarr frame store (``data/cache.py``).
+
+Input: a ``prepare`` artifact. Key: the layout of the frames (``CacheConfig.layout``), where the
+store goes (``store_url``), and the size and modification time of every video outside the
+corpus artifact. Resumable: the store fills row by row in the partial directory; under a
+multi-rank launch each rank decodes its own rows. A committed cache is usable only while its
+frame store exists.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Optional
+
+from ..data.cache import CacheConfig
+from ..errors import ArtifactError, ConfigError, LfvilaError
+from ..pipeline.artifacts import KEY_CHARS, Artifact, Workdir
+from ..pipeline.stage import Stage, StageContext
+from .prepare import corpus_file
+
+log = logging.getLogger(__name__)
+
+
+def frame_store_url(artifact: Artifact) -> str:
+    """Where a cache artifact's Zarr store lives (inside the artifact unless configured)."""
+    url = artifact.summary.get("store_url") or ""
+    return url if url else str(artifact.path / "frames.zarr")
+
+
+def corpus_of(workdir: Workdir, cache: Artifact) -> Path:
+    """The corpus file a cache artifact was built from (a one-line error when it is gone)."""
+    corpus = workdir.input_of(cache, "prepare")
+    if corpus is None:
+        raise ArtifactError(f"the corpus cache {cache.key[:KEY_CHARS]} was built from is gone")
+    return corpus_file(corpus)
+
+
+def key_config(config: CacheConfig) -> dict:
+    """What shapes the frames (``layout``: unused and order-only differences removed) and where they go."""
+    return {**config.layout(), "store_url": config.store_url}
+
+
+def fingerprints(config: CacheConfig, inputs: dict[str, Artifact]) -> dict:
+    """Size and modification time of every video outside the corpus artifact.
+
+    Videos inside the corpus artifact (the bundled example) are already covered by its key;
+    hashing the bytes of every external video would cost a full read of the dataset.
+    """
+    from ..data.corpus import read_corpus
+
+    videos: set[str] = set()
+    for sample in read_corpus(corpus_file(inputs["prepare"])):
+        for ref in [sample.video] + [seg.video for seg in sample.segments if seg.video]:
+            if "://" in ref or os.path.isabs(ref):
+                videos.add(ref)
+    return {video: _stat_fingerprint(video) for video in sorted(videos)}
+
+
+def _stat_fingerprint(url: str) -> Optional[list]:
+    if "://" not in url:
+        try:
+            st = os.stat(url)
+        except OSError:
+            return None  # a missing video is recorded by the cache stage itself
+        return [st.st_size, st.st_mtime_ns]
+    import fsspec
+
+    try:
+        fs, path = fsspec.core.url_to_fs(url)
+        info = fs.info(path)
+    except (OSError, ValueError, ImportError):  # ImportError: a protocol's optional package
+        return None  # the cache stage records why that video failed
+    return [info.get("size"), str(info.get("mtime") or info.get("LastModified") or info.get("ETag") or "")]
+
+
+def verify(artifact: Artifact) -> Optional[str]:
+    """A committed cache is usable only while its Zarr store is still there."""
+    import fsspec
+
+    url = frame_store_url(artifact)
+    try:
+        fs, path = fsspec.core.url_to_fs(url)
+        present = fs.exists(f"{path.rstrip('/')}/zarr.json")
+    except (OSError, ValueError, ImportError) as exc:
+        return f"cannot reach its frame store {url}: {exc}"
+    return None if present else f"its frame store {url} is missing"
+
+
+def run(ctx: StageContext) -> dict:
+    from ..data.cache import cache_frames
+
+    if ctx.config.store_url.startswith("memory://"):
+        raise ConfigError("store_url: a memory:// store vanishes when the process ends; use a path or a persistent URL")
+    url = ctx.config.store_url or str(ctx.out_dir / "frames.zarr")
+    identity = ctx.workdir.identity()
+    owner = {"workdir_id": identity["id"], "workdir": identity["path"], "stage": "cache", "key": ctx.key}
+    if ctx.force and ctx.config.store_url and ctx.rank == 0:
+        _remove_store(ctx.workdir, ctx.config.store_url, owner)  # the partial directory was wiped; an external store too
+    if ctx.config.retry_failed and not ctx.config.store_url and ctx.rank == 0 and not os.path.exists(url):
+        _seed_from_earlier_store(ctx, url, owner)
+    summary = cache_frames(
+        corpus_file(ctx.inputs["prepare"]),
+        ctx.config,
+        url,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+        progress=ctx.progress,
+        owner=owner,
+    )
+    summary["store_url"] = ctx.config.store_url
+    return summary
+
+
+def _remove_store(workdir: Workdir, url: str, owner: dict) -> None:
+    """``--force`` with an external ``store_url``: delete the frame store there — only if it is
+    one, and only if it belongs to the artifact being rebuilt (never another artifact's or
+    another work directory's store, nor a directory of other data)."""
+    import fsspec
+
+    from ..data.cache import describe_owner, same_owner
+
+    fs, path = fsspec.core.url_to_fs(url)
+    if not fs.exists(path):
+        return
+    try:
+        with fs.open(f"{path.rstrip('/')}/zarr.json", "rb") as fh:
+            attrs = json.load(fh).get("attributes", {})
+    except (OSError, ValueError, AttributeError):
+        attrs = {}
+    if "layout_version" not in attrs:
+        raise ConfigError(f"store_url {url}: exists and is not an lfvila frame store; --force will not delete it")
+    recorded = attrs.get("owner")
+    if isinstance(recorded, dict):
+        if not same_owner(recorded, owner):
+            raise ConfigError(
+                f"store_url {url}: belongs to {describe_owner(recorded)}; --force will not delete another "
+                "artifact's frame store (point store_url at another location)"
+            )
+    else:
+        mine = workdir.get("cache", owner["key"])
+        if mine is None or frame_store_url(mine) != url:
+            raise ConfigError(
+                f"store_url {url}: the frame store records no owner (made by an older lfvila) and no cache artifact "
+                "of this work directory uses it; --force will not delete it (delete it yourself if nothing needs it)"
+            )
+    # The artifact of this key reads this store: it stops being visible before the store goes.
+    workdir.invalidate("cache", owner["key"])
+    fs.rm(path, recursive=True)
+
+
+def _seed_from_earlier_store(ctx: StageContext, url: str, owner: dict) -> None:
+    """``--retry-failed`` after videos were fixed or restored: their fingerprints changed, so the
+    cache has a new key and a new store. Start it from the newest earlier store of the same rows
+    (same corpus segments and layout) in this work directory instead of decoding every row
+    again: its chunks are hard-linked (Zarr replaces a chunk file when it writes one, so the
+    earlier store stays as it was), and the rows of every video whose fingerprint changed go
+    back to pending. The failed rows are then retried as usual."""
+    import numpy as np
+
+    from ..data.cache import plan_rows
+    from ..data.framestore import ERROR_BYTES, PENDING, open_group
+
+    plan = plan_rows(corpus_file(ctx.inputs["prepare"]), ctx.config)
+    fingerprints = ctx.key_payload.get("fingerprints", {})  # stat-ing every video again would cost as much
+    earlier = None
+    for artifact in sorted(ctx.workdir.artifacts("cache"), key=lambda a: -a.manifest.get("created", 0)):
+        if artifact.key == ctx.key or artifact.summary.get("store_url"):
+            continue
+        source = artifact.path / "frames.zarr"
+        try:
+            attrs = open_group(str(source), mode="r").attrs.asdict()
+        except LfvilaError:
+            continue
+        if attrs.get("ready") and attrs.get("plan_digest") == plan.digest and attrs.get("rows") == plan.rows and all(
+            attrs.get(k) == v for k, v in ctx.config.layout().items()
+        ):
+            earlier = artifact
+            break
+    if earlier is None:
+        return
+    old = earlier.manifest.get("key_payload", {}).get("fingerprints", {})
+    changed = {video for video in set(old) | set(fingerprints) if old.get(video) != fingerprints.get(video)}
+    rows = [row for task in plan.tasks if task.video in changed or task.source in changed for row in task.rows]
+    building = Path(url).with_name(f".seeding-{os.getpid()}.zarr")
+    shutil.rmtree(building, ignore_errors=True)
+
+    def link(src, dst):
+        try:
+            os.link(src, dst)
+        except OSError:  # another filesystem, or no hard links: a copy
+            shutil.copy2(src, dst)
+
+    shutil.copytree(earlier.path / "frames.zarr", building, copy_function=link)
+    group = open_group(str(building), mode="r+")
+    if rows:
+        index = np.asarray(rows, dtype=np.int64)
+        group["status"].oindex[index] = np.full(index.size, PENDING, dtype=np.uint8)
+        group["error"].oindex[index, :] = np.zeros((index.size, ERROR_BYTES), dtype=np.uint8)
+    group.attrs.put({**group.attrs.asdict(), "owner": owner})
+    os.replace(building, url)  # complete before any rank sees it
+    log.info("cache: started from the store of cache/%s (%d rows of %d changed videos to decode again)", earlier.key[:KEY_CHARS], len(rows), len(changed))
+
+
+STAGE = Stage(
+    name="cache",
+    version=1,
+    config_class=CacheConfig,
+    run=run,
+    inputs=("prepare",),
+    fingerprints=fingerprints,
+    key_config=key_config,
+    verify=verify,
+    resumable=True,
+    describe=lambda summary: f"{summary.get('ok', '?')}/{summary.get('rows', '?')} segments cached, {summary.get('failed', 0)} failed",
+)

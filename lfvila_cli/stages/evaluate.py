@@ -1,0 +1,56 @@
+"""The ``evaluate`` stage: score a model on one split of a task and write the report
+(``report.py``): metrics.json, report.md, predictions.jsonl and figures.
+
+Inputs: the task's ``cache`` artifact and the model: a ``finetune`` artifact, or with
+``model=pretrain1`` a stage-1 model scored zero-shot on retrieval. Key: the whole config.
+"""
+
+from __future__ import annotations
+
+from ..pipeline.artifacts import Workdir
+from ..pipeline.stage import Stage, StageContext
+from ..report import EvaluateConfig
+from .cache import corpus_of, frame_store_url
+
+
+def input_names(cfg: EvaluateConfig) -> tuple[str, ...]:
+    """The task's frames and the model scored."""
+    return ("cache", cfg.model)
+
+
+def default_cache(workdir: Workdir, model_ref: str) -> str:
+    """The cache a fine-tuned model is scored on unless told otherwise: the one it was trained
+    on (the latest cache may belong to another task), as a full key."""
+    return workdir.resolve("finetune", model_ref).manifest.get("inputs", {}).get("cache", "latest")
+
+
+def run(ctx: StageContext) -> dict:
+    """Score a fine-tuned (or, zero-shot, a stage-1) model on one split of a task."""
+    from ..report import run_evaluate
+
+    model = ctx.inputs[ctx.config.model]
+    cache = ctx.inputs["cache"]
+    return run_evaluate(ctx.config, corpus_of(ctx.workdir, cache), frame_store_url(cache), model.path, model.config, ctx.out_dir)
+
+
+def describe(summary: dict) -> str:
+    """One line for the stage runner: the task, the split and the headline figures."""
+    m = summary.get("metrics", {})
+    where = f"{summary.get('task', '?')} {summary.get('split', '?')}" + (" zero-shot" if summary.get("zero_shot") else "")
+    if "accuracy" in m:
+        return f"{where}: accuracy {m['accuracy']:.3f} (chance {m['chance']:.3f}, {m['num_items']} items)"
+    if "text_to_video" in m:
+        t2v = m["text_to_video"]
+        return f"{where}: text→video R@1 {t2v['R@1']:.3f} R@5 {t2v['R@5']:.3f} MedR {t2v['MedR']:.1f} (chance R@1 {m['chance']['R@1']:.3f}, {m['num_videos']} videos)"
+    return where
+
+
+STAGE = Stage(
+    name="evaluate",
+    version=1,
+    config_class=EvaluateConfig,
+    run=run,
+    inputs=("cache", "finetune", "pretrain1"),
+    select_inputs=input_names,
+    describe=describe,
+)

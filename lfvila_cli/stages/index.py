@@ -1,0 +1,66 @@
+"""The ``index`` stage: embed every video of a frame store for ``lfvila search`` (``search.py``).
+
+Inputs: a ``cache`` artifact (``segment_mode=chunks``) and the encoders: an ``export``
+artifact (``engine=onnx``) or a ``pretrain1`` model (``engine=torch``). Key: the config but
+``batch``. Resumable.
+"""
+
+from __future__ import annotations
+
+from ..errors import ConfigError
+from ..pipeline.artifacts import KEY_CHARS, Workdir
+from ..pipeline.runner import check_inputs
+from ..pipeline.stage import Stage, StageContext
+from ..search import IndexConfig
+from .cache import frame_store_url
+
+
+def input_names(cfg: IndexConfig) -> tuple[str, ...]:
+    """The frames, and the encoders of the engine used."""
+    return ("cache", "export") if cfg.engine == "onnx" else ("cache", "pretrain1")
+
+
+def run(ctx: StageContext) -> dict:
+    """Embed a chunks frame store for search (ONNX Runtime or PyTorch), resumable. Under a
+    multi-rank launch rank 0 indexes alone (the others wait for its commit): one ONNX Runtime
+    process, and no two processes creating the same Zarr arrays."""
+    from ..search import build_index
+
+    if ctx.rank != 0:
+        return {}
+    source = ctx.inputs["export" if ctx.config.engine == "onnx" else "pretrain1"].path
+    return build_index(frame_store_url(ctx.inputs["cache"]), source, ctx.config, ctx.out_dir, progress=ctx.progress)
+
+
+def describe(summary: dict) -> str:
+    rate = summary.get("videos_per_s")
+    return f"{summary.get('videos', '?')} videos indexed with {summary.get('engine', '?')}" + (f" ({rate} videos/s)" if rate else "")
+
+
+def query_index(workdir: Workdir, ref: str, sentences: list[str], top_k: int) -> list[dict]:
+    """``lfvila search``: the ``top_k`` videos of the index artifact ``ref`` that best match the
+    paragraph ``sentences``, through the encoders it was built with (``search.query``)."""
+    from ..search import query
+
+    if top_k < 1:
+        raise ConfigError(f"--top-k must be >= 1, got {top_k}")
+    artifact = workdir.resolve("index", ref)
+    engine = artifact.config.get("engine", "onnx")
+    source = workdir.input_of(artifact, "export" if engine == "onnx" else "pretrain1")
+    if source is None:
+        raise ConfigError(f"the model the index {artifact.key[:KEY_CHARS]} was built with is gone")
+    check_inputs({"index": artifact, source.stage: source})
+    return query(artifact.path, source.path, engine, sentences, top_k)
+
+
+STAGE = Stage(
+    name="index",
+    version=1,
+    config_class=IndexConfig,
+    run=run,
+    inputs=("cache", "export", "pretrain1"),
+    select_inputs=input_names,
+    policy_fields=("batch",),
+    resumable=True,
+    describe=describe,
+)

@@ -1,0 +1,47 @@
+"""The ``prepare`` stage: a source's annotations -> the corpus (samples.jsonl, stats.json).
+
+Key: the selected source's options (``data.prepare.key_config``) and the bytes of every
+annotation file it reads. No input stage.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..data.corpus import CORPUS_FILE
+from ..data.prepare import PrepareConfig, key_config, prepare, raw_inputs
+from ..pipeline.artifacts import Artifact, file_digest
+from ..pipeline.stage import Stage, StageContext
+
+
+def fingerprints(config: PrepareConfig, inputs) -> dict:
+    return {path: file_digest(path) for path in raw_inputs(config)}
+
+
+def run(ctx: StageContext) -> dict:
+    return prepare(ctx.config, ctx.out_dir)
+
+
+def corpus_file(artifact: Artifact) -> Path:
+    """The corpus file of a prepare artifact."""
+    return artifact.path / CORPUS_FILE
+
+
+def describe(summary: dict) -> str:
+    counts = summary.get("splits", {})
+    splits = ", ".join(f"{k} {counts[k]}" for k in ("train", "val", "test") if counts.get(k))
+    rejected = f", {summary['rejected']} rejected" if summary.get("rejected") else ""
+    return f"{summary.get('samples', '?')} samples ({splits}), {summary.get('segments', '?')} segments{rejected}"
+
+
+STAGE = Stage(
+    name="prepare",
+    # 2: untimed segments, task fields checked; the example's How2QA distractors;
+    # 3: reader fixes (ActivityNet and VALUE VIOLIN ids, clamped and clipped times, How2QA test split)
+    version=3,
+    config_class=PrepareConfig,
+    run=run,
+    fingerprints=fingerprints,
+    key_config=key_config,
+    describe=describe,
+)

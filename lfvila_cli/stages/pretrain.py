@@ -1,0 +1,85 @@
+"""The ``pretrain1`` and ``pretrain2`` stages: pre-training stage 1 (VPC + MTC) and stage 2
+(MLM + VTM) over a frame store (``train/pretrain.py``; docs/method.md §4–§5).
+
+Inputs: a ``cache`` artifact, and for stage 2 the ``pretrain1`` artifact it starts from. Key:
+the config but its policy fields (``workers``), ``video_init`` only when set, plus the digest
+of the Swin-2D checkpoint it names. Resumable from the newest complete checkpoint.
+"""
+
+from __future__ import annotations
+
+from ..config import to_dict
+from ..pipeline.artifacts import file_digest
+from ..pipeline.stage import Stage, StageContext
+from ..train.pretrain import PretrainConfig
+from .cache import corpus_of, frame_store_url
+
+POLICY_FIELDS = ("workers",)  # change how a run goes, not what it makes: left out of the artifact key
+
+
+def key_config(cfg: PretrainConfig) -> dict:
+    """The config that shapes the model (the artifact key): everything but ``POLICY_FIELDS``, and
+    ``video_init`` only when set (keys made before it existed stay valid; ``fingerprints`` adds
+    the checkpoint's digest)."""
+    return {k: v for k, v in to_dict(cfg).items() if k not in POLICY_FIELDS and not (k == "video_init" and not v)}
+
+
+def fingerprints(config: PretrainConfig, inputs) -> dict:
+    """video_init set: the bytes of the Swin-2D checkpoint key the model; unset: nothing (keys as before)."""
+    if config.video_init:
+        from ..train.pretrain import video_init_file
+
+        return {"video_init": file_digest(str(video_init_file(config.video_init)))}
+    return {}
+
+
+def run(ctx: StageContext) -> dict:
+    """Pre-training stage 1 or 2 over a frame store (and, for stage 2, a stage-1 model)."""
+    from ..train.pretrain import run_pretrain
+
+    cache = ctx.inputs["cache"]
+    init_from = ctx.inputs["pretrain1"].path if "pretrain1" in ctx.inputs else None
+    return run_pretrain(
+        ctx.config,
+        corpus_of(ctx.workdir, cache),
+        frame_store_url(cache),
+        ctx.out_dir,
+        init_from=init_from,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+        progress=ctx.progress,
+        resume=None if ctx.force else "auto",
+    )
+
+
+def describe(summary: dict) -> str:
+    parts = [f"{summary.get('steps', '?')} steps"]
+    val = summary.get("val") or {}
+    if "R@1" in val:
+        parts.append(f"val R@1 {val['R@1']:.3f} (chance {val.get('chance_R@1', float('nan')):.3f})")
+    if "temporal_order_accuracy" in val:
+        parts.append(f"temporal-order accuracy {val['temporal_order_accuracy']:.3f}")
+    for name in ("mlm_accuracy", "vtm_accuracy"):
+        if name in val:
+            parts.append(f"{name.replace('_', ' ')} {val[name]:.3f}")
+    return ", ".join(parts)
+
+
+def _stage(number: int, inputs: tuple[str, ...]) -> Stage:
+    """``pretrain1`` / ``pretrain2``: one config class, the stage number fixed by the stage."""
+    return Stage(
+        name=f"pretrain{number}",
+        version=2,  # 2: lfvila-tiny with 8×8 patches and a 128-wide BERT sized to the tokenizer
+        config_class=PretrainConfig,
+        run=run,
+        inputs=inputs,
+        fingerprints=fingerprints,
+        key_config=key_config,
+        resumable=True,
+        fixed={"stage": number},
+        describe=describe,
+    )
+
+
+STAGE1 = _stage(1, inputs=("cache",))
+STAGE2 = _stage(2, inputs=("cache", "pretrain1"))
