@@ -8,8 +8,17 @@ import pytest
 
 from helpers_video import sample, write_corpus_file
 from lfvila_cli.data import cache as cache_mod
-from lfvila_cli.data.cache import CacheConfig, plan_rows
-from lfvila_cli.data.framestore import ERROR_BYTES, FrameStore, UnknownSampleError, decode_reason, encode_reason, open_group
+from lfvila_cli.data.cache import CacheConfig, plan_rows, store_spec
+from lfvila_cli.data.framestore import (
+    ERROR_BYTES,
+    FrameStore,
+    UnknownSampleError,
+    create_layout,
+    decode_reason,
+    encode_reason,
+    open_group,
+    row_arrays,
+)
 from lfvila_cli.errors import DataError
 
 K, H, W = 3, 8, 12
@@ -29,8 +38,8 @@ def written(tmp_path):
     plan = plan_rows(corpus, cfg)
     url = str(tmp_path / "frames.zarr")
     group = open_group(url, mode="a")
-    cache_mod._create_layout(group, cfg, plan)
-    arrays = cache_mod._Arrays(group["frames"], group["times"], group["status"], group["error"])
+    create_layout(group, store_spec(cfg, plan))
+    arrays = row_arrays(group)
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, (plan.rows, K, H, W, 3), dtype=np.uint8)
     times = rng.random((plan.rows, K), dtype=np.float32)
