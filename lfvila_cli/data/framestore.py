@@ -13,21 +13,17 @@ Layout (``layout_version`` 1). ``K`` = ``frames_per_segment``, ``H`` × ``W`` = 
   the rows of a sample are contiguous and in segment order. Row arrays, every one chunked one
   row per chunk, so ranks fill disjoint rows without locks:
 
-  ==========  =======  ==================  ===========  ======================================
-  array       dtype    shape               fill value   content
-  ==========  =======  ==================  ===========  ======================================
-  ``frames``  uint8    ``(R, K, H, W, 3)``  0           RGB frames; uncompressed, or zstd level
-                                                        1 with ``compression: zstd``; dims
-                                                        ``row, frame, y, x, rgb``
-  ``times``   float32  ``(R, K)``          NaN          seconds of each frame in its video
-  ``status``  uint8    ``(R,)``            0            ``PENDING`` 0, ``OK`` 1, ``FAILED`` 2;
-                                                        uncompressed
-  ``error``   uint8    ``(R, 256)``        0            utf-8 failure reason, zero padded
-                                                        (``ERROR_BYTES``)
-  ==========  =======  ==================  ===========  ======================================
+  - ``frames`` uint8 ``(R, K, H, W, 3)``, fill 0, dimensions ``row, frame, y, x, rgb``:
+    the RGB frames; uncompressed, or zstd level 1 with ``compression: zstd``;
+  - ``times`` float32 ``(R, K)``, fill NaN (pending), dimensions ``row, frame``: the second
+    of each frame in its video;
+  - ``status`` uint8 ``(R,)``, fill 0, uncompressed: ``PENDING`` 0, ``OK`` 1, ``FAILED`` 2;
+  - ``error`` uint8 ``(R, ERROR_BYTES)`` = ``(R, 256)``, fill 0, dimensions ``row, byte``:
+    the utf-8 failure reason, zero padded.
 
-  A row counts only once its ``status`` (written after its frames and times) says ok; a
-  failure's reason is written before its ``failed``.
+  ``times``, ``error`` and the index arrays use Zarr's default codec (zstd level 0). A row
+  counts only once its ``status`` (written after its frames and times) says ok; a failure's
+  reason is written before its ``failed``.
 * the sample index, one entry per sample in corpus order, chunks of up to ``INDEX_CHUNK``
   entries: ``sample_id`` (variable-length utf-8 string), ``sample_row_start`` int64 and
   ``sample_num_rows`` int32, all ``(S,)``. Samples asking for the same spans of the same
