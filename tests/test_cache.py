@@ -17,6 +17,7 @@ import pytest
 from helpers_video import FPS, decoded_index, make_broken, make_truncated_faststart, make_video, sample, write_corpus_file
 from lfvila_cli.config import from_dict
 from lfvila_cli.data import cache as cache_mod
+from lfvila_cli.data import framestore
 from lfvila_cli.data.cache import CacheConfig, cache_frames
 from lfvila_cli.data.framestore import PENDING, FrameStore
 from lfvila_cli.data.video import BoundedVideoDecoder, VideoDecoder, VideoError, decode_span, frame_indices, resize_frames, span_times
@@ -487,7 +488,7 @@ def test_rerun_on_a_finished_store_creates_and_decodes_nothing(videos, tmp_path,
     def forbidden(*args, **kwargs):
         raise AssertionError("must not be called on a finished store")
 
-    monkeypatch.setattr(cache_mod, "_create_layout", forbidden)
+    monkeypatch.setattr(framestore, "create_layout", forbidden)
     monkeypatch.setattr(cache_mod, "VideoDecoder", forbidden)
     monkeypatch.setattr(cache_mod, "BoundedVideoDecoder", forbidden)
     summary = cache_frames(corpus, cfg(), url, progress=False)
@@ -531,16 +532,14 @@ def test_interrupted_run_leaves_no_torn_row_and_resumes(videos, tmp_path, monkey
     corpus = write_corpus_file(tmp_path, good_records(videos))
     url = str(tmp_path / "frames.zarr")
     writes: list = []
-    real_arrays = cache_mod._Arrays
+    real_arrays = cache_mod.row_arrays
 
-    def arrays_that_crash(frames, times, status, error):
-        if crash_in == "frames":
-            frames = CrashOnWrite(frames, 4, writes)
-        else:
-            times = CrashOnWrite(times, 4, writes)
-        return real_arrays(frames, times, status, error)
+    def arrays_that_crash(group, **kwargs):
+        arrays = real_arrays(group, **kwargs)
+        setattr(arrays, crash_in, CrashOnWrite(getattr(arrays, crash_in), 4, writes))
+        return arrays
 
-    monkeypatch.setattr(cache_mod, "_Arrays", arrays_that_crash)
+    monkeypatch.setattr(cache_mod, "row_arrays", arrays_that_crash)
     with pytest.raises(SimulatedCrash):
         cache_frames(corpus, cfg(workers=1), url, progress=False)
     store = FrameStore(url)
@@ -552,7 +551,7 @@ def test_interrupted_run_leaves_no_torn_row_and_resumes(videos, tmp_path, monkey
     with pytest.raises(DataError, match="still pending"):
         store.sample(torn_sample)
 
-    monkeypatch.setattr(cache_mod, "_Arrays", real_arrays)
+    monkeypatch.setattr(cache_mod, "row_arrays", real_arrays)
     summary = cache_frames(corpus, cfg(), url, progress=False)
     assert (summary["skipped"], summary["written"], summary["ok"]) == (counts["ok"], counts["pending"], 8)
     fresh = tmp_path / "fresh.zarr"

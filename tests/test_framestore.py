@@ -8,8 +8,18 @@ import pytest
 
 from helpers_video import sample, write_corpus_file
 from lfvila_cli.data import cache as cache_mod
-from lfvila_cli.data.cache import CacheConfig, plan_rows
-from lfvila_cli.data.framestore import ERROR_BYTES, FrameStore, UnknownSampleError, decode_reason, encode_reason, open_group
+from lfvila_cli.data import framestore
+from lfvila_cli.data.cache import CacheConfig, plan_rows, store_spec
+from lfvila_cli.data.framestore import (
+    ERROR_BYTES,
+    FrameStore,
+    UnknownSampleError,
+    create_layout,
+    decode_reason,
+    encode_reason,
+    open_group,
+    row_arrays,
+)
 from lfvila_cli.errors import DataError
 
 K, H, W = 3, 8, 12
@@ -29,8 +39,8 @@ def written(tmp_path):
     plan = plan_rows(corpus, cfg)
     url = str(tmp_path / "frames.zarr")
     group = open_group(url, mode="a")
-    cache_mod._create_layout(group, cfg, plan)
-    arrays = cache_mod._Arrays(group["frames"], group["times"], group["status"], group["error"])
+    create_layout(group, store_spec(cfg, plan))
+    arrays = row_arrays(group)
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, (plan.rows, K, H, W, 3), dtype=np.uint8)
     times = rng.random((plan.rows, K), dtype=np.float32)
@@ -118,3 +128,72 @@ def test_layout_is_zarr_v3_one_row_per_chunk_without_sharding(written):
     assert group.attrs["segment_mode"] == "clips"
     root = json.loads((Path(url) / "zarr.json").read_text())
     assert root.get("consolidated_metadata") is None  # it would go stale while rows are filled
+
+
+# --- the store as the stage machinery sees it ----------------------------------------------------
+
+
+def _spec(tmp_path, **overrides):
+    corpus = tmp_path / "samples.jsonl"  # written by the ``written`` fixture
+    cfg = CacheConfig(**{"frames_per_segment": K, "height": H, "width": W, **overrides})
+    return store_spec(cfg, plan_rows(corpus, cfg))
+
+
+def test_presence_attributes_and_identity_of_a_store(tmp_path, written):
+    url, _, _ = written
+    assert framestore.store_location(tmp_path) == url and framestore.store_location(tmp_path, "s3://b/x.zarr") == "s3://b/x.zarr"
+    assert framestore.store_present(url) is None
+    missing = str(tmp_path / "gone.zarr")
+    assert framestore.store_present(missing) == f"its frame store {missing} is missing"
+    assert framestore.location_exists(url) and not framestore.location_exists(missing)
+    attrs = framestore.read_attrs(url)
+    assert framestore.is_frame_store(attrs) and attrs["ready"] is True and attrs["rows"] == 6
+    assert framestore.read_attrs(missing) is None and not framestore.is_frame_store(None)
+    other = open_group(str(tmp_path / "other.zarr"), mode="a")
+    other.attrs.update({"tool": "someone else"})
+    assert framestore.read_attrs(tmp_path / "other.zarr") == {"tool": "someone else"}
+    assert not framestore.is_frame_store(framestore.read_attrs(tmp_path / "other.zarr"))
+    (tmp_path / "torn.zarr").mkdir()
+    (tmp_path / "torn.zarr" / "zarr.json").write_text("{")
+    assert framestore.read_attrs(tmp_path / "torn.zarr") is None
+    assert framestore.same_rows(attrs, _spec(tmp_path))
+    assert not framestore.same_rows(attrs, _spec(tmp_path, width=W + 2))
+    assert not framestore.same_rows({**attrs, "ready": False}, _spec(tmp_path))
+    framestore.delete_store(tmp_path / "other.zarr")
+    assert not (tmp_path / "other.zarr").exists()
+
+
+def test_owner_records():
+    mine = framestore.owner_record("wd-1", "/data/wd", "cache", "ab" * 32)
+    assert mine == {"workdir_id": "wd-1", "workdir": "/data/wd", "stage": "cache", "key": "ab" * 32}
+    assert framestore.recorded_owner({"owner": mine}) == mine
+    assert framestore.recorded_owner({"owner": "x"}) is None and framestore.recorded_owner({}) is None and framestore.recorded_owner(None) is None
+    assert framestore.same_owner(mine, {**mine, "workdir": "/elsewhere"})  # a moved work directory keeps its id
+    assert not framestore.same_owner(mine, {**mine, "key": "cd" * 32})
+    assert framestore.describe_owner(mine) == f"cache artifact {'ab' * 8} of the work directory /data/wd"
+
+
+def test_seed_store_links_the_earlier_store_and_resets_rows(tmp_path, written):
+    url, frames, _ = written
+    before = {p: p.read_bytes() for p in Path(url).rglob("*") if p.is_file()}
+    dest = tmp_path / "new" / "frames.zarr"
+    dest.parent.mkdir()
+    owner = framestore.owner_record("wd-1", "/data/wd", "cache", "cd" * 32)
+    framestore.seed_store(url, dest, [2, 3], owner)
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["frames.zarr"]  # built aside, renamed into place
+    seeded = FrameStore(dest)
+    assert seeded.status_counts() == {"pending": 3, "ok": 3, "failed": 0} and seeded.failures() == []
+    assert framestore.recorded_owner(seeded.attrs) == owner
+    assert not np.asarray(open_group(str(dest), mode="r")["error"][3]).any()
+    np.testing.assert_array_equal(seeded.sample("first")[0], frames[0:2])
+    assert (dest / "frames" / "c" / "0" / "0" / "0" / "0" / "0").stat().st_nlink == 2  # hard-linked, not copied
+    assert {p: p.read_bytes() for p in Path(url).rglob("*") if p.is_file()} == before  # the earlier store as it was
+    assert FrameStore(url).status_counts() == {"pending": 1, "ok": 4, "failed": 1}
+
+
+def test_the_module_docstring_documents_every_array_and_attribute():
+    doc = framestore.__doc__
+    for name in (*framestore.ARRAY_NAMES, *framestore.LAYOUT_ATTRS, *framestore.OWNER_FIELDS):
+        assert f"``{name}``" in doc, name
+    for name in ("layout_version", "samples", "rows", "plan_digest", "frames_codec", "ready", "owner"):
+        assert f"``{name}``" in doc, name

@@ -38,7 +38,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import re
 import threading
 import time
 from collections import Counter
@@ -54,7 +53,22 @@ from ..config import check
 from ..errors import DataError
 from .corpus import SPLITS, read_corpus, resolve_video
 from .formats import absolute
-from .framestore import ERROR_BYTES, FAILED, LAYOUT_VERSION, OK, PENDING, decode_reason, encode_reason, open_group
+from .framestore import (  # noqa: F401  (describe_owner, same_owner: stages.py imports them from here for now)
+    FAILED,
+    OK,
+    PENDING,
+    RowArrays,
+    StoreMismatchError,
+    StoreSpec,
+    decode_reason,
+    describe_owner,
+    encode_reason,
+    open_or_create,
+    open_ready,
+    reset_rows,
+    row_arrays,
+    same_owner,
+)
 from .video import BoundedVideoDecoder, VideoDecoder, VideoError, chunk_span, decode_process
 
 log = logging.getLogger(__name__)
@@ -63,7 +77,6 @@ POLICY_FIELDS = ("max_failure_rate", "workers", "retry_failed", "decode_timeout_
 MAX_LISTED_FAILURES = 1000  # in the returned summary; the store keeps every reason
 LOGGED_FAILURES = 10  # logged one by one, then one line per FAILURE_LOG_INTERVAL_S
 FAILURE_LOG_INTERVAL_S = 30.0
-INDEX_CHUNK = 1 << 16  # sample index arrays are written once, by rank 0: big chunks are fine
 
 
 @dataclass
@@ -240,180 +253,28 @@ def plan_rows(corpus_path: Path, cfg: CacheConfig) -> CachePlan:
     )
 
 
-# --- the store layout -------------------------------------------------------------------------
+# --- the store ---------------------------------------------------------------------------------
 
 
-def _expected_attrs(cfg: CacheConfig, plan: CachePlan) -> dict:
-    return {
-        "layout_version": LAYOUT_VERSION,
-        **cfg.layout(),
-        "samples": len(plan.sample_ids),
-        "rows": plan.rows,
-        "plan_digest": plan.digest,
-    }
-
-
-def _expected_arrays(cfg: CacheConfig, plan: CachePlan) -> dict[str, tuple[tuple, tuple, str]]:
-    """name -> (shape, chunks, dtype)."""
-    k, h, w, rows, samples = cfg.frames_per_segment, cfg.height, cfg.width, plan.rows, len(plan.sample_ids)
-    index_chunk = (max(1, min(samples, INDEX_CHUNK)),)
-    return {
-        "frames": ((rows, k, h, w, 3), (1, k, h, w, 3), "uint8"),
-        "times": ((rows, k), (1, k), "float32"),
-        "status": ((rows,), (1,), "uint8"),
-        "error": ((rows, ERROR_BYTES), (1, ERROR_BYTES), "uint8"),
-        "sample_row_start": ((samples,), index_chunk, "int64"),
-        "sample_num_rows": ((samples,), index_chunk, "int32"),
-        "sample_id": ((samples,), index_chunk, "str"),
-    }
-
-
-class StoreMismatchError(DataError):
-    """An existing store was made for another config or corpus."""
-
-
-def _check_layout(group, cfg: CacheConfig, plan: CachePlan, url: str, owner: dict | None = None) -> None:
-    """An existing store must be the one this run would create: else name the first difference.
-
-    ``--force`` is suggested only for a store of this run's own artifact: it deletes the store,
-    and a store of another artifact or work directory is not this run's to delete."""
-    attrs = group.attrs.asdict()
-    recorded = store_owner(group)
-    if owner is not None and recorded is not None and not same_owner(recorded, owner):
-        hint = f"it belongs to {describe_owner(recorded)}; point store_url at another location"
-    else:
-        hint = "point store_url at another location, delete the store, or rerun with --force (in one process)"
-    for name, want in _expected_attrs(cfg, plan).items():
-        have = attrs.get(name)
-        if have != want:
-            what = "the corpus segments differ" if name == "plan_digest" else f"{have!r} in the store, {want!r} in this run"
-            raise StoreMismatchError(f"{url}: existing frame store does not match: {name} is {what}; {hint}")
-    members = dict(group.arrays())
-    for name, (shape, chunks, dtype) in _expected_arrays(cfg, plan).items():
-        if name not in members:
-            raise StoreMismatchError(f"{url}: existing frame store has no array '{name}'; {hint}")
-        arr = members[name]
-        if tuple(arr.shape) != shape or (dtype != "str" and str(arr.dtype) != dtype) or tuple(arr.chunks) != chunks:
-            raise StoreMismatchError(
-                f"{url}: existing frame store does not match: array '{name}' is {arr.dtype} {tuple(arr.shape)} "
-                f"chunked {tuple(arr.chunks)}, this run needs {dtype} {shape} chunked {chunks}; {hint}"
-            )
-
-
-def _create_layout(group, cfg: CacheConfig, plan: CachePlan, owner: dict | None = None) -> None:
-    """Pre-size every array (only rank 0 does this: resizing from several writers races)."""
-    import zarr.codecs
-
-    # Frames, the one big array. Decoded video frames compress poorly losslessly (~1.2x with
-    # zstd on the benchmark's textured footage) while zstd costs ~4 ms of CPU per 8-frame row
-    # on the two cores that decoding already saturates: "none" is the default (in one run of
-    # benchmarks/bench_cache.py: cache at 0.80x of raw decode vs 0.71x with zstd, and a training
-    # sample read in 3.9 ms vs 8.4 ms); "zstd" (level 1; level 3 gained ~3% for 1.5x the time)
-    # trades that for disk space.
-    frame_codec = zarr.codecs.ZstdCodec(level=1) if cfg.compression == "zstd" else None
-    spec = _expected_arrays(cfg, plan)
-    for name, (shape, chunks, dtype) in spec.items():
-        kwargs = {}
-        if name == "frames":
-            kwargs = {"compressors": frame_codec, "fill_value": 0, "dimension_names": ("row", "frame", "y", "x", "rgb")}
-        elif name == "times":
-            kwargs = {"fill_value": float("nan"), "dimension_names": ("row", "frame")}
-        elif name == "status":
-            kwargs = {"compressors": None, "fill_value": PENDING, "dimension_names": ("row",)}
-        elif name == "error":
-            kwargs = {"fill_value": 0, "dimension_names": ("row", "byte")}
-        group.create_array(name, shape=shape, chunks=chunks, dtype=str if dtype == "str" else dtype, overwrite=True, **kwargs)
-    if plan.sample_ids:
-        group["sample_id"][:] = np.asarray(plan.sample_ids, dtype=object)
-        group["sample_row_start"][:] = plan.row_start
-        group["sample_num_rows"][:] = plan.num_rows
-    # All attributes in one write of zarr.json (``attrs.update`` rewrites it once per key), with
-    # ``ready``: other ranks (and resumes) trust the arrays only once it is set.
-    attrs = {**_expected_attrs(cfg, plan), "frames_codec": "zstd-1" if cfg.compression == "zstd" else "none", "ready": True}
-    if owner:
-        attrs["owner"] = owner
-    group.attrs.put(attrs)
-
-
-def store_owner(group) -> dict | None:
-    """The artifact a frame store belongs to (``{workdir_id, workdir, stage, key}``), if recorded."""
-    owner = group.attrs.get("owner")
-    return owner if isinstance(owner, dict) else None
-
-
-def same_owner(a: dict, b: dict) -> bool:
-    return a.get("workdir_id") == b.get("workdir_id") and a.get("stage") == b.get("stage") and a.get("key") == b.get("key")
-
-
-def describe_owner(owner: dict) -> str:
-    return f"{owner.get('stage', '?')} artifact {str(owner.get('key', '?'))[:16]} of the work directory {owner.get('workdir', '?')}"
-
-
-def _is_own_layout(attrs: dict) -> bool:
-    """Attributes only a frame store's layout writes (a run killed while writing them leaves some)."""
-    return bool(set(attrs) & {"layout_version", "plan_digest", "frames_codec", "ready", "owner"})
-
-
-def _foreign_content(url: str, cfg: CacheConfig, plan: CachePlan) -> str | None:
-    """What at ``url`` is no part of a frame store (or of one being created), if anything."""
-    import fsspec
-
-    try:
-        fs, path = fsspec.core.url_to_fs(url)
-        if fs.isfile(path):
-            return "is a file"
-        entries = fs.ls(path, detail=False)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, ImportError):
-        return None  # open_group reports what is wrong with the location
-    ours = {"zarr.json", *_expected_arrays(cfg, plan)}
-    names = {str(e).rstrip("/").rsplit("/", 1)[-1] for e in entries}
-    # Zarr writes zarr.json through ``zarr.<uuid hex>.partial``: a kill can leave one behind.
-    other = sorted(n for n in names - ours if not re.fullmatch(r"zarr\.[0-9a-f]{32}\.partial", n))
-    return f"holds {', '.join(other[:3])}{' ...' if len(other) > 3 else ''}" if other else None
+def store_spec(cfg: CacheConfig, plan: CachePlan) -> StoreSpec:
+    """What the store of this config and plan holds (created and checked by ``framestore``)."""
+    return StoreSpec(cfg.layout(), plan.sample_ids, plan.row_start, plan.num_rows, plan.rows, plan.digest)
 
 
 def _open_or_create(url: str, cfg: CacheConfig, plan: CachePlan, owner: dict | None = None) -> object:
-    # Creating writes zarr.json and replaces the arrays (overwrite=True): never do that in a
-    # location that holds anything else, e.g. a store_url pointing at a data directory. Checked
-    # before opening, because opening for writing already puts a zarr.json there.
-    foreign = _foreign_content(url, cfg, plan)
-    if foreign:
-        try:
-            existing = open_group(url, mode="r")
-        except DataError:
-            existing = None
-        if existing is None or not existing.attrs.get("ready"):
-            raise StoreMismatchError(
-                f"{url}: not a frame store and not empty ({foreign}); point store_url at a new or empty location"
-            )
-    group = open_group(url, mode="a")
-    if group.attrs.get("ready"):
-        _check_layout(group, cfg, plan, url, owner)
+    group, resumed = open_or_create(url, store_spec(cfg, plan), owner)
+    if resumed:
         log.info("cache: resuming in %s", url)
-        return group
-    attrs = group.attrs.asdict()
-    if attrs and not _is_own_layout(attrs):  # another tool's Zarr group
-        raise StoreMismatchError(f"{url}: a Zarr group that is not a frame store; point store_url at a new or empty location")
-    # Without ``ready`` no row was ever written (writers start after it), whatever a killed
-    # creation left: (re)create everything.
-    _create_layout(group, cfg, plan, owner)
     return group
 
 
 def _wait_for_layout(url: str, cfg: CacheConfig, plan: CachePlan, rank: int, timeout_s: float, poll_s: float, owner: dict | None = None):
+    spec = store_spec(cfg, plan)
     deadline = time.monotonic() + timeout_s
     while True:
-        try:
-            group = open_group(url, mode="r+")
-            if group.attrs.get("ready"):
-                _check_layout(group, cfg, plan, url, owner)
-                return group
-        except StoreMismatchError:
-            raise
-        except DataError:
-            pass  # not there yet
+        group = open_ready(url, spec, owner)
+        if group is not None:
+            return group
         if time.monotonic() > deadline:
             raise DataError(
                 f"{url}: rank {rank} waited {timeout_s:.0f}s for rank 0 to create the frame store; "
@@ -426,14 +287,6 @@ def _wait_for_layout(url: str, cfg: CacheConfig, plan: CachePlan, rank: int, tim
 
 
 @dataclass
-class _Arrays:
-    frames: object
-    times: object
-    status: object
-    error: object
-
-
-@dataclass
 class _TaskResult:
     task: VideoTask
     before: np.ndarray  # status of its rows when the task started
@@ -442,7 +295,7 @@ class _TaskResult:
     frames: int = 0
 
 
-def _write_ok(arrays: _Arrays, row: int, frames: np.ndarray, times: np.ndarray) -> None:
+def _write_ok(arrays: RowArrays, row: int, frames: np.ndarray, times: np.ndarray) -> None:
     """Frames and times (concurrently), then ``status = ok``: a row is ok only once its data is in.
 
     One round trip through Zarr's event loop per row: three separate synchronous writes cost
@@ -457,7 +310,7 @@ def _write_ok(arrays: _Arrays, row: int, frames: np.ndarray, times: np.ndarray) 
     sync(write())
 
 
-def _write_failed(arrays: _Arrays, row: int, reason: str) -> None:
+def _write_failed(arrays: RowArrays, row: int, reason: str) -> None:
     arrays.error[row] = encode_reason(reason)
     arrays.status[row] = FAILED
 
@@ -497,7 +350,7 @@ class _RowWriter:
         self._pool.shutdown(wait=True, cancel_futures=cancel)
 
 
-def _run_task(task: VideoTask, arrays: _Arrays, cfg: CacheConfig, writer: _RowWriter) -> _TaskResult:
+def _run_task(task: VideoTask, arrays: RowArrays, cfg: CacheConfig, writer: _RowWriter) -> _TaskResult:
     rows = np.asarray(task.rows, dtype=np.int64)
     before = np.asarray(arrays.status.oindex[rows], dtype=np.uint8)
     result = _TaskResult(task, before, before.copy(), {})
@@ -570,7 +423,7 @@ def _progress_bar(total: int, enabled: bool):
     return tqdm(total=total, unit="seg", desc="cache", dynamic_ncols=True, disable=None if enabled else True)
 
 
-def _run_tasks(tasks: list[VideoTask], arrays: _Arrays, cfg: CacheConfig, bar) -> tuple[list[_TaskResult], int, float]:
+def _run_tasks(tasks: list[VideoTask], arrays: RowArrays, cfg: CacheConfig, bar) -> tuple[list[_TaskResult], int, float]:
     """Run tasks on ``cfg.workers`` threads (decord and the codecs release the GIL)."""
     results: list[_TaskResult] = []
     failures = _FailureLog()
@@ -636,20 +489,14 @@ def _wait_for_rows(status, rows: np.ndarray, url: str, timeout_s: float, poll_s:
     return final
 
 
-def _reset_failed(arrays: _Arrays, tasks: list[VideoTask]) -> int:
-    """Turn the failed rows of ``tasks`` back to pending (``retry_failed``); returns how many.
-
-    Status first, then the reason: a run killed in between leaves a pending row with a stale
-    reason, which nothing reads (a new failure overwrites all of it), never a failed row
-    without one.
-    """
+def _reset_failed(arrays: RowArrays, tasks: list[VideoTask]) -> int:
+    """Turn the failed rows of ``tasks`` back to pending (``retry_failed``); returns how many."""
     if not tasks:
         return 0
     rows = np.concatenate([np.asarray(t.rows, dtype=np.int64) for t in tasks])
     failed = rows[np.asarray(arrays.status.oindex[rows], dtype=np.uint8) == FAILED]
     if failed.size:
-        arrays.status.oindex[failed] = np.full(failed.size, PENDING, dtype=np.uint8)
-        arrays.error.oindex[failed, :] = np.zeros((failed.size, ERROR_BYTES), dtype=np.uint8)
+        reset_rows(arrays, failed)
     return int(failed.size)
 
 
@@ -679,7 +526,7 @@ def cache_frames(
     on rank 0 when the failed fraction exceeds ``cfg.max_failure_rate``. ``layout_timeout_s``
     bounds how long ranks > 0 wait for rank 0 to create the store, ``wait_timeout_s`` how long
     rank 0 waits for other ranks' rows without seeing any of them finish. ``owner`` (the
-    artifact the store is made for, see ``store_owner``) is recorded in a store it creates.
+    artifact the store is made for, ``framestore.owner_record``) is recorded in a store it creates.
     """
     started = time.perf_counter()
     corpus_path = Path(corpus_path)
@@ -694,10 +541,7 @@ def cache_frames(
         group = _open_or_create(url, cfg, plan, owner)
     else:
         group = _wait_for_layout(url, cfg, plan, rank, layout_timeout_s, poll_s, owner)
-    # write_empty_chunks: skip Zarr's compare-with-fill-value before every chunk write; it cost
-    # 6 of the 9 ms of writing one 8x192x320 row (a black frame is then stored, not elided).
-    writable = {name: group[name].with_config({"write_empty_chunks": True}) for name in ("frames", "times", "status", "error")}
-    arrays = _Arrays(**writable)
+    arrays = row_arrays(group, write_empty_chunks=True)
 
     tasks = plan.tasks_of_rank(rank, world_size)
     retried = _reset_failed(arrays, tasks) if cfg.retry_failed else 0

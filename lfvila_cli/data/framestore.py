@@ -1,28 +1,44 @@
-"""The frame store: decoded, resized frames of every corpus segment in a Zarr v3 group.
+"""The frame store's schema, and everything that creates, checks, reads or seeds one.
 
-Written by ``lfvila cache`` (``cache.py``), read by training every step. The group lives on
-any fsspec URL (a local path, ``file://``, ``memory://``, ``s3://`` ...). Layout
-(``layout_version`` 1):
+The frame store holds the decoded, resized frames of every corpus segment in a Zarr v3 group.
+It is written by ``lfvila cache`` (``cache.py``: planning and decoding, through this module's
+functions) and read by training every step (``FrameStore``). The group lives on any fsspec URL
+(a local path, ``file://``, ``memory://``, ``s3://`` ...); by default ``frames.zarr`` in the
+cache artifact (``store_location``). This module is the one place that knows the layout.
+
+Layout (``layout_version`` 1). ``K`` = ``frames_per_segment``, ``H`` × ``W`` = ``height`` ×
+``width``; ``R`` rows, ``S`` samples:
 
 * one *row* per segment (a clip of the corpus, or an equal chunk of a downstream video);
-  the rows of a sample are contiguous and in segment order;
-* ``frames`` uint8 ``(rows, K, H, W, 3)``, ``times`` float32 ``(rows, K)`` (seconds of each
-  frame in its video, NaN while pending), ``status`` uint8 ``(rows,)`` (0 pending, 1 ok,
-  2 failed) and ``error`` uint8 ``(rows, 256)`` (the utf-8 failure reason, zero padded).
-  Every one of them has one row per chunk, so ranks fill disjoint rows without locks, and a
-  row counts only once its ``status`` (written after its frames) says ok;
-* the sample index: ``sample_id`` (variable-length utf-8), ``sample_row_start`` int64 and
-  ``sample_num_rows`` int32, one entry per sample in corpus order; samples asking for the
-  same spans of the same video point at the same rows (each video's frames stored once,
-  not once per question). Arrays rather than group
-  attributes, because the ids of millions of samples would make the group's ``zarr.json``
-  as big as the corpus and be re-read with every attribute access;
-* group attributes: ``layout_version``, the cache config that shapes the rows
-  (``frames_per_segment``, ``height``, ``width``, ``segment_mode``, ``num_chunks``,
-  ``splits``), ``samples``, ``rows``, ``plan_digest`` (the corpus segments the rows stand
-  for), ``owner`` (the artifact the store was made for: ``workdir_id``, ``workdir``,
-  ``stage``, ``key``; ``--force`` deletes no store of another owner) and ``ready``, written
-  with all the others in one write by the writer that created the arrays, after them.
+  the rows of a sample are contiguous and in segment order. Row arrays, every one chunked one
+  row per chunk, so ranks fill disjoint rows without locks:
+
+  - ``frames`` uint8 ``(R, K, H, W, 3)``, fill 0, dimensions ``row, frame, y, x, rgb``:
+    the RGB frames; uncompressed, or zstd level 1 with ``compression: zstd``;
+  - ``times`` float32 ``(R, K)``, fill NaN (pending), dimensions ``row, frame``: the second
+    of each frame in its video;
+  - ``status`` uint8 ``(R,)``, fill 0, uncompressed: ``PENDING`` 0, ``OK`` 1, ``FAILED`` 2;
+  - ``error`` uint8 ``(R, ERROR_BYTES)`` = ``(R, 256)``, fill 0, dimensions ``row, byte``:
+    the utf-8 failure reason, zero padded.
+
+  ``times``, ``error`` and the index arrays use Zarr's default codec (zstd level 0). A row
+  counts only once its ``status`` (written after its frames and times) says ok; a failure's
+  reason is written before its ``failed``.
+* the sample index, one entry per sample in corpus order, chunks of up to ``INDEX_CHUNK``
+  entries: ``sample_id`` (variable-length utf-8 string), ``sample_row_start`` int64 and
+  ``sample_num_rows`` int32, all ``(S,)``. Samples asking for the same spans of the same
+  video point at the same rows (each video's frames stored once, not once per question).
+  Arrays rather than group attributes, because the ids of millions of samples would make the
+  group's ``zarr.json`` as big as the corpus and be re-read with every attribute access;
+* group attributes, in this order: ``layout_version``; the cache config that shapes the rows
+  (``LAYOUT_ATTRS``: ``frames_per_segment``, ``height``, ``width``, ``segment_mode``,
+  ``num_chunks`` (null unless ``segment_mode`` is ``chunks``), ``splits`` (sorted; empty =
+  all), ``compression``); ``samples`` (S), ``rows`` (R), ``plan_digest`` (a digest of the
+  corpus segments the rows stand for); ``frames_codec`` (``none`` or ``zstd-1``); ``ready``;
+  and, when known, ``owner`` (the artifact the store was made for: ``workdir_id``,
+  ``workdir``, ``stage``, ``key``; ``--force`` deletes no store of another owner). All of them
+  are written in one write by the writer that created the arrays, after them: ``ready`` tells
+  other ranks and resumes that the arrays are complete.
 
 No sharding (concurrent writers to one shard lose data) and no consolidated metadata (it goes
 stale while rows are filled).
@@ -31,8 +47,13 @@ stale while rows are filled).
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -42,6 +63,64 @@ LAYOUT_VERSION = 1
 PENDING, OK, FAILED = 0, 1, 2
 STATUS_NAMES = {PENDING: "pending", OK: "ok", FAILED: "failed"}
 ERROR_BYTES = 256
+INDEX_CHUNK = 1 << 16  # sample index arrays are written once, by rank 0: big chunks are fine
+STORE_NAME = "frames.zarr"  # the store inside a cache artifact (unless ``store_url`` is set)
+ROOT_METADATA = "zarr.json"
+ARRAY_NAMES = ("frames", "times", "status", "error", "sample_row_start", "sample_num_rows", "sample_id")  # creation order
+# The config fields that shape the rows (``CacheConfig.layout()``), stored as attributes.
+LAYOUT_ATTRS = ("frames_per_segment", "height", "width", "segment_mode", "num_chunks", "splits", "compression")
+OWNER_FIELDS = ("workdir_id", "workdir", "stage", "key")
+# Attributes only a frame store's layout writes (a creation killed while writing them leaves some).
+_OWN_ATTRS = {"layout_version", "plan_digest", "frames_codec", "ready", "owner"}
+# Zarr writes zarr.json through ``zarr.<uuid hex>.partial``: a kill can leave one behind.
+_PARTIAL_METADATA = re.compile(r"zarr\.[0-9a-f]{32}\.partial")
+
+
+class StoreMismatchError(DataError):
+    """An existing store was made for another config or corpus."""
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """What a store must hold: the config that shapes its rows and the plan of its rows."""
+
+    layout: dict  # LAYOUT_ATTRS -> value (``CacheConfig.layout()``), stored in this order
+    sample_ids: Sequence[str]
+    row_start: np.ndarray  # (S,) int64: first row of each sample
+    num_rows: np.ndarray  # (S,) int32: rows (segments) of each sample
+    rows: int  # R
+    plan_digest: str
+
+    def __post_init__(self) -> None:
+        if tuple(self.layout) != LAYOUT_ATTRS:
+            raise ValueError(f"a store layout has the fields {LAYOUT_ATTRS}, got {tuple(self.layout)}")
+
+
+def expected_attrs(spec: StoreSpec) -> dict:
+    """The attributes a store of ``spec`` has (besides ``frames_codec``, ``ready``, ``owner``)."""
+    return {
+        "layout_version": LAYOUT_VERSION,
+        **spec.layout,
+        "samples": len(spec.sample_ids),
+        "rows": spec.rows,
+        "plan_digest": spec.plan_digest,
+    }
+
+
+def expected_arrays(spec: StoreSpec) -> dict[str, tuple[tuple, tuple, str]]:
+    """name -> (shape, chunks, dtype) of every array of a store of ``spec``, in creation order."""
+    k, h, w = spec.layout["frames_per_segment"], spec.layout["height"], spec.layout["width"]
+    rows, samples = spec.rows, len(spec.sample_ids)
+    index_chunk = (max(1, min(samples, INDEX_CHUNK)),)
+    return {
+        "frames": ((rows, k, h, w, 3), (1, k, h, w, 3), "uint8"),
+        "times": ((rows, k), (1, k), "float32"),
+        "status": ((rows,), (1,), "uint8"),
+        "error": ((rows, ERROR_BYTES), (1, ERROR_BYTES), "uint8"),
+        "sample_row_start": ((samples,), index_chunk, "int64"),
+        "sample_num_rows": ((samples,), index_chunk, "int32"),
+        "sample_id": ((samples,), index_chunk, "str"),
+    }
 
 
 def open_group(url: str | Path, mode: str):
@@ -62,6 +141,172 @@ def open_group(url: str | Path, mode: str):
         raise DataError(f"{url}: cannot open as a frame store ({exc.strerror or exc})") from None
 
 
+# --- creating, resuming and checking a store (the cache's writers) ----------------------------
+
+
+def create_layout(group, spec: StoreSpec, owner: dict | None = None) -> None:
+    """Pre-size every array, write the sample index, then every attribute with ``ready`` in
+    one write (only rank 0 does this: resizing from several writers races)."""
+    import zarr.codecs
+
+    # Frames, the one big array. Decoded video frames compress poorly losslessly (~1.2x with
+    # zstd on the benchmark's textured footage) while zstd costs ~4 ms of CPU per 8-frame row
+    # on the two cores that decoding already saturates: "none" is the default (in one run of
+    # benchmarks/bench_cache.py: cache at 0.80x of raw decode vs 0.71x with zstd, and a training
+    # sample read in 3.9 ms vs 8.4 ms); "zstd" (level 1; level 3 gained ~3% for 1.5x the time)
+    # trades that for disk space.
+    zstd = spec.layout["compression"] == "zstd"
+    frame_codec = zarr.codecs.ZstdCodec(level=1) if zstd else None
+    for name, (shape, chunks, dtype) in expected_arrays(spec).items():
+        kwargs = {}
+        if name == "frames":
+            kwargs = {"compressors": frame_codec, "fill_value": 0, "dimension_names": ("row", "frame", "y", "x", "rgb")}
+        elif name == "times":
+            kwargs = {"fill_value": float("nan"), "dimension_names": ("row", "frame")}
+        elif name == "status":
+            kwargs = {"compressors": None, "fill_value": PENDING, "dimension_names": ("row",)}
+        elif name == "error":
+            kwargs = {"fill_value": 0, "dimension_names": ("row", "byte")}
+        group.create_array(name, shape=shape, chunks=chunks, dtype=str if dtype == "str" else dtype, overwrite=True, **kwargs)
+    if spec.sample_ids:
+        group["sample_id"][:] = np.asarray(spec.sample_ids, dtype=object)
+        group["sample_row_start"][:] = spec.row_start
+        group["sample_num_rows"][:] = spec.num_rows
+    # All attributes in one write of zarr.json (``attrs.update`` rewrites it once per key), with
+    # ``ready``: other ranks (and resumes) trust the arrays only once it is set.
+    attrs = {**expected_attrs(spec), "frames_codec": "zstd-1" if zstd else "none", "ready": True}
+    if owner:
+        attrs["owner"] = owner
+    group.attrs.put(attrs)
+
+
+def check_layout(group, spec: StoreSpec, url: str, owner: dict | None = None) -> None:
+    """An existing store must be the one ``spec`` describes: else name the first difference.
+
+    ``--force`` is suggested only for a store of this run's own artifact: it deletes the store,
+    and a store of another artifact or work directory is not this run's to delete."""
+    attrs = group.attrs.asdict()
+    recorded = recorded_owner(attrs)
+    if owner is not None and recorded is not None and not same_owner(recorded, owner):
+        hint = f"it belongs to {describe_owner(recorded)}; point store_url at another location"
+    else:
+        hint = "point store_url at another location, delete the store, or rerun with --force (in one process)"
+    for name, want in expected_attrs(spec).items():
+        have = attrs.get(name)
+        if have != want:
+            what = "the corpus segments differ" if name == "plan_digest" else f"{have!r} in the store, {want!r} in this run"
+            raise StoreMismatchError(f"{url}: existing frame store does not match: {name} is {what}; {hint}")
+    members = dict(group.arrays())
+    for name, (shape, chunks, dtype) in expected_arrays(spec).items():
+        if name not in members:
+            raise StoreMismatchError(f"{url}: existing frame store has no array '{name}'; {hint}")
+        arr = members[name]
+        if tuple(arr.shape) != shape or (dtype != "str" and str(arr.dtype) != dtype) or tuple(arr.chunks) != chunks:
+            raise StoreMismatchError(
+                f"{url}: existing frame store does not match: array '{name}' is {arr.dtype} {tuple(arr.shape)} "
+                f"chunked {tuple(arr.chunks)}, this run needs {dtype} {shape} chunked {chunks}; {hint}"
+            )
+
+
+def foreign_content(url: str) -> str | None:
+    """What at ``url`` is no part of a frame store (or of one being created), if anything."""
+    import fsspec
+
+    try:
+        fs, path = fsspec.core.url_to_fs(url)
+        if fs.isfile(path):
+            return "is a file"
+        entries = fs.ls(path, detail=False)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, ImportError):
+        return None  # open_group reports what is wrong with the location
+    ours = {ROOT_METADATA, *ARRAY_NAMES}
+    names = {str(e).rstrip("/").rsplit("/", 1)[-1] for e in entries}
+    other = sorted(n for n in names - ours if not _PARTIAL_METADATA.fullmatch(n))
+    return f"holds {', '.join(other[:3])}{' ...' if len(other) > 3 else ''}" if other else None
+
+
+def _is_own_layout(attrs: dict) -> bool:
+    """Attributes only a frame store's layout writes (a run killed while writing them leaves some)."""
+    return bool(set(attrs) & _OWN_ATTRS)
+
+
+def open_or_create(url: str, spec: StoreSpec, owner: dict | None = None) -> tuple[Any, bool]:
+    """The store at ``url`` opened for writing rows: ``(group, True)`` for a complete store
+    (checked against ``spec``: resumed), ``(group, False)`` for one this call created, in an
+    empty location or over a half-made layout of its own (no row of it was ever written)."""
+    # Creating writes zarr.json and replaces the arrays (overwrite=True): never do that in a
+    # location that holds anything else, e.g. a store_url pointing at a data directory. Checked
+    # before opening, because opening for writing already puts a zarr.json there.
+    foreign = foreign_content(url)
+    if foreign:
+        try:
+            existing = open_group(url, mode="r")
+        except DataError:
+            existing = None
+        if existing is None or not existing.attrs.get("ready"):
+            raise StoreMismatchError(
+                f"{url}: not a frame store and not empty ({foreign}); point store_url at a new or empty location"
+            )
+    group = open_group(url, mode="a")
+    if group.attrs.get("ready"):
+        check_layout(group, spec, url, owner)
+        return group, True
+    attrs = group.attrs.asdict()
+    if attrs and not _is_own_layout(attrs):  # another tool's Zarr group
+        raise StoreMismatchError(f"{url}: a Zarr group that is not a frame store; point store_url at a new or empty location")
+    # Without ``ready`` no row was ever written (writers start after it), whatever a killed
+    # creation left: (re)create everything.
+    create_layout(group, spec, owner)
+    return group, False
+
+
+def open_ready(url: str, spec: StoreSpec, owner: dict | None = None):
+    """The complete store at ``url`` opened for writing rows (checked against ``spec``: a
+    ``StoreMismatchError`` if it differs), or None while it is not there or not complete."""
+    try:
+        group = open_group(url, mode="r+")
+    except DataError:
+        return None  # not there yet
+    if not group.attrs.get("ready"):
+        return None
+    check_layout(group, spec, url, owner)
+    return group
+
+
+@dataclass
+class RowArrays:
+    """The per-row arrays of an open store, as the cache's writers use them."""
+
+    frames: object
+    times: object
+    status: object
+    error: object
+
+
+def row_arrays(group, write_empty_chunks: bool = False) -> RowArrays:
+    """The row arrays of ``group``. ``write_empty_chunks`` skips Zarr's compare-with-fill-value
+    before every chunk write; it cost 6 of the 9 ms of writing one 8x192x320 row (a black frame
+    is then stored, not elided)."""
+    arrays = {name: group[name] for name in ("frames", "times", "status", "error")}
+    if write_empty_chunks:
+        arrays = {name: a.with_config({"write_empty_chunks": True}) for name, a in arrays.items()}
+    return RowArrays(**arrays)
+
+
+def reset_rows(arrays: RowArrays, rows: np.ndarray) -> None:
+    """Turn ``rows`` back to pending with their reasons cleared.
+
+    Status first, then the reason: a run killed in between leaves a pending row with a stale
+    reason, which nothing reads (a new failure overwrites all of it), never a failed row
+    without one.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    arrays.status.oindex[rows] = np.full(rows.size, PENDING, dtype=np.uint8)
+    arrays.error.oindex[rows, :] = np.zeros((rows.size, ERROR_BYTES), dtype=np.uint8)
+
+
 def encode_reason(reason: str) -> np.ndarray:
     """A failure reason as ``ERROR_BYTES`` zero-padded utf-8 bytes (cut on a character boundary)."""
     data = reason.encode("utf-8")[:ERROR_BYTES]
@@ -73,6 +318,121 @@ def encode_reason(reason: str) -> np.ndarray:
 
 def decode_reason(row: np.ndarray) -> str:
     return bytes(np.asarray(row, dtype=np.uint8)).rstrip(b"\0").decode("utf-8", errors="replace")
+
+
+# --- the store as the stage machinery sees it: where, whether, whose --------------------------
+
+
+def store_location(directory: str | Path, store_url: str = "") -> str:
+    """Where a cache artifact's store lives: ``store_url`` when configured, else ``frames.zarr``
+    in the artifact's ``directory``."""
+    return store_url if store_url else str(Path(directory) / STORE_NAME)
+
+
+def store_present(url: str) -> str | None:
+    """None while the store at ``url`` is there, else the problem in one line (missing or
+    unreachable). Looks for the group's ``zarr.json`` only: cheap on any filesystem."""
+    import fsspec
+
+    try:
+        fs, path = fsspec.core.url_to_fs(url)
+        present = fs.exists(f"{path.rstrip('/')}/{ROOT_METADATA}")
+    except (OSError, ValueError, ImportError) as exc:
+        return f"cannot reach its frame store {url}: {exc}"
+    return None if present else f"its frame store {url} is missing"
+
+
+def location_exists(url: str | Path) -> bool:
+    """Whether anything (a store or not) is at ``url``."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(str(url))
+    return fs.exists(path)
+
+
+def read_attrs(url: str | Path) -> dict | None:
+    """The root attributes of the Zarr group at ``url`` (read from its ``zarr.json``, whatever
+    state the store is in), or None when there is none or it cannot be read. Whether they are a
+    frame store's: ``is_frame_store``."""
+    import fsspec
+
+    try:
+        fs, path = fsspec.core.url_to_fs(str(url))
+        with fs.open(f"{path.rstrip('/')}/{ROOT_METADATA}", "rb") as fh:
+            attrs = json.load(fh).get("attributes", {})
+    except (OSError, ValueError, AttributeError):
+        return None
+    return attrs if isinstance(attrs, dict) else None
+
+
+def is_frame_store(attrs: dict | None) -> bool:
+    """Whether root attributes are a frame store's (complete or not): it records a layout version."""
+    return attrs is not None and "layout_version" in attrs
+
+
+def same_rows(attrs: dict | None, spec: StoreSpec) -> bool:
+    """Whether a store with these attributes is complete and holds exactly the rows of
+    ``spec`` (same corpus segments and layout): its files can seed a store of ``spec``."""
+    return bool(
+        attrs
+        and attrs.get("ready")
+        and attrs.get("plan_digest") == spec.plan_digest
+        and attrs.get("rows") == spec.rows
+        and all(attrs.get(k) == v for k, v in spec.layout.items())
+    )
+
+
+def delete_store(url: str | Path) -> None:
+    """Delete everything at ``url`` (check ``read_attrs``/``recorded_owner`` first)."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(str(url))
+    fs.rm(path, recursive=True)
+
+
+def owner_record(workdir_id: str, workdir: str, stage: str, key: str) -> dict:
+    """The ``owner`` attribute of a store made for an artifact (``cache_frames(owner=...)``)."""
+    return {"workdir_id": workdir_id, "workdir": workdir, "stage": stage, "key": key}
+
+
+def recorded_owner(attrs: dict | None) -> dict | None:
+    """The artifact a store with these attributes belongs to (``owner_record``), if recorded."""
+    owner = (attrs or {}).get("owner")
+    return owner if isinstance(owner, dict) else None
+
+
+def same_owner(a: dict, b: dict) -> bool:
+    return a.get("workdir_id") == b.get("workdir_id") and a.get("stage") == b.get("stage") and a.get("key") == b.get("key")
+
+
+def describe_owner(owner: dict) -> str:
+    return f"{owner.get('stage', '?')} artifact {str(owner.get('key', '?'))[:16]} of the work directory {owner.get('workdir', '?')}"
+
+
+def seed_store(source: str | Path, dest: str | Path, reset: Sequence[int], owner: dict) -> None:
+    """Start a new local store at ``dest`` from the complete store at ``source``: its files are
+    hard-linked (copied where linking fails; Zarr replaces a chunk file when it writes one, so
+    ``source`` stays as it was), the rows ``reset`` go back to pending with their reasons
+    cleared, and ``owner`` is recorded. Built aside and renamed into place, so ``dest``
+    appears complete or not at all."""
+    building = Path(dest).with_name(f".seeding-{os.getpid()}.zarr")
+    shutil.rmtree(building, ignore_errors=True)
+
+    def link(src, dst):
+        try:
+            os.link(src, dst)
+        except OSError:  # another filesystem, or no hard links: a copy
+            shutil.copy2(src, dst)
+
+    shutil.copytree(source, building, copy_function=link)
+    group = open_group(str(building), mode="r+")
+    if len(reset):
+        reset_rows(row_arrays(group), np.asarray(reset, dtype=np.int64))
+    group.attrs.put({**group.attrs.asdict(), "owner": owner})
+    os.replace(building, dest)  # complete before any rank sees it
+
+
+# --- reading ------------------------------------------------------------------------------------
 
 
 class UnknownSampleError(DataError, KeyError):
