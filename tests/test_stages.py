@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 import toy_stage
+from lfvila_cli.errors import ArtifactError, ConfigError
 from lfvila_cli.pipeline.artifacts import Workdir
-from lfvila_cli.errors import ArtifactError
 from lfvila_cli.pipeline.runner import run_stage
 from lfvila_cli.pipeline.stage import resolve_config
 from lfvila_cli.stages import STAGES, artifact_state, run_pipeline
@@ -208,6 +208,34 @@ def test_pipeline_chains_and_skips(tmp_path):
     dry = run_pipeline(wd, pipe, overrides=["toy.n=7"], dry_run=True, echo=lines.append)
     assert [r.status for r in dry] == ["would run", "waiting for input"]
 
+
+
+def test_pipeline_entries_name_their_inputs(tmp_path):
+    """By default an input is the nearest earlier entry of its stage; an entry's `inputs:` can
+    name an earlier one by its `id:` instead. A name that is not an earlier entry of that stage,
+    or an input the stage does not take, is a one-line error before anything runs."""
+    wd = Workdir(tmp_path / "wd")
+    pipe = tmp_path / "pipe.yaml"
+    entries = (
+        "  - {stage: toy, id: first, config: {n: 2}}\n"
+        "  - {stage: toy, config: {n: 1, label: c}}\n"
+        "  - {stage: toydown, config: {label: b}}\n"
+        "  - {stage: toydown, inputs: {toy: first}, config: {label: d}}\n"
+    )
+    pipe.write_text("stages:\n" + entries)
+    results = run_pipeline(wd, pipe, echo=lambda line: None)
+    assert (results[2].artifact.path / "out.txt").read_text() == "c+bbb"  # the nearest earlier toy
+    assert (results[3].artifact.path / "out.txt").read_text() == "aa+ddd"  # the one named
+    for bad, message in (
+        ("  - {stage: toydown, inputs: {toy: later}}\n  - {stage: toy, id: later}\n", r"stages\[0\]\.inputs\.toy: no earlier toy entry with id 'later'"),
+        ("  - {stage: toydown, id: x}\n  - {stage: toydown, inputs: {toy: x}}\n", r"stages\[1\]\.inputs\.toy: no earlier toy entry with id 'x'"),
+        ("  - {stage: toy, id: x}\n  - {stage: toydown, inputs: {prepare: x}}\n", r"stages\[1\]\.inputs: toydown takes no 'prepare' input"),
+        ("  - {stage: toy, id: x}\n  - {stage: toy, id: x}\n", r"stages\[1\]\.id must be a name no other entry has"),
+    ):
+        pipe.write_text("stages:\n" + bad)
+        with pytest.raises(ConfigError, match=message):
+            run_pipeline(wd, pipe, echo=lambda line: None)
+    assert len(toy_stage.calls) == 4  # the refused pipelines ran nothing
 
 def test_changed_files_make_an_artifact_unusable(tmp_path):
     """The manifest records each file's size and SHA-256: a file changed in place (same size)

@@ -53,21 +53,18 @@ from ..config import check
 from ..errors import DataError
 from .corpus import SPLITS, read_corpus, resolve_video
 from .formats import absolute
-from .framestore import (  # noqa: F401  (describe_owner, same_owner: stages.py imports them from here for now)
+from .framestore import (
     FAILED,
     OK,
     PENDING,
     RowArrays,
-    StoreMismatchError,
     StoreSpec,
     decode_reason,
-    describe_owner,
     encode_reason,
     open_or_create,
     open_ready,
     reset_rows,
     row_arrays,
-    same_owner,
 )
 from .video import BoundedVideoDecoder, VideoDecoder, VideoError, chunk_span, decode_process
 

@@ -9,15 +9,27 @@ frame store exists.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Optional
 
 from ..data.cache import CacheConfig
-from ..errors import ArtifactError, ConfigError, LfvilaError
+from ..data.framestore import (
+    delete_store,
+    describe_owner,
+    is_frame_store,
+    location_exists,
+    owner_record,
+    read_attrs,
+    recorded_owner,
+    same_owner,
+    same_rows,
+    seed_store,
+    store_location,
+    store_present,
+)
+from ..errors import ArtifactError, ConfigError
 from ..pipeline.artifacts import KEY_CHARS, Artifact, Workdir
 from ..pipeline.stage import Stage, StageContext
 from .prepare import corpus_file
@@ -27,8 +39,7 @@ log = logging.getLogger(__name__)
 
 def frame_store_url(artifact: Artifact) -> str:
     """Where a cache artifact's Zarr store lives (inside the artifact unless configured)."""
-    url = artifact.summary.get("store_url") or ""
-    return url if url else str(artifact.path / "frames.zarr")
+    return store_location(artifact.path, artifact.summary.get("store_url") or "")
 
 
 def corpus_of(workdir: Workdir, cache: Artifact) -> Path:
@@ -79,15 +90,7 @@ def _stat_fingerprint(url: str) -> Optional[list]:
 
 def verify(artifact: Artifact) -> Optional[str]:
     """A committed cache is usable only while its Zarr store is still there."""
-    import fsspec
-
-    url = frame_store_url(artifact)
-    try:
-        fs, path = fsspec.core.url_to_fs(url)
-        present = fs.exists(f"{path.rstrip('/')}/zarr.json")
-    except (OSError, ValueError, ImportError) as exc:
-        return f"cannot reach its frame store {url}: {exc}"
-    return None if present else f"its frame store {url} is missing"
+    return store_present(frame_store_url(artifact))
 
 
 def run(ctx: StageContext) -> dict:
@@ -95,9 +98,9 @@ def run(ctx: StageContext) -> dict:
 
     if ctx.config.store_url.startswith("memory://"):
         raise ConfigError("store_url: a memory:// store vanishes when the process ends; use a path or a persistent URL")
-    url = ctx.config.store_url or str(ctx.out_dir / "frames.zarr")
+    url = store_location(ctx.out_dir, ctx.config.store_url)
     identity = ctx.workdir.identity()
-    owner = {"workdir_id": identity["id"], "workdir": identity["path"], "stage": "cache", "key": ctx.key}
+    owner = owner_record(identity["id"], identity["path"], "cache", ctx.key)
     if ctx.force and ctx.config.store_url and ctx.rank == 0:
         _remove_store(ctx.workdir, ctx.config.store_url, owner)  # the partial directory was wiped; an external store too
     if ctx.config.retry_failed and not ctx.config.store_url and ctx.rank == 0 and not os.path.exists(url):
@@ -119,22 +122,13 @@ def _remove_store(workdir: Workdir, url: str, owner: dict) -> None:
     """``--force`` with an external ``store_url``: delete the frame store there — only if it is
     one, and only if it belongs to the artifact being rebuilt (never another artifact's or
     another work directory's store, nor a directory of other data)."""
-    import fsspec
-
-    from ..data.cache import describe_owner, same_owner
-
-    fs, path = fsspec.core.url_to_fs(url)
-    if not fs.exists(path):
+    if not location_exists(url):
         return
-    try:
-        with fs.open(f"{path.rstrip('/')}/zarr.json", "rb") as fh:
-            attrs = json.load(fh).get("attributes", {})
-    except (OSError, ValueError, AttributeError):
-        attrs = {}
-    if "layout_version" not in attrs:
+    attrs = read_attrs(url)
+    if not is_frame_store(attrs):
         raise ConfigError(f"store_url {url}: exists and is not an lfvila frame store; --force will not delete it")
-    recorded = attrs.get("owner")
-    if isinstance(recorded, dict):
+    recorded = recorded_owner(attrs)
+    if recorded is not None:
         if not same_owner(recorded, owner):
             raise ConfigError(
                 f"store_url {url}: belongs to {describe_owner(recorded)}; --force will not delete another "
@@ -149,35 +143,25 @@ def _remove_store(workdir: Workdir, url: str, owner: dict) -> None:
             )
     # The artifact of this key reads this store: it stops being visible before the store goes.
     workdir.invalidate("cache", owner["key"])
-    fs.rm(path, recursive=True)
+    delete_store(url)
 
 
 def _seed_from_earlier_store(ctx: StageContext, url: str, owner: dict) -> None:
     """``--retry-failed`` after videos were fixed or restored: their fingerprints changed, so the
     cache has a new key and a new store. Start it from the newest earlier store of the same rows
     (same corpus segments and layout) in this work directory instead of decoding every row
-    again: its chunks are hard-linked (Zarr replaces a chunk file when it writes one, so the
-    earlier store stays as it was), and the rows of every video whose fingerprint changed go
-    back to pending. The failed rows are then retried as usual."""
-    import numpy as np
-
-    from ..data.cache import plan_rows
-    from ..data.framestore import ERROR_BYTES, PENDING, open_group
+    again (``framestore.seed_store``: hard-linked files), with the rows of every video whose
+    fingerprint changed back to pending. The failed rows are then retried as usual."""
+    from ..data.cache import plan_rows, store_spec
 
     plan = plan_rows(corpus_file(ctx.inputs["prepare"]), ctx.config)
+    spec = store_spec(ctx.config, plan)
     fingerprints = ctx.key_payload.get("fingerprints", {})  # stat-ing every video again would cost as much
     earlier = None
     for artifact in sorted(ctx.workdir.artifacts("cache"), key=lambda a: -a.manifest.get("created", 0)):
         if artifact.key == ctx.key or artifact.summary.get("store_url"):
             continue
-        source = artifact.path / "frames.zarr"
-        try:
-            attrs = open_group(str(source), mode="r").attrs.asdict()
-        except LfvilaError:
-            continue
-        if attrs.get("ready") and attrs.get("plan_digest") == plan.digest and attrs.get("rows") == plan.rows and all(
-            attrs.get(k) == v for k, v in ctx.config.layout().items()
-        ):
+        if same_rows(read_attrs(store_location(artifact.path)), spec):
             earlier = artifact
             break
     if earlier is None:
@@ -185,23 +169,7 @@ def _seed_from_earlier_store(ctx: StageContext, url: str, owner: dict) -> None:
     old = earlier.manifest.get("key_payload", {}).get("fingerprints", {})
     changed = {video for video in set(old) | set(fingerprints) if old.get(video) != fingerprints.get(video)}
     rows = [row for task in plan.tasks if task.video in changed or task.source in changed for row in task.rows]
-    building = Path(url).with_name(f".seeding-{os.getpid()}.zarr")
-    shutil.rmtree(building, ignore_errors=True)
-
-    def link(src, dst):
-        try:
-            os.link(src, dst)
-        except OSError:  # another filesystem, or no hard links: a copy
-            shutil.copy2(src, dst)
-
-    shutil.copytree(earlier.path / "frames.zarr", building, copy_function=link)
-    group = open_group(str(building), mode="r+")
-    if rows:
-        index = np.asarray(rows, dtype=np.int64)
-        group["status"].oindex[index] = np.full(index.size, PENDING, dtype=np.uint8)
-        group["error"].oindex[index, :] = np.zeros((index.size, ERROR_BYTES), dtype=np.uint8)
-    group.attrs.put({**group.attrs.asdict(), "owner": owner})
-    os.replace(building, url)  # complete before any rank sees it
+    seed_store(store_location(earlier.path), url, rows, owner)
     log.info("cache: started from the store of cache/%s (%d rows of %d changed videos to decode again)", earlier.key[:KEY_CHARS], len(rows), len(changed))
 
 
