@@ -266,8 +266,8 @@ def predict_task(model, dataset, batch_size: int, with_local: bool = False, rank
         for batch in make_loader(dataset, batch_size, rank=rank, world_size=world_size, shuffle=False, drop_last=False):
             frames = batch["frames"].to(device=param.device, dtype=param.dtype)
             ids, mask = batch["input_ids"].to(param.device), batch["attention_mask"].to(param.device)
-            out = model(frames, ids, mask)  # LfvilaForMultipleChoice or LfvilaForClassification
-            logits = out.choice_logits if dataset.kind == "multiple_choice" else out.logits
+            output = model(frames, ids, mask)  # LfvilaForMultipleChoice or LfvilaForClassification
+            logits = output.choice_logits if dataset.kind == "multiple_choice" else output.logits
             out["logits"].append(logits.float().cpu())
             out["labels"].append(batch["label"])
             out["sample_ids"].extend(batch["sample_ids"])
