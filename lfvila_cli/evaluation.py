@@ -168,7 +168,8 @@ def embed_dataset(model, dataset, batch_size: int, with_local: bool = False, ran
         param = next(model.parameters())
         for batch in make_loader(dataset, batch_size, rank=rank, world_size=world_size, shuffle=False, drop_last=False):
             frames = batch["frames"].to(device=param.device, dtype=param.dtype)
-            video, text = model.forward_dual_encoder(frames, batch["input_ids"].to(param.device), batch["attention_mask"].to(param.device))
+            video = model.encode_video(frames)
+            text = model.encode_text(batch["input_ids"].to(param.device), batch["attention_mask"].to(param.device))
             out["video"].append(video.global_embedding.float().cpu())
             out["text"].append(text.paragraph_embedding.float().cpu())
             out["sample_ids"].extend(batch["sample_ids"])
@@ -265,10 +266,8 @@ def predict_task(model, dataset, batch_size: int, with_local: bool = False, rank
         for batch in make_loader(dataset, batch_size, rank=rank, world_size=world_size, shuffle=False, drop_last=False):
             frames = batch["frames"].to(device=param.device, dtype=param.dtype)
             ids, mask = batch["input_ids"].to(param.device), batch["attention_mask"].to(param.device)
-            if dataset.kind == "multiple_choice":
-                logits = model.forward_multiple_choice(frames, ids, mask).choice_logits
-            else:
-                logits = model.forward_classification(frames, ids, mask).logits
+            output = model(frames, ids, mask)  # LfvilaForMultipleChoice or LfvilaForClassification
+            logits = output.choice_logits if dataset.kind == "multiple_choice" else output.logits
             out["logits"].append(logits.float().cpu())
             out["labels"].append(batch["label"])
             out["sample_ids"].extend(batch["sample_ids"])

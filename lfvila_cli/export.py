@@ -126,12 +126,12 @@ def _text(model, input_ids, attention_mask):
 
 
 def _multiple_choice(model, frames, input_ids, attention_mask):
-    out = model.forward_multiple_choice(frames, input_ids, attention_mask)
+    out = model(frames, input_ids, attention_mask)  # LfvilaForMultipleChoice
     return out.choice_logits, out.span_logits
 
 
 def _classification(model, frames, input_ids, attention_mask):
-    return (model.forward_classification(frames, input_ids, attention_mask).logits,)
+    return (model(frames, input_ids, attention_mask).logits,)  # LfvilaForClassification
 
 
 @dataclass

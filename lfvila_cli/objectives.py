@@ -19,6 +19,12 @@
   (label 0), half stay matched (label 1); 2-way cross-entropy on the pooled token. Stage-2
   weight 10.
 
+Fine-tuning losses (docs/method.md §6): retrieval is VPC (``retrieval_loss``); multiple-choice QA
+is cross-entropy over the candidates plus ``span_weight`` × the class-balanced per-frame span
+loss (``multiple_choice_loss``, ``class_balanced_span_loss``); classification QA is
+cross-entropy (``classification_loss``). Model outputs come in as the model returns them
+(``lfvila_cli.model.lfvila``'s output dataclasses, read by attribute).
+
 Distributed convention (open_clip style). ``all_gather_with_grad`` concatenates every rank's
 features; its backward **sums** the gradients that all ranks send to a slice and hands each
 rank its own slice. Each rank's loss is an average over its *local* rows (keys) scored
@@ -38,7 +44,7 @@ valid but the draws differ.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, Iterable, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -477,3 +483,109 @@ def pretrain_stage2_loss(
     }
     terms["total"] = terms["mlm"] + terms["vtm"]
     return terms
+
+
+class Stage2Targets(NamedTuple):
+    """The random draws of one stage-2 batch (B samples, M sentence slots, L tokens)."""
+
+    input_ids: torch.Tensor  # (B, M, L) MLM-masked token ids, the model's text input
+    mlm_labels: torch.Tensor  # (B, M·L) original id at the selected tokens, IGNORE_INDEX elsewhere
+    video_index: torch.Tensor  # (B,) long: the sample whose video pairs with text b
+    vtm_labels: torch.Tensor  # (B,) long: 1 matched, 0 mismatched
+
+
+def draw_stage2_targets(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    special_token_ids: Iterable[int],
+    vocab_size: int,
+    mask_token_id: int,
+    generator: torch.Generator,
+    cfg: ObjectiveConfig | None = None,
+) -> Stage2Targets:
+    """Stage 2's draws for a batch of texts input_ids, attention_mask (B, M, L): first the VTM
+    pairing (``video_text_matching_pairs``), then the MLM masking (``mask_tokens``, probability
+    ``cfg.mlm_probability``; tokens whose id is in ``special_token_ids`` and padding are never
+    selected), both from ``generator``, in that order."""
+    cfg = cfg or ObjectiveConfig()
+    b, m, length = input_ids.shape
+    pairs = video_text_matching_pairs(b, generator)
+    flat = input_ids.reshape(b * m, length)
+    special = torch.tensor(sorted(set(special_token_ids)), dtype=flat.dtype, device=flat.device)
+    masked = mask_tokens(
+        flat, torch.isin(flat, special), vocab_size, mask_token_id,
+        cfg.mlm_probability, generator, attention_mask=attention_mask.reshape(b * m, length),
+    )
+    return Stage2Targets(masked.input_ids.reshape(b, m, length), masked.labels.reshape(b, m * length), pairs.video_index, pairs.labels)
+
+
+def stage2_output_loss(
+    output: Any, targets: Stage2Targets, cfg: ObjectiveConfig | None = None, with_accuracy: bool = False
+) -> dict[str, torch.Tensor]:
+    """``pretrain_stage2_loss`` of a stage-2 model output (``mlm_logits`` (B, M·L, V),
+    ``vtm_logits`` (B, 2)) against ``targets``. With ``with_accuracy`` also the counts
+    ``vtm_correct``, and ``mlm_correct`` / ``mlm_count`` over the tokens MLM is trained on
+    (masked tokens of matched pairs), on the CPU."""
+    terms = pretrain_stage2_loss(output.mlm_logits, targets.mlm_labels, output.vtm_logits, targets.vtm_labels, cfg)
+    if with_accuracy:
+        terms["vtm_correct"] = (output.vtm_logits.argmax(-1).cpu() == targets.vtm_labels.cpu()).sum().float()
+        labels = targets.mlm_labels.to(output.mlm_logits.device)
+        scored = (labels != IGNORE_INDEX) & (targets.vtm_labels.to(labels.device) == 1)[:, None]
+        terms["mlm_correct"] = ((output.mlm_logits.argmax(-1) == labels) & scored).sum().float().cpu()
+        terms["mlm_count"] = scored.sum().float().cpu()
+    return terms
+
+
+# --------------------------------------------------------------------------- fine-tuning tasks
+
+
+def retrieval_loss(output: Any, temperature: float = 0.05, group=None) -> dict[str, torch.Tensor]:
+    """Retrieval fine-tuning: VPC between ``output.video.global_embedding`` and
+    ``output.text.paragraph_embedding`` (both (B, D), a ``DualEncoderOutput``).
+    Returns ``vpc`` and ``total`` (the same)."""
+    vpc = video_paragraph_contrastive_loss(output.video.global_embedding, output.text.paragraph_embedding, temperature, group=group)
+    return {"total": vpc, "vpc": vpc}
+
+
+def class_balanced_span_loss(
+    span_logits: torch.Tensor, span_labels: torch.Tensor, frame_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-frame in/out-of-span cross-entropy, each class weighted to half of each sample's loss.
+
+    span_logits (B, T, 2), span_labels (B, T) in {0, 1}, frame_mask (B, T) optional (True =
+    real frame). Per sample: 0.5 · mean CE over its in-span frames + 0.5 · mean CE over its
+    out-of-span frames (a class the sample lacks adds 0); then the mean over samples. This is
+    the authors' weighting (frame weight T·0.5 / N_class, then the mean over all frames).
+    Two-way softmax CE equals BCE on the logit difference.
+    """
+    batch, frames, _ = span_logits.shape
+    ce = F.cross_entropy(span_logits.reshape(-1, 2).float(), span_labels.reshape(-1).long(), reduction="none")
+    ce = ce.view(batch, frames)
+    valid = torch.ones_like(ce, dtype=torch.bool) if frame_mask is None else frame_mask.to(torch.bool)
+    inside = (span_labels == 1) & valid
+    outside = (span_labels == 0) & valid
+    per_sample = 0.0
+    for members in (inside, outside):
+        weight = members.to(ce.dtype)
+        per_sample = per_sample + 0.5 * (ce * weight).sum(dim=1) / weight.sum(dim=1).clamp(min=1.0)
+    return per_sample.mean()
+
+
+def multiple_choice_loss(
+    output: Any, labels: torch.Tensor, span_labels: torch.Tensor, span_weight: float = 1.0
+) -> dict[str, torch.Tensor]:
+    """Multiple-choice QA (How2QA): cross-entropy of ``output.choice_logits`` (B, K) against
+    ``labels`` (B,), plus ``span_weight`` × ``class_balanced_span_loss`` of
+    ``output.span_logits`` (B, T, 2) against ``span_labels`` (B, T) (1 in the span, 0 outside,
+    negative = no span: left out). Returns ``choice``, ``span`` and ``total``."""
+    choice = F.cross_entropy(output.choice_logits.float(), labels)
+    span = class_balanced_span_loss(output.span_logits, span_labels, span_labels >= 0)
+    return {"total": choice + span_weight * span, "choice": choice, "span": span}
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Classification QA: cross-entropy of logits (B, num_labels) against labels (B,).
+    Returns ``ce`` and ``total`` (the same)."""
+    ce = F.cross_entropy(logits.float(), labels)
+    return {"total": ce, "ce": ce}
+

@@ -58,7 +58,7 @@ def test_multiple_choice_model_exports_with_dynamic_batch_candidates_and_sentenc
         frames, ids, mask = _qa_inputs(batch, candidates, sentences, seed=batch)
         choice, span = graph(frames=frames.numpy(), input_ids=ids.numpy(), attention_mask=mask.numpy())
         with torch.no_grad():
-            ref = model.forward_multiple_choice(frames, ids, mask)
+            ref = model(frames, ids, mask)
         assert choice.shape == (batch, candidates) and span.shape == (batch, SIZE["frames"], 2)
         assert np.abs(choice - ref.choice_logits.numpy()).max() < 1e-4
         assert np.abs(span - ref.span_logits.numpy()).max() < 1e-4
@@ -85,7 +85,7 @@ def test_classification_model_exports_with_its_answers(tmp_path):
     frames, ids, mask = _qa_inputs(4, None, 2, seed=9)
     (logits,) = OnnxGraph(tmp_path / "out" / QA_FILE, "classification", prefer_gpu=False)(frames=frames.numpy(), input_ids=ids.numpy(), attention_mask=mask.numpy())
     with torch.no_grad():
-        ref = model.forward_classification(frames, ids, mask).logits.numpy()
+        ref = model(frames, ids, mask).logits.numpy()
     assert logits.shape == (4, 3) and np.abs(logits - ref).max() < 1e-4
 
 

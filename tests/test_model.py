@@ -13,17 +13,24 @@ from torch import nn
 
 from lfvila_cli.config import from_dict, to_dict
 from lfvila_cli.errors import ConfigError, LfvilaError
-from lfvila_cli.model.heads import class_balanced_span_loss
 from lfvila_cli.model.lfvila import (
     EmptySentenceSlotError,
     LfvilaConfig,
+    LfvilaForClassification,
+    LfvilaForMultipleChoice,
+    LfvilaForPretrainingStage1,
+    LfvilaForPretrainingStage2,
+    LfvilaForRetrieval,
     LfvilaModel,
     build_model,
     count_parameters,
-    parameters_on_meta,
+    materialise_meta,
+    meta_tensor_names,
+    model_class,
 )
 from lfvila_cli.model.presets import BERT_TINY, VARIANTS, get_preset, list_presets, release_parameter_count
 from lfvila_cli.objectives import (
+    class_balanced_span_loss,
     mask_tokens,
     pretrain_stage1_loss,
     pretrain_stage2_loss,
@@ -170,14 +177,52 @@ def test_text_width_mismatch_is_caught_when_the_model_is_built():
         build_model(config, "meta")
 
 
-def test_parameters_on_meta_restores_module_registration_after_an_error():
-    register = nn.Module.register_parameter
-    with pytest.raises(RuntimeError):
-        with parameters_on_meta():
-            assert nn.Linear(2, 3).weight.is_meta
-            raise RuntimeError("boom")
-    assert nn.Module.register_parameter is register
+@pytest.mark.parametrize("variant, num_labels", ALL_VARIANTS)
+def test_each_layout_builds_its_task_class(variant, num_labels):
+    expected = {
+        "stage1": LfvilaForPretrainingStage1,
+        "stage2": LfvilaForPretrainingStage2,
+        "retrieval": LfvilaForRetrieval,
+        "qa-multichoice": LfvilaForMultipleChoice,
+        "qa-classification": LfvilaForClassification,
+    }[variant]
+    config = variant_config("lfvila-tiny", variant, num_labels)
+    assert model_class(variant) is model_class(config) is expected
+    model = build_model(config, "meta")
+    assert type(model) is expected and isinstance(model, LfvilaModel)
+    with pytest.raises(ConfigError, match="unknown model variant 'pretrain'"):
+        model_class("pretrain")
+
+
+def test_building_on_meta_leaves_module_construction_alone_and_materialises_like_a_fresh_build():
+    """``build_model(config, "meta")`` builds under ``torch.device("meta")`` (nothing global is
+    patched); ``materialise_meta`` gives every tensor the init its module draws when built:
+    non-persistent index buffers recomputed, LayerNorms 1 / 0, BERT's normal(initializer_range),
+    the video encoder's truncated normal, the fusion embeddings' 0.02·N(0, 1), zero MLM bias."""
+    config = variant_config("lfvila-tiny", "stage2")
+    model = build_model(config, "meta")
     assert not nn.Linear(2, 3).weight.is_meta
+    assert "text_encoder.bert.embeddings.position_ids" not in model.state_dict()  # non-persistent
+    done = materialise_meta(model)
+    assert meta_tensor_names(model) == []
+    assert sorted(done) == sorted(model.state_dict())
+    torch.manual_seed(0)
+    fresh = build_model(config)
+    for name, buffer in fresh.named_buffers():
+        torch.testing.assert_close(model.get_buffer(name), buffer, rtol=0, atol=0, msg=name)
+    model.requires_grad_(False)
+    std = BERT_TINY["initializer_range"]
+    word = model.text_encoder.bert.embeddings.word_embeddings.weight
+    assert abs(float(word.std()) - std) < 0.1 * std
+    assert torch.equal(model.video_encoder.norm.weight, torch.ones_like(model.video_encoder.norm.weight))
+    table = model.video_encoder.layers[0].blocks[0].attn.relative_position_bias_table
+    assert 0.01 < float(table.std()) < 0.03
+    qkv = model.video_encoder.layers[0].blocks[0].attn.qkv
+    assert abs(float(qkv.weight.std()) - 0.02) < 0.002 and torch.equal(qkv.bias, torch.zeros_like(qkv.bias))
+    spatial = model.fusion.video_tokens.spatial_embedding
+    assert 0.01 < float(spatial.std()) < 0.03
+    assert torch.equal(model.mlm_head.bias, torch.zeros_like(model.mlm_head.bias))
+    assert abs(float(model.vtm_head.classifier.weight.std()) - std) < 0.5 * std
 
 
 # --------------------------------------------------------------------------- tiny model, every stage
@@ -189,10 +234,8 @@ def test_tiny_stage1_forward_backward_is_fast_and_finite():
     model.set_trainable("stage1")
     video, (ids, mask) = frames(2, 16), text(2, 2, 16)
     generator = torch.Generator().manual_seed(0)
-    model(  # warm-up: first calls build caches
-        "stage1", video, ids, mask
-    )
-    out = model("stage1", video, ids, mask)
+    model(video, ids, mask)  # warm-up: first calls build caches
+    out = model(video, ids, mask)
     losses = pretrain_stage1_loss(
         out.video_embedding, out.paragraph_embedding, out.sentence_embeddings, out.clip_embeddings, generator
     )
@@ -216,7 +259,7 @@ def test_tiny_stage2_trains_only_the_cross_modal_part(tiny_stage2):
     pairs = video_text_matching_pairs(4, generator)
     masked = mask_tokens(ids, (ids == CLS) | (ids == SEP), VOCAB, MASK, generator=generator, attention_mask=mask)
     model.zero_grad()
-    out = model("stage2", video, masked.input_ids, mask, video_index=pairs.video_index)
+    out = model(video, masked.input_ids, mask, video_index=pairs.video_index)
     assert out.mlm_logits.shape == (4, 2 * 16, VOCAB) and out.vtm_logits.shape == (4, 2)
     assert out.fusion.sequence.shape == (4, 1 + 2 * 16 + 16 * 6, BERT_TINY["hidden_size"])
     losses = pretrain_stage2_loss(out.mlm_logits, masked.labels.flatten(1), out.vtm_logits, pairs.labels)
@@ -233,11 +276,11 @@ def test_stage2_video_index_pairs_text_b_with_video_of_sample_index_b(tiny_stage
     model = tiny_stage2.eval()
     video, (ids, mask) = frames(3, 8, seed=5), text(3, 1, 12, seed=6)
     index = torch.tensor([2, 0, 1])
-    shuffled = model.forward_stage2(video, ids, mask, video_index=index)
-    reference = model.forward_stage2(video[index], ids, mask)
+    shuffled = model(video, ids, mask, video_index=index)
+    reference = model(video[index], ids, mask)
     torch.testing.assert_close(shuffled.fusion.sequence, reference.fusion.sequence, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(shuffled.vtm_logits, reference.vtm_logits, rtol=1e-5, atol=1e-5)
-    matched = model.forward_stage2(video, ids, mask)
+    matched = model(video, ids, mask)
     assert not torch.allclose(matched.fusion.sequence, reference.fusion.sequence, atol=1e-2)
     model.train()
 
@@ -247,7 +290,7 @@ def test_tiny_multiple_choice_qa_forward_backward():
     model = build_model(variant_config("lfvila-tiny", "qa-multichoice"))
     ids, mask = text(4, 3, 16, 7, 2)  # (B=2, K=4, M=3, L=16)
     video = frames(2, 16)
-    out = model("multiple_choice", video, ids, mask)
+    out = model(video, ids, mask)
     assert out.choice_logits.shape == (2, 4) and out.span_logits.shape == (2, 16, 2)
     span_labels = torch.zeros(2, 16, dtype=torch.long)
     span_labels[:, 4:9] = 1
@@ -263,8 +306,8 @@ def test_multiple_choice_candidates_share_the_video_and_score_independently():
     model = build_model(variant_config("lfvila-tiny", "qa-multichoice")).eval()
     ids, mask = text(3, 2, 10, 8, 1)  # B=1, K=3
     video = frames(1, 8)
-    together = model.forward_multiple_choice(video, ids, mask).choice_logits
-    alone = torch.cat([model.forward_multiple_choice(video, ids[:, k : k + 1], mask[:, k : k + 1]).choice_logits for k in range(3)], 1)
+    together = model(video, ids, mask).choice_logits
+    alone = torch.cat([model(video, ids[:, k : k + 1], mask[:, k : k + 1]).choice_logits for k in range(3)], 1)
     torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-5)
 
 
@@ -272,7 +315,7 @@ def test_tiny_classification_qa_forward_backward():
     torch.manual_seed(0)
     model = build_model(variant_config("lfvila-tiny", "qa-classification", 5))
     ids, mask = text(2, 4, 16)
-    out = model("classification", frames(2, 32), ids, mask)
+    out = model(frames(2, 32), ids, mask)
     assert out.logits.shape == (2, 5)
     loss = F.cross_entropy(out.logits, torch.tensor([0, 4]))
     loss.backward()
@@ -289,7 +332,7 @@ def test_retrieval_encoders_give_unit_global_embeddings_only():
     torch.testing.assert_close(video.global_embedding.norm(dim=-1), torch.ones(2))
     torch.testing.assert_close(paragraph.paragraph_embedding.norm(dim=-1), torch.ones(2))
     with pytest.raises(ConfigError, match="'heads.num_labels'"):
-        model.forward_classification(frames(1, 8), *text(1, 1, 8))
+        LfvilaForClassification.forward(model, frames(1, 8), *text(1, 1, 8))
     with pytest.raises(ConfigError, match="'fusion'"):
         model.fuse(torch.zeros(1, 8, 2, 3, 128), *text(1, 1, 8))
 
@@ -297,9 +340,7 @@ def test_retrieval_encoders_give_unit_global_embeddings_only():
 def test_stage1_needs_one_sentence_per_clip():
     model = build_model(variant_config("lfvila-tiny", "stage1"))
     with pytest.raises(ValueError, match="16 frames make 2 clips.*3 sentence slots"):
-        model.forward_pretrain_stage1(frames(1, 16), *text(1, 3, 8))
-    with pytest.raises(ValueError, match="unknown forward mode"):
-        model("stage3")
+        model(frames(1, 16), *text(1, 3, 8))
 
 
 def test_stage1_refuses_empty_sentence_slots_naming_how_many_samples():
@@ -308,7 +349,7 @@ def test_stage1_refuses_empty_sentence_slots_naming_how_many_samples():
     ids[1, 1], mask[1, 1] = 0, 0  # sample 1: its second slot is empty
     ids[2, 0], mask[2, 0] = 0, 0  # sample 2: its first slot is empty
     with pytest.raises(EmptySentenceSlotError, match="2 of 3 samples have empty sentence slots") as caught:
-        model.forward_pretrain_stage1(frames(3, 16), ids, mask)
+        model(frames(3, 16), ids, mask)
     assert isinstance(caught.value, (LfvilaError)) and isinstance(caught.value, ValueError)
 
 

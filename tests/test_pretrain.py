@@ -271,13 +271,13 @@ def test_stage2_mlm_accuracy_scores_masked_tokens_of_matched_pairs():
     model = SimpleNamespace(parameters=lambda: iter([param]))
 
     def answering(tokens):
-        def call(mode, frames, ids, mask, video_index=None):
+        def call(frames, ids, mask, video_index=None):
             logits = torch.nn.functional.one_hot(tokens.reshape(b, m * length), vocab).float() + 0 * param
             return SimpleNamespace(mlm_logits=logits, vtm_logits=torch.zeros(b, 2) + 0 * param)
         return call
 
-    def echo(mode, frames, ids, mask, video_index=None):
-        return answering(ids)(mode, frames, ids, mask)
+    def echo(frames, ids, mask, video_index=None):
+        return answering(ids)(frames, ids, mask)
 
     cfg = ObjectiveConfig(mlm_probability=0.5)
     right = stage2_loss(answering(batch["input_ids"]), model, batch, 7, cfg, tok, with_accuracy=True)

@@ -16,9 +16,9 @@ from lfvila_cli.model.heads import (
     MultipleChoiceHead,
     ProjectionConfig,
     VideoTextMatchingHead,
-    class_balanced_span_loss,
 )
 from lfvila_cli.model.text_encoder import HierarchicalTextEncoder, TextEncoderConfig
+from lfvila_cli.objectives import class_balanced_span_loss
 
 HIDDEN = 32
 VOCAB = 100

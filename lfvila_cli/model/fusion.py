@@ -149,10 +149,16 @@ class VideoTokenEmbedding(nn.Module):
         self.max_frames = max_frames
         self.input_proj = nn.Linear(video_dim, hidden_size) if video_dim != hidden_size else nn.Identity()
         tokens = pooled_height * pooled_width
-        # 0.02·N(0, 1) as the authors initialise them.
-        self.spatial_embedding = nn.Parameter(0.02 * torch.randn(1, 1, tokens, hidden_size))
-        self.temporal_embedding = nn.Parameter(0.02 * torch.randn(1, max_frames, 1, hidden_size))
+        self.spatial_embedding = nn.Parameter(torch.empty(1, 1, tokens, hidden_size))
+        self.temporal_embedding = nn.Parameter(torch.empty(1, max_frames, 1, hidden_size))
         self.norm = nn.LayerNorm(hidden_size)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """The two embeddings: 0.02·N(0, 1), as the authors initialise them (spatial, then temporal)."""
+        for table in (self.spatial_embedding, self.temporal_embedding):
+            table.copy_(0.02 * torch.randn(table.shape, device=table.device))
 
     def pool(self, video_map: torch.Tensor) -> torch.Tensor:
         """(B, T, h, w, C) -> (B, T, S, C), S = pooled_height·pooled_width, cells row-major."""

@@ -14,8 +14,8 @@ Paper ideas (LF-VILA, docs/method.md §4 and §6):
 * **Multiple-choice QA (How2QA).** One logit per candidate from the pooled output (the caller
   applies the softmax over the K = 4 candidates), plus a per-frame span head: each frame's
   fused video tokens, averaged, get 2 logits (out of / in the annotated span); per frame the
-  maximum over the candidates is kept, as in the release. ``class_balanced_span_loss`` is its
-  loss (weight 1 in the paper, applied by the caller).
+  maximum over the candidates is kept, as in the release. Its loss is
+  ``objectives.class_balanced_span_loss`` (weight 1 in the paper, ``objectives.multiple_choice_loss``).
 * **Classification QA (VIOLIN: 2 labels, ActivityNet-QA: 1654 answer classes).** A linear
   classifier on the pooled output.
 
@@ -60,17 +60,27 @@ class ProjectionConfig:
             check(value >= 1, name, f"must be >= 1, got {value}")
 
 
-def init_like_bert(module: nn.Module, std: float = 0.02) -> None:
-    """BERT's initialisation for fresh heads (what the release's ``post_init`` did):
-    linear weights N(0, std), biases 0, LayerNorm 1 / 0."""
-    for sub in module.modules():
-        if isinstance(sub, nn.Linear):
-            nn.init.normal_(sub.weight, std=std)
-            if sub.bias is not None:
-                nn.init.zeros_(sub.bias)
-        elif isinstance(sub, nn.LayerNorm):
-            nn.init.ones_(sub.weight)
-            nn.init.zeros_(sub.bias)
+class BertInitialised(nn.Module):
+    """A fresh head initialised as BERT initialises its heads (what the release's ``post_init``
+    did): linear weights N(0, initializer_range), biases 0, LayerNorm 1 / 0. ``_init_weights``
+    is the rule for one submodule (``transformers``' convention; ``lfvila.materialise_meta``
+    calls it for the parts a checkpoint lacks); ``init_weights`` applies it to every submodule,
+    in order, as the constructor does once its layers exist."""
+
+    initializer_range: float = 0.02
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=self.initializer_range)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def init_weights(self) -> None:
+        for module in self.modules():
+            self._init_weights(module)
 
 
 class ProjectionHead(nn.Module):
@@ -114,7 +124,7 @@ class PredictionTransform(nn.Module):
         return self.LayerNorm(self.activation(self.dense(hidden)))
 
 
-class MaskedLanguageModelingHead(nn.Module):
+class MaskedLanguageModelingHead(BertInitialised):
     """Text token states (..., H) -> vocabulary logits (..., V).
 
     With ``tied_embedding`` the decoder is that embedding's weight matrix, read at call time
@@ -143,7 +153,8 @@ class MaskedLanguageModelingHead(nn.Module):
             self.decoder = nn.Linear(hidden_size, vocab_size, bias=False)
             self._tied = ()
         self.bias = nn.Parameter(torch.zeros(vocab_size))
-        init_like_bert(self, initializer_range)
+        self.initializer_range = initializer_range
+        self.init_weights()
 
     @classmethod
     def from_bert(cls, bert: nn.Module, tie_word_embeddings: bool = False) -> "MaskedLanguageModelingHead":
@@ -158,6 +169,11 @@ class MaskedLanguageModelingHead(nn.Module):
             initializer_range=getattr(config, "initializer_range", 0.02),
         )
 
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if module is self:
+            nn.init.zeros_(self.bias)
+
     @property
     def decoder_weight(self) -> torch.Tensor:
         return self._tied[0].weight if self._tied else self.decoder.weight
@@ -167,13 +183,14 @@ class MaskedLanguageModelingHead(nn.Module):
         return F.linear(self.transform(hidden), self.decoder_weight, self.bias)
 
 
-class VideoTextMatchingHead(nn.Module):
+class VideoTextMatchingHead(BertInitialised):
     """Pooled fusion output (B, H) -> (B, 2) logits: 0 = mismatched, 1 = matched."""
 
     def __init__(self, hidden_size: int, initializer_range: float = 0.02) -> None:
         super().__init__()
         self.classifier = nn.Linear(hidden_size, 2)
-        init_like_bert(self, initializer_range)
+        self.initializer_range = initializer_range
+        self.init_weights()
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.classifier(pooled)
@@ -185,7 +202,7 @@ class MultipleChoiceOutput:
     span_logits: torch.Tensor | None  # (B, T, 2), out of / in the span, max over the K candidates
 
 
-class MultipleChoiceHead(nn.Module):
+class MultipleChoiceHead(BertInitialised):
     """How2QA head: 1 logit per candidate, plus the per-frame span classifier."""
 
     def __init__(self, hidden_size: int, dropout: float = 0.1, initializer_range: float = 0.02) -> None:
@@ -193,7 +210,8 @@ class MultipleChoiceHead(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(hidden_size, 1)
         self.span_classifier = nn.Linear(hidden_size, 2)
-        init_like_bert(self, initializer_range)
+        self.initializer_range = initializer_range
+        self.init_weights()
 
     def forward(
         self, pooled: torch.Tensor, num_choices: int, frame_states: torch.Tensor | None = None
@@ -211,31 +229,7 @@ class MultipleChoiceHead(nn.Module):
         return MultipleChoiceOutput(choice_logits=choice_logits, span_logits=span_logits)
 
 
-def class_balanced_span_loss(
-    span_logits: torch.Tensor, span_labels: torch.Tensor, frame_mask: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Per-frame in/out-of-span cross-entropy, each class weighted to half of each sample's loss.
-
-    span_logits (B, T, 2), span_labels (B, T) in {0, 1}, frame_mask (B, T) optional (True =
-    real frame). Per sample: 0.5 · mean CE over its in-span frames + 0.5 · mean CE over its
-    out-of-span frames (a class the sample lacks adds 0); then the mean over samples. This is
-    the authors' weighting (frame weight T·0.5 / N_class, then the mean over all frames).
-    Two-way softmax CE equals BCE on the logit difference.
-    """
-    batch, frames, _ = span_logits.shape
-    ce = F.cross_entropy(span_logits.reshape(-1, 2).float(), span_labels.reshape(-1).long(), reduction="none")
-    ce = ce.view(batch, frames)
-    valid = torch.ones_like(ce, dtype=torch.bool) if frame_mask is None else frame_mask.to(torch.bool)
-    inside = (span_labels == 1) & valid
-    outside = (span_labels == 0) & valid
-    per_sample = 0.0
-    for members in (inside, outside):
-        weight = members.to(ce.dtype)
-        per_sample = per_sample + 0.5 * (ce * weight).sum(dim=1) / weight.sum(dim=1).clamp(min=1.0)
-    return per_sample.mean()
-
-
-class ClassificationHead(nn.Module):
+class ClassificationHead(BertInitialised):
     """Pooled fusion output (B, H) -> (B, num_labels): VIOLIN (2), ActivityNet-QA (1654)."""
 
     def __init__(
@@ -244,7 +238,8 @@ class ClassificationHead(nn.Module):
         super().__init__()
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(hidden_size, num_labels)
-        init_like_bert(self, initializer_range)
+        self.initializer_range = initializer_range
+        self.init_weights()
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.dropout(pooled))

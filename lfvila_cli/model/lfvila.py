@@ -13,9 +13,18 @@ every stage and task; its config says which parts exist:
 * **QA**: video encoder, text levels and cross-modal encoder, with a multiple-choice head
   (How2QA: a logit per candidate + per-frame span head) or a classifier (VIOLIN, ActivityNet-QA).
 
-Losses are not computed here (``lfvila_cli.objectives``): every ``forward_*`` method returns
-named features and logits. Model code never reads files; ``weights.py`` initialises and imports
-weights, ``presets.py`` names the configurations.
+One class per task, in the style of ``transformers``' ``BertFor…`` classes: ``LfvilaModel``
+holds the parts and the encoders; ``LfvilaForPretrainingStage1``, ``LfvilaForPretrainingStage2``,
+``LfvilaForRetrieval``, ``LfvilaForMultipleChoice`` and ``LfvilaForClassification`` add a
+``forward`` with typed inputs and a typed output. ``build_model`` picks the class from the
+config (``model_class``); the parameter names are the same whatever the class.
+
+Losses are not computed here (``lfvila_cli.objectives``): every ``forward`` returns named
+features and logits. Each module initialises its own tensors (``reset_parameters``, and an
+``_init_weights(module)`` rule where a part initialises its submodules, as ``transformers``
+does), so a model built on the meta device is materialised by the same code
+(``materialise_meta``). Model code never reads files; ``weights.py`` imports weights,
+``presets.py`` names the configurations.
 
 Parameter names (top level) against the authors' released checkpoints (full key map in
 ``weights.py``):
@@ -39,9 +48,8 @@ retrieval model drops them (the release kept them, unused).
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
-from typing import Iterator, Literal, Optional
+from typing import Literal, Optional
 
 import torch
 from torch import nn
@@ -201,8 +209,16 @@ class ClassificationModelOutput:
     fusion: CrossModalOutput
 
 
+@dataclass
+class DualEncoderOutput:
+    """Both encoders' embeddings of one batch (retrieval fine-tuning, VPC)."""
+
+    video: VideoEmbeddings  # global (B, D), clips (B, M, D) or None
+    text: TextEmbeddings  # paragraph (B, D), sentences (B, M, D) or None
+
+
 # ---------------------------------------------------------------------------------------------
-# The model
+# The model: the parts (LfvilaModel), then one class per task with its forward
 # ---------------------------------------------------------------------------------------------
 
 Stage = Literal["stage1", "stage2", "finetune"]
@@ -213,9 +229,14 @@ class EmptySentenceSlotError(LfvilaError, ValueError):
 
 
 class LfvilaModel(nn.Module):
-    """The LF-VILA model. Build it with a config (``presets.get_preset``); parts the config
-    leaves out are ``None``. ``forward(mode, ...)`` dispatches to the ``forward_*`` methods so
-    that wrappers calling ``model(...)`` (DDP, DeepSpeed) run them with their hooks."""
+    """The LF-VILA parts (config in, parts the config leaves out are ``None``) and what every
+    task shares: ``encode_video``, ``encode_text``, ``fuse``, the stage split of the parameters.
+
+    It has no ``forward``: each task has its class with one (``LfvilaForPretrainingStage1``,
+    ``LfvilaForPretrainingStage2``, ``LfvilaForRetrieval``, ``LfvilaForMultipleChoice``,
+    ``LfvilaForClassification``), so that wrappers calling ``model(...)`` (DDP, DeepSpeed's
+    engine) run it with their hooks. ``build_model`` picks the class from the config
+    (``model_class``); the parameter names do not depend on the class."""
 
     def __init__(self, config: LfvilaConfig) -> None:
         super().__init__()
@@ -292,39 +313,6 @@ class LfvilaModel(nn.Module):
 
     # ----------------------------------------------------------------------------- stages
 
-    def forward_pretrain_stage1(
-        self, frames: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> Stage1Output:
-        """frames (B, T, 3, H, W); input_ids, attention_mask (B, M, L) with M = T / frames_per_clip
-        (sentence i over clip i) -> ``Stage1Output`` for VPC + MTC."""
-        clips = frames.shape[1] // self.config.video.frames_per_clip
-        if input_ids.shape[1] != clips:
-            raise ValueError(
-                f"stage 1 pairs sentence i with clip i: {frames.shape[1]} frames make {clips} clips of "
-                f"{self.config.video.frames_per_clip} frames, but the text has {input_ids.shape[1]} sentence slots"
-            )
-        video = self.encode_video(frames)
-        text = self.encode_text(input_ids, attention_mask)
-        if video.clip_embeddings is None or text.sentence_embeddings is None:
-            raise ConfigError("config key 'heads.projections': stage 1 needs the local projections ('global+local')")
-        # MTC pairs sentence i with clip i and has no notion of an empty slot: an empty slot's zero
-        # feature would still project to a unit vector and act as a key / target / negative. Stage 1
-        # always draws M consecutive clips each with its sentence, so an empty slot is a data error.
-        empty = ~text.sentence_mask.bool()
-        if bool(empty.any()):
-            samples = int(empty.any(dim=1).sum())
-            raise EmptySentenceSlotError(
-                f"stage 1 needs a sentence in every slot (MTC pairs sentence i with clip i): "
-                f"{samples} of {empty.shape[0]} samples have empty sentence slots ({int(empty.sum())} slots in all)"
-            )
-        return Stage1Output(
-            video_embedding=video.global_embedding,
-            paragraph_embedding=text.paragraph_embedding,
-            clip_embeddings=video.clip_embeddings,
-            sentence_embeddings=text.sentence_embeddings,
-            sentence_mask=text.sentence_mask,
-        )
-
     def fuse(
         self,
         video_tokens: torch.Tensor,
@@ -335,71 +323,6 @@ class LfvilaModel(nn.Module):
         over (B, 1 + M·L + T·6) tokens."""
         text = self.text_encoder(input_ids, attention_mask)
         return self._fusion()(text.token_states, text.token_mask, video_tokens)
-
-    def forward_stage2(
-        self,
-        frames: torch.Tensor,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        video_index: Optional[torch.Tensor] = None,
-    ) -> Stage2Output:
-        """frames (B, T, 3, H, W); input_ids (B, M, L) already MLM-masked, attention_mask (B, M, L);
-        video_index (B,) long: text b is fused with the video of sample ``video_index[b]``
-        (``objectives.video_text_matching_pairs``), None = matched. One fused pass gives both
-        MLM logits (B, M·L, V) — flatten the labels to (B, M·L) — and VTM logits (B, 2)."""
-        if self.mlm_head is None or self.vtm_head is None:
-            raise ConfigError("config keys 'heads.mlm' and 'heads.vtm': stage 2 needs both heads")
-        video = self.video_encoder(frames).tokens  # (B, T, h, w, C)
-        if video_index is not None:
-            video = video[video_index.to(video.device)]
-        fused = self.fuse(video, input_ids, attention_mask)
-        mlm_logits = self.mlm_head(fused.text_states[:, 1:])  # summary token has no label
-        return Stage2Output(mlm_logits=mlm_logits, vtm_logits=self.vtm_head(fused.pooled), fusion=fused)
-
-    def forward_multiple_choice(
-        self, frames: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> MultipleChoiceModelOutput:
-        """frames (B, T, 3, H, W); input_ids, attention_mask (B, K, M, L), K candidates each a
-        text of M segments (question + answer, subtitles) -> choice logits (B, K), span logits
-        (B, T, 2). The video is encoded once and shared by its K candidates."""
-        if self.multiple_choice_head is None:
-            raise ConfigError("config key 'heads.multiple_choice': this model has no multiple-choice head")
-        batch, choices = input_ids.shape[:2]
-        video = self.video_encoder(frames).tokens.repeat_interleave(choices, dim=0)  # (B·K, T, h, w, C)
-        fused = self.fuse(video, input_ids.flatten(0, 1), attention_mask.flatten(0, 1))
-        out = self.multiple_choice_head(fused.pooled, choices, fused.frame_states)
-        return MultipleChoiceModelOutput(out.choice_logits, out.span_logits, fused)
-
-    def forward_classification(
-        self, frames: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> ClassificationModelOutput:
-        """frames (B, T, 3, H, W); input_ids, attention_mask (B, M, L) -> logits (B, num_labels)."""
-        if self.classification_head is None:
-            raise ConfigError("config key 'heads.num_labels': this model has no classifier (num_labels = 0)")
-        fused = self.fuse(self.video_encoder(frames).tokens, input_ids, attention_mask)
-        return ClassificationModelOutput(self.classification_head(fused.pooled), fused)
-
-    def forward_dual_encoder(
-        self, frames: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> tuple[VideoEmbeddings, TextEmbeddings]:
-        """Retrieval fine-tuning in one call (one forward for DeepSpeed's hooks): frames
-        (B, T, 3, H, W) and text (B, M, L) -> their embeddings."""
-        return self.encode_video(frames), self.encode_text(input_ids, attention_mask)
-
-    def forward(self, mode: str, *args, **kwargs):
-        """``model("stage1" | "stage2" | "dual" | "multiple_choice" | "classification" | "video" | "text", ...)``."""
-        dispatch = {
-            "stage1": self.forward_pretrain_stage1,
-            "dual": self.forward_dual_encoder,
-            "stage2": self.forward_stage2,
-            "multiple_choice": self.forward_multiple_choice,
-            "classification": self.forward_classification,
-            "video": self.encode_video,
-            "text": self.encode_text,
-        }
-        if mode not in dispatch:
-            raise ValueError(f"unknown forward mode {mode!r}; expected one of {', '.join(dispatch)}")
-        return dispatch[mode](*args, **kwargs)
 
     # ----------------------------------------------------------------------------- training
 
@@ -480,44 +403,139 @@ class LfvilaModel(nn.Module):
         return self
 
 
+class LfvilaForPretrainingStage1(LfvilaModel):
+    """Stage 1 (VPC + MTC, docs/method.md §4): video encoder, text levels, global and local projections."""
+
+    def forward(self, frames: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Stage1Output:
+        """frames (B, T, 3, H, W); input_ids, attention_mask (B, M, L) with M = T / frames_per_clip
+        (sentence i over clip i) -> ``Stage1Output`` for VPC + MTC."""
+        clips = frames.shape[1] // self.config.video.frames_per_clip
+        if input_ids.shape[1] != clips:
+            raise ValueError(
+                f"stage 1 pairs sentence i with clip i: {frames.shape[1]} frames make {clips} clips of "
+                f"{self.config.video.frames_per_clip} frames, but the text has {input_ids.shape[1]} sentence slots"
+            )
+        video = self.encode_video(frames)
+        text = self.encode_text(input_ids, attention_mask)
+        if video.clip_embeddings is None or text.sentence_embeddings is None:
+            raise ConfigError("config key 'heads.projections': stage 1 needs the local projections ('global+local')")
+        # MTC pairs sentence i with clip i and has no notion of an empty slot: an empty slot's zero
+        # feature would still project to a unit vector and act as a key / target / negative. Stage 1
+        # always draws M consecutive clips each with its sentence, so an empty slot is a data error.
+        empty = ~text.sentence_mask.bool()
+        if bool(empty.any()):
+            samples = int(empty.any(dim=1).sum())
+            raise EmptySentenceSlotError(
+                f"stage 1 needs a sentence in every slot (MTC pairs sentence i with clip i): "
+                f"{samples} of {empty.shape[0]} samples have empty sentence slots ({int(empty.sum())} slots in all)"
+            )
+        return Stage1Output(
+            video_embedding=video.global_embedding,
+            paragraph_embedding=text.paragraph_embedding,
+            clip_embeddings=video.clip_embeddings,
+            sentence_embeddings=text.sentence_embeddings,
+            sentence_mask=text.sentence_mask,
+        )
+
+
+class LfvilaForPretrainingStage2(LfvilaModel):
+    """Stage 2 (MLM + VTM, docs/method.md §4): stage 1's parts plus the cross-modal encoder, MLM and VTM heads."""
+
+    def forward(
+        self,
+        frames: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        video_index: Optional[torch.Tensor] = None,
+    ) -> Stage2Output:
+        """frames (B, T, 3, H, W); input_ids (B, M, L) already MLM-masked, attention_mask (B, M, L);
+        video_index (B,) long: text b is fused with the video of sample ``video_index[b]``
+        (``objectives.video_text_matching_pairs``), None = matched. One fused pass gives both
+        MLM logits (B, M·L, V) — flatten the labels to (B, M·L) — and VTM logits (B, 2)."""
+        if self.mlm_head is None or self.vtm_head is None:
+            raise ConfigError("config keys 'heads.mlm' and 'heads.vtm': stage 2 needs both heads")
+        video = self.video_encoder(frames).tokens  # (B, T, h, w, C)
+        if video_index is not None:
+            video = video[video_index.to(video.device)]
+        fused = self.fuse(video, input_ids, attention_mask)
+        mlm_logits = self.mlm_head(fused.text_states[:, 1:])  # summary token has no label
+        return Stage2Output(mlm_logits=mlm_logits, vtm_logits=self.vtm_head(fused.pooled), fusion=fused)
+
+
+class LfvilaForRetrieval(LfvilaModel):
+    """Retrieval fine-tuning (VPC, docs/method.md §6): the dual encoder with the global projections."""
+
+    def forward(self, frames: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> DualEncoderOutput:
+        """frames (B, T, 3, H, W) and text (B, M, L) -> both embeddings, in one call (one
+        forward for DeepSpeed's hooks); the video is encoded first."""
+        return DualEncoderOutput(self.encode_video(frames), self.encode_text(input_ids, attention_mask))
+
+
+class LfvilaForMultipleChoice(LfvilaModel):
+    """Multiple-choice QA (How2QA, docs/method.md §6): cross-modal encoder + choice and span head."""
+
+    def forward(
+        self, frames: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> MultipleChoiceModelOutput:
+        """frames (B, T, 3, H, W); input_ids, attention_mask (B, K, M, L), K candidates each a
+        text of M segments (question + answer, subtitles) -> choice logits (B, K), span logits
+        (B, T, 2). The video is encoded once and shared by its K candidates."""
+        if self.multiple_choice_head is None:
+            raise ConfigError("config key 'heads.multiple_choice': this model has no multiple-choice head")
+        batch, choices = input_ids.shape[:2]
+        video = self.video_encoder(frames).tokens.repeat_interleave(choices, dim=0)  # (B·K, T, h, w, C)
+        fused = self.fuse(video, input_ids.flatten(0, 1), attention_mask.flatten(0, 1))
+        out = self.multiple_choice_head(fused.pooled, choices, fused.frame_states)
+        return MultipleChoiceModelOutput(out.choice_logits, out.span_logits, fused)
+
+
+class LfvilaForClassification(LfvilaModel):
+    """Classification QA (VIOLIN, ActivityNet-QA, docs/method.md §6): cross-modal encoder + classifier."""
+
+    def forward(
+        self, frames: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> ClassificationModelOutput:
+        """frames (B, T, 3, H, W); input_ids, attention_mask (B, M, L) -> logits (B, num_labels)."""
+        if self.classification_head is None:
+            raise ConfigError("config key 'heads.num_labels': this model has no classifier (num_labels = 0)")
+        fused = self.fuse(self.video_encoder(frames).tokens, input_ids, attention_mask)
+        return ClassificationModelOutput(self.classification_head(fused.pooled), fused)
+
+
+VARIANT_CLASSES: dict[str, type[LfvilaModel]] = {
+    "stage1": LfvilaForPretrainingStage1,
+    "stage2": LfvilaForPretrainingStage2,
+    "retrieval": LfvilaForRetrieval,
+    "qa-multichoice": LfvilaForMultipleChoice,
+    "qa-classification": LfvilaForClassification,
+}
+
+
+def model_class(layout: "LfvilaConfig | str") -> type[LfvilaModel]:
+    """The class of a model: from a preset variant (``presets.VARIANTS``) or from a config's
+    layout (its heads and cross-modal encoder, as ``presets`` composes them). A layout that is
+    none of the task layouts gets the plain ``LfvilaModel`` (encoders only, no ``forward``)."""
+    if isinstance(layout, str):
+        if layout not in VARIANT_CLASSES:
+            raise ConfigError(f"unknown model variant {layout!r}; known: {', '.join(VARIANT_CLASSES)}")
+        return VARIANT_CLASSES[layout]
+    heads = layout.heads
+    if heads.multiple_choice:
+        return LfvilaForMultipleChoice
+    if heads.num_labels:
+        return LfvilaForClassification
+    if layout.fusion is not None and heads.mlm and heads.vtm:
+        return LfvilaForPretrainingStage2
+    if layout.fusion is None and heads.projections == "global+local":
+        return LfvilaForPretrainingStage1
+    if heads.projections != "none":
+        return LfvilaForRetrieval
+    return LfvilaModel
+
+
 # ---------------------------------------------------------------------------------------------
 # Building without memory: the meta device
 # ---------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def parameters_on_meta() -> Iterator[None]:
-    """Create every parameter and persistent buffer on the meta device (shapes only, no memory,
-    no init cost). Non-persistent buffers (index tensors no checkpoint holds) stay real.
-
-    Module code may still compute small things on the CPU while it is built (e.g. a drop-path
-    schedule with ``.tolist()``), which a ``torch.device("meta")`` context would break; only
-    registration is redirected. Use for parameter counts, key maps, and with
-    ``load_state_dict(..., assign=True)`` to materialise weights straight from a checkpoint.
-    """
-    register_parameter = nn.Module.register_parameter
-    register_buffer = nn.Module.register_buffer
-
-    def meta_parameter(module: nn.Module, name: str, param) -> None:
-        register_parameter(module, name, param)
-        if param is not None:
-            param = module._parameters[name]
-            module._parameters[name] = type(param)(param.to("meta"), requires_grad=param.requires_grad)
-
-    def meta_buffer(module: nn.Module, name: str, tensor, persistent: bool = True) -> None:
-        # Non-persistent buffers (BERT's position_ids / token_type_ids) are in no state dict, so
-        # no checkpoint could restore them: keep them real (they are small index tensors).
-        if persistent and tensor is not None:
-            tensor = tensor.to("meta")
-        register_buffer(module, name, tensor, persistent)
-
-    nn.Module.register_parameter = meta_parameter
-    nn.Module.register_buffer = meta_buffer
-    try:
-        yield
-    finally:
-        nn.Module.register_parameter = register_parameter
-        nn.Module.register_buffer = register_buffer
 
 
 def meta_tensor_names(model: nn.Module) -> list[str]:
@@ -526,81 +544,73 @@ def meta_tensor_names(model: nn.Module) -> list[str]:
     return sorted({name for name, tensor in tensors if tensor is not None and tensor.is_meta})
 
 
+def _init_owner(model: nn.Module, name: str) -> Optional[nn.Module]:
+    """The nearest module at or above ``name`` with an ``_init_weights(module)`` rule (ours, or a
+    ``transformers`` model's), or None."""
+    parts = name.split(".") if name else []
+    for depth in range(len(parts), -1, -1):
+        owner = model.get_submodule(".".join(parts[:depth]))
+        if callable(getattr(owner, "_init_weights", None)):
+            return owner
+    return None
+
+
 @torch.no_grad()
-def _fresh_init(module: nn.Module, part: str, std: float) -> None:
-    """The initialisation ``module`` (a leaf owner of tensors, materialised empty) gets when the
-    model is built: ``part`` is its top-level attribute name, ``std`` BERT's initializer_range."""
-    from .fusion import VideoTokenEmbedding
-    from .video_encoder import WindowAttention3D, _init_weights as video_init
-
-    if isinstance(module, nn.LayerNorm):
-        if module.weight is not None:
-            nn.init.ones_(module.weight)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif part == "video_encoder" and isinstance(module, (nn.Linear, WindowAttention3D)):
-        video_init(module)  # truncated normal 0.02, zero biases
-    elif part == "projections" or isinstance(module, nn.modules.conv._ConvNd):
-        module.reset_parameters()  # PyTorch's default, as the projections and the patch kernel get
-    elif isinstance(module, nn.Linear):
-        nn.init.normal_(module.weight, std=std)  # BERT's rule: its layers and the fresh heads
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.Embedding):
-        nn.init.normal_(module.weight, std=std)
-        if module.padding_idx is not None:
-            module.weight[module.padding_idx].zero_()
-    elif isinstance(module, VideoTokenEmbedding):
-        module.spatial_embedding.normal_(std=0.02)
-        module.temporal_embedding.normal_(std=0.02)
-    elif isinstance(module, MaskedLanguageModelingHead):
-        module.bias.zero_()
-    # anything else stays uninitialised memory and is not reported as materialised
-
-
-def materialise_meta(model: "LfvilaModel", device: str | torch.device = "cpu") -> list[str]:
-    """Give every parameter still on the meta device real memory on ``device`` and its
-    fresh initialisation (what ``LfvilaModel(config)`` would have drawn), module by module.
+def materialise_meta(model: nn.Module, device: str | torch.device = "cpu") -> list[str]:
+    """Give every tensor still on the meta device real memory on ``device`` and its fresh
+    initialisation, module by module, as the model's own code initialises it when built: the
+    module's ``reset_parameters()`` (PyTorch's default; ours for their own tensors), then the
+    rule of the nearest module owning the initialisation of its part (``_init_weights(module)``:
+    the video encoder's truncated normal, BERT's normal(initializer_range) from ``transformers``,
+    the heads' BERT rule). Non-persistent buffers (BERT's position_ids / token_type_ids, which
+    no checkpoint holds) are recomputed the same way.
 
     For a model built on meta and then loaded from a file that lacks some parts (a QA model from
-    a stage-2 file: the QA head): those parts keep their fresh initialisation. Returns the names
-    materialised; tensors of a module with no known initialisation stay on meta.
+    a stage-2 file: the QA head): those parts get a fresh initialisation; loaded tensors of the
+    same module are kept. Returns the names of the parameters and persistent buffers
+    materialised; tensors of a module with no initialisation (no ``reset_parameters`` and no
+    owner rule) stay on meta.
     """
-    from .fusion import VideoTokenEmbedding
-    from .video_encoder import WindowAttention3D
-
-    initialisable = (
-        nn.LayerNorm, nn.Linear, nn.Embedding, nn.modules.conv._ConvNd,
-        MaskedLanguageModelingHead, VideoTokenEmbedding, WindowAttention3D,
-    )
-    bert_config = getattr(getattr(getattr(model, "text_encoder", None), "bert", None), "config", None)
-    std = getattr(bert_config, "initializer_range", 0.02)
     done: list[str] = []
     for name, module in model.named_modules():
         params = [n for n, t in module._parameters.items() if t is not None and t.is_meta]
         buffers = [n for n, t in module._buffers.items() if t is not None and t.is_meta]
-        # A module with no known initialisation, or a meta buffer (we cannot recompute it), stays
-        # on meta so that the caller sees what is still missing.
-        if not params or buffers or not isinstance(module, initialisable):
+        if not params and not buffers:
             continue
-        # Materialise the meta parameters (to_empty for those only); a loaded parameter of the same
-        # module is swapped out for a scratch copy while the module's init runs, so it is kept.
-        loaded = {n: t for n, t in module._parameters.items() if t is not None and not t.is_meta}
-        for n, t in module._parameters.items():
-            if t is not None:
-                module._parameters[n] = nn.Parameter(torch.empty_like(t, device=device), requires_grad=t.requires_grad)
-        _fresh_init(module, name.split(".", 1)[0], std)
-        module._parameters.update(loaded)
-        done.extend(f"{name}.{n}" if name else n for n in params)
+        owner = _init_owner(model, name)
+        if owner is None and not hasattr(module, "reset_parameters"):
+            continue  # stays on meta: the caller sees what is still missing
+        # Tensors already loaded are set aside while the module's init runs on scratch copies
+        # (to_empty would replace their data in place).
+        loaded_params = {n: t for n, t in module._parameters.items() if t is not None and not t.is_meta}
+        loaded_buffers = {n: t for n, t in module._buffers.items() if t is not None and not t.is_meta}
+        for n, t in loaded_params.items():
+            module._parameters[n] = nn.Parameter(t.to("meta"), requires_grad=t.requires_grad)
+        for n, t in loaded_buffers.items():
+            module._buffers[n] = t.to("meta")
+        module.to_empty(device=device, recurse=False)
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+        if owner is not None:
+            owner._init_weights(module)
+        module._parameters.update(loaded_params)
+        module._buffers.update(loaded_buffers)
+        prefix = f"{name}." if name else ""
+        done.extend(prefix + n for n in params)
+        done.extend(prefix + n for n in buffers if n not in module._non_persistent_buffers_set)
     return sorted(done)
 
 
 def build_model(config: LfvilaConfig, device: str | torch.device | None = None) -> LfvilaModel:
-    """``LfvilaModel(config)``; with ``device="meta"`` every tensor is shape-only."""
+    """The model ``config`` describes, of the class its layout calls for (``model_class``);
+    with ``device="meta"`` every tensor is shape-only (built under ``torch.device("meta")``:
+    no memory, no initialisation cost; ``materialise_meta`` gives the tensors a checkpoint
+    did not fill their fresh initialisation)."""
+    cls = model_class(config)
     if device is not None and torch.device(device).type == "meta":
-        with parameters_on_meta():
-            return LfvilaModel(config)
-    model = LfvilaModel(config)
+        with torch.device("meta"):
+            return cls(config)
+    model = cls(config)
     return model.to(device) if device is not None else model
 
 

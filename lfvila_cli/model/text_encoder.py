@@ -138,12 +138,18 @@ def run_layer(layer: nn.Module, hidden: torch.Tensor, bias: torch.Tensor) -> tor
 def load_bert(cfg: TextEncoderConfig) -> "PreTrainedModel":
     """The BERT-family encoder named by ``cfg`` (weights from the hub/a path, or random)."""
     if cfg.model:
-        from transformers import AutoModel
+        from transformers import AutoConfig, AutoModel
 
         try:
-            bert = AutoModel.from_pretrained(
-                cfg.model, local_files_only=cfg.local_files_only, attn_implementation=cfg.attn_implementation
-            )
+            if torch.get_default_device().type == "meta":
+                # Built under torch.device("meta"): shapes only, so the architecture is enough
+                # (its config); no weights are read.
+                config = AutoConfig.from_pretrained(cfg.model, local_files_only=cfg.local_files_only)
+                bert = AutoModel.from_config(config, attn_implementation=cfg.attn_implementation)
+            else:
+                bert = AutoModel.from_pretrained(
+                    cfg.model, local_files_only=cfg.local_files_only, attn_implementation=cfg.attn_implementation
+                )
         except (OSError, ValueError, KeyError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ConfigError(f"config key 'model': cannot load {cfg.model!r}: {first}") from None
@@ -187,7 +193,17 @@ class ParagraphEmbedding(nn.Module):
         self.sentence_embeddings = nn.Embedding(max_sentences, hidden_size)
         self.norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
         self.dropout = nn.Dropout(dropout)
-        nn.init.normal_(self.sentence_embeddings.weight, std=initializer_range)
+        self.initializer_range = initializer_range
+        # The position table is then copied from BERT's (``init_positions_from``).
+        self._init_weights(self.sentence_embeddings)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """BERT's rule for one submodule: embeddings N(0, initializer_range), LayerNorm 1 / 0."""
+        if isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=self.initializer_range)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
 
     @torch.no_grad()
     def init_positions_from(self, table: torch.Tensor) -> None:

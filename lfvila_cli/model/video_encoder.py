@@ -454,6 +454,12 @@ class WindowAttention3D(nn.Module):
         )
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
+        # The bias table is drawn by the encoder's init pass (``VideoEncoder._init_weights``),
+        # after the linear layers, as the release did: not here.
+
+    def reset_parameters(self) -> None:
+        """The bias table: truncated normal, std 0.02 (the release's init)."""
+        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
 
     def relative_position_bias(self, window: Window) -> torch.Tensor:
         """(nH, N, N) bias for query i, key j of an actual window."""
@@ -619,7 +625,7 @@ class VideoEncoder(nn.Module):
         if cfg.clip_features == "intra":
             self.clip_merge = PatchMerging(cfg.output_dim(cfg.clip_feature_layer))
             self.clip_norm = nn.LayerNorm(cfg.clip_feature_dim)
-        self.apply(_init_weights)
+        self.apply(self._init_weights)
 
     def check_input(self, frames: torch.Tensor) -> None:
         if frames.dim() != 5 or frames.shape[2] != self.config.in_chans:
@@ -662,16 +668,16 @@ class VideoEncoder(nn.Module):
         clip_features = per_clip.mean(dim=(2, 3, 4))  # (B, M, C_clip)
         return VideoEncoderOutput(tokens, global_feature, clip_features, clip_tokens)
 
-
-def _init_weights(module: nn.Module) -> None:
-    """The release's init: truncated normal (std 0.02) for Linear weights and bias tables,
-    zero Linear biases, unit LayerNorms; Conv3d keeps PyTorch's default."""
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
+    def _init_weights(self, module: nn.Module) -> None:
+        """The release's init of one submodule (applied to every one when built, after PyTorch's
+        defaults): truncated normal (std 0.02) for Linear weights and bias tables, zero Linear
+        biases, unit LayerNorms; the Conv3d patch kernel keeps PyTorch's default."""
+        if isinstance(module, nn.Linear):
+            nn.init.trunc_normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
-    elif isinstance(module, WindowAttention3D):
-        nn.init.trunc_normal_(module.relative_position_bias_table, std=0.02)
+        elif isinstance(module, WindowAttention3D):
+            module.reset_parameters()

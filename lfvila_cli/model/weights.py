@@ -14,9 +14,10 @@ maps them: usually a different model or format). A shape mismatch is refused wit
 (``lfvila.build_model(cfg, "meta")``) are materialised straight from the checkpoint
 (``load_state_dict(assign=True)``); others are copied into, cast to their own dtype. After
 ``load_official_checkpoint`` from real tensors, the parts of a meta-built model that the file
-lacks get real memory and their fresh initialisation (``lfvila.materialise_meta``), and a
-tensor still on meta is refused (``WeightImportError``); a shape-only (meta) source leaves a
-shape-only model. Non-persistent index buffers are never on meta (``parameters_on_meta``).
+lacks get real memory and their fresh initialisation by the modules' own init code
+(``lfvila.materialise_meta``), non-persistent index buffers (BERT's position_ids, in no file) are
+recomputed, and a tensor still on meta is refused (``WeightImportError``); a shape-only (meta)
+source leaves a shape-only model.
 
 **(a) Swin-2D → HTWA (docs/method.md §2).** Accepts the original Swin release (``patch_embed.proj``,
 ``layers.{s}.blocks.{j}.attn.qkv``, ``layers.{s}.downsample``, ``norm``; optionally wrapped in

@@ -173,25 +173,16 @@ def build_task_model(cfg: FinetuneConfig, init_from: Optional[Path], tokenizer, 
 
 def task_loss(model_call, param: torch.Tensor, batch: dict, kind: str, temperature: float, span_weight: float) -> dict[str, torch.Tensor]:
     """The task's loss terms for one micro-batch (``"total"`` included)."""
-    import torch.nn.functional as F
-
-    from ..model.heads import class_balanced_span_loss
-    from ..objectives import video_paragraph_contrastive_loss
+    from ..objectives import classification_loss, multiple_choice_loss, retrieval_loss
 
     frames, ids, mask = _move(batch, param)
+    out = model_call(frames, ids, mask)
     if kind == "retrieval":
-        video, text = model_call("dual", frames, ids, mask)
-        vpc = video_paragraph_contrastive_loss(video.global_embedding, text.paragraph_embedding, temperature)
-        return {"total": vpc, "vpc": vpc}
+        return retrieval_loss(out, temperature)
     labels = batch["label"].to(param.device)
     if kind == "multiple_choice":
-        out = model_call("multiple_choice", frames, ids, mask)
-        choice = F.cross_entropy(out.choice_logits.float(), labels)
-        span = class_balanced_span_loss(out.span_logits, batch["span_labels"].to(param.device), batch["span_labels"].to(param.device) >= 0)
-        return {"total": choice + span_weight * span, "choice": choice, "span": span}
-    out = model_call("classification", frames, ids, mask)
-    ce = F.cross_entropy(out.logits.float(), labels)
-    return {"total": ce, "ce": ce}
+        return multiple_choice_loss(out, labels, batch["span_labels"].to(param.device), span_weight)
+    return classification_loss(out.logits, labels)
 
 
 def selection_metric(kind: str, metrics: dict) -> float:

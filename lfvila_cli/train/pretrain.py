@@ -212,14 +212,9 @@ def _move(batch: dict, param: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
     return frames, batch["input_ids"].to(param.device), batch["attention_mask"].to(param.device)
 
 
-def _special_tokens_mask(input_ids: torch.Tensor, tokenizer) -> torch.Tensor:
-    special = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=input_ids.dtype, device=input_ids.device)
-    return torch.isin(input_ids, special)
-
-
 def stage1_loss(model_call, model, batch: dict, step: int, objectives) -> dict[str, torch.Tensor]:
     frames, ids, mask = _move(batch, next(model.parameters()))
-    out = model_call("stage1", frames, ids, mask)
+    out = model_call(frames, ids, mask)
     from ..objectives import pretrain_stage1_loss
 
     gen = _step_generator(objectives.seed, step)
@@ -227,27 +222,13 @@ def stage1_loss(model_call, model, batch: dict, step: int, objectives) -> dict[s
 
 
 def stage2_loss(model_call, model, batch: dict, step: int, objectives, tokenizer, with_accuracy: bool = False) -> dict[str, torch.Tensor]:
-    from ..objectives import IGNORE_INDEX, mask_tokens, pretrain_stage2_loss, video_text_matching_pairs
+    from ..objectives import draw_stage2_targets, stage2_output_loss
 
     frames, ids, mask = _move(batch, next(model.parameters()))
-    b, m, length = ids.shape
     gen = _step_generator(objectives.seed, step, _STAGE2_STREAM)
-    pairs = video_text_matching_pairs(b, gen)
-    flat = ids.reshape(b * m, length)
-    masked = mask_tokens(
-        flat, _special_tokens_mask(flat, tokenizer), len(tokenizer), tokenizer.mask_token_id,
-        objectives.mlm_probability, gen, attention_mask=mask.reshape(b * m, length),
-    )
-    out = model_call("stage2", frames, masked.input_ids.reshape(b, m, length), mask, video_index=pairs.video_index)
-    terms = pretrain_stage2_loss(out.mlm_logits, masked.labels.reshape(b, m * length), out.vtm_logits, pairs.labels, objectives)
-    if with_accuracy:
-        terms["vtm_correct"] = (out.vtm_logits.argmax(-1).cpu() == pairs.labels.cpu()).sum().float()
-        # MLM is scored where it is trained: masked tokens of matched pairs only.
-        labels = masked.labels.reshape(b, m * length).to(out.mlm_logits.device)
-        scored = (labels != IGNORE_INDEX) & (pairs.labels.to(labels.device) == 1)[:, None]
-        terms["mlm_correct"] = ((out.mlm_logits.argmax(-1) == labels) & scored).sum().float().cpu()
-        terms["mlm_count"] = scored.sum().float().cpu()
-    return terms
+    targets = draw_stage2_targets(ids, mask, tokenizer.all_special_ids, len(tokenizer), tokenizer.mask_token_id, gen, objectives)
+    out = model_call(frames, targets.input_ids, mask, video_index=targets.video_index)
+    return stage2_output_loss(out, targets, objectives, with_accuracy)
 
 
 @torch.no_grad()
