@@ -82,16 +82,20 @@ class ExportError(LfvilaError):
 @dataclass
 class ExportConfig:
     model: str = "pretrain1"  # the model artifact's stage: pretrain1 | pretrain2 | finetune (retrieval or QA)
-    frames: int = 32  # fixed frame count of the video graph (clips × frames per clip)
-    height: int = 192
-    width: int = 320
+    # The graph's fixed frame count (clips × frames per clip) and frame size; 0 = as the model was
+    # trained (the export stage reads them from the model's frame store: stages/export.py).
+    frames: int = 0
+    height: int = 0
+    width: int = 0
     opset: int = 18
     precision: Literal["fp32", "fp16"] = "fp32"  # fp16: fp16 weights and compute, float32 inputs / outputs
     tolerance: Optional[float] = None  # parity: max |onnx − torch|; None = 1e-4 (fp32) or 1e-2 (fp16)
 
     def __post_init__(self) -> None:
         check(self.model in ("pretrain1", "pretrain2", "finetune"), "model", f"expected pretrain1, pretrain2 or finetune, got {self.model!r}")
-        check(self.frames >= 1 and self.height >= 8 and self.width >= 8, "frames", "frames, height and width must be positive (height, width >= 8)")
+        check(self.frames >= 0, "frames", f"must be >= 0 (0 = as the model was trained), got {self.frames}")
+        check(self.height == 0 or self.height >= 8, "height", f"must be >= 8 (or 0 = as the model was trained), got {self.height}")
+        check(self.width == 0 or self.width >= 8, "width", f"must be >= 8 (or 0 = as the model was trained), got {self.width}")
         check(17 <= self.opset <= 21, "opset", f"must be between 17 and 21, got {self.opset}")
         check(self.precision in ("fp32", "fp16"), "precision", f"expected fp32 or fp16, got {self.precision!r}")
         check(self.tolerance is None or self.tolerance > 0, "tolerance", f"must be > 0, got {self.tolerance}")
@@ -268,6 +272,9 @@ def export_onnx(model_dir: Path, out_dir: Path, cfg: ExportConfig) -> dict[str, 
     from .model.pretrained import TOKENIZER_DIR, load_pretrained
     from .pipeline.artifacts import read_stage_config
 
+    unset = [name for name in ("frames", "height", "width") if not getattr(cfg, name)]
+    if unset:
+        raise ExportError(f"config key '{unset[0]}': 0 (as the model was trained) is resolved by the export stage; give frames, height and width")
     model = load_pretrained(model_dir).eval()
     config = model.config
     k = config.video.frames_per_clip

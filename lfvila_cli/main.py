@@ -499,7 +499,7 @@ def export(
     paragraph and sentence embeddings); a QA fine-tune (how2qa, violin, anet-qa) gives
     qa_model.onnx (frames and text -> answer logits, for how2qa also per-frame span logits) and,
     for anet-qa, answers.json. Batch, sentence and candidate axes are dynamic; the frame count
-    and size are fixed and recorded. The artifact store/export/<key>/ also holds the tokenizer
+    and size are fixed (by default those the model was trained on) and recorded. The artifact store/export/<key>/ also holds the tokenizer
     and export.json (preprocessing, versions, parity figures); the preprocessing and versions
     are in each file's metadata too (lfvila.* keys).
 
@@ -507,11 +507,14 @@ def export(
 
       lfvila export --onnx
 
-      lfvila export --onnx --from finetune --set frames=32 --set height=64 --set width=96
+      lfvila export --onnx --from finetune
+
+      lfvila export --onnx --set height=128 --set width=224   (another frame size than trained)
 
       lfvila export --onnx --fp16 --model pretrain1
 
-    Config keys: model (pretrain1 | pretrain2 | finetune), frames, height, width, opset,
+    Config keys: model (pretrain1 | pretrain2 | finetune), frames, height, width (0 = as the
+    model was trained: the frame size and frames per sample of its frame store), opset,
     precision (fp32 | fp16), tolerance (default 1e-4 fp32, 1e-2 fp16).
     """
     from .errors import ConfigError

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from lfvila_cli.errors import ConfigError, LfvilaError
 from lfvila_cli.pipeline.artifacts import Workdir
-from lfvila_cli.errors import LfvilaError
 from lfvila_cli.export import TEXT_FILE, VIDEO_FILE, ExportError, OnnxFileError, create_session, read_metadata
 from lfvila_cli.pipeline.runner import run_stage
 from lfvila_cli.pipeline.stage import resolve_config
@@ -128,6 +128,35 @@ def test_export_cli(exported):
     assert out.exit_code == 0 and "export: up to date" in out.output, out.output
     bad = CliRunner().invoke(app, ["export", "--no-onnx", "--workdir", str(wd.root)])
     assert bad.exit_code == 2 and "ONNX is the only export format" in bad.output
+
+
+def test_export_takes_the_frame_size_the_model_was_trained_on(exported, tmp_path):
+    """frames, height and width left at 0 become what the model was trained on (4 clips × 8
+    frames at 64×96 here): the same key as stating them, and a different one for another size.
+    When the frame store the model was trained on is gone, a one-line error asks for them."""
+    import json
+    import shutil
+
+    from lfvila_cli.stages.export import trained_frames
+
+    wd, model_artifact, export_artifact = exported
+    stage = get_stage("export")
+    assert trained_frames(wd, model_artifact) == EXPORT
+    lines = []
+    same = run_stage(wd, stage, resolve_config(stage), {"pretrain1": model_artifact}, dry_run=True, echo=lines.append)
+    assert same.status == "up to date" and same.key == export_artifact.key, lines
+    other = run_stage(wd, stage, resolve_config(stage, overrides=["height=128"]), {"pretrain1": model_artifact}, dry_run=True, echo=lines.append)
+    assert other.status == "would run"
+    copy = Workdir(tmp_path / "wd")
+    shutil.copytree(wd.root, copy.root)
+    shutil.rmtree(copy.stage_dir("cache"))
+    manifest = copy.resolve("pretrain1", model_artifact.key).path / "manifest.json"
+    record = json.loads(manifest.read_text())
+    record["input_paths"]["cache"] = str(tmp_path / "moved-away")  # nor where it was built
+    manifest.write_text(json.dumps(record))
+    model = copy.resolve("pretrain1", model_artifact.key)
+    with pytest.raises(ConfigError, match=r"config keys 'frames', 'height', 'width': the frame store pretrain1/\w+ was trained on is gone"):
+        run_stage(copy, stage, resolve_config(stage), {"pretrain1": model}, dry_run=True, echo=lines.append)
 
 
 def test_onnx_only_example_ranks_like_pytorch(exported, tmp_path):

@@ -42,6 +42,8 @@ def run_stage(
     reached = time.time()  # when this rank reached the stage: older failure markers are not this launch's
     if name is not None:
         check_ref_name(name)
+    if stage.complete is not None:
+        config = stage.complete(workdir, config, inputs)
     payload = stage.key_payload(config, inputs)
     key = compute_key(payload)
     short = key[:KEY_CHARS]

@@ -54,6 +54,9 @@ class Stage:
     verify: Optional[Callable[[Artifact], Optional[str]]] = None  # why a committed artifact is unusable, checked on a hit
     fixed: dict = field(default_factory=dict)  # config values the stage itself sets (pretrain1: stage=1)
     describe: Callable[[dict], str] = _no_summary  # one line from an artifact's summary
+    # fills the config values that default to what an input says (export: the frame size the model
+    # was trained at) before the key is computed: complete(workdir, config, inputs) -> config
+    complete: Optional[Callable[[Workdir, Any, dict[str, Artifact]], Any]] = None
 
     def summary_line(self, summary: dict) -> str:
         return self.describe(summary)

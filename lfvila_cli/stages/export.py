@@ -2,18 +2,53 @@
 Runtime (``export.py``).
 
 Input: the model artifact named by ``model`` (``pretrain1``, ``pretrain2`` or ``finetune``).
-Key: the whole config.
+Key: the whole config, with ``frames``, ``height`` and ``width`` left at 0 replaced by what the
+model was trained on (``complete``), so that stating them or not gives the same key.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
+from ..data.loader import LoaderConfig
+from ..errors import ConfigError
 from ..export import ExportConfig
+from ..pipeline.artifacts import KEY_CHARS, Artifact, Workdir
 from ..pipeline.stage import Stage, StageContext
 
 
 def input_names(cfg: ExportConfig) -> tuple[str, ...]:
     """The model artifact exported."""
     return (cfg.model,)
+
+
+def trained_frames(workdir: Workdir, model: Artifact) -> dict[str, int]:
+    """``{frames, height, width}`` a model artifact was trained on, from the frame store it was
+    trained on: its frame size, and its frames per sample (chunks × frames per chunk for a task
+    store, the training window's clips × frames per clip for a pre-training store)."""
+    cache = workdir.input_of(model, "cache")
+    if cache is None:
+        raise ConfigError(
+            f"config keys 'frames', 'height', 'width': the frame store {model.stage}/{model.key[:KEY_CHARS]} was trained on "
+            "is gone, so its frame size is unknown; set them"
+        )
+    store = cache.config
+    per_clip = int(store["frames_per_segment"])
+    if store.get("segment_mode") == "chunks":
+        clips = int(store["num_chunks"])
+    else:
+        clips = int((model.config.get("loader") or {}).get("clips_per_sample", LoaderConfig().clips_per_sample))
+    return {"frames": clips * per_clip, "height": int(store["height"]), "width": int(store["width"])}
+
+
+def complete(workdir: Workdir, config: ExportConfig, inputs: dict[str, Artifact]) -> ExportConfig:
+    """The config with ``frames``, ``height`` and ``width`` left at 0 set to what the model was
+    trained on."""
+    unset = [name for name in ("frames", "height", "width") if not getattr(config, name)]
+    if not unset:
+        return config
+    trained = trained_frames(workdir, inputs[config.model])
+    return dataclasses.replace(config, **{name: trained[name] for name in unset})
 
 
 def run(ctx: StageContext) -> dict:
@@ -47,4 +82,5 @@ STAGE = Stage(
     inputs=("pretrain1", "pretrain2", "finetune"),
     select_inputs=input_names,
     describe=describe,
+    complete=complete,
 )
