@@ -1,24 +1,33 @@
-"""Validation metrics of the dual encoder (docs/method.md §6): paragraph→video retrieval and temporal order.
+"""Validation and test metrics (docs/method.md §6): retrieval ranks in both directions, the
+temporal-order check of the bundled example, and the QA tasks' accuracy. N paragraphs = N videos,
+video i the match of text i; embeddings (N, D), scored by dot product (pass L2-normalised ones).
 
-* ``paragraph_to_video_retrieval(video_emb, text_emb)``: text i's ground-truth video is video i
-  (the diagonal). Recall@K is the *fraction* (0–1) of paragraphs whose own video ranks in the
-  top K; MedR the median rank (1 = best). Ranks are pessimistic on ties: a video scoring exactly
-  as high as the true one counts as ranked above it, so constant embeddings give chance, not 1.
-* ``retrieval_metrics(video_emb, text_emb)``: both directions (text→video, video→text),
-  R@1/5/10/50, MedR and MnR (mean rank), ranked ``chunk`` queries at a time by
-  ``ranks_chunked`` so memory stays ~chunk × N scores (20,000 × 20,000 at 1024 dimensions:
-  ``benchmarks/bench_ranking.py``); ``retrieval_ranks`` is the full-matrix reference.
-* ``temporal_order_accuracy``: the bundled example gives each val/test base video a reordered
-  twin (same events in another order; corpus task fields ``group`` and ``hard_negative_of``).
-  The metric is the fraction of paragraphs (base and twin alike) more similar to their own video
-  than to its twin (text→video; chance 0.5, ties count as wrong).
-* ``evaluate_stage1(model, val_dataset, batch_size)``: embeds every example of a (non-training)
-  ``PretrainDataset`` in eval mode under ``no_grad`` — the dataset's deterministic eval window
-  (no augmentation; a val sample with more than ``clips_per_sample`` clips is seen through one
-  window, the same for its text and its video) — and returns both metrics plus the chance level.
-  The twin of a sample is seen through *its own* eval window: with videos of exactly
-  ``clips_per_sample`` clips the pair differs by order only, with longer ones the windows may
-  also differ in content.
+    ranks_chunked(query, keys)        (N,) ranks, 1 = best, ``chunk`` queries at a time so memory
+                                      stays ~chunk × N scores (20,000 × 20,000 at 1024 dimensions:
+                                      ``benchmarks/bench_ranking.py``); ``retrieval_ranks`` is the
+                                      full-matrix reference
+    rank_metrics(ranks)               R@K as *fractions* (0–1), MedR (median rank), MnR (mean rank)
+    retrieval_metrics(video, text)    both directions (text→video, video→text), R@1/5/10/50, MedR, MnR
+    paragraph_to_video_retrieval      text→video R@1/5/10 and MedR
+    temporal_order_accuracy           share of paragraphs closer to their own video than to its
+                                      reordered twin (chance 0.5, ties wrong)
+    embed_dataset, evaluate_stage1    embed a dataset in eval mode; stage 1's validation figures
+    dual_softmax_ranks                ranks after dual-softmax re-scoring (``..._reference``: full
+                                      matrix); transductive, so reported apart
+    predict_task, task_metrics        a ``TaskDataset``'s outputs; its figures with the chance level
+    gather_in_order                   every rank's share back in index order, on every rank
+
+Ranks are pessimistic on ties: a video scoring exactly as high as the true one counts as ranked
+above it, so constant embeddings give chance, not 1.
+
+Temporal order: the bundled example gives each val/test base video a reordered twin (same
+events in another order; corpus task fields ``group`` and ``hard_negative_of``); base and twin
+paragraphs alike are scored, text→video. ``evaluate_stage1`` embeds a (non-training)
+``PretrainDataset`` through its deterministic eval window (no augmentation; a val sample with
+more than ``clips_per_sample`` clips is seen through one window, the same for its text and its
+video). The twin of a sample is seen through *its own* eval window: with videos of exactly
+``clips_per_sample`` clips the pair differs by order only, with longer ones the windows may also
+differ in content.
 """
 
 from __future__ import annotations

@@ -1,29 +1,37 @@
-"""LF-VILA pre-training objectives (docs/method.md §4): features in, losses out; no model code here.
+"""LF-VILA's losses: features in, losses out; no model code here. What each objective computes,
+its weight and temperature: docs/method.md §4 (VPC, MTC, MLM, VTM) and §6 (fine-tuning). MTC
+takes all its extra negatives from other videos, where the released code took one from the same
+video: docs/method.md §7.
 
-* **VPC — global Video–Paragraph Contrastive.** Symmetric InfoNCE between the L2-normalised
-  global video feature and paragraph feature of each sample, over the *global* batch
-  (features all-gathered across ranks with gradient), fixed temperature 0.05, the two
-  directions (video→paragraph, paragraph→video) summed. Stage-1 weight 1.0.
-* **MTC — Multimodal Temporal Contrastive.** Sentence ``i`` should be more similar to clips
-  nearer in time to ``i``, and clips likewise to sentences. Per sample: 2 distinct key
-  positions and 2 distinct value positions; a key's target is the value nearest to it in time
-  (rows with a tie are ignored), the other value is a hard negative from the same video, and
-  3 more negatives come from *other* videos of the global batch (**Decision**, docs/method.md §4: the
-  released code took one from the same video). Both directions (sentence keys → clip values,
-  clip keys → sentence values), cross-entropy at temperature 0.05, directions summed.
-  Stage-1 weight 0.25.
-* **MLM — Masked Language Modelling.** 15% of the real text tokens (never special or padding
-  tokens) are selected; of those 80% become ``[MASK]``, 10% a random token, 10% stay. The
-  loss is computed on matched video–text pairs only. Stage-2 weight 1.
-* **VTM — Video–Text Matching.** Half the pairs of a batch get another sample's video
-  (label 0), half stay matched (label 1); 2-way cross-entropy on the pooled token. Stage-2
-  weight 10.
+Shapes: B local batch, G = world·B the global batch, M clips = sentences per sample, D the
+contrastive width (features L2-normalised), L tokens per sentence, V vocabulary, K answer
+candidates, T frames.
 
-Fine-tuning losses (docs/method.md §6): retrieval is VPC (``retrieval_loss``); multiple-choice QA
-is cross-entropy over the candidates plus ``span_weight`` × the class-balanced per-frame span
-loss (``multiple_choice_loss``, ``class_balanced_span_loss``); classification QA is
-cross-entropy (``classification_loss``). Model outputs come in as the model returns them
-(``lfvila_cli.model.lfvila``'s output dataclasses, read by attribute).
+    ObjectiveConfig                   weights (VPC 1, MTC 0.25, MLM 1, VTM 10), temperature 0.05,
+                                      MTC draws (2 keys, 2 values, 3 other-video negatives), MLM
+                                      rate 0.15, base seed of the generators
+    video_paragraph_contrastive_loss  video, paragraph (B, D) -> scalar VPC, directions summed
+    temporal_contrastive_loss         sentences, clips (B, M, D) -> TemporalContrastiveOutput:
+                                      MTC loss (both directions), accuracy, the plans drawn
+    sample_temporal_contrastive_plan  one MTC direction's draws for the global batch
+    mask_tokens, mlm_loss             (N, L) ids -> MaskedTokens (80/10/10 of the selected);
+                                      logits (..., V), labels -> mean CE over labelled tokens
+    video_text_matching_pairs, vtm_loss   B -> video_index, labels (B,), half mismatched;
+                                      logits (N, 2), labels (N,) -> 2-way CE
+    pretrain_stage1_loss              video, paragraph (B, D), sentences, clips (B, M, D) ->
+                                      {"vpc", "mtc", "total"}
+    draw_stage2_targets               text (B, M, L) -> Stage2Targets: masked ids, MLM labels
+                                      (B, M·L), video_index, VTM labels (B,)
+    pretrain_stage2_loss, stage2_output_loss   MLM (matched pairs only) + VTM ->
+                                      {"mlm", "vtm", "total"}
+    retrieval_loss                    VPC of a ``DualEncoderOutput``
+    multiple_choice_loss              CE over choice logits (B, K) + span_weight ×
+                                      class_balanced_span_loss over span logits (B, T, 2)
+    classification_loss               CE over logits (B, num_labels)
+    all_gather_with_grad              (B, ...) -> (G, ...) on every rank, gradients flowing back
+
+Model outputs come in as the model returns them (``lfvila_cli.model.lfvila``'s output
+dataclasses, read by attribute).
 
 Distributed convention (open_clip style). ``all_gather_with_grad`` concatenates every rank's
 features; its backward **sums** the gradients that all ranks send to a slice and hands each

@@ -1,20 +1,26 @@
-"""Cross-modal (fusion) encoder: the upper BERT layers over [paragraph tokens ; video tokens].
+"""Cross-modal (fusion) encoder: the upper BERT layers (12..23 of BERT-large) run single-stream
+self-attention over [paragraph tokens ; video tokens] with one joint key mask (docs/method.md §3;
+stage 2 and the QA tasks). Its pooled first token feeds the VTM and QA heads (``heads.py``).
 
-Paper idea (LF-VILA, docs/method.md §3, stage 2 and QA): after the text encoder's sentence and
-paragraph levels (text_encoder.py), the remaining layers of the same BERT (12..23 of
-BERT-large) run single-stream self-attention over the paragraph tokens (summary token +
-M·L tokens) followed by the video tokens, with one joint key mask, so padded text tokens are
-never attended to. Video tokens come from the video encoder's final map (B, T, h, w, C):
-each frame is max-pooled to a 2×3 grid (6 tokens), projected C→H when the widths differ,
-given a learned spatial (6) and temporal (max_frames = 32) embedding, and LayerNorm-ed.
-The first token's pooled output (BERT pooler: dense + tanh) feeds the VTM (Video–Text
-Matching) and QA heads (heads.py).
+Shapes: B batch, T frames, h×w the video encoder's final map, C its width, H the BERT width,
+S = 2·3 = 6 video tokens per frame, Nt = 1 + M·L text tokens.
 
-Pooling. ``video_pooling="window"`` (default) is the authors' ``MaxPool2d`` with stride 1
-and kernel ``(h-1, w-2)`` for a 2×3 grid, i.e. (2, 3) on the paper's 3×5 map: overlapping
-windows, exactly what their released stage-2 and QA weights were trained with.
-``"adaptive"`` is ``adaptive_max_pool2d`` (bins cover the map without overlap where they
-can). Maps smaller than the grid fall back to adaptive pooling, which repeats cells.
+    CrossModalConfig     first_layer, num_layers, video_dim (C; None = H), max_frames (32),
+                         the pooled grid (2×3), video_pooling
+    CrossModalEncoder    text_states (B, Nt, H), text_mask (B, Nt), video_map (B, T, h, w, C)
+                         -> ``CrossModalOutput``: sequence (B, Nt + T·S, H), pooled (B, H),
+                         attention_mask (B, Nt + T·S); views text_states (B, Nt, H),
+                         video_states (B, T·S, H), frame_states (B, T, H) (mean per frame)
+    VideoTokenEmbedding  (B, T, h, w, C) -> (B, T, S, H): max-pool per frame, project C→H
+                         (only when C ≠ H), + spatial (S) and temporal (T) embedding, LayerNorm
+    Pooler               (B, N, H) -> (B, H): dense + tanh on the first token (only when the
+                         BERT has no pooler of its own)
+    adaptive_max_pool    ``F.adaptive_max_pool2d`` as one max per bin (exportable to ONNX)
+
+Pooling. ``video_pooling="window"`` (default) is the authors' stride-1 ``MaxPool2d`` with
+kernel ``(h-1, w-2)`` for a 2×3 grid, (2, 3) on the paper's 3×5 map (docs/method.md §3);
+``"adaptive"`` is ``adaptive_max_pool2d`` (bins without overlap where they can). Maps smaller
+than the grid always pool adaptively, which repeats cells.
 
 Weight sharing. The BERT layers and pooler are *not* parameters of this module: it holds a
 reference to the text encoder's ``bert`` (outside ``nn.Module`` registration), so the

@@ -1,23 +1,25 @@
-"""Heads on the encoders' features: contrastive projections, MLM, VTM and the QA heads.
+"""Heads on the encoders' features: contrastive projections, MLM, VTM and the QA heads. What
+each is and how it is trained: docs/method.md §4 (projections, MLM, VTM) and §6 (QA).
 
-Paper ideas (LF-VILA, docs/method.md §4 and §6):
+Shapes: B batch, M clips/sentences, K answer candidates, T frames, H the BERT width, D the
+contrastive width (1024 in the paper), V the vocabulary.
 
-* **Contrastive projections.** Features for VPC (global Video–Paragraph Contrastive) and MTC
-  (Multimodal Temporal Contrastive) go through a linear map (1024→1024 in the paper) and L2
-  normalisation; separate *global* projections (video, paragraph) and *local* ones (clip,
-  sentence). Input widths are configurable: the video side comes from the video encoder, the
-  text side is the BERT width H.
-* **MLM (Masked Language Modelling).** BERT's prediction head: dense + activation +
-  LayerNorm, then a decoder to the vocabulary with its own bias; the decoder can share the
-  word-embedding matrix (``tie_word_embeddings``). The authors did *not* tie it.
-* **VTM (Video–Text Matching).** A 2-way linear classifier on the pooled first token.
-* **Multiple-choice QA (How2QA).** One logit per candidate from the pooled output (the caller
-  applies the softmax over the K = 4 candidates), plus a per-frame span head: each frame's
-  fused video tokens, averaged, get 2 logits (out of / in the annotated span); per frame the
-  maximum over the candidates is kept, as in the release. Its loss is
-  ``objectives.class_balanced_span_loss`` (weight 1 in the paper, ``objectives.multiple_choice_loss``).
-* **Classification QA (VIOLIN: 2 labels, ActivityNet-QA: 1654 answer classes).** A linear
-  classifier on the pooled output.
+    ProjectionConfig            embed_dim D and the input widths (video, clip, text)
+    ContrastiveProjections      four ``ProjectionHead``s, linear then L2 norm: global video
+                                (B, Dv) and paragraph (B, H) -> (B, D) for VPC; local clip
+                                (B, M, Dc) and sentence (B, M, H) -> (B, M, D) for MTC
+    MaskedLanguageModelingHead  token states (B, N, H) -> logits (B, N, V): BERT's prediction
+                                head (dense, activation, LayerNorm, decoder + bias); the decoder
+                                may share the word embeddings (``tie_word_embeddings``; the
+                                release did not)
+    VideoTextMatchingHead       pooled (B, H) -> (B, 2), 0 = mismatched, 1 = matched
+    MultipleChoiceHead          pooled (B·K, H), frame_states (B·K, T, H), candidate-major ->
+                                choice_logits (B, K) (softmax by the caller) and span_logits
+                                (B, T, 2) (out of / in the span, max over the K candidates);
+                                its loss: ``objectives.multiple_choice_loss``
+    ClassificationHead          pooled (B, H) -> (B, num_labels): VIOLIN 2, ActivityNet-QA 1654
+    BertInitialised             base of the BERT-initialised heads (N(0, initializer_range),
+                                biases 0, LayerNorm 1 / 0)
 
 Parameter names here against the authors' checkpoint keys (tests/fixtures/official-checkpoint-keys):
 

@@ -1,30 +1,33 @@
-"""LF-VILA, composed: HTWA video encoder + hierarchical BERT + cross-modal encoder + heads.
+"""LF-VILA, composed: HTWA video encoder + hierarchical BERT + cross-modal encoder + heads
+(docs/method.md §2–§4, §6). Which heads each stage and task model holds, and where that departs
+from the release: docs/method.md §7.
 
-Paper (Sun et al., NeurIPS 2022, arXiv 2210.06031; docs/method.md §2–§4, §6). One model object serves
-every stage and task; its config says which parts exist:
+Shapes: frames (B, T, 3, H, W), ImageNet-normalised; text input_ids / attention_mask (B, M, L),
+M sentence slots (in pre-training M = T / frames_per_clip clips), L tokens; K answer candidates,
+D contrastive width, V vocabulary.
 
-* **Stage 1** (VPC, global Video–Paragraph Contrastive, + MTC, Multimodal Temporal
-  Contrastive): video encoder, text layers 0–11 (sentence level 0–7, paragraph level 8–11),
-  the four contrastive projections (global: video, paragraph; local: clip, sentence).
-* **Stage 2** (MLM, Masked Language Modelling, + VTM, Video–Text Matching): the above, frozen,
-  plus BERT layers 12–23 run as a single-stream cross-modal encoder over
-  [paragraph tokens ; video tokens], the MLM and VTM heads.
-* **Retrieval**: the dual encoder of stage 1 with the global projections only.
-* **QA**: video encoder, text levels and cross-modal encoder, with a multiple-choice head
-  (How2QA: a logit per candidate + per-frame span head) or a classifier (VIOLIN, ActivityNet-QA).
+``LfvilaModel`` holds the parts its ``LfvilaConfig`` asks for (``HeadsConfig``: which heads) and
+what every task shares; it has no ``forward``:
 
-One class per task, in the style of ``transformers``' ``BertFor…`` classes: ``LfvilaModel``
-holds the parts and the encoders; ``LfvilaForPretrainingStage1``, ``LfvilaForPretrainingStage2``,
-``LfvilaForRetrieval``, ``LfvilaForMultipleChoice`` and ``LfvilaForClassification`` add a
-``forward`` with typed inputs and a typed output. ``build_model`` picks the class from the
-config (``model_class``); the parameter names are the same whatever the class.
+    encode_video(frames)        -> VideoEmbeddings: global (B, D), clips (B, M, D), unit norm
+    encode_text(ids, mask)      -> TextEmbeddings: paragraph (B, D), sentences (B, M, D), mask (B, M)
+    fuse(video map (B, T, h, w, C), ids, mask) -> CrossModalOutput over 1 + M·L + 6·T tokens
+    stage_parameter_names / set_trainable      what a stage trains; the rest frozen
 
-Losses are not computed here (``lfvila_cli.objectives``): every ``forward`` returns named
-features and logits. Each module initialises its own tensors (``reset_parameters``, and an
-``_init_weights(module)`` rule where a part initialises its submodules, as ``transformers``
-does), so a model built on the meta device is materialised by the same code
-(``materialise_meta``). Model code never reads files; ``weights.py`` imports weights,
-``presets.py`` names the configurations.
+One subclass per task adds a typed ``forward(frames, input_ids, attention_mask, ...)``:
+
+    LfvilaForPretrainingStage1  -> Stage1Output: video, paragraph (B, D); clips, sentences (B, M, D)
+    LfvilaForPretrainingStage2  (MLM-masked ids, video_index (B,)) -> Stage2Output:
+                                mlm_logits (B, M·L, V), vtm_logits (B, 2)
+    LfvilaForRetrieval          -> DualEncoderOutput: VideoEmbeddings, TextEmbeddings
+    LfvilaForMultipleChoice     (ids, mask (B, K, M, L)) -> choice_logits (B, K), span_logits (B, T, 2)
+    LfvilaForClassification     -> logits (B, num_labels)
+
+``model_class`` picks the class from a config's layout or a preset variant; ``build_model``
+builds it (``device="meta"``: shapes only; ``materialise_meta`` initialises what a checkpoint
+did not fill). Parameter names do not depend on the class, and wrappers that call
+``model(...)`` (DDP, DeepSpeed) run their hooks. Losses live in ``lfvila_cli.objectives``; model
+code reads no files (weight import: ``weights.py``; named configurations: ``presets.py``).
 
 Parameter names (top level) against the authors' released checkpoints (full key map in
 ``weights.py``):
@@ -39,11 +42,6 @@ Parameter names (top level) against the authors' released checkpoints (full key 
     vtm_head.classifier.*           text_encoder.seq_relationship.*
     multiple_choice_head.{classifier,span_classifier}.*   text_encoder.{classifier,span_classifier}.*
     classification_head.classifier.*                      text_encoder.classifier.*
-
-Departures from the release: the paragraph position table has 8·50 = 400 rows (theirs 512,
-of which rows ≥ 400 are never read); a stage-1 model keeps the MLM/VTM heads the release's
-stage-1 file carries (unused and frozen in stage 1, so stage 2 starts from them), while the
-retrieval model drops them (the release kept them, unused).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Named model presets: ``lfvila-base`` (the paper), ``lfvila-small``, ``lfvila-tiny``.
 
 Each preset is a factory of ``LfvilaConfig`` for a *variant* — the layout a stage or task
-needs (docs/method.md §4, §6; see ``lfvila.py``):
+needs (docs/method.md §4, §6), built as the class ``lfvila.model_class`` names for it:
 
     stage1             video encoder, text layers [0, s+p) only, global + local projections,
                        and the MLM/VTM heads the release's stage-1 file carries (unused there)
@@ -16,6 +16,11 @@ and small, a random BERT for tiny), ``"random"`` = the same architecture from a 
 dict with random weights (offline; tests, parameter counts), anything else = a hub id or local
 directory loaded with ``AutoModel.from_pretrained`` (it must have the preset's width).
 
+    get_preset(name, variant, num_labels=, text_model=) -> LfvilaConfig; list_presets()
+    lfvila_base / lfvila_small / lfvila_tiny(variant, ...)   the factories (``PRESETS``)
+    derive_variant(config, variant)    another variant over an existing model's architecture
+    release_parameter_count(variant)   the authors' count for a base-preset variant, if released
+
 Parameter counts of ``lfvila-base`` against the authors' released models (unique parameters
 of the classes that wrote their checkpoints; ``tests/fixtures/official-checkpoint-keys``):
 
@@ -27,11 +32,11 @@ of the classes that wrote their checkpoints; ``tests/fixtures/official-checkpoin
     qa-classification 2   424,834,186   424,948,874   −114,688
     qa-classification 1654 426,527,486  426,642,174   −114,688
 
-−114,688 = (512 − 400) × 1024: our paragraph position table has 8 sentences × 50 tokens =
-400 rows, theirs 512 (rows ≥ 400 are never read). Retrieval additionally drops the MLM head
-(1024·1024 + 1024 dense, 2·1024 LayerNorm, 30522·1024 decoder, 30522 bias = 32,336,698) and the
-VTM head (2·1024 + 2 = 2,050), which the release's retrieval model carried but never used.
-Everything else matches parameter for parameter (same names and shapes, see ``weights.py``).
+−114,688 = (512 − 400) × 1024: the paragraph position table has 400 rows, the release's 512.
+Retrieval also drops the unused MLM head (1024·1024 + 1024 dense, 2·1024 LayerNorm,
+30522·1024 decoder, 30522 bias = 32,336,698) and VTM head (2·1024 + 2 = 2,050); why:
+docs/method.md §7. Everything else matches parameter for parameter (same names and shapes,
+see ``weights.py``).
 """
 
 from __future__ import annotations

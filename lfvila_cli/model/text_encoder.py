@@ -1,18 +1,28 @@
-"""Hierarchical text encoder: one BERT split by layer into a sentence and a paragraph level.
+"""Hierarchical text encoder: one BERT split by layer into a sentence and a paragraph level
+(docs/method.md §3). Sentence features feed MTC, the paragraph feature VPC (docs/method.md §4);
+the layers above belong to the cross-modal encoder (``fusion.py``), which runs them from this
+same BERT object. Where it departs from the release (summary-token mean, paragraph positions,
+a 400-row position table, sentence-index initialisation): docs/method.md §7.
 
-Paper idea (LF-VILA, docs/method.md §3): a long-form paragraph is ``M`` sentences, sentence ``i``
-spoken or written over clip ``i``. The lower layers of a BERT read each sentence alone, so a
-sentence feature can be contrasted with its clip (MTC, Multimodal Temporal Contrastive); the
-next layers read the whole paragraph, giving the paragraph feature for VPC (global
-Video–Paragraph Contrastive). The layers above are left to the cross-modal encoder
-(``fusion.py``), which runs them, taken from this same BERT object, over
-[paragraph tokens ; video tokens].
+Shapes: B batch, M sentence slots, L tokens per sentence ([CLS] and [SEP] included), H width.
+
+    TextEncoderConfig        which BERT, the split (sentence_layers s, paragraph_layers p),
+                             keep_layers, max_sentences, max_tokens
+    HierarchicalTextEncoder  input_ids, attention_mask (B, M, L) -> ``TextEncoderOutput``:
+                             sentence_features (B, M, H), paragraph_feature (B, H),
+                             token_states (B, 1 + M·L, H), token_mask (B, 1 + M·L),
+                             sentence_mask (B, M); ``encode_sentences`` (N, L) -> (N, L, H)
+    ParagraphEmbedding       (B, M, L, H) -> (B, M·L, H): + position + sentence index, LN, dropout
+    load_bert                the BERT a config names (hub id, directory, or random)
+    attention_bias, run_layer   (B, K) key mask -> (B, 1, 1, K) additive bias; one BERT layer
+
+The layers, in order:
 
     layers [0, s)           sentence level    (B·M, L) tokens, one sentence per row;
                             sentence feature = its [CLS] after layer s-1
     paragraph embedding     the M·L token states + position (slot m·max_tokens + l)
                             + sentence index (m), LayerNorm, dropout
-    summary token           mean of the M sentence [CLS] vectors (after the paragraph
+    summary token           mean of the real sentences' [CLS] vectors (after the paragraph
                             embedding), prepended -> 1 + M·L tokens
     layers [s, s+p)         paragraph level   (B, 1 + M·L) tokens, joint key mask;
                             paragraph feature = the summary token after layer s+p-1
@@ -30,19 +40,6 @@ use ``sentence_mask``, e.g. to drop it from MTC). Inside the sentence-level laye
 slot attends to its own first token only, because a row with no key at all turns into NaN
 under scaled-dot-product attention. Extra padding tokens at the end of a sentence (any
 ``L <= max_tokens``) and extra empty sentence slots change no output of a real token.
-
-Departures from the authors' release (microsoft/XPretrain, LF-VILA/src):
-
-* summary token = mean over the *real* sentences; the release averages all M slots, empty
-  ones included. Identical whenever every slot holds text (pre-training always does).
-* paragraph position of token ``l`` of sentence ``m`` = ``m·max_tokens + l``; the release uses
-  ``m·L + l`` with ``L`` the padded length, which is always 50 = max_tokens there, so the two
-  agree; here padding to a shorter ``L`` does not move any position.
-* paragraph position table: ``max_sentences·max_tokens`` rows (8×50 = 400), copied from
-  BERT's table and tiled past its end; the release keeps 512 rows (a plain copy). Importing
-  their weights takes the first 400 rows.
-* sentence-index embedding initialised like BERT's (normal, std ``initializer_range``);
-  the release left ``nn.Embedding``'s N(0, 1). Irrelevant once trained weights are loaded.
 
 Parameter names here (prefix ``<this module>.``) against the authors' checkpoint keys
 (``tests/fixtures/official-checkpoint-keys/*.tsv``, prefix as in those files):

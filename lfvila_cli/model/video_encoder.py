@@ -1,41 +1,28 @@
-"""LF-VILA video encoder: a Swin-style 3-D transformer with HTWA.
+"""LF-VILA video encoder: a Swin-style 3-D transformer with HTWA, hierarchical temporal window
+attention (docs/method.md §2): 3-D windows whose temporal extent doubles from layer to layer,
+from a few frames of one clip up to the whole video. Where it departs from the paper or the
+authors' release (clamped-window bias, global top layer, clip features, padding, pooling, input
+checks): docs/method.md §7.
 
-HTWA (Hierarchical Temporal Window Attention, Sun et al., NeurIPS 2022, §3.2 of
-arXiv 2210.06031) attends inside 3-D windows whose temporal extent doubles from layer to layer:
-the lower layers see a few frames of one clip, the middle layers pairs of clips, the top layer
-the whole video. Attention work per layer is ~2·N·w·C multiply-adds (N tokens, w tokens per
-window) instead of 2·N²·C for full space-time attention, and it grows linearly with the number
-of frames. Read top to bottom: small pieces first (MLP, stochastic depth, patch embedding and
-merging, window bookkeeping), then window attention, a block, a layer, the encoder last.
+Shapes: B batch, T frames, H×W pixels, h×w the token map, C channels, nH heads, N tokens per
+window, nW windows per sample, M = T / frames_per_clip clips.
 
-Shapes: B batch, T frames, H×W the token map, C channels, nH heads, N tokens per window,
-nW windows per sample, M = T / frames_per_clip clips.
+    VideoEncoderConfig   sizes and windows (defaults: the paper's base model); ``check_frames(T)``
+                         refuses a frame count the windows cannot tile (``InputShapeError``)
+    VideoEncoder         frames (B, T, 3, H, W), ImageNet-normalised -> ``VideoEncoderOutput``:
+                         tokens (B, T, h, w, C), global_feature (B, C) = mean of the final tokens,
+                         clip_features (B, M, C_clip), clip_tokens (B, T, h', w', C_clip)
+    EncoderLayer         (B, T, h, w, C) -> same, or (B, T, ⌈h/2⌉, ⌈w/2⌉, 2C) after its merge:
+                         ``depth`` blocks alternating plain and spatially shifted windows
+    WindowBlock          pre-norm block: x + window attention, x + MLP (stochastic depth)
+    WindowAttention3D    (B, T, h, w, C) -> same: attention inside (t, h, w) windows, learned
+                         relative-position bias per head
+    PatchEmbed3D         (B, 3, T, H, W) -> (B, T, H/8, W/8, C): 1×8×8 patches, LayerNorm
+    PatchMerging         (B, T, h, w, C) -> (B, T, ⌈h/2⌉, ⌈w/2⌉, 2C): 2×2 concat, LN, linear
+    window_partition / window_reverse   (B, T, h, w, C) <-> (B, nW, N, C)
+    relative_position_index, window_mask   (N, N) bias-table index; (nW, N, N) blocked keys
 
-Departures from the authors' release (microsoft/XPretrain, LF-VILA/src/models/video_encoder.py):
-
-* **Top layer global for any frame count** (docs/method.md §7). The last layer's temporal window is
-  the whole video (``global_top_layer``). Its bias table keeps the authors' size (2·32−1 time
-  offsets); temporal offsets beyond ±31 (only when T > 32) read the table's outermost entry.
-* **Bias for clamped windows** (docs/method.md §7). When a window is clamped to a smaller map, the
-  relative-position bias is gathered at the clamped window's own offsets; the authors sliced the
-  corner ``relative_position_index[:N, :N]`` of the full-window index, which pairs tokens with
-  the wrong offsets.
-* **Clip features from the last intra-clip layer** (docs/method.md §7): the output of layer
-  ``clip_feature_layer`` → PatchMerging → LayerNorm → mean per clip. The release computed this
-  head but, by a bug, returned the final-layer features; ``clip_features="final"`` keeps that.
-* **Padding.** Where a map is not a multiple of its window (never for the base preset at
-  96×160 or 192×320), padded tokens are *masked out as keys*, so padding never changes a real
-  token's output. The authors zero-padded after norm1 and let those tokens be attended.
-  Masked logits get −10⁴ (softmax weight exactly 0 in fp32) instead of the authors' −100.
-* **Pooling.** ``global_feature`` is the mean of all final tokens and ``clip_features`` the mean
-  of a clip's tokens (docs/method.md §2, §4); the authors' wrapper max-pooled each frame's map with a
-  (2, 3) kernel, stride 1, before averaging.
-* **Inputs.** Frames come as (B, T, 3, H, W); H and W must be multiples of the patch size and T
-  one of the frame counts the windows allow (``VideoEncoderConfig.check_frames``). The authors
-  padded H/W with a buggy check and broke silently on other frame counts.
-* ``relative_position_index`` is not a buffer: it depends on the actual (clamped) window and is
-  recomputed and cached per window size. No ``pos_drop``, attention or projection dropout
-  (all 0 in the release) and no ``frozen_stages``.
+Read top to bottom: small pieces first, then window attention, a block, a layer, the encoder.
 
 Parameter names (ours ← the authors' ``video_encoder.*`` keys; shapes are identical, so the
 base preset has exactly the authors' 89,229,448 parameters):

@@ -1,9 +1,18 @@
 """Weights: Swin-2D inflation into the HTWA video encoder, BERT initialisation, and import /
 export of the authors' released LF-VILA checkpoints.
 
-HTWA = Hierarchical Temporal Window Attention (the video encoder, docs/method.md §2); VPC / MTC / MLM /
-VTM = global Video–Paragraph Contrastive, Multimodal Temporal Contrastive, Masked Language
-Modelling, Video–Text Matching (docs/method.md §4).
+The video encoder is HTWA (docs/method.md §2); the heads serve VPC, MTC, MLM and VTM
+(docs/method.md §4). Where the model's parameters differ from the release's: docs/method.md §7.
+
+    load_swin2d(encoder, source)           (a) a Swin-2D checkpoint into a ``VideoEncoder``;
+                                           inflate_swin2d / inflate_patch_kernel /
+                                           inflate_relative_position_table do the tensors
+    load_bert_weights(model, source)       (b) a BERT state dict into the text encoder, MLM head
+    load_official_checkpoint(model, source)   (c) an authors' checkpoint into an ``LfvilaModel``;
+                                           convert_official_state_dict renames without loading
+    export_official_state_dict(model)      (c) the inverse: our weights under the authors' keys
+    read_state_dict(source), checkpoint_file, resolve_pretrained_file   reading files safely
+    ImportReport, WeightImportError        what an import did; a refused import
 
 Every import reads tensors only: ``torch.load(path, map_location="cpu", weights_only=True)`` or
 safetensors, never arbitrary unpickling. It returns an ``ImportReport``: model keys loaded,
@@ -90,11 +99,11 @@ Name rules (``OFFICIAL_KEY_MAP``, longest prefix wins; ours ← theirs):
     classification_head.classifier.*        text_encoder.classifier.*   (classification model)
     multiple_choice_head.span_classifier.*  text_encoder.span_classifier.*
 
-The release's clip head (``local_feat_proj``, ``norm_local``) was never used by its forward
-(``local_feat`` was reset at every layer) and so never trained: with
-``video.clip_features="final"`` (the release's behaviour) those keys are *skipped* with that
-reason; with ``"intra"`` they are loaded into ``clip_merge`` / ``clip_norm`` and the report notes
-that they are untrained (set ``clip_features: final`` to evaluate released weights).
+The release's clip head (``local_feat_proj``, ``norm_local``) was never trained (its forward
+reset ``local_feat`` at every layer; docs/method.md §7): with ``video.clip_features="final"``
+(the release's behaviour) those keys are *skipped* with that reason; with ``"intra"`` they are
+loaded into ``clip_merge`` / ``clip_norm`` and the report notes that they are untrained (set
+``clip_features: final`` to evaluate released weights).
 
 Exclusions (``OFFICIAL_EXCLUSIONS``; skipped, never loaded): ``*.relative_position_index``
 (index buffers, recomputed from the window), ``*.attn_mask`` (absent from the release; shift
