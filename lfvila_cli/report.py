@@ -1,4 +1,4 @@
-"""``lfvila evaluate``: score a model artifact on one split of a task and write the report.
+"""Scoring a model on one split of a task, and its report (the body of the ``evaluate`` stage).
 
 Inputs: a task's frame store (``cache``, chunks mode) and a model: a fine-tuned one
 (``finetune``) or, for zero-shot paragraph→video retrieval, a pre-trained stage-1 model

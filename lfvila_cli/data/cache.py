@@ -1,4 +1,4 @@
-"""``lfvila cache``: decode every corpus segment once into the frame store (``framestore.py``).
+"""Decoding every corpus segment once into the frame store (``framestore.py``; the body of the ``cache`` stage).
 
 For each segment, ``K`` frames evenly spaced over it (docs/method.md §1: the centres of ``K`` equal
 sub-intervals), resized to cover ``H × W`` and centre-cropped (``video.VideoDecoder``), go to

@@ -1,4 +1,4 @@
-"""The ``prepare`` stage: turn a source's annotations into the long-form corpus.
+"""Building the long-form corpus from a source's annotations (the body of the ``prepare`` stage).
 
 Every source module (``example`` and those in ``formats/``) yields parsed ``Sample`` records;
 this module validates them centrally (one rule set for every source), counts rejections by
