@@ -101,17 +101,17 @@ def fit(
         out_dir / TOKENIZER_DIR, rank, world_size, resume, missing_message=recipe.tokenizer_required,
     )
     recipe.tokenizer = tokenizer
+    config = recipe.model_config(tokenizer)
     train_ds, val_ds = recipe.datasets(tokenizer, train_samples, val_samples)
     if val_ds is not None and len(val_ds) == 0:
         val_ds = None
+    recipe.check_data(train_ds, config, corpus_path)
     steps_per_epoch = len(train_ds) // world_size // cfg.train.micro_batch // cfg.train.grad_accum
     if steps_per_epoch < 1:
         raise DataError(
             f"{corpus_path}: {len(train_ds)} usable train samples make no full step of "
             f"{cfg.train.micro_batch} × {cfg.train.grad_accum} × {world_size} ranks (lower train.micro_batch)"
         )
-    config = recipe.model_config(tokenizer)
-    recipe.check_data(train_ds, config, corpus_path)
     model = recipe.build_model(config)
     trainable = recipe.set_trainable(model)
 

@@ -9,9 +9,9 @@ every random draw (the model's initialisation is seeded inside ``build_model``):
     check()                                   the arguments, before any work
     prepare(corpus_path, train_samples)       what the corpus adds (e.g. the answer vocabulary)
     tokenizer_texts(train_samples)            only when a fresh tokenizer is trained
-    datasets(tokenizer, train_samples, val_samples) -> (train, val or None)
     model_config(tokenizer) -> config         the model variant's LfvilaConfig
-    check_data(train_ds, config, corpus_path)
+    datasets(tokenizer, train_samples, val_samples) -> (train, val or None)
+    check_data(train_ds, config, corpus_path)   then fit's check: at least one full step per epoch
     build_model(config) -> model              torch.manual_seed(cfg.train.seed), build, load the init artifact
     set_trainable(model) -> trainable parameter count
     loss(engine, batch, step) -> {"total": (), term: (), ...}      each micro-batch
