@@ -161,6 +161,8 @@ def test_stage1_writes_a_finished_model(stage1, data):
         assert (out / name).is_file(), name
     w, h = _png_size(out / "loss.png")
     assert w > 100 and h > 100
+    # no checkpoint selection in pre-training: the final weights, no best-so-far files
+    assert not (out / "selection.json").exists() and not (out / "run" / "best.json").exists() and not (out / "run" / "best").exists()
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["split"] == "train"]
     val = [r for r in records if r["split"] == "val"]

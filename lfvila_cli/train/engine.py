@@ -104,6 +104,45 @@ class TrainConfig:
         return int(round(self.warmup_ratio * self.epochs * steps_per_epoch))
 
 
+# ------------------------------------------------------------------ every default training setting
+# TrainConfig's field defaults above are the paper's optimiser (docs/method.md §5). What follows are
+# the defaults of the commands (``lfvila pretrain``, ``lfvila finetune`` and the pipeline stages
+# when nothing is set): the tiny model on the bundled example, on a CPU; the paper's recipes are
+# pipeline files (stages/paper/). ``PretrainConfig`` (train/pretrain.py) and ``FinetuneConfig``
+# (train/finetune.py) take their training fields from here.
+
+CPU_LR = 2e-4  # peak lr: at 5e-4 and above the tiny model's embeddings collapsed to one point in the first
+#                few dozen steps (VPC stuck at 2·ln B) or learned far slower (README, "Learning check")
+CPU_PRECISION = "fp32"
+CPU_CHECKPOINT_EVERY = 200  # steps
+PRETRAIN_WARMUP_STEPS = 20
+FINETUNE_WARMUP_STEPS = 10
+VAL_EVERY = 50  # steps between validations; 0 = only at the end
+VAL_BATCH = 8
+PRETRAIN_VAL_MAX_SAMPLES = 256  # the first samples of the val split; 0 = all of it
+FINETUNE_VAL_MAX_SAMPLES = 0  # fine-tuning selects its model on the whole val split
+WORKERS = 1  # DataLoader worker processes feeding training (0 = load in the training process)
+MODEL = "lfvila-tiny"  # preset name
+TEXT_MODEL = "random"  # the preset's BERT architecture with random weights; else a hub id / path
+TOKENIZER_VOCAB_SIZE = 2000  # a WordPiece tokenizer trained on the train texts, when none is named
+MAX_TOKENS = 32  # the loader's tokens per sentence
+
+
+def cpu_train(warmup_steps: int) -> TrainConfig:
+    """The commands' optimisation recipe (micro-batch 16, 10 epochs: TrainConfig's own)."""
+    return TrainConfig(lr=CPU_LR, precision=CPU_PRECISION, checkpoint_every=CPU_CHECKPOINT_EVERY, warmup_steps=warmup_steps)
+
+
+def pretrain_train() -> TrainConfig:
+    """``PretrainConfig.train``'s default (stages/quickstart.yaml sets the epochs)."""
+    return cpu_train(PRETRAIN_WARMUP_STEPS)
+
+
+def finetune_train() -> TrainConfig:
+    """``FinetuneConfig.train``'s default (docs/method.md §6's lr 5e-5 and 20/30/100 epochs: stages/paper/)."""
+    return cpu_train(FINETUNE_WARMUP_STEPS)
+
+
 def check_precision_supported(cfg: TrainConfig) -> None:
     """fp16 needs a GPU: DeepSpeed refuses it on the CPU accelerator."""
     if cfg.precision == "fp16" and not torch.cuda.is_available():
