@@ -99,3 +99,41 @@ def test_pretraining_and_fine_tuning_are_recipes_of_one_kind(tmp_path):
     # stage 2 validates on rank 0 alone and needs the stage-1 tokenizer; the others validate on every rank
     assert stage2.validate_on_rank0_only and not stage1.validate_on_rank0_only and not qa.validate_on_rank0_only
     assert stage2.tokenizer_required and stage1.tokenizer_required is None and qa.tokenizer_required is None
+
+
+def test_every_rank_looks_for_a_resumed_tokenizer_before_rank_0_writes_one(tmp_path, monkeypatch):
+    """Under several ranks, a rank that reached the tokenizer late used to find the one rank 0 had
+    just trained, take it for a resumed run's, and skip the barrier rank 0 waited at (a hang).
+    Now rank 0 writes only after a barrier every rank passes after looking, and every rank
+    passes the same barriers."""
+    from lfvila_cli.train import fit
+
+    events: list[str] = []
+    out_tok = tmp_path / "tokenizer"
+
+    def train(texts, vocab_size, directory):
+        assert "barrier" in events, "rank 0 wrote its tokenizer before every rank had looked for a resumed one"
+        events.append("write")
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "tokenizer_config.json").write_text("{}")
+        return "trained"
+
+    monkeypatch.setattr("lfvila_cli.data.tokenizer.train_wordpiece_tokenizer", train)
+    monkeypatch.setattr("lfvila_cli.data.tokenizer.load_tokenizer", lambda path, **kw: "loaded")
+    monkeypatch.setattr(fit, "barrier", lambda world_size: events.append("barrier"))
+    texts = lambda: ["a b c"]  # noqa: E731
+    assert fit.resolve_tokenizer("", 50, texts, None, out_tok, 0, 2, "auto") == "trained"
+    rank0 = events.count("barrier")
+    # rank 1 of the same run, on the same (now written) directory: it had looked before rank 0
+    # wrote (the first barrier), so it loads what rank 0 wrote after the second, as rank 0 did
+    events.clear()
+    (out_tok / "tokenizer_config.json").unlink()
+
+    def written_by_rank_0(world_size):
+        events.append("barrier")
+        if events.count("barrier") == 2:
+            (out_tok / "tokenizer_config.json").write_text("{}")
+
+    monkeypatch.setattr(fit, "barrier", written_by_rank_0)
+    assert fit.resolve_tokenizer("", 50, texts, None, out_tok, 1, 2, "auto") == "loaded"
+    assert events.count("barrier") == rank0 == 2

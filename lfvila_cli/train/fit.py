@@ -266,7 +266,11 @@ def resolve_tokenizer(
     from ..data.tokenizer import load_tokenizer, train_wordpiece_tokenizer
 
     source: Optional[Path] = None  # a local tokenizer directory, copied as it is
-    if resume is not None and (out_tok / "tokenizer_config.json").is_file():
+    resumed = resume is not None and (out_tok / "tokenizer_config.json").is_file()
+    # Every rank looks before rank 0 may write this run's tokenizer, so they all take the same
+    # branch (a rank that saw rank 0's fresh tokenizer as a resumed one skipped the barrier below).
+    barrier(world_size)
+    if resumed:
         return load_tokenizer(out_tok, local_files_only=True)
     if name:
         tokenizer = load_tokenizer(name)
