@@ -66,7 +66,8 @@ def main() -> None:
         print("no CUDA device: nothing measured")
         return
 
-    from lfvila_cli.export import TEXT_FILE, VIDEO_FILE, ExportConfig, export_onnx
+    from lfvila_cli.export import TEXT_FILE, VIDEO_FILE, export_onnx
+    from lfvila_cli.stages.export import ExportConfig
     from lfvila_cli.runtime import OnnxGraph
     from lfvila_cli.model.pretrained import load_pretrained
 

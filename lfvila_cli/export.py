@@ -54,12 +54,11 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
 
-from .config import check
 from .errors import LfvilaError
 from .runtime import OnnxFileError, create_session, read_metadata  # noqa: F401  (re-exported)
 
@@ -72,37 +71,10 @@ ANSWERS_FILE = "answers.json"
 SUMMARY_FILE = "export.json"
 TRACE_BATCH = 2
 PARITY_BATCH = 3
-DEFAULT_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}
 
 
 class ExportError(LfvilaError):
     """An export that cannot be produced or does not match PyTorch."""
-
-
-@dataclass
-class ExportConfig:
-    model: str = "pretrain1"  # the model artifact's stage: pretrain1 | pretrain2 | finetune (retrieval or QA)
-    # The graph's fixed frame count (clips × frames per clip) and frame size; 0 = as the model was
-    # trained (the export stage reads them from the model's frame store: stages/export.py).
-    frames: int = 0
-    height: int = 0
-    width: int = 0
-    opset: int = 18
-    precision: Literal["fp32", "fp16"] = "fp32"  # fp16: fp16 weights and compute, float32 inputs / outputs
-    tolerance: Optional[float] = None  # parity: max |onnx − torch|; None = 1e-4 (fp32) or 1e-2 (fp16)
-
-    def __post_init__(self) -> None:
-        check(self.model in ("pretrain1", "pretrain2", "finetune"), "model", f"expected pretrain1, pretrain2 or finetune, got {self.model!r}")
-        check(self.frames >= 0, "frames", f"must be >= 0 (0 = as the model was trained), got {self.frames}")
-        check(self.height == 0 or self.height >= 8, "height", f"must be >= 8 (or 0 = as the model was trained), got {self.height}")
-        check(self.width == 0 or self.width >= 8, "width", f"must be >= 8 (or 0 = as the model was trained), got {self.width}")
-        check(17 <= self.opset <= 21, "opset", f"must be between 17 and 21, got {self.opset}")
-        check(self.precision in ("fp32", "fp16"), "precision", f"expected fp32 or fp16, got {self.precision!r}")
-        check(self.tolerance is None or self.tolerance > 0, "tolerance", f"must be > 0, got {self.tolerance}")
-
-    @property
-    def max_diff(self) -> float:
-        return self.tolerance if self.tolerance is not None else DEFAULT_TOLERANCE[self.precision]
 
 
 class _Graph(torch.nn.Module):
@@ -174,7 +146,7 @@ def _sample_text(shape: tuple[int, ...], length: int, vocab: int, seed: int) -> 
     return ids * mask, mask
 
 
-def graph_specs(model, cfg: ExportConfig) -> list[GraphSpec]:
+def graph_specs(model, cfg) -> list[GraphSpec]:
     """The graphs a model exports to: the two encoders (contrastive models) or the QA model."""
     config = model.config
     size = (cfg.frames, cfg.height, cfg.width)
@@ -266,9 +238,10 @@ def _find_answers(model_dir: Path, depth: int = 4) -> Optional[Path]:
     return None
 
 
-def export_onnx(model_dir: Path, out_dir: Path, cfg: ExportConfig) -> dict[str, Any]:
-    """Export and parity-check the graphs of the model in ``model_dir`` into ``out_dir``."""
-    from .data.loader import trained_loader_config
+def export_onnx(model_dir: Path, out_dir: Path, cfg) -> dict[str, Any]:
+    """Export and parity-check the graphs of the model in ``model_dir`` into ``out_dir``; ``cfg``:
+    the export stage's config (``stages.export.ExportConfig``)."""
+    from .data.loader_config import trained_loader_config
     from .model.pretrained import TOKENIZER_DIR, load_pretrained
     from .pipeline.artifacts import read_stage_config
 

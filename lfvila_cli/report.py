@@ -24,8 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-import torch
-
 from .config import check
 from .errors import ConfigError, DataError
 from .plots import pyplot
@@ -67,7 +65,7 @@ def run_evaluate(
 ) -> dict[str, Any]:
     """Evaluate the model in ``model_dir`` (see the module docstring); returns the summary."""
     from .data.corpus import read_split
-    from .data.loader import trained_loader_config
+    from .data.loader_config import trained_loader_config
     from .data.task_data import TaskDataset, check_fit
     from .data.tokenizer import load_tokenizer
     from .evaluation import predict_task, ranks_chunked, task_metrics
@@ -87,6 +85,8 @@ def run_evaluate(
         raise DataError(f"{corpus_path}: no {cfg.split}-split samples to evaluate")
     tokenizer = load_tokenizer(model_dir / TOKENIZER_DIR, local_files_only=True)
     model = load_pretrained(model_dir)
+    import torch
+
     if torch.cuda.is_available():
         model = model.to("cuda")
     loader_cfg = trained_loader_config(model_stage_config)

@@ -83,7 +83,7 @@ class Encoder:
             self.max_tokens, self.max_sentences = self.model.config.text.max_tokens, self.model.config.text.max_sentences
             self.dim = self.model.config.projections.embed_dim
             self.grounded = self.model.projections is not None and self.model.projections.clip is not None
-            from .data.loader import trained_loader_config
+            from .data.loader_config import trained_loader_config
             from .pipeline.artifacts import read_stage_config
 
             loader = trained_loader_config(read_stage_config(self.source))

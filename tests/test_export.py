@@ -299,7 +299,8 @@ def test_retrieval_model_exports_global_embeddings_and_searches_without_groundin
 
     from lfvila_cli.config import to_dict
     from lfvila_cli.data.framestore import FrameStore
-    from lfvila_cli.export import ExportConfig, export_onnx
+    from lfvila_cli.export import export_onnx
+    from lfvila_cli.stages.export import ExportConfig
     from lfvila_cli.model.lfvila import build_model
     from lfvila_cli.model.presets import get_preset
     from lfvila_cli.search import IndexConfig, build_index, query

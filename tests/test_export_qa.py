@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from lfvila_cli.config import to_dict
-from lfvila_cli.export import ANSWERS_FILE, QA_FILE, TEXT_FILE, VIDEO_FILE, ExportConfig, ExportError, export_onnx
+from lfvila_cli.export import ANSWERS_FILE, QA_FILE, TEXT_FILE, VIDEO_FILE, ExportError, export_onnx
+from lfvila_cli.stages.export import ExportConfig
 from lfvila_cli.model.lfvila import build_model
 from lfvila_cli.model.presets import get_preset
 from lfvila_cli.runtime import OnnxGraph, read_metadata

@@ -9,7 +9,7 @@ import pytest
 
 from lfvila_cli.config import to_dict
 from lfvila_cli.tasks import TASKS
-from lfvila_cli.train import engine
+from lfvila_cli.train import config as engine
 from lfvila_cli.train.finetune import FinetuneConfig, FinetuneRecipe
 from lfvila_cli.train.pretrain import PretrainConfig, PretrainRecipe
 from lfvila_cli.train.recipe import Recipe

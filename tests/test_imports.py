@@ -124,3 +124,19 @@ def test_each_layer_imports_only_the_layers_below_it():
             if not any(within(target, a) for a in allowed):
                 wrong.append(f"{module} -> {target}")
     assert wrong == []
+
+
+def test_the_stage_registry_and_every_stage_config_load_without_torch():
+    """Every command reads the stage registry and its config classes: they import no heavy
+    library (docs/architecture.md §1), so `lfvila prepare` or `lfvila status` start at once."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, lfvila_cli.stages as s;"
+        "[stage.config_class() for stage in s.STAGES.values()];"
+        "heavy = [m for m in ('torch', 'zarr', 'decord', 'transformers', 'deepspeed', 'onnxruntime') if m in sys.modules];"
+        "print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PACKAGE.parent)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -16,15 +16,8 @@ from lfvila_cli.data.cache import CacheConfig, cache_frames
 from lfvila_cli.data.corpus import Rejections, Sample, read_corpus, write_corpus
 from lfvila_cli.data.example import ExampleConfig
 from lfvila_cli.data.framestore import FAILED, PENDING, FrameStore
-from lfvila_cli.data.loader import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    DistributedBatchSampler,
-    LoaderConfig,
-    PretrainDataset,
-    crop_params,
-    make_loader,
-)
+from lfvila_cli.data.loader import DistributedBatchSampler, PretrainDataset, crop_params, make_loader
+from lfvila_cli.data.loader_config import IMAGENET_MEAN, IMAGENET_STD, LoaderConfig
 from lfvila_cli.data.tokenizer import SPECIAL_TOKENS, load_tokenizer, train_wordpiece_tokenizer
 from lfvila_cli.errors import ConfigError, DataError
 

@@ -15,7 +15,8 @@ import torch
 
 from lfvila_cli.data.cache import CacheConfig, cache_frames
 from lfvila_cli.data.example import ExampleConfig
-from lfvila_cli.data.loader import LoaderConfig, PretrainDataset
+from lfvila_cli.data.loader import PretrainDataset
+from lfvila_cli.data.loader_config import LoaderConfig
 from lfvila_cli.data.prepare import PrepareConfig, prepare
 from lfvila_cli.evaluation import (
     embed_dataset,
@@ -25,7 +26,7 @@ from lfvila_cli.evaluation import (
     temporal_order_accuracy,
 )
 from lfvila_cli.errors import ConfigError, LfvilaError
-from lfvila_cli.train.engine import TrainConfig
+from lfvila_cli.train.config import TrainConfig
 from lfvila_cli.model.pretrained import load_pretrained, load_weights, save_weights
 from lfvila_cli.plots import plot_curves
 from lfvila_cli.train.pretrain import PretrainConfig, run_pretrain

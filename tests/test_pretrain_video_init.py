@@ -19,7 +19,7 @@ from lfvila_cli.pipeline.artifacts import compute_key
 from lfvila_cli.config import to_dict
 from lfvila_cli.data.cache import CacheConfig, cache_frames
 from lfvila_cli.data.example import ExampleConfig
-from lfvila_cli.data.loader import LoaderConfig
+from lfvila_cli.data.loader_config import LoaderConfig
 from lfvila_cli.data.prepare import PrepareConfig, prepare
 from lfvila_cli.errors import ConfigError, LfvilaError
 from lfvila_cli.model.lfvila import build_model
@@ -29,7 +29,7 @@ from lfvila_cli.model.weights import load_swin2d
 from lfvila_cli.pipeline.stage import resolve_config
 from lfvila_cli.stages import STAGES
 from lfvila_cli.train import engine
-from lfvila_cli.train.engine import TrainConfig
+from lfvila_cli.train.config import TrainConfig
 from lfvila_cli.model.pretrained import load_weights
 from lfvila_cli.train.pretrain import PretrainConfig, init_video_encoder, run_pretrain
 

@@ -20,7 +20,8 @@ import torch.nn as nn
 
 from lfvila_cli.errors import ConfigError, LfvilaError
 from lfvila_cli.train import checkpoint as ckpt
-from lfvila_cli.train.engine import TrainConfig, Trainer, deepspeed_config
+from lfvila_cli.train.config import TrainConfig
+from lfvila_cli.train.engine import Trainer, deepspeed_config
 from lfvila_cli.train.schedule import lr_factor, parameter_groups, takes_weight_decay
 
 REPO = Path(__file__).resolve().parents[1]

@@ -33,53 +33,22 @@ import logging
 import math
 import os
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from ..config import check
+from .loader_config import LoaderConfig
 from ..errors import DataError
 from .corpus import Sample, resolve_video
 from .framestore import FAILED, OK, PENDING, FrameStore
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
 _CROP_TRIES = 10  # torchvision's RandomResizedCrop: then fall back to a centre crop
 _SAMPLER_STREAM = 1  # keeps the shuffle generator apart from the per-example generators
-
-
-@dataclass
-class LoaderConfig:
-    clips_per_sample: int = 4
-    frames_per_clip: int = 0  # 0 = the store's frames_per_segment; else must equal it
-    max_tokens: int = 50
-    image_mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
-    image_std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
-    crop_scale: list[float] = field(default_factory=lambda: [0.8, 1.0])  # of the frame's area
-    crop_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])  # width / height
-    flip_prob: float = 0.5
-    seed: int = 0
-    source: Literal["store", "decode"] = "store"
-
-    def __post_init__(self) -> None:
-        check(self.clips_per_sample >= 1, "clips_per_sample", f"must be >= 1, got {self.clips_per_sample}")
-        check(self.frames_per_clip >= 0, "frames_per_clip", f"must be >= 0 (0 = from the store), got {self.frames_per_clip}")
-        check(self.max_tokens >= 2, "max_tokens", f"must be >= 2 ([CLS] and [SEP]), got {self.max_tokens}")
-        for name in ("image_mean", "image_std"):
-            check(len(getattr(self, name)) == 3, name, f"needs 3 values (RGB), got {getattr(self, name)}")
-        check(all(s > 0 for s in self.image_std), "image_std", f"must be positive, got {self.image_std}")
-        lo, hi = (self.crop_scale + [0, 0])[:2]
-        check(len(self.crop_scale) == 2 and 0 < lo <= hi <= 1, "crop_scale", f"needs 0 < min <= max <= 1, got {self.crop_scale}")
-        lo, hi = (self.crop_ratio + [0, 0])[:2]
-        check(len(self.crop_ratio) == 2 and 0 < lo <= hi, "crop_ratio", f"needs 0 < min <= max, got {self.crop_ratio}")
-        check(0.0 <= self.flip_prob <= 1.0, "flip_prob", f"must be in [0, 1], got {self.flip_prob}")
-        check(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
-        check(self.source in ("store", "decode"), "source", f"must be 'store' or 'decode', got {self.source!r}")
 
 
 def augment(video: torch.Tensor, box: tuple[int, int, int, int], flip: bool, size: tuple[int, int]) -> torch.Tensor:
@@ -136,16 +105,6 @@ class _Entry:
     sample: int  # index into the samples list
     row_start: int
     starts: np.ndarray  # valid window starts (segment indices), ascending
-
-
-def trained_loader_config(stage_config: dict) -> LoaderConfig:
-    """The loader settings a model was trained with, from its artifact's stage config (a dict:
-    ``pipeline.artifacts.read_stage_config``); the tiny presets' defaults (``max_tokens`` 32)
-    when it has none."""
-    from ..config import from_dict
-
-    loader = stage_config.get("loader") or {}
-    return from_dict(LoaderConfig, loader, "loader.") if loader else LoaderConfig(max_tokens=32)
 
 
 def normalisation(cfg: LoaderConfig) -> tuple[torch.Tensor, torch.Tensor]:

@@ -37,7 +37,8 @@ import torch
 from ..errors import ConfigError, DataError
 from .corpus import Sample
 from .framestore import OK, FrameStore
-from .loader import LoaderConfig, StoreBacked, augment, crop_params, normalisation
+from .loader import StoreBacked, augment, crop_params, normalisation
+from .loader_config import LoaderConfig
 
 log = logging.getLogger(__name__)
 

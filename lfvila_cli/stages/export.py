@@ -9,12 +9,43 @@ model was trained on (``complete``), so that stating them or not gives the same 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
+from typing import Literal, Optional
 
-from ..data.loader import LoaderConfig
+from ..config import check
+from ..data.loader_config import LoaderConfig
 from ..errors import ConfigError
-from ..export import ExportConfig
 from ..pipeline.artifacts import KEY_CHARS, Artifact, Workdir
 from ..pipeline.stage import Stage, StageContext
+
+
+DEFAULT_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}
+
+
+@dataclass
+class ExportConfig:
+    model: str = "pretrain1"  # the model artifact's stage: pretrain1 | pretrain2 | finetune (retrieval or QA)
+    # The graph's fixed frame count (clips × frames per clip) and frame size; 0 = as the model was
+    # trained (the export stage reads them from the model's frame store: stages/export.py).
+    frames: int = 0
+    height: int = 0
+    width: int = 0
+    opset: int = 18
+    precision: Literal["fp32", "fp16"] = "fp32"  # fp16: fp16 weights and compute, float32 inputs / outputs
+    tolerance: Optional[float] = None  # parity: max |onnx − torch|; None = 1e-4 (fp32) or 1e-2 (fp16)
+
+    def __post_init__(self) -> None:
+        check(self.model in ("pretrain1", "pretrain2", "finetune"), "model", f"expected pretrain1, pretrain2 or finetune, got {self.model!r}")
+        check(self.frames >= 0, "frames", f"must be >= 0 (0 = as the model was trained), got {self.frames}")
+        check(self.height == 0 or self.height >= 8, "height", f"must be >= 8 (or 0 = as the model was trained), got {self.height}")
+        check(self.width == 0 or self.width >= 8, "width", f"must be >= 8 (or 0 = as the model was trained), got {self.width}")
+        check(17 <= self.opset <= 21, "opset", f"must be between 17 and 21, got {self.opset}")
+        check(self.precision in ("fp32", "fp16"), "precision", f"expected fp32 or fp16, got {self.precision!r}")
+        check(self.tolerance is None or self.tolerance > 0, "tolerance", f"must be > 0, got {self.tolerance}")
+
+    @property
+    def max_diff(self) -> float:
+        return self.tolerance if self.tolerance is not None else DEFAULT_TOLERANCE[self.precision]
 
 
 def input_names(cfg: ExportConfig) -> tuple[str, ...]:

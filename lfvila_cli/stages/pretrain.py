@@ -11,7 +11,7 @@ from __future__ import annotations
 from ..config import to_dict
 from ..pipeline.artifacts import file_digest
 from ..pipeline.stage import Stage, StageContext
-from ..train.pretrain import PretrainConfig
+from ..train.config import PretrainConfig
 from .cache import corpus_of, frame_store_url
 
 POLICY_FIELDS = ("workers",)  # change how a run goes, not what it makes: left out of the artifact key

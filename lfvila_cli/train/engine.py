@@ -17,7 +17,6 @@ steps still advance the step counter, the data position and the LR schedule.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import logging
@@ -28,15 +27,16 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from ..config import check, to_dict
+from ..config import to_dict
 from ..errors import CheckpointError, ConfigError, LfvilaError, UnsafeCheckpointError
 from . import checkpoint as ckpt
+from .config import TrainConfig
 from .schedule import lr_factor, parameter_groups
 
 log = logging.getLogger(__name__)
@@ -45,102 +45,6 @@ LossFn = Callable[[Any, Any, int], Mapping[str, torch.Tensor]]
 # batches(epoch, start) -> iterable of micro-batches of that epoch, beginning at micro-batch
 # index ``start`` (the data position saved in the checkpoint).
 BatchSource = Callable[[int, int], Iterable[Any]]
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation recipe (docs/method.md §5). Steps are optimizer steps (``grad_accum`` micro-batches)."""
-
-    lr: float = 5e-5
-    betas: tuple[float, float] = (0.9, 0.98)
-    eps: float = 1e-8
-    weight_decay: float = 0.05
-    # Warm-up: ``warmup_steps`` if set, else ``warmup_ratio`` of the total (1 of 10 epochs).
-    warmup_steps: Optional[int] = None
-    warmup_ratio: float = 0.1
-    final_lr_ratio: float = 0.01
-    micro_batch: int = 16
-    grad_accum: int = 1
-    # docs/method.md §5 names no clipping; 1.0 (global L2 norm) is the usual BERT/ViT pre-training choice.
-    grad_clip: float = 1.0
-    zero_stage: int = 2
-    precision: Literal["fp32", "bf16", "fp16"] = "bf16"
-    epochs: int = 10
-    max_steps: Optional[int] = None  # stop earlier than ``epochs`` (smoke runs, tests)
-    log_every: int = 1
-    checkpoint_every: int = 1000
-    keep_last_k: int = 2
-    max_bad_steps: int = 10  # NaN/Inf steps tolerated over the whole run
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        check(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
-        check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "train.betas", f"expected two values in [0, 1), got {list(self.betas)}")
-        check(self.eps > 0, "train.eps", f"must be > 0, got {self.eps}")
-        check(self.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {self.weight_decay}")
-        check(self.warmup_steps is None or self.warmup_steps >= 0, "train.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
-        check(0 <= self.warmup_ratio < 1, "train.warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
-        check(0 <= self.final_lr_ratio <= 1, "train.final_lr_ratio", f"must be in [0, 1], got {self.final_lr_ratio}")
-        check(self.micro_batch >= 1, "train.micro_batch", f"must be >= 1, got {self.micro_batch}")
-        check(self.grad_accum >= 1, "train.grad_accum", f"must be >= 1, got {self.grad_accum}")
-        check(self.grad_clip >= 0, "train.grad_clip", f"must be >= 0 (0 disables clipping), got {self.grad_clip}")
-        # ZeRO 1/2 only: the bad-step skip relies on their overflow check (stage 0 has none).
-        check(self.zero_stage in (1, 2), "train.zero_stage", f"must be 1 or 2, got {self.zero_stage}")
-        check(self.precision in ("fp32", "bf16", "fp16"), "train.precision", f"expected fp32, bf16 or fp16, got {self.precision!r}")
-        check(self.epochs >= 1, "train.epochs", f"must be >= 1, got {self.epochs}")
-        check(self.max_steps is None or self.max_steps >= 1, "train.max_steps", f"must be >= 1, got {self.max_steps}")
-        check(self.log_every >= 1, "train.log_every", f"must be >= 1, got {self.log_every}")
-        check(self.checkpoint_every >= 1, "train.checkpoint_every", f"must be >= 1, got {self.checkpoint_every}")
-        check(self.keep_last_k >= 1, "train.keep_last_k", f"must be >= 1, got {self.keep_last_k}")
-        check(self.max_bad_steps >= 0, "train.max_bad_steps", f"must be >= 0, got {self.max_bad_steps}")
-
-    def total_steps(self, steps_per_epoch: int) -> int:
-        planned = self.epochs * steps_per_epoch
-        return min(planned, self.max_steps) if self.max_steps is not None else planned
-
-    def resolved_warmup_steps(self, steps_per_epoch: int) -> int:
-        if self.warmup_steps is not None:
-            return self.warmup_steps
-        return int(round(self.warmup_ratio * self.epochs * steps_per_epoch))
-
-
-# ------------------------------------------------------------------ every default training setting
-# TrainConfig's field defaults above are the paper's optimiser (docs/method.md §5). What follows are
-# the defaults of the commands (``lfvila pretrain``, ``lfvila finetune`` and the pipeline stages
-# when nothing is set): the tiny model on the bundled example, on a CPU; the paper's recipes are
-# pipeline files (stages/paper/). ``PretrainConfig`` (train/pretrain.py) and ``FinetuneConfig``
-# (train/finetune.py) take their training fields from here.
-
-CPU_LR = 2e-4  # peak lr: at 5e-4 and above the tiny model's embeddings collapsed to one point in the first
-#                few dozen steps (VPC stuck at 2·ln B) or learned far slower (README, "Learning check")
-CPU_PRECISION = "fp32"
-CPU_CHECKPOINT_EVERY = 200  # steps
-PRETRAIN_WARMUP_STEPS = 20
-FINETUNE_WARMUP_STEPS = 10
-VAL_EVERY = 50  # steps between validations; 0 = only at the end
-VAL_BATCH = 8
-PRETRAIN_VAL_MAX_SAMPLES = 256  # the first samples of the val split; 0 = all of it
-FINETUNE_VAL_MAX_SAMPLES = 0  # fine-tuning selects its model on the whole val split
-WORKERS = 1  # DataLoader worker processes feeding training (0 = load in the training process)
-MODEL = "lfvila-tiny"  # preset name
-TEXT_MODEL = "random"  # the preset's BERT architecture with random weights; else a hub id / path
-TOKENIZER_VOCAB_SIZE = 2000  # a WordPiece tokenizer trained on the train texts, when none is named
-MAX_TOKENS = 32  # the loader's tokens per sentence
-
-
-def cpu_train(warmup_steps: int) -> TrainConfig:
-    """The commands' optimisation recipe (micro-batch 16, 10 epochs: TrainConfig's own)."""
-    return TrainConfig(lr=CPU_LR, precision=CPU_PRECISION, checkpoint_every=CPU_CHECKPOINT_EVERY, warmup_steps=warmup_steps)
-
-
-def pretrain_train() -> TrainConfig:
-    """``PretrainConfig.train``'s default (stages/quickstart.yaml sets the epochs)."""
-    return cpu_train(PRETRAIN_WARMUP_STEPS)
-
-
-def finetune_train() -> TrainConfig:
-    """``FinetuneConfig.train``'s default (docs/method.md §6's lr 5e-5 and 20/30/100 epochs: stages/paper/)."""
-    return cpu_train(FINETUNE_WARMUP_STEPS)
 
 
 def check_precision_supported(cfg: TrainConfig) -> None:

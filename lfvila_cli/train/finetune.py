@@ -32,63 +32,18 @@ architecture and the ``tokenizer`` named (their vocabulary: ``bert-base-uncased`
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Optional
 
 import torch
 
-from ..config import check
-from ..data.loader import LoaderConfig
 from ..data.task_data import check_fit
 from ..errors import ConfigError, LfvilaError
 from ..model.pretrained import WEIGHTS_FILE, load_pretrained_into, read_config
-from ..tasks import TaskSpec, read_answers, task_spec
-from . import engine as defaults
-from .engine import TrainConfig
+from ..tasks import read_answers
+from .config import FinetuneConfig
 from .fit import fit
 from .recipe import SELECTED_ON, Recipe, move_batch
-
-
-@dataclass
-class FinetuneConfig:
-    """One downstream fine-tune; the defaults live in train/engine.py (the CPU-sized recipe)."""
-
-    task: str = "activitynet"  # activitynet | didemo | queryd | cmd | how2qa | violin | anet-qa
-    init: Literal["pretrained", "scratch", "release"] = "pretrained"
-    release_checkpoint: str = ""  # init=release: the authors' checkpoint file (.pt / .bin / .safetensors)
-    model: str = defaults.MODEL  # preset for init=scratch|release (init=pretrained: the artifact's architecture)
-    text_model: str = defaults.TEXT_MODEL  # init=scratch|release: as in pretrain
-    tokenizer: str = ""  # "" = the pre-trained model's (init=pretrained) or one trained on the train texts (scratch)
-    tokenizer_vocab_size: int = defaults.TOKENIZER_VOCAB_SIZE
-    loader: LoaderConfig = field(default_factory=lambda: LoaderConfig(max_tokens=defaults.MAX_TOKENS))
-    max_subtitles: int = -1  # subtitle slots after the question / statement; -1 = the task's (How2QA 6, VIOLIN 4)
-    span_weight: float = 1.0  # How2QA: weight of the per-frame span loss
-    train: TrainConfig = field(default_factory=defaults.finetune_train)
-    val_every: int = defaults.VAL_EVERY  # steps; 0 = only at the end
-    val_max_samples: int = defaults.FINETUNE_VAL_MAX_SAMPLES  # 0 = the whole val split
-    val_batch: int = defaults.VAL_BATCH
-    workers: int = defaults.WORKERS
-
-    def __post_init__(self) -> None:
-        task_spec(self.task)
-        check(self.init in ("pretrained", "scratch", "release"), "init", f"expected pretrained, scratch or release, got {self.init!r}")
-        check(self.init != "release" or bool(self.release_checkpoint), "release_checkpoint", "init=release needs the checkpoint file")
-        check(self.max_subtitles >= -1, "max_subtitles", f"must be >= -1 (-1 = the task's), got {self.max_subtitles}")
-        check(self.span_weight >= 0, "span_weight", f"must be >= 0, got {self.span_weight}")
-        check(self.tokenizer_vocab_size > 5, "tokenizer_vocab_size", f"must be > 5, got {self.tokenizer_vocab_size}")
-        check(self.val_every >= 0, "val_every", f"must be >= 0, got {self.val_every}")
-        check(self.val_max_samples >= 0, "val_max_samples", f"must be >= 0, got {self.val_max_samples}")
-        check(self.val_batch >= 1, "val_batch", f"must be >= 1, got {self.val_batch}")
-        check(self.workers >= 0, "workers", f"must be >= 0, got {self.workers}")
-
-    @property
-    def spec(self) -> TaskSpec:
-        return task_spec(self.task)
-
-    @property
-    def subtitles(self) -> int:
-        return self.spec.max_subtitles if self.max_subtitles < 0 else self.max_subtitles
 
 
 # ---------------------------------------------------------------------------------------------

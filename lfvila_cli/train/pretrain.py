@@ -23,57 +23,18 @@ by ``(objectives.seed, step)``: the same on every rank and after a resume.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
-from ..config import check
-from ..data.loader import LoaderConfig
 from ..errors import ConfigError, LfvilaError
 from ..model.pretrained import WEIGHTS_FILE, load_stage1_into
-from ..objectives import ObjectiveConfig
-from . import engine as defaults
-from .engine import TrainConfig
+from .config import _VIDEO_INIT_STAGE1_ONLY, PretrainConfig
 from .fit import fit, losses_of
 from .recipe import Recipe, move_batch
 
 _STAGE2_STREAM = 2  # keeps stage-2 draws apart from stage-1 draws at the same step
-_VIDEO_INIT_STAGE1_ONLY = "applies to stage 1 only (stage 2 starts from the stage-1 model, video encoder included)"
-
-
-@dataclass
-class PretrainConfig:
-    """One pre-training stage; the defaults live in train/engine.py (the CPU-sized recipe)."""
-
-    stage: int = 1
-    model: str = defaults.MODEL  # preset name
-    text_model: str = defaults.TEXT_MODEL  # "random" = the preset's BERT architecture, random weights; else hub id / path
-    tokenizer: str = ""  # "" = train a WordPiece tokenizer on the train sentences (stage 2: the stage-1 one)
-    tokenizer_vocab_size: int = defaults.TOKENIZER_VOCAB_SIZE
-    loader: LoaderConfig = field(default_factory=lambda: LoaderConfig(max_tokens=defaults.MAX_TOKENS))
-    # Loss weights, temperature, MTC sampling, MLM rate (docs/method.md §4); saved in the model's config.json.
-    objectives: ObjectiveConfig = field(default_factory=ObjectiveConfig)
-    train: TrainConfig = field(default_factory=defaults.pretrain_train)
-    val_every: int = defaults.VAL_EVERY  # steps; 0 = only at the end
-    val_max_samples: int = defaults.PRETRAIN_VAL_MAX_SAMPLES  # 0 = the whole val split
-    val_batch: int = defaults.VAL_BATCH
-    workers: int = defaults.WORKERS  # DataLoader worker processes feeding training (0 = load in the training process)
-    # Stage 1: "" = random video encoder; else a Swin-2D checkpoint (.pth / .bin / .safetensors, or a
-    # directory holding model.safetensors / pytorch_model.bin) inflated into it (docs/method.md §2: Swin-B
-    # ImageNet-22k 384 px, window 12, e.g. swin_base_patch4_window12_384_22k.pth, for lfvila-base).
-    video_init: str = ""
-
-    def __post_init__(self) -> None:
-        check(self.stage in (1, 2), "stage", f"must be 1 or 2, got {self.stage}")
-        check(bool(self.model), "model", "needs a preset name (e.g. lfvila-tiny)")
-        check(self.tokenizer_vocab_size > 5, "tokenizer_vocab_size", f"must be > 5, got {self.tokenizer_vocab_size}")
-        check(self.val_every >= 0, "val_every", f"must be >= 0, got {self.val_every}")
-        check(self.val_max_samples >= 0, "val_max_samples", f"must be >= 0, got {self.val_max_samples}")
-        check(self.val_batch >= 1, "val_batch", f"must be >= 1, got {self.val_batch}")
-        check(self.workers >= 0, "workers", f"must be >= 0, got {self.workers}")
-        check(self.stage == 1 or not self.video_init, "video_init", _VIDEO_INIT_STAGE1_ONLY)
 
 
 # The video encoder's parts no Swin-2D layer may fit: the clip-feature head (docs/method.md §2) is loaded from
