@@ -10,16 +10,14 @@ import logging
 import os
 import pickle
 import random
-import socket
-import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from helpers_ranks import run_two_ranks, write_worker  # noqa: E402
 from test_train_engine import STEPS_PER_EPOCH, _scoped_process_group, batches, config, make_loss, make_model, weights  # noqa: E402,F401
 
 from lfvila_cli.errors import CheckpointError, LfvilaError, UnsafeCheckpointError  # noqa: E402
@@ -196,48 +194,15 @@ def test_explicit_damaged_checkpoint_is_an_error_not_a_fallback(tmp_path):
     assert "\n" not in str(err.value)
 
 
-TWO_RANKS = textwrap.dedent(
-    """
-    import os, sys, torch
-    sys.path.insert(0, {tests!r})
-    from test_train_engine import config, make_model
-    from lfvila_cli.train.engine import Trainer
-
-    rank = int(os.environ["RANK"])
-
-    def batches(epoch, start):
-        for i in range(start, 6):  # each rank sees its own shard
-            g = torch.Generator().manual_seed(100 * rank + 10 * epoch + i)
-            yield torch.randn(2, 4, 6, generator=g), torch.randn(2, generator=g)
-
-    def loss_fn(engine, batch, step):
-        x, y = batch
-        mse = (engine(x) - y).pow(2).mean()
-        return {{"total": mse}}
-
+TWO_RANK_TAIL = """
     trainer = Trainer(make_model(), loss_fn, config(epochs=1, checkpoint_every=1), sys.argv[1])
     trainer.train(batches, 3, resume="auto")
     torch.save(trainer.engine.module.state_dict(), sys.argv[2])
-    """
-)
+"""
 
 
 def _two_ranks(script: Path, run_dir: Path, out: Path) -> list[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
-    procs = []
-    for rank in range(2):
-        env = {
-            **os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "DS_ACCELERATOR": "cpu", "RANK": str(rank),
-            "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "OMP_NUM_THREADS": "1",
-        }
-        procs.append(subprocess.Popen([sys.executable, str(script), str(run_dir), f"{out}{rank}.pt"], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    outputs = [p.communicate(timeout=180)[0] for p in procs]
-    for p, text in zip(procs, outputs):
-        assert p.returncode == 0, text[-3000:]
-    return outputs
+    return run_two_ranks(script, lambda rank: [run_dir, f"{out}{rank}.pt"], timeout=180)
 
 
 @pytest.mark.distributed
@@ -245,8 +210,7 @@ def _two_ranks(script: Path, run_dir: Path, out: Path) -> list[str]:
 def test_two_ranks_fall_back_together(tmp_path):
     """Rank 1's optimizer partition of the newest checkpoint is cut short: both ranks agree to
     resume from the previous checkpoint and end with the weights of the undamaged run."""
-    script = tmp_path / "worker.py"
-    script.write_text(TWO_RANKS.format(tests=str(Path(__file__).parent)))
+    script = write_worker(tmp_path / "worker.py", TWO_RANK_TAIL)
     run_dir = tmp_path / "run"
     _two_ranks(script, run_dir, tmp_path / "straight")
     newest = run_dir / "checkpoints" / "step_00000003"

@@ -4,7 +4,6 @@ command, the one-line errors, and two CPU ranks started by torchrun and by `--nu
 import json
 import os
 import shlex
-import socket
 import subprocess
 import sys
 import textwrap
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers_ranks import free_port
 from test_cli import invoke
 
 from lfvila_cli.launch import in_launched_rank, launch_env, launcher_command
@@ -141,12 +141,6 @@ def _hostfile(tmp_path):
 
 
 # --------------------------------------------------------------------------- two CPU ranks
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -114,15 +114,14 @@ def load_stage1_into(model, stage1_dir: str | Path) -> dict[str, int]:
     """Load a stage-1 model directory's weights into a stage-2 ``model``: every tensor of the file
     must exist in the model with the same shape, and every tensor a stage-1 model of the same
     configuration has must be in the file (strict on the stage-1 parts)."""
-    from .lfvila import LfvilaConfig, build_model
+    from .lfvila import build_model
 
     stage1_dir = Path(stage1_dir)
     weights = stage1_dir / WEIGHTS_FILE
     if not weights.is_file():
         raise LfvilaError(f"--init-from {stage1_dir}: no {WEIGHTS_FILE} (is it a finished stage-1 artifact?)")
     state = load_weights(weights)
-    config = from_dict(LfvilaConfig, json.loads((stage1_dir / CONFIG_FILE).read_text(encoding="utf-8")))
-    expected = set(build_model(config, device="meta").state_dict())
+    expected = set(build_model(read_config(stage1_dir), device="meta").state_dict())
     own = model.state_dict()
     missing = sorted(expected - set(state))
     unexpected = sorted(set(state) - set(own))

@@ -124,7 +124,7 @@ def _up_to_date(workdir: Workdir, stage: Stage, existing: Artifact, name: Option
     key = existing.manifest.get("key", existing.key)
     if not dry_run and rank == 0:
         _set_refs(workdir, stage.name, key, name)
-    line = f"{stage.name}: up to date ({key[:KEY_CHARS]}) — {stage.summary_line(existing.summary)}; nothing to do"
+    line = f"{stage.name}: up to date ({key[:KEY_CHARS]}) — {stage.describe(existing.summary)}; nothing to do"
     if rank == 0:
         echo(line)
     return StageResult(stage.name, "up to date", key, existing, line)
@@ -180,6 +180,6 @@ def _build(workdir, stage, config, inputs, payload, key, lock, rank, world_size,
         lock.check()
         artifact = workdir.commit(out_dir, stage.name, key, manifest, to_dict(config), replace=rebuild)
         _set_refs(workdir, stage.name, key, name)
-        line = f"{stage.name}: done ({short}) in {manifest['seconds']:.1f}s — {stage.summary_line(summary)}"
+        line = f"{stage.name}: done ({short}) in {manifest['seconds']:.1f}s — {stage.describe(summary)}"
         echo(line)
         return StageResult(stage.name, "done", key, artifact, line)

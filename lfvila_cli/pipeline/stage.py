@@ -58,9 +58,6 @@ class Stage:
     # was trained at) before the key is computed: complete(workdir, config, inputs) -> config
     complete: Optional[Callable[[Workdir, Any, dict[str, Artifact]], Any]] = None
 
-    def summary_line(self, summary: dict) -> str:
-        return self.describe(summary)
-
     def input_names(self, config: Any) -> tuple[str, ...]:
         return tuple(self.select_inputs(config)) if self.select_inputs else self.inputs
 

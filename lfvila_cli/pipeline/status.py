@@ -70,7 +70,7 @@ def status_rows(workdir: Workdir, stages: Mapping[str, Stage]) -> list[dict]:
                 "refs": refs,
                 "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(artifact.manifest.get("created", 0))),
                 "state": artifact_state(workdir, artifact, stages, seen),
-                "summary": stages[artifact.stage].summary_line(artifact.summary) if artifact.stage in stages else "",
+                "summary": stages[artifact.stage].describe(artifact.summary) if artifact.stage in stages else "",
             }
         )
     return rows

@@ -198,7 +198,7 @@ class FinetuneRecipe(Recipe):
             self.num_labels = self.spec.num_labels or len(read_answers(Path(corpus_path).parent))
 
     def tokenizer_texts(self, train_samples) -> list[str]:
-        out = [seg.text for s in train_samples for seg in s.segments]
+        out = super().tokenizer_texts(train_samples)
         for s in train_samples:
             out += [str(s.task.get(k)) for k in ("question", "statement") if s.task.get(k)]
             out += [str(c) for c in s.task.get("candidates") or []]
@@ -268,4 +268,4 @@ def run_finetune(
     """Fine-tune ``cfg.task`` and write the validation-selected model into ``out_dir`` (see the
     module docstring and train/fit.py). Returns a JSON-able summary."""
     recipe = FinetuneRecipe(cfg, corpus_path, store_url, init_from)
-    return fit(recipe, corpus_path, store_url, out_dir, rank=rank, world_size=world_size, progress=progress, resume=resume)
+    return fit(recipe, corpus_path, out_dir, rank=rank, world_size=world_size, progress=progress, resume=resume)

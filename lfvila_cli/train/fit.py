@@ -1,4 +1,4 @@
-"""The one fit loop: ``fit(recipe, corpus_path, store_url, out_dir, rank=..., world_size=...,
+"""The one fit loop: ``fit(recipe, corpus_path, out_dir, rank=..., world_size=...,
 progress=..., resume=...)`` trains a ``Recipe`` (train/recipe.py) with the ``Trainer``
 (train/engine.py) over the corpus' train split, validates on its val split every
 ``cfg.val_every`` steps and at the end, and writes the finished model:
@@ -64,7 +64,6 @@ class FitRun:
 def fit(
     recipe: Recipe,
     corpus_path: Path,
-    store_url: str,
     out_dir: Path,
     *,
     rank: int = 0,

@@ -165,7 +165,6 @@ class PretrainRecipe(Recipe):
             self.tokenizer_required = (
                 "config key 'tokenizer': stage 2 needs the stage-1 artifact's tokenizer (none in --init-from) or a named one"
             )
-        self.objectives = cfg.objectives
         self.init_report: Optional[dict] = None
         self.video_init: Optional[dict] = None
 
@@ -200,7 +199,6 @@ class PretrainRecipe(Recipe):
             config.text.bert_config = {**config.text.bert_config, "vocab_size": len(tokenizer)}
         if cfg.loader.max_tokens > config.text.max_tokens:
             raise ConfigError(f"config key 'loader.max_tokens': {cfg.loader.max_tokens} exceeds the model's {config.text.max_tokens} tokens per sentence")
-        self.objectives = config.objectives
         return config
 
     def build_model(self, config):
@@ -225,8 +223,8 @@ class PretrainRecipe(Recipe):
 
     def loss(self, engine, batch, step):
         if self.cfg.stage == 1:
-            return stage1_loss(engine, engine.module, batch, step, self.objectives)
-        return stage2_loss(engine, engine.module, batch, step, self.objectives, self.tokenizer)
+            return stage1_loss(engine, engine.module, batch, step, self.cfg.objectives)
+        return stage2_loss(engine, engine.module, batch, step, self.cfg.objectives, self.tokenizer)
 
     def baseline(self, model, val_ds, rank, world_size):
         if self.cfg.stage != 1:
@@ -240,7 +238,7 @@ class PretrainRecipe(Recipe):
             from ..evaluation import evaluate_stage1
 
             return evaluate_stage1(module, val_ds, self.cfg.val_batch, rank=rank, world_size=world_size)
-        return validate_stage2(module, val_ds, self.cfg.val_batch, self.objectives, self.tokenizer)
+        return validate_stage2(module, val_ds, self.cfg.val_batch, self.cfg.objectives, self.tokenizer)
 
     def summary(self, run) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -276,4 +274,4 @@ def run_pretrain(
     (see the module docstring and train/fit.py). ``resume``: None (fresh), "auto" (newest complete
     checkpoint in ``out_dir/run``) or a checkpoint path. Returns a JSON-able summary."""
     recipe = PretrainRecipe(cfg, corpus_path, store_url, init_from)
-    return fit(recipe, corpus_path, store_url, out_dir, rank=rank, world_size=world_size, progress=progress, resume=resume)
+    return fit(recipe, corpus_path, out_dir, rank=rank, world_size=world_size, progress=progress, resume=resume)

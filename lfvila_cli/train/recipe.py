@@ -26,13 +26,14 @@ every random draw (the model's initialisation is seeded inside ``build_model``):
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Optional
 
 SELECTED_ON = "selected_on"  # the record field holding the figure a selecting recipe maximises
 
 
-class Recipe:
+class Recipe(ABC):
     """One training recipe; subclasses fill in the hooks (see the module docstring)."""
 
     cfg: Any
@@ -57,30 +58,36 @@ class Recipe:
     def tokenizer_texts(self, train_samples: list) -> list[str]:
         return [seg.text for s in train_samples for seg in s.segments]
 
+    @abstractmethod
     def datasets(self, tokenizer, train_samples: list, val_samples: list) -> tuple[Any, Any]:
-        raise NotImplementedError
+        """(train dataset, val dataset or None)."""
 
+    @abstractmethod
     def model_config(self, tokenizer):
-        raise NotImplementedError
+        """The model variant's LfvilaConfig (the tokenizer may size its vocabulary)."""
 
     def check_data(self, train_ds, config, corpus_path: Path) -> None:
         """Refuse training data the model cannot take."""
 
+    @abstractmethod
     def build_model(self, config):
-        raise NotImplementedError
+        """The model under ``torch.manual_seed(cfg.train.seed)``, loaded from the init artifact if any."""
 
+    @abstractmethod
     def set_trainable(self, model) -> int:
-        raise NotImplementedError
+        """Freeze what the recipe does not train; the trainable parameter count."""
 
+    @abstractmethod
     def loss(self, engine, batch: dict, step: int) -> dict:
-        raise NotImplementedError
+        """One micro-batch's loss terms, ``"total"`` included, through the engine's forward."""
 
     def baseline(self, model, val_ds, rank: int, world_size: int) -> Optional[dict]:
         """Validation figures of the untrained model (a fresh run with a val split), or None."""
         return None
 
+    @abstractmethod
     def predict(self, module, val_ds, rank: int, world_size: int) -> Any:
-        raise NotImplementedError
+        """This rank's validation predictions (or figures), which ``score`` turns into a record."""
 
     def score(self, predicted) -> dict[str, Any]:
         """The validation record's figures (rank 0); ``SELECTED_ON`` first when the recipe selects."""
