@@ -133,6 +133,9 @@ def _setup_logging(verbose: bool) -> None:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # Progress lines of long work (e.g. each cache rank's) show without --verbose: off a terminal
+    # they are the only progress a scheduler's log gets.
+    logging.getLogger("lfvila_cli.progress").setLevel(logging.INFO)
 
 
 def _progress() -> bool:
@@ -242,7 +245,7 @@ def cache(
       torchrun --nproc_per_node 4 -m lfvila_cli.main cache --corpus latest
 
     Config keys: frames_per_segment (8), height (192), width (320), segment_mode (clips |
-    chunks), num_chunks (4), splits ([] = all), store_url, compression (none | zstd),
+    chunks), num_chunks (4), splits ([] = all), store_url, codec (jpeg | jpegxl | zstd | raw), quality (90),
     max_failure_rate (0.05), workers (2), retry_failed (false), decode_timeout_s (60; 0 = no bound).
     """
     overrides = []

@@ -35,7 +35,7 @@ def written(tmp_path):
         sample("third", "a.mp4", [(0, 3)]),
     ]
     corpus = write_corpus_file(tmp_path, records)
-    cfg = CacheConfig(frames_per_segment=K, height=H, width=W)
+    cfg = CacheConfig(frames_per_segment=K, height=H, width=W, codec="raw")
     plan = plan_rows(corpus, cfg)
     url = str(tmp_path / "frames.zarr")
     group = open_group(url, mode="a")
@@ -123,7 +123,7 @@ def test_layout_is_zarr_v3_one_row_per_chunk_without_sharding(written):
         array = group[name]
         assert array.chunks[0] == 1 and array.shards is None, name
     assert group["frames"].shape == (6, K, H, W, 3) and group["error"].shape == (6, ERROR_BYTES)
-    assert group.attrs["layout_version"] == 1 and group.attrs["ready"] is True
+    assert group.attrs["layout_version"] == 2 and group.attrs["ready"] is True
     assert (group.attrs["frames_per_segment"], group.attrs["height"], group.attrs["width"]) == (K, H, W)
     assert group.attrs["segment_mode"] == "clips"
     root = json.loads((Path(url) / "zarr.json").read_text())
@@ -135,7 +135,7 @@ def test_layout_is_zarr_v3_one_row_per_chunk_without_sharding(written):
 
 def _spec(tmp_path, **overrides):
     corpus = tmp_path / "samples.jsonl"  # written by the ``written`` fixture
-    cfg = CacheConfig(**{"frames_per_segment": K, "height": H, "width": W, **overrides})
+    cfg = CacheConfig(**{"frames_per_segment": K, "height": H, "width": W, "codec": "raw", **overrides})
     return store_spec(cfg, plan_rows(corpus, cfg))
 
 

@@ -39,7 +39,7 @@ def data(tmp_path_factory):
     samples.append(short)
     write_corpus(out, samples, Rejections())
     store_url = str(out / "frames.zarr")
-    summary = cache_frames(out / "samples.jsonl", CacheConfig(frames_per_segment=K, height=H, width=W), store_url, progress=False)
+    summary = cache_frames(out / "samples.jsonl", CacheConfig(frames_per_segment=K, height=H, width=W, codec="raw"), store_url, progress=False)
     assert summary["failed"] == 0
     tokenizer = train_wordpiece_tokenizer([seg.text for s in samples for seg in s.segments], 500, out / "tokenizer")
     corpus = list(read_corpus(out / "samples.jsonl"))

@@ -38,6 +38,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 import threading
 import time
 from collections import Counter
@@ -51,12 +52,14 @@ import numpy as np
 
 from ..config import check
 from ..errors import DataError
+from .codecs import CODECS, DEFAULT_QUALITY, encode, is_image_codec
 from .corpus import SPLITS, read_corpus, resolve_video
 from .formats import absolute
 from .framestore import (
     FAILED,
     OK,
     PENDING,
+    FramePool,
     RowArrays,
     StoreSpec,
     decode_reason,
@@ -65,13 +68,17 @@ from .framestore import (
     open_ready,
     reset_rows,
     row_arrays,
+    video_digest,
 )
 from .video import BoundedVideoDecoder, VideoDecoder, VideoError, chunk_span, decode_process
 
 log = logging.getLogger(__name__)
+progress_log = logging.getLogger("lfvila_cli.progress")  # shown without --verbose (main._setup_logging)
 
 POLICY_FIELDS = ("max_failure_rate", "workers", "retry_failed", "decode_timeout_s")  # change how the run behaves, not what it makes
 MAX_LISTED_FAILURES = 1000  # in the returned summary; the store keeps every reason
+# Progress log lines (``_ProgressLog``) when no terminal shows the bar; every rank logs its own.
+PROGRESS_INTERVAL_S = float(os.environ.get("LFVILA_PROGRESS_S", "30"))
 LOGGED_FAILURES = 10  # logged one by one, then one line per FAILURE_LOG_INTERVAL_S
 FAILURE_LOG_INTERVAL_S = 30.0
 
@@ -84,7 +91,10 @@ class CacheConfig:
     segment_mode: Literal["clips", "chunks"] = "clips"
     num_chunks: int = 4
     splits: list[str] = field(default_factory=list)  # empty = all splits
-    compression: Literal["none", "zstd"] = "none"  # frames codec: none is faster to write and read
+    # How frames are stored (``codecs.py``, docs/data-formats.md §13): jpeg (default), jpegxl,
+    # zstd (lossless), raw (lossless, uncompressed). ``quality`` (1-100) is the image codecs'.
+    codec: Literal["jpeg", "jpegxl", "zstd", "raw"] = "jpeg"
+    quality: int = DEFAULT_QUALITY
     store_url: str = ""  # "" = <artifact dir>/frames.zarr; else any fsspec URL
     max_failure_rate: float = 0.05
     workers: int = 2
@@ -104,6 +114,8 @@ class CacheConfig:
             f"expected 'clips' or 'chunks', got {self.segment_mode!r}",
         )
         check(self.num_chunks >= 1, "num_chunks", f"must be >= 1, got {self.num_chunks}")
+        check(self.codec in CODECS, "codec", f"expected one of {', '.join(CODECS)}, got {self.codec!r}")
+        check(1 <= self.quality <= 100, "quality", f"must be between 1 and 100, got {self.quality}")
         unknown = [s for s in self.splits if s not in SPLITS]
         check(not unknown, "splits", f"unknown split {unknown[0]!r} (known: {', '.join(SPLITS)})" if unknown else "")
         check(len(set(self.splits)) == len(self.splits), "splits", f"duplicate split in {self.splits}")
@@ -128,7 +140,8 @@ class CacheConfig:
             "segment_mode": self.segment_mode,
             "num_chunks": self.num_chunks if self.segment_mode == "chunks" else None,
             "splits": sorted(self.splits),
-            "compression": self.compression,
+            "codec": self.codec,
+            "quality": self.quality if is_image_codec(self.codec) else None,
         }
 
 
@@ -290,6 +303,7 @@ class _TaskResult:
     after: np.ndarray
     reasons: dict[int, str]  # row -> reason, for rows that failed in this run
     frames: int = 0
+    linked: int = 0  # rows taken from the work directory's frame pool instead of decoded
 
 
 def _write_ok(arrays: RowArrays, row: int, frames: np.ndarray, times: np.ndarray) -> None:
@@ -305,6 +319,17 @@ def _write_ok(arrays: RowArrays, row: int, frames: np.ndarray, times: np.ndarray
         await arrays.status.async_array.setitem(row, OK)
 
     sync(write())
+
+
+def _write_ok_pooled(arrays: RowArrays, row: int, frames: np.ndarray, times: np.ndarray, pool: FramePool, key: str) -> None:
+    """``_write_ok``, then the row's files go to the frame pool for other stores to share."""
+    _write_ok(arrays, row, frames, times)
+    pool.put(key, row)
+
+
+def _write_linked(arrays: RowArrays, row: int) -> None:
+    """A row whose files were linked from the frame pool is ok (its data is in)."""
+    arrays.status[row] = OK
 
 
 def _write_failed(arrays: RowArrays, row: int, reason: str) -> None:
@@ -347,7 +372,18 @@ class _RowWriter:
         self._pool.shutdown(wait=True, cancel_futures=cancel)
 
 
-def _run_task(task: VideoTask, arrays: RowArrays, cfg: CacheConfig, writer: _RowWriter) -> _TaskResult:
+def _pool_keys(task: VideoTask, todo: np.ndarray, pool: FramePool | None) -> dict[int, str]:
+    """The frame-pool key of each pending row of a local video (none for URLs or without a pool)."""
+    if pool is None or not todo.size or "://" in task.source or not os.path.isfile(task.source):
+        return {}
+    try:
+        digest = video_digest(task.source)
+    except OSError:
+        return {}  # the decoder reports what is wrong with the file
+    return {int(i): FramePool.row_key(digest, task.spans[i]) for i in todo}
+
+
+def _run_task(task: VideoTask, arrays: RowArrays, cfg: CacheConfig, writer: _RowWriter, pool: FramePool | None, take: bool) -> _TaskResult:
     rows = np.asarray(task.rows, dtype=np.int64)
     before = np.asarray(arrays.status.oindex[rows], dtype=np.uint8)
     result = _TaskResult(task, before, before.copy(), {})
@@ -355,32 +391,46 @@ def _run_task(task: VideoTask, arrays: RowArrays, cfg: CacheConfig, writer: _Row
     if todo.size == 0:
         return result
     writes: list[Future] = []
+    keys = _pool_keys(task, todo, pool)
+    if keys and take:
+        linked = [i for i in todo if pool.take(keys[int(i)], int(rows[i]))]  # type: ignore[union-attr]
+        for i in linked:
+            writes.append(writer.submit(_write_linked, arrays, int(rows[i])))
+            result.after[i] = OK
+        result.linked = len(linked)
+        todo = np.setdiff1d(todo, np.asarray(linked, dtype=todo.dtype))
 
     def failed(i: int, reason: str) -> None:
         row = int(rows[i])
         writes.append(writer.submit(_write_failed, arrays, row, reason))
         result.after[i], result.reasons[row] = FAILED, reason
 
-    with decode_process() if cfg.decode_timeout_s else nullcontext() as process:
-        try:
-            if process is None:  # the reference path: in this thread, unbounded
-                decoder = VideoDecoder(task.source, cfg.height, cfg.width, num_threads=1)
-            else:
-                decoder = BoundedVideoDecoder(task.source, cfg.height, cfg.width, process, cfg.decode_timeout_s)
-        except VideoError as exc:
-            for i in todo:
-                failed(i, str(exc))
-        else:
-            with decoder:
+    if todo.size:
+        with decode_process() if cfg.decode_timeout_s else nullcontext() as process:
+            try:
+                if process is None:  # the reference path: in this thread, unbounded
+                    decoder = VideoDecoder(task.source, cfg.height, cfg.width, num_threads=1)
+                else:
+                    decoder = BoundedVideoDecoder(task.source, cfg.height, cfg.width, process, cfg.decode_timeout_s)
+            except VideoError as exc:
                 for i in todo:
-                    try:
-                        frames, times = decoder.span(*_resolve_span(task.spans[i], decoder), cfg.frames_per_segment)
-                    except VideoError as exc:
-                        failed(i, str(exc))
-                        continue
-                    writes.append(writer.submit(_write_ok, arrays, int(rows[i]), frames, times))
-                    result.after[i] = OK
-                    result.frames += len(frames)
+                    failed(i, str(exc))
+            else:
+                with decoder:
+                    for i in todo:
+                        try:
+                            frames, times = decoder.span(*_resolve_span(task.spans[i], decoder), cfg.frames_per_segment)
+                        except VideoError as exc:
+                            failed(i, str(exc))
+                            continue
+                        stored = encode(frames, cfg.codec, cfg.quality)  # here, on the worker threads: codecs release the GIL
+                        row = int(rows[i])
+                        if int(i) in keys:
+                            writes.append(writer.submit(_write_ok_pooled, arrays, row, stored, times, pool, keys[int(i)]))
+                        else:
+                            writes.append(writer.submit(_write_ok, arrays, row, stored, times))
+                        result.after[i] = OK
+                        result.frames += len(frames)
     for future in writes:  # the task is done once its rows are in the store
         future.result()
     return result
@@ -420,7 +470,46 @@ def _progress_bar(total: int, enabled: bool):
     return tqdm(total=total, unit="seg", desc="cache", dynamic_ncols=True, disable=None if enabled else True)
 
 
-def _run_tasks(tasks: list[VideoTask], arrays: RowArrays, cfg: CacheConfig, bar) -> tuple[list[_TaskResult], int, float]:
+class _ProgressLog:
+    """Progress as log lines, every ``PROGRESS_INTERVAL_S``, for runs no one watches on a
+    terminal (a scheduler's log, ranks other than 0): done/total, failed, linked, rate, time left."""
+
+    def __init__(self, rank: int, world_size: int, total: int, enabled: bool) -> None:
+        self.rank, self.world_size, self.total, self.enabled = rank, world_size, total, enabled
+        self.started = self.last = time.monotonic()
+        self.done = self.failed = self.linked = self.frames = 0
+
+    def update(self, result: _TaskResult) -> None:
+        self.done += len(result.task.rows)
+        self.failed += len(result.reasons)
+        self.linked += result.linked
+        self.frames += result.frames
+        now = time.monotonic()
+        if self.enabled and now - self.last >= PROGRESS_INTERVAL_S:
+            self.last = now
+            self.log(now)
+
+    def log(self, now: float) -> None:
+        elapsed = max(now - self.started, 1e-9)
+        left = (self.total - self.done) * elapsed / self.done if self.done else float("nan")
+        progress_log.info(
+            "cache: rank %d/%d: %d/%d segments (%.0f%%), %d failed, %d linked, %.0f frames/s, about %s left",
+            self.rank, self.world_size, self.done, self.total, 100.0 * self.done / max(self.total, 1),
+            self.failed, self.linked, self.frames / elapsed, _duration(left),
+        )
+
+
+def _duration(seconds: float) -> str:
+    if seconds != seconds:  # NaN: nothing done yet
+        return "?"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def _run_tasks(
+    tasks: list[VideoTask], arrays: RowArrays, cfg: CacheConfig, bar, progress: _ProgressLog, pool: FramePool | None, take: bool
+) -> tuple[list[_TaskResult], int, float]:
     """Run tasks on ``cfg.workers`` threads (decord and the codecs release the GIL)."""
     results: list[_TaskResult] = []
     failures = _FailureLog()
@@ -429,7 +518,7 @@ def _run_tasks(tasks: list[VideoTask], arrays: RowArrays, cfg: CacheConfig, bar)
     queue = iter(tasks)
     running: set[Future] = set()
     writer = _RowWriter(threads=max(2, cfg.workers), max_pending=4 * cfg.workers)
-    with ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="lfvila-cache") as pool:
+    with ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="lfvila-cache") as executor:
         try:
             while True:
                 # Keep a bounded window in flight: millions of futures would not fit in memory.
@@ -437,7 +526,7 @@ def _run_tasks(tasks: list[VideoTask], arrays: RowArrays, cfg: CacheConfig, bar)
                     task = next(queue, None)
                     if task is None:
                         break
-                    running.add(pool.submit(_run_task, task, arrays, cfg, writer))
+                    running.add(executor.submit(_run_task, task, arrays, cfg, writer, pool, take))
                 if not running:
                     break
                 done, running = wait(running, return_when=FIRST_COMPLETED)
@@ -447,6 +536,7 @@ def _run_tasks(tasks: list[VideoTask], arrays: RowArrays, cfg: CacheConfig, bar)
                     frames += result.frames
                     if result.reasons:
                         failures.add(result.task.video, len(result.reasons), next(iter(result.reasons.values())))
+                    progress.update(result)
                     bar.update(len(result.task.rows))
                     elapsed = time.perf_counter() - started
                     bar.set_postfix_str(f"{frames / max(elapsed, 1e-9):.0f} frames/s", refresh=False)
@@ -512,6 +602,8 @@ def cache_frames(
     wait_timeout_s: float = 1800.0,
     poll_s: float = 1.0,
     owner: dict | None = None,
+    pool_dir: str | Path | None = None,
+    take_from_pool: bool = True,
 ) -> dict:
     """Fill the store at ``store_url`` for every segment of every sample in ``corpus_path``.
 
@@ -524,6 +616,9 @@ def cache_frames(
     bounds how long ranks > 0 wait for rank 0 to create the store, ``wait_timeout_s`` how long
     rank 0 waits for other ranks' rows without seeing any of them finish. ``owner`` (the
     artifact the store is made for, ``framestore.owner_record``) is recorded in a store it creates.
+    ``pool_dir``: the work directory's frame pool (``framestore.FramePool``): rows already stored
+    there by any store are linked (``linked``), not decoded (unless ``take_from_pool`` is false,
+    as for ``--force``), and every row written goes there. Local directory stores only.
     """
     started = time.perf_counter()
     corpus_path = Path(corpus_path)
@@ -539,6 +634,11 @@ def cache_frames(
     else:
         group = _wait_for_layout(url, cfg, plan, rank, layout_timeout_s, poll_s, owner)
     arrays = row_arrays(group, write_empty_chunks=True)
+    pool = FramePool.for_store(pool_dir, arrays, cfg.layout()) if pool_dir is not None else None
+    if pool is not None and rank == 0:
+        pruned, freed = pool.prune()
+        if pruned:
+            log.info("cache: removed %d rows (%.1f MB) of deleted stores from the frame pool %s", pruned, freed / 1e6, pool.dir)
 
     tasks = plan.tasks_of_rank(rank, world_size)
     retried = _reset_failed(arrays, tasks) if cfg.retry_failed else 0
@@ -547,7 +647,8 @@ def cache_frames(
     own_rows = sum(len(t.rows) for t in tasks)
     log.info("cache: rank %d/%d: %d segments of %d videos -> %s", rank, world_size, own_rows, len(tasks), url)
     with _progress_bar(own_rows, progress and rank == 0) as bar:
-        results, frames, decode_seconds = _run_tasks(tasks, arrays, cfg, bar)
+        progress_lines = _ProgressLog(rank, world_size, own_rows, enabled=bool(bar.disable))
+        results, frames, decode_seconds = _run_tasks(tasks, arrays, cfg, bar, progress_lines, pool, take_from_pool)
 
     rows = np.concatenate([np.asarray(r.task.rows, dtype=np.int64) for r in results]) if results else np.zeros(0, np.int64)
     status = np.concatenate([r.after for r in results]) if results else np.zeros(0, np.uint8)
@@ -587,6 +688,7 @@ def cache_frames(
         "written": int(sum(int((r.before == PENDING).sum()) for r in results)),
         "skipped": skipped,
         "retried": retried,
+        "linked": int(sum(r.linked for r in results)),
         "frames": frames,
         "videos": len(tasks) if rank else len(plan.tasks),
         "samples": len(plan.sample_ids),
@@ -595,9 +697,9 @@ def cache_frames(
         "store": url,
         "failures": failures,
     }
-    log.info(
-        "cache: rank %d: %d ok, %d failed of %d segments; %d written at %.0f frames/s, %d already done",
-        *(rank, summary["ok"], n_failed, total, summary["written"], summary["frames_per_second"], skipped),
+    progress_log.info(
+        "cache: rank %d/%d: %d ok, %d failed of %d segments; %d written (%d linked from the frame pool) at %.0f frames/s, %d already done",
+        *(rank, world_size, summary["ok"], n_failed, total, summary["written"], summary["linked"], summary["frames_per_second"], skipped),
     )
     if rank == 0 and total and n_failed / total > cfg.max_failure_rate:
         raise _failure_error(summary, cfg, url)

@@ -6,15 +6,17 @@ functions) and read by training every step (``FrameStore``). The group lives on 
 (a local path, ``file://``, ``memory://``, ``s3://`` ...); by default ``frames.zarr`` in the
 cache artifact (``store_location``). This module is the one place that knows the layout.
 
-Layout (``layout_version`` 1). ``K`` = ``frames_per_segment``, ``H`` × ``W`` = ``height`` ×
-``width``; ``R`` rows, ``S`` samples:
+Layout (``layout_version`` 2; docs/data-formats.md §13 is the reference for other tools). ``K`` =
+``frames_per_segment``, ``H`` × ``W`` = ``height`` × ``width``; ``R`` rows, ``S`` samples:
 
 * one *row* per segment (a clip of the corpus, or an equal chunk of a downstream video);
   the rows of a sample are contiguous and in segment order. Row arrays, every one chunked one
   row per chunk, so ranks fill disjoint rows without locks:
 
-  - ``frames`` uint8 ``(R, K, H, W, 3)``, fill 0, dimensions ``row, frame, y, x, rgb``:
-    the RGB frames; uncompressed, or zstd level 1 with ``compression: zstd``;
+  - ``frames``, dimensions ``row, frame[, y, x, rgb]``: with an image codec (``codec``
+    ``jpeg``, the default, or ``jpegxl``) variable-length bytes ``(R, K)``, one encoded image
+    per frame, no further compression, fill empty; with ``raw``/``zstd`` uint8
+    ``(R, K, H, W, 3)``, fill 0, uncompressed or zstd level 1 (``codecs.py``);
   - ``times`` float32 ``(R, K)``, fill NaN (pending), dimensions ``row, frame``: the second
     of each frame in its video;
   - ``status`` uint8 ``(R,)``, fill 0, uncompressed: ``PENDING`` 0, ``OK`` 1, ``FAILED`` 2;
@@ -33,12 +35,16 @@ Layout (``layout_version`` 1). ``K`` = ``frames_per_segment``, ``H`` × ``W`` = 
 * group attributes, in this order: ``layout_version``; the cache config that shapes the rows
   (``LAYOUT_ATTRS``: ``frames_per_segment``, ``height``, ``width``, ``segment_mode``,
   ``num_chunks`` (null unless ``segment_mode`` is ``chunks``), ``splits`` (sorted; empty =
-  all), ``compression``); ``samples`` (S), ``rows`` (R), ``plan_digest`` (a digest of the
-  corpus segments the rows stand for); ``frames_codec`` (``none`` or ``zstd-1``); ``ready``;
-  and, when known, ``owner`` (the artifact the store was made for: ``workdir_id``,
+  all), ``codec``, ``quality`` (null for ``raw``/``zstd``)); ``samples`` (S), ``rows`` (R),
+  ``plan_digest`` (a digest of the corpus segments the rows stand for); ``frames_codec``
+  (``codecs.codec_tag``: ``jpeg-q90-444``, ``jpegxl-q90-e3``, ``zstd-1`` or ``none``);
+  ``ready``; and, when known, ``owner`` (the artifact the store was made for: ``workdir_id``,
   ``workdir``, ``stage``, ``key``; ``--force`` deletes no store of another owner). All of them
   are written in one write by the writer that created the arrays, after them: ``ready`` tells
   other ranks and resumes that the arrays are complete.
+
+Stores of layout version 1 (before frame codecs: raw or zstd pixels, ``compression`` instead of
+``codec``/``quality``) are still read.
 
 No sharding (concurrent writers to one shard lose data) and no consolidated metadata (it goes
 stale while rows are filled).
@@ -47,10 +53,12 @@ stale while rows are filled).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -58,8 +66,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import DataError
+from . import codecs
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1: raw/zstd pixels only, ``compression`` for ``codec``
 PENDING, OK, FAILED = 0, 1, 2
 STATUS_NAMES = {PENDING: "pending", OK: "ok", FAILED: "failed"}
 ERROR_BYTES = 256
@@ -68,7 +78,7 @@ STORE_NAME = "frames.zarr"  # the store inside a cache artifact (unless ``store_
 ROOT_METADATA = "zarr.json"
 ARRAY_NAMES = ("frames", "times", "status", "error", "sample_row_start", "sample_num_rows", "sample_id")  # creation order
 # The config fields that shape the rows (``CacheConfig.layout()``), stored as attributes.
-LAYOUT_ATTRS = ("frames_per_segment", "height", "width", "segment_mode", "num_chunks", "splits", "compression")
+LAYOUT_ATTRS = ("frames_per_segment", "height", "width", "segment_mode", "num_chunks", "splits", "codec", "quality")
 OWNER_FIELDS = ("workdir_id", "workdir", "stage", "key")
 # Attributes only a frame store's layout writes (a creation killed while writing them leaves some).
 _OWN_ATTRS = {"layout_version", "plan_digest", "frames_codec", "ready", "owner"}
@@ -112,8 +122,12 @@ def expected_arrays(spec: StoreSpec) -> dict[str, tuple[tuple, tuple, str]]:
     k, h, w = spec.layout["frames_per_segment"], spec.layout["height"], spec.layout["width"]
     rows, samples = spec.rows, len(spec.sample_ids)
     index_chunk = (max(1, min(samples, INDEX_CHUNK)),)
+    if codecs.is_image_codec(spec.layout["codec"]):
+        frames = ((rows, k), (1, k), "bytes")
+    else:
+        frames = ((rows, k, h, w, 3), (1, k, h, w, 3), "uint8")
     return {
-        "frames": ((rows, k, h, w, 3), (1, k, h, w, 3), "uint8"),
+        "frames": frames,
         "times": ((rows, k), (1, k), "float32"),
         "status": ((rows,), (1,), "uint8"),
         "error": ((rows, ERROR_BYTES), (1, ERROR_BYTES), "uint8"),
@@ -144,37 +158,58 @@ def open_group(url: str | Path, mode: str):
 # --- creating, resuming and checking a store (the cache's writers) ----------------------------
 
 
+def _zarr_dtype(dtype: str):
+    """The Zarr data type of an ``expected_arrays`` dtype name."""
+    if dtype == "str":
+        return str
+    if dtype == "bytes":
+        from zarr.dtype import VariableLengthBytes
+
+        return VariableLengthBytes()
+    return dtype
+
+
+@contextlib.contextmanager
+def _quiet_vlen_bytes():
+    """Zarr warns that variable-length bytes have no Zarr v3 specification yet: the store's
+    format page (docs/data-formats.md §13) spells their chunk layout out for other readers."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*VariableLengthBytes.*")
+        yield
+
+
 def create_layout(group, spec: StoreSpec, owner: dict | None = None) -> None:
     """Pre-size every array, write the sample index, then every attribute with ``ready`` in
     one write (only rank 0 does this: resizing from several writers races)."""
     import zarr.codecs
 
-    # Frames, the one big array. Decoded video frames compress poorly losslessly (~1.2x with
-    # zstd on the benchmark's textured footage) while zstd costs ~4 ms of CPU per 8-frame row
-    # on the two cores that decoding already saturates: "none" is the default (in one run of
-    # benchmarks/bench_cache.py: cache at 0.80x of raw decode vs 0.71x with zstd, and a training
-    # sample read in 3.9 ms vs 8.4 ms); "zstd" (level 1; level 3 gained ~3% for 1.5x the time)
-    # trades that for disk space.
-    zstd = spec.layout["compression"] == "zstd"
-    frame_codec = zarr.codecs.ZstdCodec(level=1) if zstd else None
-    for name, (shape, chunks, dtype) in expected_arrays(spec).items():
-        kwargs = {}
-        if name == "frames":
-            kwargs = {"compressors": frame_codec, "fill_value": 0, "dimension_names": ("row", "frame", "y", "x", "rgb")}
-        elif name == "times":
-            kwargs = {"fill_value": float("nan"), "dimension_names": ("row", "frame")}
-        elif name == "status":
-            kwargs = {"compressors": None, "fill_value": PENDING, "dimension_names": ("row",)}
-        elif name == "error":
-            kwargs = {"fill_value": 0, "dimension_names": ("row", "byte")}
-        group.create_array(name, shape=shape, chunks=chunks, dtype=str if dtype == "str" else dtype, overwrite=True, **kwargs)
+    codec = spec.layout["codec"]
+    image = codecs.is_image_codec(codec)
+    # Raw pixels compress poorly losslessly (~1.3x with zstd on real footage) while zstd costs
+    # ~4 ms of CPU per 8-frame row; encoded images are not compressed again.
+    frame_compressors = zarr.codecs.ZstdCodec(level=codecs.ZSTD_LEVEL) if codec == "zstd" else None
+    with _quiet_vlen_bytes():
+        for name, (shape, chunks, dtype) in expected_arrays(spec).items():
+            kwargs = {}
+            if name == "frames":
+                dims = ("row", "frame") if image else ("row", "frame", "y", "x", "rgb")
+                kwargs = {"compressors": frame_compressors, "dimension_names": dims}
+                if not image:
+                    kwargs["fill_value"] = 0
+            elif name == "times":
+                kwargs = {"fill_value": float("nan"), "dimension_names": ("row", "frame")}
+            elif name == "status":
+                kwargs = {"compressors": None, "fill_value": PENDING, "dimension_names": ("row",)}
+            elif name == "error":
+                kwargs = {"fill_value": 0, "dimension_names": ("row", "byte")}
+            group.create_array(name, shape=shape, chunks=chunks, dtype=_zarr_dtype(dtype), overwrite=True, **kwargs)
     if spec.sample_ids:
         group["sample_id"][:] = np.asarray(spec.sample_ids, dtype=object)
         group["sample_row_start"][:] = spec.row_start
         group["sample_num_rows"][:] = spec.num_rows
     # All attributes in one write of zarr.json (``attrs.update`` rewrites it once per key), with
     # ``ready``: other ranks (and resumes) trust the arrays only once it is set.
-    attrs = {**expected_attrs(spec), "frames_codec": "zstd-1" if zstd else "none", "ready": True}
+    attrs = {**expected_attrs(spec), "frames_codec": codecs.codec_tag(codec, spec.layout["quality"]), "ready": True}
     if owner:
         attrs["owner"] = owner
     group.attrs.put(attrs)
@@ -201,7 +236,7 @@ def check_layout(group, spec: StoreSpec, url: str, owner: dict | None = None) ->
         if name not in members:
             raise StoreMismatchError(f"{url}: existing frame store has no array '{name}'; {hint}")
         arr = members[name]
-        if tuple(arr.shape) != shape or (dtype != "str" and str(arr.dtype) != dtype) or tuple(arr.chunks) != chunks:
+        if tuple(arr.shape) != shape or (dtype not in ("str", "bytes") and str(arr.dtype) != dtype) or tuple(arr.chunks) != chunks:
             raise StoreMismatchError(
                 f"{url}: existing frame store does not match: array '{name}' is {arr.dtype} {tuple(arr.shape)} "
                 f"chunked {tuple(arr.chunks)}, this run needs {dtype} {shape} chunked {chunks}; {hint}"
@@ -453,10 +488,10 @@ class FrameStore:
         self.url = str(url)
         group = open_group(self.url, mode="r")
         attrs = group.attrs.asdict()
-        if attrs.get("layout_version") != LAYOUT_VERSION:
+        if attrs.get("layout_version") not in READABLE_VERSIONS:
             raise DataError(
-                f"{self.url}: not a frame store of layout version {LAYOUT_VERSION} "
-                f"(found layout_version={attrs.get('layout_version')!r})"
+                f"{self.url}: not a frame store this lfvila reads (layout_version={attrs.get('layout_version')!r}, "
+                f"readable: {', '.join(map(str, READABLE_VERSIONS))}); rebuild it with `lfvila cache --force`"
             )
         if not attrs.get("ready"):
             raise DataError(f"{self.url}: frame store was never completely created; run `lfvila cache` again")
@@ -464,7 +499,10 @@ class FrameStore:
         self.frames_per_segment = int(attrs["frames_per_segment"])
         self.height, self.width = int(attrs["height"]), int(attrs["width"])
         self.segment_mode = attrs["segment_mode"]
-        self._frames, self._times = group["frames"], group["times"]
+        # Version 1 stores hold raw or zstd pixels and name the choice ``compression``.
+        self.codec = attrs.get("codec") or ("zstd" if attrs.get("compression") == "zstd" else "raw")
+        with _quiet_vlen_bytes():
+            self._frames, self._times = group["frames"], group["times"]
         self._status, self._error = group["status"], group["error"]
         ids = group["sample_id"][:]
         self._row_start = np.asarray(group["sample_row_start"][:], dtype=np.int64)
@@ -524,6 +562,10 @@ class FrameStore:
             else:
                 why = "still pending (the cache stage has not finished)"
             raise DataError(f"{self.url}: sample {sample_id!r} segment {segment} (row {row}) is {why}")
+        try:
+            frames = codecs.decode(frames, self.codec, (len(rows), self.frames_per_segment, self.height, self.width, 3))
+        except DataError as exc:
+            raise DataError(f"{self.url}: sample {sample_id!r} rows {rows.start}-{rows.stop - 1}: {exc}") from None
         return frames, times
 
     def _read_rows(self, rows: slice, with_status: bool = True) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
@@ -575,3 +617,129 @@ class FrameStore:
             {"row": int(r), "sample": self._ids[s], "segment": int(g), "reason": decode_reason(reason)}
             for r, s, g, reason in zip(failed, samples, segments, reasons)
         ]
+
+
+# --- frames stored once per work directory ------------------------------------------------------
+
+POOL_FORMAT = 1  # bump when a chunk's bytes for the same row would change (codec settings, times codec)
+POOL_DIR = ".frames"  # in the cache stage's directory: ignored as an artifact, kept by deletions
+
+
+def video_digest(path: str | Path, chunk: int = 1 << 22) -> str:
+    """sha256 of a video file's bytes: the identity of its frames, whatever the path or corpus."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while data := fh.read(chunk):
+            h.update(data)
+    return h.hexdigest()
+
+
+def _link_temp(path: Path) -> Path:
+    import threading
+
+    return path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.link")
+
+
+def _chunk_file(array, coords: tuple[int, ...]) -> Path | None:
+    """The file holding one chunk of ``array``, for arrays in a local directory store (else None)."""
+    from zarr.storage import LocalStore
+
+    store = array.store_path.store
+    if not isinstance(store, LocalStore):
+        return None
+    return Path(store.root) / array.store_path.path / array.metadata.encode_chunk_key(coords)
+
+
+class FramePool:
+    """Rows of frames shared by every frame store of a work directory (docs/data-formats.md §13).
+
+    The same span of the same video (by the sha256 of its bytes) at the same frame count, size
+    and codec makes the same row files, whichever corpus asks for it. A row a store wrote is
+    *put* in the pool as hard links to its ``frames`` and ``times`` chunk files, named by the
+    row's content key; a store that needs that row *takes* it by hard-linking them into its own
+    chunk paths before its ``status`` says ok. The bytes are on disk once; deleting a store (or
+    the pool) removes only its links, so no other store loses a row. Zarr replaces a chunk file
+    when it writes one (it never rewrites a shared inode in place). Entries only the pool still
+    links (every store that used them deleted) are removed by ``prune``.
+
+    Only stores in a local directory on the pool's filesystem take part: ``FramePool.for_store``
+    returns None for any other store.
+    """
+
+    def __init__(self, root: Path, arrays: RowArrays, layout: dict) -> None:
+        tag = codecs.codec_tag(layout["codec"], layout["quality"])
+        k, h, w = layout["frames_per_segment"], layout["height"], layout["width"]
+        self.dir = Path(root) / f"v{POOL_FORMAT}-{k}x{h}x{w}-{tag}"
+        self.arrays = arrays
+        self._frame_dims = len(arrays.frames.shape)
+        self._times_dims = len(arrays.times.shape)
+
+    @classmethod
+    def for_store(cls, root: str | Path, arrays: RowArrays, layout: dict) -> "FramePool | None":
+        if _chunk_file(arrays.frames, (0,) * len(arrays.frames.shape)) is None:
+            return None
+        return cls(Path(root), arrays, layout)
+
+    @staticmethod
+    def row_key(digest: str, span: tuple) -> str:
+        """The content key of a row: the video's digest and the span (the layout is the pool's directory)."""
+        import hashlib
+
+        return hashlib.sha256(json.dumps([digest, list(span)]).encode()).hexdigest()
+
+    def _files(self, row: int) -> tuple[Path, Path]:
+        frames = _chunk_file(self.arrays.frames, (row,) + (0,) * (self._frame_dims - 1))
+        times = _chunk_file(self.arrays.times, (row,) + (0,) * (self._times_dims - 1))
+        return frames, times  # type: ignore[return-value]
+
+    def _entry(self, key: str) -> tuple[Path, Path]:
+        base = self.dir / key[:2] / key
+        return base.with_suffix(".frames"), base.with_suffix(".times")
+
+    def take(self, key: str, row: int) -> bool:
+        """Link the pool's files of ``key`` into ``row`` of the store; False when the pool has no
+        complete entry (or linking fails): decode the row instead. The caller marks the row ok."""
+        pooled_frames, pooled_times = self._entry(key)
+        frames, times = self._files(row)
+        try:
+            for src, dst in ((pooled_times, times), (pooled_frames, frames)):
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                tmp = _link_temp(dst)
+                os.link(src, tmp)
+                os.replace(tmp, dst)  # replaces what a killed run may have left for this pending row
+        except OSError:
+            return False
+        return True
+
+    def put(self, key: str, row: int) -> None:
+        """Add the store's files of ``row`` (written, status ok) to the pool under ``key``."""
+        pooled_frames, pooled_times = self._entry(key)
+        frames, times = self._files(row)
+        try:
+            pooled_frames.parent.mkdir(parents=True, exist_ok=True)
+            for src, dst in ((times, pooled_times), (frames, pooled_frames)):  # frames last: an entry is complete once they are in
+                tmp = _link_temp(dst)
+                os.link(src, tmp)
+                os.replace(tmp, dst)
+        except OSError:
+            pass  # another filesystem, or no hard links: the row stays in its own store only
+
+    def prune(self) -> tuple[int, int]:
+        """Remove the pool's files no store links any more; returns (rows, bytes) removed.
+        Frames go before times: an entry without its frames is never taken."""
+        rows = freed = 0
+        if not self.dir.is_dir():
+            return 0, 0
+        for suffix in (".frames", ".times"):
+            for path in self.dir.glob(f"*/*{suffix}"):
+                try:
+                    st = path.stat()
+                    if st.st_nlink == 1:
+                        path.unlink()
+                        freed += st.st_size
+                        rows += suffix == ".frames"
+                except FileNotFoundError:
+                    continue
+        return rows, freed

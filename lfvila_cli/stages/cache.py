@@ -16,6 +16,7 @@ from typing import Optional
 
 from ..data.cache import CacheConfig
 from ..data.framestore import (
+    POOL_DIR,
     delete_store,
     describe_owner,
     is_frame_store,
@@ -113,6 +114,10 @@ def run(ctx: StageContext) -> dict:
         world_size=ctx.world_size,
         progress=ctx.progress,
         owner=owner,
+        # Frames shared with the work directory's other stores (docs/data-formats.md §13): the
+        # artifact's own store only; --force decodes every row again.
+        pool_dir=None if ctx.config.store_url else ctx.workdir.stage_dir("cache") / POOL_DIR,
+        take_from_pool=not ctx.force,
     )
     summary["store_url"] = ctx.config.store_url
     return summary
@@ -183,5 +188,6 @@ STAGE = Stage(
     key_config=key_config,
     verify=verify,
     resumable=True,
-    describe=lambda summary: f"{summary.get('ok', '?')}/{summary.get('rows', '?')} segments cached, {summary.get('failed', 0)} failed",
+    describe=lambda summary: f"{summary.get('ok', '?')}/{summary.get('rows', '?')} segments cached, {summary.get('failed', 0)} failed"
+    + (f", {summary['linked']} shared with earlier caches" if summary.get("linked") else ""),
 )
