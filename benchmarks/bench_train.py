@@ -6,7 +6,8 @@ own stages (the quickstart's ``prepare`` and ``cache``: 64×96, 8 frames per cli
 preset expects), then measures in one run, with ``torch.set_num_threads(--threads)`` and the
 quickstart's stage-1 recipe (``stages/quickstart.yaml``):
 
-(a) loader only: ``make_loader(PretrainDataset(train=True))`` as ``run_pretrain`` builds it
+(a) loader only, for the store of each of ``--codecs`` (``jpeg``, the default codec, and ``raw``):
+    ``make_loader(PretrainDataset(train=True))`` as ``run_pretrain`` builds it
     (same micro-batch, augmentation, normalisation and tokenisation), timed in one process:
     the work each of run_pretrain's DataLoader workers (``workers``, 1 by default) does while
     the training process computes; over ``--loader-batches`` batches after one untimed first
@@ -80,13 +81,13 @@ def quickstart_layer(stage_name: str) -> dict:
     raise KeyError(f"{QUICKSTART} has no {stage_name} stage")
 
 
-def build_data(root: Path, workers: int) -> tuple[Path, str]:
-    """The quickstart's corpus and frame store, via its prepare and cache stages (a hit when
-    ``root`` already holds them)."""
+def build_data(root: Path, workers: int, codec: str = "jpeg") -> tuple[Path, str]:
+    """The quickstart's corpus and frame store (frames stored with ``codec``), via its prepare
+    and cache stages (a hit when ``root`` already holds them)."""
     wd = Workdir(root)
     echo = lambda line: print(f"  {line}")  # noqa: E731
     produced = {}
-    for name, overrides in (("prepare", []), ("cache", [f"workers={workers}"])):
+    for name, overrides in (("prepare", []), ("cache", [f"workers={workers}", f"codec={codec}"])):
         stage = STAGES[name]
         config = resolve_config(stage, layers=[quickstart_layer(name)], overrides=overrides)
         inputs = {n: produced[n] for n in stage.inputs}
@@ -186,6 +187,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--loader-batches", type=int, default=40, help="timed loader batches")
     parser.add_argument("--val-samples", type=int, default=8, help="val_max_samples of the training runs")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for everything")
+    parser.add_argument("--codecs", default="jpeg,raw",
+                        help="frame codecs whose stores the loader reads (the first also feeds training)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
     if args.micro_batch is None:
@@ -201,7 +204,9 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         t = time.perf_counter()
         print("data (prepare --source example, cache at 64x96, 8 frames per clip):")
-        corpus, store = build_data(args.dir / "work", workers=args.threads)
+        codecs = args.codecs.split(",")
+        stores = {codec: build_data(args.dir / "work", workers=args.threads, codec=codec)[1] for codec in codecs}
+        corpus, store = build_data(args.dir / "work", workers=args.threads, codec=codecs[0])
         print(f"  ready in {time.perf_counter() - t:.1f} s")
 
         cfg = quickstart_pretrain_config()
@@ -212,12 +217,14 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             texts = [seg.text for s in train_samples for seg in s.segments]
             tokenizer = train_wordpiece_tokenizer(texts, cfg.tokenizer_vocab_size, tokenizer_dir)
-        dataset = PretrainDataset(train_samples, store, tokenizer, cfg.loader, train=True, video_root=corpus.parent)
+        loaders = {}
+        for codec, codec_store in stores.items():
+            dataset = PretrainDataset(train_samples, codec_store, tokenizer, cfg.loader, train=True, video_root=corpus.parent)
+            loaders[codec] = bench_loader(dataset, args.micro_batch, args.loader_batches)
+            print(f"  loader ({codec} frames): {loaders[codec]['samples_per_s']:.1f} samples/s, batch frames {loaders[codec]['frames_shape']}")
         print(f"{len(dataset)} train samples; micro-batch {args.micro_batch}; torch threads {torch.get_num_threads()}; "
               f"loader timed in one process (what each of run_pretrain's {cfg.workers} DataLoader worker(s) does)")
-
-        loader = bench_loader(dataset, args.micro_batch, args.loader_batches)
-        print(f"  loader: {loader['samples_per_s']:.1f} samples/s, batch frames {loader['frames_shape']}")
+        loader = loaders[codecs[0]]
         runs = {}
         for precision in ("fp32", "bf16"):
             out_dir = args.dir / f"pretrain-{precision}"
@@ -235,7 +242,8 @@ def main(argv: list[str] | None = None) -> dict:
     loader_ratio = loader["samples_per_s"] / fastest
     bf16_ratio = bf16["compute_step_ms_median"] / fp32["compute_step_ms_median"]
     ref = fp32["compute_samples_per_s"]
-    rows = [("data loader only", loader["samples_per_s"], loader["samples_per_s_mean"], loader["batch_ms_median"])]
+    rows = [(f"data loader only, {codec} frames", r["samples_per_s"], r["samples_per_s_mean"], r["batch_ms_median"])
+            for codec, r in loaders.items()]
     for name, r in (("fp32", fp32), ("bf16", bf16)):
         rows.append((f"train {name}, compute (Trainer's samples_per_s)", r["compute_samples_per_s"],
                      r["compute_samples_per_s_mean"], r["compute_step_ms_median"]))
@@ -250,13 +258,16 @@ def main(argv: list[str] | None = None) -> dict:
     for name, median, mean, ms in rows:
         print(f"| {name} | {median:.2f} | {mean:.2f} | {ms:.0f} | {median / ref:.2f}x |")
     verdict = "PASS" if loader_ratio >= 3 else "FAIL"
-    print(f"\nloader / training (faster compute rate) = {loader_ratio:.1f}x (target >= 3x): {verdict}")
+    print(f"\nloader ({codecs[0]} frames) / training (faster compute rate) = {loader_ratio:.1f}x (target >= 3x): {verdict}")
+    for codec, r in loaders.items():
+        print(f"loader, {codec} frames: {1e3 / r['samples_per_s']:.1f} ms per sample (4 clips x 8 frames at 64x96, one worker)")
     print(f"bf16 / fp32 step time (median, compute) = {bf16_ratio:.2f} "
           f"({'bf16 faster' if bf16_ratio < 1 else 'bf16 slower'} on this CPU)")
 
     results = {
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "loader": loader,
+        "loaders": loaders,
         "train": runs,
         "loader_over_train": loader_ratio,
         "loader_target_met": loader_ratio >= 3,
