@@ -180,7 +180,7 @@ def _seed_from_earlier_store(ctx: StageContext, url: str, owner: dict) -> None:
 
 STAGE = Stage(
     name="cache",
-    version=1,
+    version=2,  # 2: frame codecs (layout 2 stores); a version-1 cache shows as stale, its store still reads
     config_class=CacheConfig,
     run=run,
     inputs=("prepare",),
