@@ -697,7 +697,8 @@ def cache_frames(
         "store": url,
         "failures": failures,
     }
-    progress_log.info(
+    # Each rank's last line shows without --verbose under a multi-rank launch (one process: the stage line says it).
+    (progress_log if world_size > 1 else log).info(
         "cache: rank %d/%d: %d ok, %d failed of %d segments; %d written (%d linked from the frame pool) at %.0f frames/s, %d already done",
         *(rank, world_size, summary["ok"], n_failed, total, summary["written"], summary["linked"], summary["frames_per_second"], skipped),
     )
