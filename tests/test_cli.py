@@ -1,6 +1,8 @@
 """The command line through Typer's runner: prepare, status, errors, dry runs."""
 
 import json
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -8,6 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from lfvila_cli.data.framestore import FrameStore
 from lfvila_cli.main import app
 
 FIXTURES = Path(__file__).parent / "fixtures" / "formats"
@@ -125,7 +128,6 @@ def test_cache_through_cli_records_broken_videos(tmp_path):
     assert ok.exit_code == 0, ok.output
     assert "4/12 segments cached, 8 failed" in ok.output
     from lfvila_cli.pipeline.artifacts import Workdir
-    from lfvila_cli.data.framestore import FrameStore
     from lfvila_cli.stages.cache import frame_store_url
 
     store = FrameStore(frame_store_url(Workdir(wd).resolve("cache")))
@@ -157,6 +159,11 @@ def test_quickstart_pipeline_end_to_end(tmp_path):
     assert "video + text encoders (fp32), 32 frames at 64×96" in lines[8] and "ranking same" in lines[8]
     assert "videos indexed with onnx" in lines[9]
     assert "how2qa test: accuracy" in lines[13] and "(chance 0.250, 4 items)" in lines[13]
+    # The How2QA-shaped corpus asks for the same chunks of the same videos as the retrieval one:
+    # its cache stores none of its frames again, and survives deleting the retrieval cache.
+    shared = re.search(r"cache: done \((\w+)\) .* (\d+)/(\d+) segments cached, 0 failed, (\d+) shared with earlier caches", lines[11])
+    assert shared and shared.group(2) == shared.group(3) == shared.group(4), lines[11]
+    retrieval_cache = re.search(r"cache: done \((\w+)\)", lines[4]).group(1)
     qa = invoke("export", "--onnx", "--from", "finetune", "--workdir", tmp_path, "--set", "frames=32", "--set", "height=64", "--set", "width=96")
     assert qa.exit_code == 0 and "multiple-choice QA model (fp32)" in qa.output and "predictions same" in qa.output, qa.output
     # The three report tables follow, each with the paper's row (retrieval) and chance.
@@ -174,6 +181,9 @@ def test_quickstart_pipeline_end_to_end(tmp_path):
     assert "pretrain1: would run after cache" in changed.output
     seed = invoke("run", pipeline, "--workdir", tmp_path, *tiny, "--set", "prepare.example.seed=1", "--dry-run")
     assert "prepare: would run" in seed.output and "cache: would run after prepare" in seed.output
+    shutil.rmtree(tmp_path / "store" / "cache" / retrieval_cache)
+    how2qa_store = FrameStore(tmp_path / "store" / "cache" / shared.group(1) / "frames.zarr")
+    assert all(how2qa_store.sample(i)[0].shape[0] == 4 for i in how2qa_store.sample_ids)
 
 
 def test_force_restarts_an_external_store(tmp_path):
@@ -225,8 +235,6 @@ def _tiny_corpus(tmp_path, wd):
 
 
 def test_a_cache_whose_store_was_deleted_is_rebuilt(tmp_path):
-    import shutil
-
     wd = tmp_path / "wd"
     small = _tiny_corpus(tmp_path, wd)
     assert invoke("cache", "--workdir", wd, *small).exit_code == 0
