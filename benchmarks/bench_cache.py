@@ -146,14 +146,17 @@ def bench_decode(root: Path, records: list[dict], args, mode: str) -> tuple[int,
     return frames, time.perf_counter() - start
 
 
-def bench_cache(corpus: Path, store: Path, args, codec: str = "raw", quality: int | None = None) -> tuple[int, float, dict]:
+def bench_cache(corpus: Path, store: Path, args, codec: str = "raw", quality: int | None = None, pool: Path | None = None) -> tuple[int, float, dict]:
     """``cache_frames`` into a fresh store with frames codec ``codec`` (``quality``: the image
-    codecs', None = the default): frames cached, seconds, the cache's summary."""
+    codecs', None = the default): frames cached, seconds, the cache's summary. ``pool``: a frame
+    pool, emptied first (every video hashed, every row put, none taken: its overhead alone)."""
     shutil.rmtree(store, ignore_errors=True)
+    if pool is not None:
+        shutil.rmtree(pool, ignore_errors=True)
     extra = {} if quality is None else {"quality": quality}
     cfg = CacheConfig(frames_per_segment=args.frames, height=args.height, width=args.width, workers=args.workers, codec=codec, **extra)
     start = time.perf_counter()
-    summary = cache_frames(corpus, cfg, str(store), progress=False)
+    summary = cache_frames(corpus, cfg, str(store), progress=False, pool_dir=pool)
     return summary["frames"], time.perf_counter() - start, summary
 
 
