@@ -32,8 +32,14 @@ _HOSTFILE_LINE = re.compile(r"^(\S+)\s+slots=(\d+)\s*$")
 
 
 def in_launched_rank(env: Mapping[str, str] = os.environ) -> bool:
-    """Whether this process is a rank started by a launcher (torchrun, deepspeed)."""
-    return "RANK" in env or "LOCAL_RANK" in env
+    """Whether this process is a rank started by a launcher (torchrun, deepspeed, or srun with
+    several tasks: ``pipeline/ranks.py``). A Slurm job array's task is not: it may launch."""
+    from .pipeline.ranks import current_launch
+
+    if "RANK" in env or "LOCAL_RANK" in env:
+        return True
+    launch = current_launch(env)
+    return launch.kind == "srun" and launch.world_size > 1
 
 
 def launcher_command(

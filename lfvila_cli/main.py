@@ -235,14 +235,19 @@ def cache(
 ) -> None:
     """Decode K frames per segment, resize + centre-crop, and write them to a Zarr v3 store.
 
-    Resumable: a killed run continues where it stopped. Under torchrun or the deepspeed
-    launcher each rank writes its own rows.
+    Resumable: a killed run continues where it stopped. Under torchrun, the deepspeed
+    launcher or srun each rank writes its own rows; as a Slurm job array each task writes its
+    share without waiting for the others, and the last to finish commits.
 
     Examples:
 
       lfvila cache --set frames_per_segment=8 --set height=192 --set width=320
 
       torchrun --nproc_per_node 4 -m lfvila_cli.main cache --corpus latest
+
+      srun --ntasks 8 lfvila cache
+
+      sbatch --array=0-7 --wrap "lfvila cache"
 
     Config keys: frames_per_segment (8), height (192), width (320), segment_mode (clips |
     chunks), num_chunks (4), splits ([] = all), store_url, codec (jpeg | jpegxl | zstd | raw), quality (90),
@@ -606,14 +611,15 @@ def run(
       lfvila run stages/quickstart.yaml
     """
     from .pipeline.artifacts import Workdir
-    from .pipeline.ranks import dist_env
+    from .pipeline.ranks import current_launch
     from .stages import run_pipeline
 
     _setup_logging(verbose)
     results = run_pipeline(Workdir(workdir), pipeline, overrides=list(set_ or []), force=force, dry_run=dry_run, progress=_progress(), echo=typer.echo)
 
-    for result in results:
-        if result.stage == "evaluate" and result.artifact is not None and dist_env()[0] == 0:
+    launch = current_launch()
+    for result in results:  # rank 0 prints the reports; a job array's task builds evaluate alone
+        if result.stage == "evaluate" and result.artifact is not None and (launch.rank == 0 or not launch.together):
             typer.echo("")
             _echo_report(result.artifact.path)
 

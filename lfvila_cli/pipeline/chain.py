@@ -154,6 +154,9 @@ def run_pipeline(
         inputs = pick_inputs(workdir, stage, config, named=named, earlier=earlier)
         result = run_stage(workdir, stage, config, inputs, force=force, dry_run=dry_run, progress=progress, echo=echo)
         results.append(result)
+        if result.status == "partial":  # a job array's task did its share: the task that commits goes on
+            echo(f"{stage.name}: the rest of the pipeline runs in the task that commits {stage.name}")
+            break
         if result.artifact is not None:
             earlier[stage.name] = result.artifact
             if entry.id is not None:

@@ -5,11 +5,15 @@ One process builds a given artifact at a time: it holds ``store/<stage>/.lock-<k
 asking for the same artifact waits, then finds it up to date. A ``--force`` run leaves the old
 artifact in place until the new one replaces it. A resumable stage writes into
 ``store/<stage>/<key>.partial/`` and continues there after a crash; any other stage into a
-temporary directory. Under a multi-rank launch only rank 0 commits (``ranks.py``).
+temporary directory. Under a multi-rank launch only rank 0 commits (``ranks.py``), except
+under a Slurm job array, whose tasks need not run together: there each task of a stage that
+splits its work that way (``Stage.independent_ranks``) does its share and the one that finds
+nothing left commits (``_run_share``), and any other stage is built by one task.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import time
@@ -20,7 +24,17 @@ from ..config import to_dict
 from ..errors import ArtifactError, ConfigError
 from .artifacts import KEY_CHARS, Artifact, Workdir, compute_key, file_checksums, remove_temp_files, verify_files
 from .locks import FileLock, describe_holder, holder_gone
-from .ranks import dist_env, failure_reported, launch_id, wait_for_commit, wait_for_launch_lock
+from .ranks import (
+    Launch,
+    current_launch,
+    failure_reported,
+    require_rendezvous,
+    task_lock_path,
+    torch_env,
+    wait_for_commit,
+    wait_for_launch_lock,
+    wait_for_tasks,
+)
 from .stage import Stage, StageContext, StageResult
 
 
@@ -38,7 +52,15 @@ def run_stage(
 ) -> StageResult:
     """Run ``stage`` unless an artifact with the same key exists; commit atomically (see the
     module docstring). ``name``: also record the artifact under this ref."""
-    rank, world_size = dist_env()
+    launch = current_launch()
+    rank, world_size = launch.rank, launch.world_size
+    # A job array's tasks need not run together: each does its share of a stage that splits its
+    # work that way; training is refused (require_rendezvous, below); any other stage is built by
+    # the first task to take its lock, as by one process.
+    array = world_size > 1 and not launch.together
+    share = array and stage.independent_ranks is not None
+    if array and not share and not stage.distributed:
+        rank, world_size = 0, 1
     reached = time.time()  # when this rank reached the stage: older failure markers are not this launch's
     if name is not None:
         check_ref_name(name)
@@ -59,8 +81,14 @@ def run_stage(
         line = f"{stage.name}: would run ({short})" + (" [--force]" if existing else "")
         echo(line)
         return StageResult(stage.name, "would run", key, None, line)
+    if stage.distributed and world_size > 1:
+        require_rendezvous(launch, stage.name)
+        if launch.kind == "srun":  # hand the Slurm ranks to torch.distributed (and DeepSpeed), which read RANK
+            os.environ.update(torch_env(launch))
     if rebuild and world_size > 1 and stage.resumable:
         raise ConfigError("--force under a multi-rank launch would race; run it once in a single process")
+    if share:
+        return _run_share(workdir, stage, config, inputs, payload, key, launch, name, progress, echo)
     if rank != 0:
         if not stage.resumable:
             return wait_for_commit(workdir, stage, key, rank, world_size, reached, replacing=existing if rebuild else None)
@@ -68,23 +96,28 @@ def run_stage(
         if committed is not None:
             return committed
         return _build(workdir, stage, config, inputs, payload, key, None, rank, world_size, rebuild, name, progress, echo, reached)
-    lock = FileLock(workdir.lock_path(stage.name, key), launch=launch_id())
+    lock = FileLock(workdir.lock_path(stage.name, key), launch=launch.id)
+    lock.acquire(on_wait=_waiting(stage, short, lock, echo))
+    try:
+        if not force:  # another process may have committed it while this one waited
+            existing = workdir.get(stage.name, key)
+            if existing is not None and unusable(stage, existing) is None:
+                return _up_to_date(workdir, stage, existing, name, rank, dry_run, echo)
+        # a job array's tasks of another launch may still write their shares: never alongside them
+        wait_for_tasks(workdir, stage.name, key, launch.id, echo)
+        return _build(workdir, stage, config, inputs, payload, key, lock, rank, world_size, rebuild, name, progress, echo, reached)
+    finally:
+        lock.release()
 
+
+def _waiting(stage: Stage, short: str, lock: FileLock, echo) -> Callable[[dict], None]:
     def waiting(holder: dict) -> None:
         if holder_gone(holder):
             echo(f"{stage.name}: {describe_holder(holder)} was stopped while building {short}; taking its lock over once its heartbeat has stopped")
         else:
             echo(f"{stage.name}: waiting for {describe_holder(holder)}, which is building {short} ({lock.path})")
 
-    lock.acquire(on_wait=waiting)
-    try:
-        if not force:  # another process may have committed it while this one waited
-            existing = workdir.get(stage.name, key)
-            if existing is not None and unusable(stage, existing) is None:
-                return _up_to_date(workdir, stage, existing, name, rank, dry_run, echo)
-        return _build(workdir, stage, config, inputs, payload, key, lock, rank, world_size, rebuild, name, progress, echo, reached)
-    finally:
-        lock.release()
+    return waiting
 
 
 def unusable(stage: Stage, artifact: Artifact) -> Optional[str]:
@@ -133,7 +166,6 @@ def _up_to_date(workdir: Workdir, stage: Stage, existing: Artifact, name: Option
 def _build(workdir, stage, config, inputs, payload, key, lock, rank, world_size, rebuild, name, progress, echo, reached) -> StageResult:
     """Run the stage's body into its partial (resumable) or temporary directory and commit it
     (rank 0, holding ``lock``)."""
-    short = key[:KEY_CHARS]
     # Rank 0 of a multi-rank launch leaves a failure marker for any error from here to the commit.
     with failure_reported(workdir, stage.name, key, rank, world_size):
         check_inputs(inputs)
@@ -161,25 +193,97 @@ def _build(workdir, stage, config, inputs, payload, key, lock, rank, world_size,
         if rank != 0:
             echo(f"{stage.name}: rank {rank}/{world_size} finished its rows; rank 0 commits")
             return wait_for_commit(workdir, stage, key, rank, world_size, reached)
-        manifest = {
-            "stage": stage.name,
-            "version": stage.version,
-            "key": key,
-            "key_payload": payload,
-            "inputs": payload["inputs"],
-            # Where each input lived, so `status` finds inputs from another work directory.
-            "input_paths": {name: str(artifact.path.resolve()) for name, artifact in sorted(inputs.items())},
-            "created": time.time(),
-            "seconds": round(time.time() - started, 3),
-            "lfvila_version": __version__,
-            "summary": summary,
-        }
-        if resumed:  # writers killed in an earlier run may have left their temporary files
-            remove_temp_files(out_dir)
-        manifest["files"] = file_checksums(out_dir)
-        lock.check()
-        artifact = workdir.commit(out_dir, stage.name, key, manifest, to_dict(config), replace=rebuild)
-        _set_refs(workdir, stage.name, key, name)
-        line = f"{stage.name}: done ({short}) in {manifest['seconds']:.1f}s — {stage.describe(summary)}"
-        echo(line)
-        return StageResult(stage.name, "done", key, artifact, line)
+        return _commit(workdir, stage, config, inputs, payload, key, out_dir, lock, summary, started, resumed, rebuild, name, echo)
+
+
+def _commit(workdir, stage, config, inputs, payload, key, out_dir, lock, summary, started, resumed, rebuild, name, echo) -> StageResult:
+    """Write the manifest of ``out_dir`` and commit it (holding ``lock``)."""
+    short = key[:KEY_CHARS]
+    manifest = {
+        "stage": stage.name,
+        "version": stage.version,
+        "key": key,
+        "key_payload": payload,
+        "inputs": payload["inputs"],
+        # Where each input lived, so `status` finds inputs from another work directory.
+        "input_paths": {name: str(artifact.path.resolve()) for name, artifact in sorted(inputs.items())},
+        "created": time.time(),
+        "seconds": round(time.time() - started, 3),
+        "lfvila_version": __version__,
+        "summary": summary,
+    }
+    if resumed:  # writers killed in an earlier run may have left their temporary files
+        remove_temp_files(out_dir)
+    manifest["files"] = file_checksums(out_dir)
+    lock.check()
+    artifact = workdir.commit(out_dir, stage.name, key, manifest, to_dict(config), replace=rebuild)
+    _set_refs(workdir, stage.name, key, name)
+    line = f"{stage.name}: done ({short}) in {manifest['seconds']:.1f}s — {stage.describe(summary)}"
+    echo(line)
+    return StageResult(stage.name, "done", key, artifact, line)
+
+
+def _run_share(workdir, stage, config, inputs, payload, key, launch: Launch, name, progress, echo) -> StageResult:
+    """One task of a Slurm job array does its share of a stage whose ranks need not run together
+    (``Stage.independent_ranks``), waiting for no other task.
+
+    Under the stage's lock (which a process of another launch holds for its whole build, a task
+    only for a moment): the artifact if it is committed; else wait for the tasks of another
+    launch that still write their shares (``ranks.wait_for_tasks``), make the shared output
+    (``setup``) and take this task's own lock. Without the stage's lock: the body, this rank's
+    share. Under the stage's lock again: the artifact if another process committed it meanwhile;
+    else, if work is left (a share not done yet, or one a stopped task left), say so and leave
+    the commit to the task that finishes last, or to a later run; else wait for the other
+    tasks' last reads and commit."""
+    hooks = stage.independent_ranks
+    short = key[:KEY_CHARS]
+    rank, world_size = launch.rank, launch.world_size
+    lock = FileLock(workdir.lock_path(stage.name, key), launch=launch.id)
+    own = FileLock(task_lock_path(workdir, stage.name, key, rank), launch=launch.id)
+    out_dir = workdir.partial_dir(stage.name, key)
+    ctx = StageContext(workdir, config, inputs, out_dir, key, rank, world_size, progress, False, payload, together=False)
+    started = time.time()
+
+    def committed() -> Optional[StageResult]:
+        existing = workdir.get(stage.name, key)
+        if existing is not None and unusable(stage, existing) is None:
+            return _up_to_date(workdir, stage, existing, name, 0, False, echo)
+        return None
+
+    lock.acquire(on_wait=_waiting(stage, short, lock, echo))
+    try:
+        if (result := committed()) is not None:
+            return result
+        wait_for_tasks(workdir, stage.name, key, launch.id, echo)
+        check_inputs(inputs)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            hooks.setup(ctx)
+        except BaseException:
+            if not any(out_dir.iterdir()):
+                out_dir.rmdir()  # nothing to resume: do not list it as incomplete work
+            raise
+        own.acquire()
+    finally:
+        lock.release()
+    try:
+        part = stage.run(ctx) or {}
+    finally:
+        own.release()
+    lock.acquire(on_wait=_waiting(stage, short, lock, echo))
+    try:
+        if (result := committed()) is not None:
+            return result
+        left = hooks.remaining(ctx)
+        if left is not None:
+            line = (
+                f"{stage.name}: {launch.what} (rank {rank}/{world_size}) did its share of {short} ({stage.describe(part)}); "
+                f"{left}: the task that finishes last commits (if a task was stopped, run the same command again)"
+            )
+            echo(line)
+            return StageResult(stage.name, "partial", key, None, line)
+        wait_for_tasks(workdir, stage.name, key, None, echo)  # the other tasks' last reads of the output
+        summary = hooks.summarize(ctx)
+        return _commit(workdir, stage, config, inputs, payload, key, out_dir, lock, summary, started, True, False, name, echo)
+    finally:
+        lock.release()

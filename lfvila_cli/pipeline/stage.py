@@ -31,10 +31,28 @@ class StageContext:
     progress: bool = True
     force: bool = False  # rebuilding an artifact of this key: resumable stages start their partial work afresh
     key_payload: dict = field(default_factory=dict)  # what the key was computed from (its fingerprints included)
+    # False: the ranks need not run at the same time (a Slurm job array's tasks, ``Stage.independent_ranks``):
+    # a rank does its share and waits for no other
+    together: bool = True
 
 
 def _no_summary(summary: dict) -> str:
     return ""
+
+
+@dataclass(frozen=True)
+class IndependentRanks:
+    """How a resumable stage splits its work over ranks that need not run at the same time (the
+    tasks of a Slurm job array; ``ranks.py``). Each rank, under the stage's lock, calls
+    ``setup`` (make the shared output if no rank made it yet: idempotent), then without the lock
+    runs the body with ``ctx.together`` False (its share; waiting for no other rank), then, under
+    the lock again, ``remaining`` (what is left to do, one phrase, or None when nothing is); the
+    rank that finds nothing left calls ``summarize`` (the summary of the whole output) and
+    commits."""
+
+    setup: Callable[[StageContext], None]
+    remaining: Callable[[StageContext], Optional[str]]
+    summarize: Callable[[StageContext], dict]
 
 
 @dataclass(frozen=True)
@@ -57,6 +75,12 @@ class Stage:
     # fills the config values that default to what an input says (export: the frame size the model
     # was trained at) before the key is computed: complete(workdir, config, inputs) -> config
     complete: Optional[Callable[[Workdir, Any, dict[str, Artifact]], Any]] = None
+    # the body runs on every rank in one torch.distributed process group (training): its ranks
+    # must run together, with a rendezvous (``ranks.require_rendezvous``)
+    distributed: bool = False
+    # how its ranks may work without running together (a Slurm job array's tasks); None: under a
+    # job array the stage is built by one task, as by one process
+    independent_ranks: Optional[IndependentRanks] = None
 
     def input_names(self, config: Any) -> tuple[str, ...]:
         return tuple(self.select_inputs(config)) if self.select_inputs else self.inputs
@@ -87,7 +111,7 @@ def resolve_config(stage: Stage, files=(), overrides=(), layers=()) -> Any:
 @dataclass
 class StageResult:
     stage: str
-    status: str  # "up to date", "done", "would run", "waiting for input"
+    status: str  # "up to date", "done", "would run", "waiting for input", "partial" (a job-array task did its share; another commits)
     key: Optional[str] = None
     artifact: Optional[Artifact] = None
     message: str = ""

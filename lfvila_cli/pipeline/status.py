@@ -15,6 +15,7 @@ from ..config import from_dict
 from ..errors import ArtifactError, LfvilaError
 from .artifacts import KEY_CHARS, Artifact, Workdir, compute_key, work_key
 from .locks import FileLock, describe_holder, holder_gone
+from .ranks import running_tasks
 from .runner import unusable
 from .stage import Stage
 
@@ -83,6 +84,10 @@ def partial_state(workdir: Workdir, partial: Path) -> str:
     holder = lock.read()
     if holder and not holder_gone(holder) and lock.stale_reason(holder) is None:
         return f"being built by {describe_holder(holder)}"
+    tasks = running_tasks(workdir, partial.parent.name, work_key(partial.name))
+    if tasks:
+        launches = sorted({holder.get("launch", "?") for _, holder in tasks})
+        return f"being built by {len(tasks)} task(s) of {', '.join(launches)}"
     if partial.name.startswith(".tmp-"):
         return "left by a stopped run (removed when the stage runs again)"
     return "incomplete (rerun the stage to resume or finish it)"

@@ -5,10 +5,17 @@ store goes (``store_url``), and the size and modification time of every video ou
 corpus artifact. Resumable: the store fills row by row in the partial directory; under a
 multi-rank launch each rank decodes its own rows. A committed cache is usable only while its
 frame store exists.
+
+Under a Slurm job array (``pipeline/ranks.py``) the tasks need not run at the same time: the
+first one creates the store under the stage's lock (``setup_share``), each decodes its own
+rows without waiting for any other (``run``), and the one that then finds no row pending
+(``remaining``) reads the whole store's summary (``summarize``: every row final, nothing is
+decoded) and commits.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -16,11 +23,16 @@ from typing import Optional
 
 from ..data.cache import CacheConfig
 from ..data.framestore import (
+    FAILED,
+    OK,
+    PENDING,
     POOL_DIR,
     delete_store,
     describe_owner,
     is_frame_store,
     location_exists,
+    open_group,
+    open_or_create,
     owner_record,
     read_attrs,
     recorded_owner,
@@ -30,9 +42,9 @@ from ..data.framestore import (
     store_location,
     store_present,
 )
-from ..errors import ArtifactError, ConfigError
+from ..errors import ArtifactError, ConfigError, DataError
 from ..pipeline.artifacts import KEY_CHARS, Artifact, Workdir
-from ..pipeline.stage import Stage, StageContext
+from ..pipeline.stage import IndependentRanks, Stage, StageContext
 from .prepare import corpus_file
 
 log = logging.getLogger(__name__)
@@ -94,14 +106,26 @@ def verify(artifact: Artifact) -> Optional[str]:
     return store_present(frame_store_url(artifact))
 
 
+def _store(ctx: StageContext) -> tuple[str, dict]:
+    """Where this cache's frame store goes, and its owner record."""
+    if ctx.config.store_url.startswith("memory://"):
+        raise ConfigError("store_url: a memory:// store vanishes when the process ends; use a path or a persistent URL")
+    identity = ctx.workdir.identity()
+    return store_location(ctx.out_dir, ctx.config.store_url), owner_record(identity["id"], identity["path"], "cache", ctx.key)
+
+
+def _pool_dir(ctx: StageContext) -> Optional[Path]:
+    """Frames shared with the work directory's other stores (docs/data-formats.md §13): the
+    artifact's own store only."""
+    return None if ctx.config.store_url else ctx.workdir.stage_dir("cache") / POOL_DIR
+
+
 def run(ctx: StageContext) -> dict:
     from ..data.cache import cache_frames
 
-    if ctx.config.store_url.startswith("memory://"):
-        raise ConfigError("store_url: a memory:// store vanishes when the process ends; use a path or a persistent URL")
-    url = store_location(ctx.out_dir, ctx.config.store_url)
-    identity = ctx.workdir.identity()
-    owner = owner_record(identity["id"], identity["path"], "cache", ctx.key)
+    url, owner = _store(ctx)
+    if not ctx.together:
+        return _run_share(ctx, url, owner)
     if ctx.force and ctx.config.store_url and ctx.rank == 0:
         _remove_store(ctx.workdir, ctx.config.store_url, owner)  # the partial directory was wiped; an external store too
     if ctx.config.retry_failed and not ctx.config.store_url and ctx.rank == 0 and not os.path.exists(url):
@@ -114,12 +138,81 @@ def run(ctx: StageContext) -> dict:
         world_size=ctx.world_size,
         progress=ctx.progress,
         owner=owner,
-        # Frames shared with the work directory's other stores (docs/data-formats.md §13): the
-        # artifact's own store only; --force decodes every row again.
-        pool_dir=None if ctx.config.store_url else ctx.workdir.stage_dir("cache") / POOL_DIR,
-        take_from_pool=not ctx.force,
+        pool_dir=_pool_dir(ctx),
+        take_from_pool=not ctx.force,  # --force decodes every row again
     )
     summary["store_url"] = ctx.config.store_url
+    return summary
+
+
+# --- the tasks of a Slurm job array (pipeline/ranks.py): each its share, none waits ---------------
+
+
+def setup_share(ctx: StageContext) -> None:
+    """Under the stage's lock, before a job array's task writes its rows: the first task creates
+    the store, the others find it (two creating one at once would race)."""
+    from ..data.cache import plan_rows, store_spec
+
+    if ctx.config.retry_failed:
+        raise ConfigError(
+            "retry_failed under a Slurm job array: a task that finishes early would commit the failed rows of tasks "
+            "that have not started yet; run --retry-failed in one process, or under srun or torchrun"
+        )
+    url, owner = _store(ctx)
+    plan = plan_rows(corpus_file(ctx.inputs["prepare"]), ctx.config)
+    if plan.rows == 0:
+        where = f" in splits {ctx.config.splits}" if ctx.config.splits else ""
+        raise DataError(f"{corpus_file(ctx.inputs['prepare'])}: no segments to cache{where}")
+    open_or_create(url, store_spec(ctx.config, plan), owner)
+
+
+def _run_share(ctx: StageContext, url: str, owner: dict) -> dict:
+    """This task's rows (the store exists: ``setup_share``), waiting for no other task; the
+    summary of its part."""
+    from ..data.cache import cache_frames, plan_rows
+
+    corpus = corpus_file(ctx.inputs["prepare"])
+    common = dict(rank=ctx.rank, world_size=ctx.world_size, progress=ctx.progress, owner=owner, pool_dir=_pool_dir(ctx))
+    if ctx.rank != 0:
+        return cache_frames(corpus, ctx.config, url, **common)
+    # Rank 0 of cache_frames waits for the other ranks' rows before it returns (wait_timeout_s
+    # without progress). Here it looks once (wait_timeout_s=0): with other rows still pending it
+    # raises, which after its own rows are written only means that another task commits.
+    # (A ``wait_for_others=False`` argument of cache_frames would say this directly.)
+    try:
+        return cache_frames(corpus, ctx.config, url, wait_timeout_s=0.0, poll_s=0.05, **common)
+    except DataError as exc:
+        if getattr(exc, "summary", None) is not None:
+            raise  # every row is final and too many failed: the failure-rate error itself
+        import numpy as np
+
+        plan = plan_rows(corpus, ctx.config)
+        rows = np.asarray([row for task in plan.tasks_of_rank(0, ctx.world_size) for row in task.rows], dtype=np.int64)
+        status = np.asarray(open_group(url, mode="r")["status"].oindex[rows])
+        if (status == PENDING).any():
+            raise  # this task's own rows are not done: a real error
+        return {"rows": len(rows), "ok": int((status == OK).sum()), "failed": int((status == FAILED).sum()), "rank": 0, "world_size": ctx.world_size}
+
+
+def remaining(ctx: StageContext) -> Optional[str]:
+    """How many rows are still pending (other tasks' shares), or None when none is."""
+    import numpy as np
+
+    url, _ = _store(ctx)
+    status = np.asarray(open_group(url, mode="r")["status"][:])
+    pending = int((status == PENDING).sum())
+    return f"{pending} of {status.size} segments still pending" if pending else None
+
+
+def summarize(ctx: StageContext) -> dict:
+    """The whole store's summary, as one process would report it: every row is final, so this
+    pass decodes and links nothing (and raises if too many rows failed)."""
+    from ..data.cache import cache_frames
+
+    url, owner = _store(ctx)
+    config = dataclasses.replace(ctx.config, retry_failed=False)
+    summary = cache_frames(corpus_file(ctx.inputs["prepare"]), config, url, progress=False, owner=owner)
+    summary.update(store_url=ctx.config.store_url, world_size=ctx.world_size)
     return summary
 
 
@@ -188,6 +281,7 @@ STAGE = Stage(
     key_config=key_config,
     verify=verify,
     resumable=True,
+    independent_ranks=IndependentRanks(setup=setup_share, remaining=remaining, summarize=summarize),
     describe=lambda summary: f"{summary.get('ok', '?')}/{summary.get('rows', '?')} segments cached, {summary.get('failed', 0)} failed"
     + (f", {summary['linked']} shared with earlier caches" if summary.get("linked") else ""),
 )

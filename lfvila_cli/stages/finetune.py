@@ -72,5 +72,6 @@ STAGE = Stage(
     fingerprints=fingerprints,
     key_config=key_config,
     resumable=True,
+    distributed=True,  # every rank trains in one process group
     describe=describe,
 )

@@ -76,6 +76,7 @@ def _stage(number: int, inputs: tuple[str, ...]) -> Stage:
         fingerprints=fingerprints,
         key_config=key_config,
         resumable=True,
+        distributed=True,  # every rank trains in one process group
         fixed={"stage": number},
         describe=describe,
     )
