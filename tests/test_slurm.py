@@ -363,6 +363,28 @@ def test_training_under_slurm_ranks_needs_a_rendezvous_and_says_so_in_one_line(t
     assert not list((wd / "store").glob("pretrain1/*")), "nothing may start"
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_srun_tasks_with_a_rendezvous_from_the_job_script_train_together(tmp_path):
+    """srun's tasks with MASTER_ADDR/MASTER_PORT (what an sbatch script exports) pre-train as
+    two torch.distributed ranks: rank 0 commits once, the run knows its world of 2."""
+    from helpers_ranks import free_port
+
+    wd = tmp_path / "wd"
+    sizes = ["--set", "example.train_videos=4", "--set", "example.val_videos=1", "--set", "example.test_videos=0", "--set", "example.max_clips=4"]
+    assert invoke("prepare", "--workdir", wd, *sizes, env=cli_env({})).exit_code == 0
+    assert invoke("cache", "--workdir", wd, "--set", "height=64", "--set", "width=96", env=cli_env({})).exit_code == 0
+    quick = ["--set", "train.max_steps=2", "--set", "val_every=0", "--set", "train.micro_batch=1", "--set", "train.precision=fp32"]
+    cmd = [sys.executable, "-m", "lfvila_cli.main", "pretrain", "--stage", "1", "--workdir", str(wd), *quick]
+    rendezvous = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "DS_ACCELERATOR": "cpu", "LFVILA_RANK_WAIT_S": "120"}
+    procs = [subprocess.Popen(cmd, env=process_env({**srun_vars(rank, 2), **rendezvous}), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for rank in (0, 1)]
+    rank0, rank1 = finish(procs, timeout=300)
+    assert "pretrain1: done" in rank0 and "pretrain1: rank 1/2 finished" in rank1, rank0[-2000:] + rank1[-2000:]
+    (artifact,) = Workdir(wd).artifacts("pretrain1")
+    assert json.loads((artifact.path / "run" / "train_config.json").read_text())["world_size"] == 2
+
+
 def test_a_training_stage_under_srun_with_a_rendezvous_gets_the_slurm_ranks(tmp_path, toy, monkeypatch):
     """With MASTER_ADDR/MASTER_PORT from the job script, the runner hands srun's ranks to
     torch.distributed (RANK, WORLD_SIZE, LOCAL_RANK) and the launch keeps its Slurm identity."""
