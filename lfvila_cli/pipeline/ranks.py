@@ -1,4 +1,5 @@
-"""Multi-rank launches: where a rank's number comes from, and how the ranks of one launch meet.
+"""Multi-rank launches: where a rank's number comes from, and how the ranks of one launch meet
+(docs/engineering.md §5).
 
 Where the rank, the world size and the launch's identity come from (``current_launch``), first
 match wins:
