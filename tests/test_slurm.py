@@ -301,7 +301,7 @@ def test_a_rerun_with_other_ranks_decodes_exactly_the_rows_left_pending(tmp_path
     else:
         outputs = finish([start(wd, srun_vars(rank, 2, step=1), "--verbose") for rank in (1, 0)])
         assert "cache: done" in outputs[1]
-        written = sum(int(m) for out in outputs for m in re.findall(r"cache: rank \d+: .*; (\d+) written", out))
+        written = sum(int(m) for out in outputs for m in re.findall(r"cache: rank \d+(?:/\d+)?: .*?; (\d+) written", out))
     assert written == len(pending)
     after = row_files(committed_store(wd))  # the partial directory, renamed
     for row, files in before.items():
