@@ -231,10 +231,10 @@ def _run_share(workdir, stage, config, inputs, payload, key, launch: Launch, nam
     only for a moment): the artifact if it is committed; else wait for the tasks of another
     launch that still write their shares (``ranks.wait_for_tasks``), make the shared output
     (``setup``) and take this task's own lock. Without the stage's lock: the body, this rank's
-    share. Under the stage's lock again: the artifact if another process committed it meanwhile;
-    else, if work is left (a share not done yet, or one a stopped task left), say so and leave
-    the commit to the task that finishes last, or to a later run; else wait for the other
-    tasks' last reads and commit."""
+    share. Then, if work is left (a share not done yet, or one a stopped task left), say so and
+    leave the commit to the task that finishes last, or to a later run; else, under the stage's
+    lock again, the artifact if another process committed it meanwhile, or wait for the other
+    tasks' last reads, summarize and commit."""
     hooks = stage.independent_ranks
     short = key[:KEY_CHARS]
     rank, world_size = launch.rank, launch.world_size
@@ -270,20 +270,27 @@ def _run_share(workdir, stage, config, inputs, payload, key, launch: Launch, nam
         part = stage.run(ctx) or {}
     finally:
         own.release()
+    # Work left once this task's share is final: a task still at work, or one yet to start, looks
+    # again after its own share (no lock needed to leave; the last one to finish sees none left).
+    try:
+        left = hooks.remaining(ctx)
+    except Exception:
+        if (result := committed()) is not None:
+            return result  # a process of another launch, which waited for this task, committed meanwhile
+        raise
+    if left is not None:
+        line = (
+            f"{stage.name}: {launch.what} (rank {rank}/{world_size}) did its share of {short} ({stage.describe(part)}); "
+            f"{left}: the task that finishes last commits (if a task was stopped, run the same command again)"
+        )
+        echo(line)
+        return StageResult(stage.name, "partial", key, None, line)
     lock.acquire(on_wait=_waiting(stage, short, lock, echo))
     try:
         if (result := committed()) is not None:
             return result
-        left = hooks.remaining(ctx)
-        if left is not None:
-            line = (
-                f"{stage.name}: {launch.what} (rank {rank}/{world_size}) did its share of {short} ({stage.describe(part)}); "
-                f"{left}: the task that finishes last commits (if a task was stopped, run the same command again)"
-            )
-            echo(line)
-            return StageResult(stage.name, "partial", key, None, line)
         wait_for_tasks(workdir, stage.name, key, None, echo)  # the other tasks' last reads of the output
-        summary = hooks.summarize(ctx)
+        summary = hooks.summarize(ctx)  # as one process would finish it: with nothing left, it only reads
         return _commit(workdir, stage, config, inputs, payload, key, out_dir, lock, summary, started, True, False, name, echo)
     finally:
         lock.release()

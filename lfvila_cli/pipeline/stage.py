@@ -45,10 +45,10 @@ class IndependentRanks:
     """How a resumable stage splits its work over ranks that need not run at the same time (the
     tasks of a Slurm job array; ``ranks.py``). Each rank, under the stage's lock, calls
     ``setup`` (make the shared output if no rank made it yet: idempotent), then without the lock
-    runs the body with ``ctx.together`` False (its share; waiting for no other rank), then, under
-    the lock again, ``remaining`` (what is left to do, one phrase, or None when nothing is); the
-    rank that finds nothing left calls ``summarize`` (the summary of the whole output) and
-    commits."""
+    runs the body with ``ctx.together`` False (its share; waiting for no other rank) and
+    ``remaining`` (what is left to do, one phrase, or None when nothing is); the rank that finds
+    nothing left calls ``summarize`` under the lock (finish what is left as one process would:
+    normally nothing, and return the summary of the whole output) and commits."""
 
     setup: Callable[[StageContext], None]
     remaining: Callable[[StageContext], Optional[str]]

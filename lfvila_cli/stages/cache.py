@@ -9,7 +9,7 @@ frame store exists.
 Under a Slurm job array (``pipeline/ranks.py``) the tasks need not run at the same time: the
 first one creates the store under the stage's lock (``setup_share``), each decodes its own
 rows without waiting for any other (``run``), and the one that then finds no row pending
-(``remaining``) reads the whole store's summary (``summarize``: every row final, nothing is
+(``remaining``) reads the whole store's summary (``summarize``: every row is final, nothing is
 decoded) and commits.
 """
 
@@ -205,8 +205,9 @@ def remaining(ctx: StageContext) -> Optional[str]:
 
 
 def summarize(ctx: StageContext) -> dict:
-    """The whole store's summary, as one process would report it: every row is final, so this
-    pass decodes and links nothing (and raises if too many rows failed)."""
+    """The whole store's summary, as one process finishing it would report it (and the
+    failure-rate error): every row is normally final, so this pass only reads; a row left
+    pending meanwhile (by a failed run of another launch) is decoded here."""
     from ..data.cache import cache_frames
 
     url, owner = _store(ctx)
