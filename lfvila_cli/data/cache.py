@@ -604,6 +604,7 @@ def cache_frames(
     owner: dict | None = None,
     pool_dir: str | Path | None = None,
     take_from_pool: bool = True,
+    wait_for_others: bool = True,
 ) -> dict:
     """Fill the store at ``store_url`` for every segment of every sample in ``corpus_path``.
 
@@ -619,6 +620,8 @@ def cache_frames(
     ``pool_dir``: the work directory's frame pool (``framestore.FramePool``): rows already stored
     there by any store are linked (``linked``), not decoded (unless ``take_from_pool`` is false,
     as for ``--force``), and every row written goes there. Local directory stores only.
+    ``wait_for_others=False``: rank 0 too reports only its own rows and does not check the
+    failure rate (a job array's tasks: whoever commits reads the whole store).
     """
     started = time.perf_counter()
     corpus_path = Path(corpus_path)
@@ -654,7 +657,8 @@ def cache_frames(
     status = np.concatenate([r.after for r in results]) if results else np.zeros(0, np.uint8)
     skipped = int(sum((r.before != PENDING).sum() for r in results))
     reasons = {row: why for r in results for row, why in r.reasons.items()}
-    if rank == 0 and world_size > 1:
+    whole_store = rank == 0 and (world_size == 1 or wait_for_others)
+    if whole_store and world_size > 1:
         mine = np.zeros(plan.rows, dtype=bool)
         mine[rows] = True
         others = np.flatnonzero(~mine)
@@ -690,7 +694,7 @@ def cache_frames(
         "retried": retried,
         "linked": int(sum(r.linked for r in results)),
         "frames": frames,
-        "videos": len(tasks) if rank else len(plan.tasks),
+        "videos": len(plan.tasks) if whole_store else len(tasks),
         "samples": len(plan.sample_ids),
         "rank": rank,
         "world_size": world_size,
@@ -702,7 +706,7 @@ def cache_frames(
         "cache: rank %d/%d: %d ok, %d failed of %d segments; %d written (%d linked from the frame pool) at %.0f frames/s, %d already done",
         *(rank, world_size, summary["ok"], n_failed, total, summary["written"], summary["linked"], summary["frames_per_second"], skipped),
     )
-    if rank == 0 and total and n_failed / total > cfg.max_failure_rate:
+    if whole_store and total and n_failed / total > cfg.max_failure_rate:
         raise _failure_error(summary, cfg, url)
     return summary
 

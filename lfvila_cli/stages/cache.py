@@ -23,8 +23,6 @@ from typing import Optional
 
 from ..data.cache import CacheConfig
 from ..data.framestore import (
-    FAILED,
-    OK,
     PENDING,
     POOL_DIR,
     delete_store,
@@ -169,29 +167,13 @@ def setup_share(ctx: StageContext) -> None:
 def _run_share(ctx: StageContext, url: str, owner: dict) -> dict:
     """This task's rows (the store exists: ``setup_share``), waiting for no other task; the
     summary of its part."""
-    from ..data.cache import cache_frames, plan_rows
+    from ..data.cache import cache_frames
 
     corpus = corpus_file(ctx.inputs["prepare"])
-    common = dict(rank=ctx.rank, world_size=ctx.world_size, progress=ctx.progress, owner=owner, pool_dir=_pool_dir(ctx))
-    if ctx.rank != 0:
-        return cache_frames(corpus, ctx.config, url, **common)
-    # Rank 0 of cache_frames waits for the other ranks' rows before it returns (wait_timeout_s
-    # without progress). Here it looks once (wait_timeout_s=0): with other rows still pending it
-    # raises, which after its own rows are written only means that another task commits.
-    # (A ``wait_for_others=False`` argument of cache_frames would say this directly.)
-    try:
-        return cache_frames(corpus, ctx.config, url, wait_timeout_s=0.0, poll_s=0.05, **common)
-    except DataError as exc:
-        if getattr(exc, "summary", None) is not None:
-            raise  # every row is final and too many failed: the failure-rate error itself
-        import numpy as np
-
-        plan = plan_rows(corpus, ctx.config)
-        rows = np.asarray([row for task in plan.tasks_of_rank(0, ctx.world_size) for row in task.rows], dtype=np.int64)
-        status = np.asarray(open_group(url, mode="r")["status"].oindex[rows])
-        if (status == PENDING).any():
-            raise  # this task's own rows are not done: a real error
-        return {"rows": len(rows), "ok": int((status == OK).sum()), "failed": int((status == FAILED).sum()), "rank": 0, "world_size": ctx.world_size}
+    return cache_frames(
+        corpus, ctx.config, url, rank=ctx.rank, world_size=ctx.world_size, progress=ctx.progress, owner=owner,
+        pool_dir=_pool_dir(ctx), wait_for_others=False,
+    )
 
 
 def remaining(ctx: StageContext) -> Optional[str]:
