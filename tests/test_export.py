@@ -351,7 +351,10 @@ def test_python_api_example_ranks_like_the_index(exported, indexed, tmp_path):
         assert out.returncode == 0, out.stderr
         result = json.loads(out.stdout)[0]
         got = {r["video"]: r["score"] for r in result["ranking"]}
-        assert np.allclose([got[v] for v in videos], expected, atol=2e-4), (engine, got, expected)
+        # The index read the store's JPEG frames (the default codec), the example decodes the
+        # videos: the scores agree within JPEG's loss (4e-4 measured), the ranking exactly.
+        assert np.allclose([got[v] for v in videos], expected, atol=1.5e-3), (engine, got, expected)
+        assert [r["video"] for r in result["ranking"]] == [videos[i] for i in np.argsort(-expected)]
         assert [s["sentence"] for s in result["sentence_clips"]] == paragraph
 
 
