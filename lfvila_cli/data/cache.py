@@ -52,7 +52,7 @@ import numpy as np
 
 from ..config import check
 from ..errors import DataError
-from .codecs import CODECS, DEFAULT_QUALITY, encode, is_image_codec
+from .codecs import CODECS, DEFAULT_QUALITY, is_image_codec
 from .corpus import SPLITS, read_corpus, resolve_video
 from .formats import absolute
 from .framestore import (
@@ -419,18 +419,19 @@ def _run_task(task: VideoTask, arrays: RowArrays, cfg: CacheConfig, writer: _Row
                 with decoder:
                     for i in todo:
                         try:
-                            frames, times = decoder.span(*_resolve_span(task.spans[i], decoder), cfg.frames_per_segment)
+                            # encoded where decoded: in the decode child (or, unbounded, on this thread)
+                            span = _resolve_span(task.spans[i], decoder)
+                            stored, times = decoder.span_stored(*span, cfg.frames_per_segment, cfg.codec, cfg.quality)
                         except VideoError as exc:
                             failed(i, str(exc))
                             continue
-                        stored = encode(frames, cfg.codec, cfg.quality)  # here, on the worker threads: codecs release the GIL
                         row = int(rows[i])
                         if int(i) in keys:
                             writes.append(writer.submit(_write_ok_pooled, arrays, row, stored, times, pool, keys[int(i)]))
                         else:
                             writes.append(writer.submit(_write_ok, arrays, row, stored, times))
                         result.after[i] = OK
-                        result.frames += len(frames)
+                        result.frames += len(times)
     for future in writes:  # the task is done once its rows are in the store
         future.result()
     return result

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import LfvilaError
+from .codecs import encode, is_image_codec
 
 
 def write_video(path: str | Path, frames: np.ndarray, fps: float, crf: int = 23, gop: int = 8) -> None:
@@ -351,6 +352,13 @@ class VideoDecoder:
         end = min(end, duration)
         return self.frames_at(span_times(start, end, num_frames))
 
+    def span_stored(
+        self, start: float | None, end: float | None, num_frames: int, codec: str, quality: int | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``span``, with the frames as the frame store keeps them (``codecs.encode``)."""
+        frames, times = self.span(start, end, num_frames)
+        return encode(frames, codec, quality), times
+
     def close(self) -> None:
         self._reader = None
 
@@ -488,6 +496,11 @@ class DecodeProcess:
                 _, shape, times = reply
                 frames = np.frombuffer(self._conn.recv_bytes(), dtype=np.uint8).reshape(shape)
                 return ("frames", frames, times)
+            if reply[0] == "encoded":  # one encoded image per frame (``codecs.encode``)
+                _, images, times = reply
+                encoded = np.empty(len(images), dtype=object)
+                encoded[:] = images
+                return ("frames", encoded, times)
             return reply
         except (EOFError, OSError):
             raise _NoReply(timed_out=False, detail=self._exit_status()) from None
@@ -559,6 +572,7 @@ def _decode_server(fd: int, parent_pid: int) -> None:
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True, name="lfvila-parent-watch").start()
     import av  # noqa: F401 - loaded before "ready", so a request's time is its own work
     import decord  # noqa: F401
+    import imagecodecs  # noqa: F401 - the image codecs encode here
     import torch  # noqa: F401
 
     _quiet_ffmpeg()
@@ -589,9 +603,13 @@ def _decode_server(fd: int, parent_pid: int) -> None:
                 info = decoder.info
                 conn.send(("info", int(info.num_frames), float(info.fps), float(info.duration)))
             elif kind == "span":
-                frames, times = decoder.span(*request[1:])
-                conn.send(("frames", frames.shape, times))
-                conn.send_bytes(memoryview(np.ascontiguousarray(frames)).cast("B"))
+                start, end, num_frames, codec, quality = request[1:]
+                frames, times = decoder.span(start, end, num_frames)
+                if is_image_codec(codec):  # encoded here: 8-10x fewer bytes through the pipe, work off the parent
+                    conn.send(("encoded", list(encode(frames, codec, quality)), times))
+                else:
+                    conn.send(("frames", frames.shape, times))
+                    conn.send_bytes(memoryview(np.ascontiguousarray(frames)).cast("B"))
             else:
                 raise ValueError(f"unknown request {kind!r}")
         except VideoError as exc:
@@ -657,9 +675,16 @@ class BoundedVideoDecoder:
 
     def span(self, start: float | None, end: float | None, num_frames: int) -> tuple[np.ndarray, np.ndarray]:
         """As ``VideoDecoder.span``; also a ``VideoError`` when the decode overruns its time."""
+        return self.span_stored(start, end, num_frames, "raw", None)
+
+    def span_stored(
+        self, start: float | None, end: float | None, num_frames: int, codec: str, quality: int | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """As ``VideoDecoder.span_stored``: the child encodes the frames (in the time bound)."""
         if self._process.opened_by is not self:  # its child was replaced after a timeout
             self._open(reopening=True)
-        _, frames, times = self._reply(lambda: self._process.request(("span", start, end, num_frames), self.timeout_s), True)
+        request = ("span", start, end, num_frames, codec, quality)
+        _, frames, times = self._reply(lambda: self._process.request(request, self.timeout_s), True)
         return frames, times
 
     def close(self) -> None:
