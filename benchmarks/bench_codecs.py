@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--clips", type=int, default=4, help="clips per training sample")
     parser.add_argument("--samples", type=int, default=48, help="training samples read from each store")
     parser.add_argument("--repeats", type=int, default=2, help="best of N for every timing")
-    parser.add_argument("--jpeg-qualities", type=int, nargs="*", default=[75, 85, 95], help="besides the default quality")
+    parser.add_argument("--jpeg-qualities", type=int, nargs="*", default=[75, 85, 90, 95], help="besides the default quality")
     parser.add_argument("--jpegxl-quality", type=int, default=codecs.DEFAULT_QUALITY)
     parser.add_argument("--cache-codecs", nargs="+", default=["raw", "zstd", "jpeg", "jpegxl"], choices=codecs.CODECS,
                         help="stores built for (b)-(d) (raw is always built: the reference)")

@@ -250,7 +250,7 @@ def cache(
       sbatch --array=0-7 --wrap "lfvila cache"
 
     Config keys: frames_per_segment (8), height (192), width (320), segment_mode (clips |
-    chunks), num_chunks (4), splits ([] = all), store_url, codec (jpeg | jpegxl | zstd | raw), quality (90),
+    chunks), num_chunks (4), splits ([] = all), store_url, codec (jpeg | jpegxl | zstd | raw), quality (94),
     max_failure_rate (0.05), workers (2), retry_failed (false), decode_timeout_s (60; 0 = no bound).
     """
     overrides = []

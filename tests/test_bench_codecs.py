@@ -26,15 +26,15 @@ def test_tiny_run_reports_every_codec(tmp_path, capsys):
     ])
     assert json.loads(out.read_text()) == json.loads(json.dumps(results))
     codecs = results["codecs"]
-    assert list(codecs) == ["raw", "zstd", "jpeg q75", "jpeg q90 (default)", "jpegxl q90"]
+    assert list(codecs) == ["raw", "zstd", "jpeg q75", "jpeg q94 (default)", "jpegxl q94"]
     assert codecs["raw"]["lossless"] and codecs["zstd"]["lossless"]
-    assert codecs["jpeg q75"]["bytes"] < codecs["jpeg q90 (default)"]["bytes"] < codecs["raw"]["bytes"]
-    assert codecs["jpeg q75"]["psnr_all_db"] < codecs["jpeg q90 (default)"]["psnr_all_db"]
+    assert codecs["jpeg q75"]["bytes"] < codecs["jpeg q94 (default)"]["bytes"] < codecs["raw"]["bytes"]
+    assert codecs["jpeg q75"]["psnr_all_db"] < codecs["jpeg q94 (default)"]["psnr_all_db"]
     # two passes over a 5 s video: 5 + 4 clips of 1 s, K=2
     assert results["stored_frames"] == codecs["raw"]["frames"] == 18
     assert set(results["read"]) == set(results["store_sizes"]) == {"raw", "zstd", "jpeg", "jpegxl"}
     printed = capsys.readouterr().out
-    assert "| jpeg q90 (default) |" in printed and "cache with jpeg / raw decode" in printed
+    assert "| jpeg q94 (default) |" in printed and "cache with jpeg / raw decode" in printed
 
 
 def test_without_scikit_video_it_prints_the_install_command(monkeypatch, capsys):

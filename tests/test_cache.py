@@ -579,11 +579,11 @@ from pathlib import Path
 from lfvila_cli.data import cache
 from lfvila_cli.data.video import BoundedVideoDecoder
 
-span = BoundedVideoDecoder.span  # the cache's decoder (it decodes in a child process)
+span = BoundedVideoDecoder.span_stored  # what the cache calls (decoding and encoding in a child process)
 def slow_span(self, *args, **kwargs):
     time.sleep(0.15)  # slow enough for the parent to kill the run in the middle
     return span(self, *args, **kwargs)
-BoundedVideoDecoder.span = slow_span
+BoundedVideoDecoder.span_stored = slow_span
 cfg = cache.CacheConfig(frames_per_segment=4, height=36, width=44, workers=1, codec="jpeg")
 cache.cache_frames(Path(sys.argv[1]), cfg, sys.argv[2], progress=False)
 """

@@ -97,7 +97,7 @@ def frame_bytes(url: str) -> int:
 
 
 def test_the_store_reads_every_codec_back_and_jpeg_is_the_default(corpus, tmp_path):
-    assert CacheConfig().codec == "jpeg" and CacheConfig().quality == 90
+    assert CacheConfig().codec == "jpeg" and CacheConfig().quality == codecs.DEFAULT_QUALITY == 94
     stores = {}
     for codec in codecs.CODECS:
         url = str(tmp_path / f"{codec}.zarr")
@@ -106,8 +106,8 @@ def test_the_store_reads_every_codec_back_and_jpeg_is_the_default(corpus, tmp_pa
     raw = stores["raw"]
     for codec, store in stores.items():
         attrs = json.loads((Path(store.url) / "zarr.json").read_text())["attributes"]
-        assert attrs["codec"] == codec and attrs["frames_codec"] == codecs.codec_tag(codec, 90)
-        assert attrs["quality"] == (90 if codecs.is_image_codec(codec) else None)
+        assert attrs["codec"] == codec and attrs["frames_codec"] == codecs.codec_tag(codec, 94)
+        assert attrs["quality"] == (94 if codecs.is_image_codec(codec) else None)
         for sample_id in raw.sample_ids:
             frames, times = store.sample(sample_id)
             ref_frames, ref_times = raw.sample(sample_id)

@@ -1,9 +1,9 @@
 """How frames are stored in the frame store: the codecs of ``cache.codec`` (docs/data-formats.md §13).
 
 * ``jpeg`` (the default): every frame a baseline JPEG file (libjpeg-turbo through
-  ``imagecodecs``), 4:4:4 chroma, quality ``cache.quality`` (90 by default: on the real-video
-  benchmark about 9× smaller than raw at about 42 dB PSNR, encoding in ~0.3 ms and decoding in
-  ~0.4 ms per 192×320 frame on one core);
+  ``imagecodecs``), 4:4:4 chroma, quality ``cache.quality`` (94 by default, the lowest that
+  kept every real video of the benchmark above 40 dB PSNR with a margin: about 7× smaller than
+  raw, encoding in ~0.3 ms and decoding in ~0.4 ms per 192×320 frame on one core);
 * ``jpegxl``: every frame a JPEG XL codestream (libjxl, same quality scale: 90 is distance 1),
   smaller again but about 4× slower to decode (see docs/data-formats.md §13);
 * ``zstd``: the raw pixels, zstd level 1 (lossless, ~1.3× on real footage);
@@ -25,7 +25,7 @@ from ..errors import DataError
 
 CODECS = ("jpeg", "jpegxl", "zstd", "raw")
 IMAGE_CODECS = ("jpeg", "jpegxl")  # one encoded image per frame
-DEFAULT_QUALITY = 90
+DEFAULT_QUALITY = 94  # docs/data-formats.md §13: the measurements behind it
 JPEGXL_EFFORT = 3  # libjxl's encoder effort: 3 encodes ~5x faster than its default 7 for ~2% more bytes
 ZSTD_LEVEL = 1  # level 3 gained ~3% for 1.5x the time on decoded frames
 
