@@ -37,7 +37,7 @@ Layout (``layout_version`` 2; docs/data-formats.md §13 is the reference for oth
   ``num_chunks`` (null unless ``segment_mode`` is ``chunks``), ``splits`` (sorted; empty =
   all), ``codec``, ``quality`` (null for ``raw``/``zstd``)); ``samples`` (S), ``rows`` (R),
   ``plan_digest`` (a digest of the corpus segments the rows stand for); ``frames_codec``
-  (``codecs.codec_tag``: ``jpeg-q90-444``, ``jpegxl-q90-e3``, ``zstd-1`` or ``none``);
+  (``codecs.codec_tag``: ``jpeg-q94-444``, ``jpegxl-q94-e3``, ``zstd-1`` or ``none``);
   ``ready``; and, when known, ``owner`` (the artifact the store was made for: ``workdir_id``,
   ``workdir``, ``stage``, ``key``; ``--force`` deletes no store of another owner). All of them
   are written in one write by the writer that created the arrays, after them: ``ready`` tells
