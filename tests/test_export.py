@@ -207,7 +207,9 @@ def indexed(exported):
     wd, model_artifact, export_artifact = exported
     corpus = wd.resolve("prepare")
     cache_stage = get_stage("cache")
-    chunks = resolve_config(cache_stage, layers=[{"frames_per_segment": 8, "height": 64, "width": 96, "segment_mode": "chunks", "num_chunks": 4}])
+    # Raw frames: the Python API example decodes the videos itself and must match the index exactly
+    # (JPEG stores feed index and search in the quickstart test).
+    chunks = resolve_config(cache_stage, layers=[{"frames_per_segment": 8, "height": 64, "width": 96, "segment_mode": "chunks", "num_chunks": 4, "codec": "raw"}])
     cache = run_stage(wd, cache_stage, chunks, {"prepare": corpus}, progress=False, echo=lambda line: None).artifact
     stage = get_stage("index")
     onnx_index = run_stage(wd, stage, resolve_config(stage, layers=[{"engine": "onnx", "batch": 2}]),
@@ -351,9 +353,7 @@ def test_python_api_example_ranks_like_the_index(exported, indexed, tmp_path):
         assert out.returncode == 0, out.stderr
         result = json.loads(out.stdout)[0]
         got = {r["video"]: r["score"] for r in result["ranking"]}
-        # The index read the store's JPEG frames (the default codec), the example decodes the
-        # videos: the scores agree within JPEG's loss (4e-4 measured), the ranking exactly.
-        assert np.allclose([got[v] for v in videos], expected, atol=1.5e-3), (engine, got, expected)
+        assert np.allclose([got[v] for v in videos], expected, atol=2e-4), (engine, got, expected)
         assert [r["video"] for r in result["ranking"]] == [videos[i] for i in np.argsort(-expected)]
         assert [s["sentence"] for s in result["sentence_clips"]] == paragraph
 
