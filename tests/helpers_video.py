@@ -28,6 +28,12 @@ def decoded_index(frames: np.ndarray) -> np.ndarray:
     return np.rint((red.mean(axis=(-2, -1)) - 16) / LEVEL_STEP).astype(int)
 
 
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Peak signal-to-noise ratio of uint8 frames ``a`` against ``b`` (dB; inf when equal)."""
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
 def synthetic_frames(num_frames: int = 24, height: int = 64, width: int = 96, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     frames = np.empty((num_frames, height, width, 3), np.uint8)

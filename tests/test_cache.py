@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers_video import FPS, decoded_index, make_broken, make_truncated_faststart, make_video, sample, write_corpus_file
+from helpers_video import FPS, decoded_index, make_broken, make_truncated_faststart, make_video, psnr, sample, write_corpus_file
 from lfvila_cli.config import from_dict
 from lfvila_cli.data import cache as cache_mod
 from lfvila_cli.data import framestore
@@ -59,11 +59,6 @@ def good_records(videos: Path) -> list[dict]:
 
 def expected_span(video: Path | str, start, end) -> tuple[np.ndarray, np.ndarray]:
     return decode_span(str(video), start, end, K, H, W)
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 def assert_matches_direct_decode(store: FrameStore, videos: Path, min_psnr: float | None = None) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers_video import make_video, sample, write_corpus_file
+from helpers_video import make_video, psnr, sample, write_corpus_file
 from lfvila_cli.data import codecs
 from lfvila_cli.data.cache import CacheConfig, cache_frames
 from lfvila_cli.data.framestore import FrameStore
@@ -17,11 +17,6 @@ K, H, W = 4, 48, 64
 # PSNR floors at quality 90 on these small synthetic frames (harder than real footage, where the
 # benchmark measures ~42 dB for jpeg and ~40 dB for jpegxl): measured 40.1 and 37.4 dB.
 MIN_PSNR = {"jpeg": 38.0, "jpegxl": 35.0}
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 def textured_frames(n: int = K, seed: int = 0) -> np.ndarray:

@@ -271,7 +271,19 @@ def store_spec(cfg: CacheConfig, plan: CachePlan) -> StoreSpec:
     return StoreSpec(cfg.layout(), plan.sample_ids, plan.row_start, plan.num_rows, plan.rows, plan.digest)
 
 
-def _open_or_create(url: str, cfg: CacheConfig, plan: CachePlan, owner: dict | None = None) -> object:
+def plan_store_rows(corpus_path: Path, cfg: CacheConfig) -> CachePlan:
+    """``plan_rows``; a corpus with no segments to cache (in ``cfg.splits``) is a ``DataError``."""
+    plan = plan_rows(corpus_path, cfg)
+    if plan.rows == 0:
+        where = f" in splits {cfg.splits}" if cfg.splits else ""
+        raise DataError(f"{corpus_path}: no segments to cache{where}")
+    return plan
+
+
+def create_store(corpus_path: Path, cfg: CacheConfig, url: str, owner: dict | None = None, plan: CachePlan | None = None):
+    """The store at ``url`` for ``corpus_path`` opened for writing rows, created (as rank 0 does)
+    unless it is there already (then checked against the plan)."""
+    plan = plan if plan is not None else plan_store_rows(corpus_path, cfg)
     group, resumed = open_or_create(url, store_spec(cfg, plan), owner)
     if resumed:
         log.info("cache: resuming in %s", url)
@@ -514,7 +526,6 @@ def _run_tasks(
     """Run tasks on ``cfg.workers`` threads (decord and the codecs release the GIL)."""
     results: list[_TaskResult] = []
     failures = _FailureLog()
-    frames = 0
     started = time.perf_counter()
     queue = iter(tasks)
     running: set[Future] = set()
@@ -534,13 +545,12 @@ def _run_tasks(
                 for future in done:
                     result = future.result()
                     results.append(result)
-                    frames += result.frames
                     if result.reasons:
                         failures.add(result.task.video, len(result.reasons), next(iter(result.reasons.values())))
                     progress.update(result)
                     bar.update(len(result.task.rows))
                     elapsed = time.perf_counter() - started
-                    bar.set_postfix_str(f"{frames / max(elapsed, 1e-9):.0f} frames/s", refresh=False)
+                    bar.set_postfix_str(f"{progress.frames / max(elapsed, 1e-9):.0f} frames/s", refresh=False)
         except BaseException:
             for future in running:
                 future.cancel()
@@ -548,7 +558,7 @@ def _run_tasks(
             raise
     writer.close()
     failures.flush()
-    return results, frames, time.perf_counter() - started
+    return results, progress.frames, time.perf_counter() - started
 
 
 def _wait_for_rows(status, rows: np.ndarray, url: str, timeout_s: float, poll_s: float) -> np.ndarray:
@@ -629,12 +639,9 @@ def cache_frames(
     url = str(store_url)
     if world_size < 1 or not 0 <= rank < world_size:
         raise DataError(f"cache: rank {rank} is not in a world of size {world_size}")
-    plan = plan_rows(corpus_path, cfg)
-    if plan.rows == 0:
-        where = f" in splits {cfg.splits}" if cfg.splits else ""
-        raise DataError(f"{corpus_path}: no segments to cache{where}")
+    plan = plan_store_rows(corpus_path, cfg)
     if rank == 0:
-        group = _open_or_create(url, cfg, plan, owner)
+        group = create_store(corpus_path, cfg, url, owner, plan)
     else:
         group = _wait_for_layout(url, cfg, plan, rank, layout_timeout_s, poll_s, owner)
     arrays = row_arrays(group, write_empty_chunks=True)

@@ -636,20 +636,27 @@ def video_digest(path: str | Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def _link_temp(path: Path) -> Path:
+def _link_over(src: Path, dst: Path) -> None:
+    """Hard-link ``src`` at ``dst``, replacing what is there, in one rename (an ``OSError`` when
+    ``src`` is gone or the filesystem has no hard links between the two)."""
     import threading
 
-    return path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.link")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}-{threading.get_ident()}.link")
+    os.link(src, tmp)
+    os.replace(tmp, dst)
 
 
-def _chunk_file(array, coords: tuple[int, ...]) -> Path | None:
-    """The file holding one chunk of ``array``, for arrays in a local directory store (else None)."""
+def _is_local(array) -> bool:
     from zarr.storage import LocalStore
 
-    store = array.store_path.store
-    if not isinstance(store, LocalStore):
-        return None
-    return Path(store.root) / array.store_path.path / array.metadata.encode_chunk_key(coords)
+    return isinstance(array.store_path.store, LocalStore)
+
+
+def _row_chunk_file(array, row: int) -> Path:
+    """The file holding ``row`` of a row array (one row per chunk) of a local directory store."""
+    coords = (row,) + (0,) * (len(array.shape) - 1)
+    return Path(array.store_path.store.root) / array.store_path.path / array.metadata.encode_chunk_key(coords)
 
 
 class FramePool:
@@ -673,14 +680,10 @@ class FramePool:
         k, h, w = layout["frames_per_segment"], layout["height"], layout["width"]
         self.dir = Path(root) / f"v{POOL_FORMAT}-{k}x{h}x{w}-{tag}"
         self.arrays = arrays
-        self._frame_dims = len(arrays.frames.shape)
-        self._times_dims = len(arrays.times.shape)
 
     @classmethod
     def for_store(cls, root: str | Path, arrays: RowArrays, layout: dict) -> "FramePool | None":
-        if _chunk_file(arrays.frames, (0,) * len(arrays.frames.shape)) is None:
-            return None
-        return cls(Path(root), arrays, layout)
+        return cls(Path(root), arrays, layout) if _is_local(arrays.frames) else None
 
     @staticmethod
     def row_key(digest: str, span: tuple) -> str:
@@ -690,9 +693,7 @@ class FramePool:
         return hashlib.sha256(json.dumps([digest, list(span)]).encode()).hexdigest()
 
     def _files(self, row: int) -> tuple[Path, Path]:
-        frames = _chunk_file(self.arrays.frames, (row,) + (0,) * (self._frame_dims - 1))
-        times = _chunk_file(self.arrays.times, (row,) + (0,) * (self._times_dims - 1))
-        return frames, times  # type: ignore[return-value]
+        return _row_chunk_file(self.arrays.frames, row), _row_chunk_file(self.arrays.times, row)
 
     def _entry(self, key: str) -> tuple[Path, Path]:
         base = self.dir / key[:2] / key
@@ -703,12 +704,9 @@ class FramePool:
         complete entry (or linking fails): decode the row instead. The caller marks the row ok."""
         pooled_frames, pooled_times = self._entry(key)
         frames, times = self._files(row)
-        try:
-            for src, dst in ((pooled_times, times), (pooled_frames, frames)):
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                tmp = _link_temp(dst)
-                os.link(src, tmp)
-                os.replace(tmp, dst)  # replaces what a killed run may have left for this pending row
+        try:  # replacing what a killed run may have left for this pending row
+            _link_over(pooled_times, times)
+            _link_over(pooled_frames, frames)
         except OSError:
             return False
         return True
@@ -717,12 +715,9 @@ class FramePool:
         """Add the store's files of ``row`` (written, status ok) to the pool under ``key``."""
         pooled_frames, pooled_times = self._entry(key)
         frames, times = self._files(row)
-        try:
-            pooled_frames.parent.mkdir(parents=True, exist_ok=True)
-            for src, dst in ((times, pooled_times), (frames, pooled_frames)):  # frames last: an entry is complete once they are in
-                tmp = _link_temp(dst)
-                os.link(src, tmp)
-                os.replace(tmp, dst)
+        try:  # frames last: an entry is complete once they are in
+            _link_over(times, pooled_times)
+            _link_over(frames, pooled_frames)
         except OSError:
             pass  # another filesystem, or no hard links: the row stays in its own store only
 

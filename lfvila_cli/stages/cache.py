@@ -23,14 +23,12 @@ from typing import Optional
 
 from ..data.cache import CacheConfig
 from ..data.framestore import (
-    PENDING,
     POOL_DIR,
+    FrameStore,
     delete_store,
     describe_owner,
     is_frame_store,
     location_exists,
-    open_group,
-    open_or_create,
     owner_record,
     read_attrs,
     recorded_owner,
@@ -40,7 +38,7 @@ from ..data.framestore import (
     store_location,
     store_present,
 )
-from ..errors import ArtifactError, ConfigError, DataError
+from ..errors import ArtifactError, ConfigError
 from ..pipeline.artifacts import KEY_CHARS, Artifact, Workdir
 from ..pipeline.stage import IndependentRanks, Stage, StageContext
 from .prepare import corpus_file
@@ -149,7 +147,7 @@ def run(ctx: StageContext) -> dict:
 def setup_share(ctx: StageContext) -> None:
     """Under the stage's lock, before a job array's task writes its rows: the first task creates
     the store, the others find it (two creating one at once would race)."""
-    from ..data.cache import plan_rows, store_spec
+    from ..data.cache import create_store
 
     if ctx.config.retry_failed:
         raise ConfigError(
@@ -157,11 +155,7 @@ def setup_share(ctx: StageContext) -> None:
             "that have not started yet; run --retry-failed in one process, or under srun or torchrun"
         )
     url, owner = _store(ctx)
-    plan = plan_rows(corpus_file(ctx.inputs["prepare"]), ctx.config)
-    if plan.rows == 0:
-        where = f" in splits {ctx.config.splits}" if ctx.config.splits else ""
-        raise DataError(f"{corpus_file(ctx.inputs['prepare'])}: no segments to cache{where}")
-    open_or_create(url, store_spec(ctx.config, plan), owner)
+    create_store(corpus_file(ctx.inputs["prepare"]), ctx.config, url, owner)
 
 
 def _run_share(ctx: StageContext, url: str, owner: dict) -> dict:
@@ -178,12 +172,9 @@ def _run_share(ctx: StageContext, url: str, owner: dict) -> dict:
 
 def remaining(ctx: StageContext) -> Optional[str]:
     """How many rows are still pending (other tasks' shares), or None when none is."""
-    import numpy as np
-
     url, _ = _store(ctx)
-    status = np.asarray(open_group(url, mode="r")["status"][:])
-    pending = int((status == PENDING).sum())
-    return f"{pending} of {status.size} segments still pending" if pending else None
+    counts = FrameStore(url).status_counts()
+    return f"{counts['pending']} of {sum(counts.values())} segments still pending" if counts["pending"] else None
 
 
 def summarize(ctx: StageContext) -> dict:
