@@ -210,17 +210,19 @@ def torch_env(launch: Launch) -> dict[str, str]:
 
 
 def task_lock_path(workdir: Workdir, stage: str, key: str, rank: int) -> Path:
-    """Held by a job array's task while it writes its share of ``stage``/``key``."""
-    return workdir.stage_dir(stage) / f".lock-{key[:KEY_CHARS]}.task-{rank}"
+    """Held by a job array's task while it writes its share of ``stage``/``key``: the stage's
+    lock (``Workdir.lock_path``) with ``.task-<rank>`` after its name."""
+    lock = workdir.lock_path(stage, key)
+    return lock.with_name(f"{lock.name}.task-{rank}")
 
 
 def running_tasks(workdir: Workdir, stage: str, key: str, other_than: Optional[str] = None) -> list[tuple[Path, dict]]:
     """The job-array tasks writing their share of ``stage``/``key`` now (lock path, holder),
     leaving out those of the launch ``other_than``."""
-    short = key[:KEY_CHARS]
-    pattern = re.compile(rf"\.lock-{re.escape(short)}\.task-\d+")
+    stage_lock = workdir.lock_path(stage, key)
+    pattern = re.compile(rf"{re.escape(stage_lock.name)}\.task-\d+")
     found = []
-    for path in sorted(workdir.stage_dir(stage).glob(f".lock-{short}.task-*")):
+    for path in sorted(stage_lock.parent.glob(f"{stage_lock.name}.task-*")):
         if not pattern.fullmatch(path.name):
             continue  # a lock's own temporary or stale file
         lock = FileLock(path)
