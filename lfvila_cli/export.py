@@ -270,13 +270,16 @@ def export_onnx(model_dir: Path, out_dir: Path, cfg) -> dict[str, Any]:
     if task:
         summary["task"] = task
     answers = None
-    if specs[0].name == "classification" and task == "anet-qa":
+    if specs[0].name == "classification" and task in ("anet-qa", "classification"):
         from .tasks import read_answers
 
+        # anet-qa always has an answer vocabulary; a generic classification corpus has one when its
+        # items gave their answers as text (else its classes are bare labels).
         found = _find_answers(model_dir)
-        if found is None:
+        if found is None and task == "anet-qa":
             raise ExportError(f"{model_dir}: an ActivityNet-QA model, but the answers.json of its prepare artifact was not found")
-        answers = read_answers(found.parent)
+        answers = read_answers(found.parent) if found is not None else None
+    if answers is not None:
         if len(answers) != config.heads.num_labels:
             raise ExportError(f"{found}: {len(answers)} answers for a classifier of {config.heads.num_labels} classes")
 

@@ -379,7 +379,7 @@ def pretrain(
 @stage_command
 def finetune(
     ctx: typer.Context,
-    task: str = typer.Option(..., "--task", help="activitynet | didemo | queryd | cmd (retrieval) | how2qa (multiple choice) | violin | anet-qa (classification)."),
+    task: str = typer.Option(..., "--task", help="Your own corpus: retrieval | multiple-choice | classification. The paper's benchmarks: activitynet | didemo | queryd | cmd (retrieval), how2qa (multiple choice), violin | anet-qa (classification)."),
     cache: str = typer.Option("latest", "--cache", help="The task's cache artifact (segment_mode=chunks): ref name, key (prefix) or artifact directory."),
     init: str = typer.Option("latest", "--init", help="The pre-training artifact to start from (pretrain1 for retrieval, pretrain2 for QA): ref name, key or directory."),
     scratch: bool = typer.Option(False, "--scratch", help="Start from random weights (the 'without pre-training' baseline; as --set init=scratch)."),
@@ -395,13 +395,17 @@ def finetune(
     checkpoints, --resume, --num-gpus as for pretrain).
 
     Retrieval tasks train the dual encoder with VPC on frames spread over the whole video
-    (cache with --set segment_mode=chunks); How2QA trains 4-way multiple choice plus the
-    per-frame span loss; VIOLIN and ActivityNet-QA a classifier on the cross-modal encoder.
+    (cache with --set segment_mode=chunks); multiple choice (How2QA: 4 candidates) trains one
+    logit per candidate plus the per-frame span loss; classification (VIOLIN, ActivityNet-QA) a
+    classifier on the cross-modal encoder. The generic tasks take their candidates and classes
+    from your corpus and report no paper figures (examples/custom_dataset walks through them).
     The model kept is the one with the best validation figure (text→video R@1 or accuracy),
     never chosen on test; selection.json says which step. The artifact is
     store/finetune/<key>/ (config.json, model.safetensors, tokenizer/, metrics.jsonl, loss.png).
 
     Examples:
+
+      lfvila finetune --task retrieval --set train.epochs=20
 
       lfvila finetune --task activitynet --set train.epochs=20
 
@@ -440,7 +444,7 @@ def evaluate(
     zero_shot: Optional[str] = typer.Option(None, "--zero-shot", help="Score this pre-trained stage-1 artifact (ref, key or directory) on retrieval without fine-tuning, instead of --model."),
     cache: Optional[str] = typer.Option(None, "--cache", help="The task's cache artifact (segment_mode=chunks); default: the one the fine-tuned model was trained on, or the latest (zero-shot)."),
     split: Optional[str] = typer.Option(None, "--split", help="train | val | test (default test, or the config file's)."),
-    task: Optional[str] = typer.Option(None, "--task", help="Zero-shot: the retrieval task whose paper figures the report shows (default activitynet); fine-tuned: checked against the model's."),
+    task: Optional[str] = typer.Option(None, "--task", help="Zero-shot: a retrieval task, retrieval (your corpus: no paper figures) or a benchmark whose paper figures the report shows (default activitynet); fine-tuned: checked against the model's."),
     dual_softmax: Optional[float] = typer.Option(None, "--dual-softmax", help="Also report retrieval re-scored by dual softmax at this temperature (e.g. 0.01), labelled apart from the plain figures."),
     *,
     opts: StageOptions,
@@ -506,7 +510,7 @@ def export(
     (frames -> video and clip embeddings) and text_encoder.onnx (token ids and masks ->
     paragraph and sentence embeddings); a QA fine-tune (how2qa, violin, anet-qa) gives
     qa_model.onnx (frames and text -> answer logits, for how2qa also per-frame span logits) and,
-    for anet-qa, answers.json. Batch, sentence and candidate axes are dynamic; the frame count
+    for anet-qa (or a classification task of answers given as text), answers.json. Batch, sentence and candidate axes are dynamic; the frame count
     and size are fixed (by default those the model was trained on) and recorded. The artifact store/export/<key>/ also holds the tokenizer
     and export.json (preprocessing, versions, parity figures); the preprocessing and versions
     are in each file's metadata too (lfvila.* keys).

@@ -1,4 +1,4 @@
-"""Fine-tuning and evaluation of the seven downstream tasks (lfvila_cli.train.finetune,
+"""Fine-tuning and evaluation of the downstream tasks (lfvila_cli.train.finetune,
 lfvila_cli.data.task_data, lfvila_cli.report, the task parts of lfvila_cli.evaluation)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 
 from lfvila_cli.pipeline.artifacts import Workdir
 from lfvila_cli.data.task_data import IGNORE_SPAN, merge_sentences, span_labels
-from lfvila_cli.errors import ConfigError
+from lfvila_cli.errors import ConfigError, DataError
 from lfvila_cli.evaluation import (
     dual_softmax_ranks,
     dual_softmax_ranks_reference,
@@ -22,7 +22,8 @@ from lfvila_cli.evaluation import (
 )
 from lfvila_cli.stages import run_pipeline
 from lfvila_cli.stages.finetune import input_names
-from lfvila_cli.tasks import TASKS
+from lfvila_cli.report import report_table
+from lfvila_cli.tasks import BENCHMARKS, TASKS, candidate_count, class_count
 from lfvila_cli.train.finetune import FinetuneConfig
 
 # --- pieces ---------------------------------------------------------------------------------------
@@ -85,7 +86,95 @@ def test_finetune_config_checks_and_inputs():
         FinetuneConfig(task="msrvtt")
     with pytest.raises(ConfigError, match="release_checkpoint"):
         FinetuneConfig(task="cmd", init="release")
-    assert set(TASKS) == {"activitynet", "didemo", "queryd", "cmd", "how2qa", "violin", "anet-qa"}
+    assert set(BENCHMARKS) == {"activitynet", "didemo", "queryd", "cmd", "how2qa", "violin", "anet-qa"}
+    assert set(TASKS) - set(BENCHMARKS) == {"retrieval", "multiple-choice", "classification"}
+
+
+def test_generic_tasks_start_from_the_stage_their_kind_needs_and_name_no_paper():
+    assert input_names(FinetuneConfig(task="retrieval")) == ("cache", "pretrain1")
+    assert input_names(FinetuneConfig(task="multiple-choice")) == ("cache", "pretrain2")
+    assert input_names(FinetuneConfig(task="classification")) == ("cache", "pretrain2")
+    for name in ("retrieval", "multiple-choice", "classification"):
+        assert not TASKS[name].benchmark and not TASKS[name].paper
+    qa = report_table("classification", {"accuracy": 0.5, "chance": 0.25}, {}, benchmark=False)
+    assert "paper" not in qa and "| accuracy | 50.0 | 25.0 |" in qa
+    assert "LF-VILA (paper)" in report_table("violin", {"accuracy": 0.5, "chance": 0.5}, {})
+    # --help names every task
+    from typer.testing import CliRunner
+
+    from lfvila_cli.main import app
+
+    text = " ".join(CliRunner().invoke(app, ["finetune", "--help"]).output.split())
+    assert all(name in text for name in TASKS), text
+
+
+def _items(*tasks, split="train"):
+    from lfvila_cli.data.corpus import Sample, Segment
+
+    return [Sample(f"s{i}", "v.mp4", 4.0, [Segment(0.0, 4.0, "a")], split, dict(t)) for i, t in enumerate(tasks)]
+
+
+def test_generic_classification_counts_its_classes(tmp_path):
+    corpus = tmp_path / "samples.jsonl"
+    assert class_count(corpus, _items({"statement": "x", "label": 0}, {"statement": "y", "label": 3})) == 4
+    with pytest.raises(DataError, match="at least two classes"):
+        class_count(corpus, _items({"statement": "x", "label": 0}))
+    (tmp_path / "answers.json").write_text('["yes", "no", "maybe"]')
+    assert class_count(corpus, _items({"statement": "x", "label": 0})) == 3  # the vocabulary wins
+
+
+def test_generic_multiple_choice_takes_the_items_candidate_count():
+    three = {"question": "q", "candidates": ["a", "b", "c"], "answer": 0}
+    five = {"question": "q", "candidates": list("abcde"), "answer": 4}
+    assert candidate_count(_items(three, three, five)) == 3
+    assert candidate_count(_items(five)) == 5
+
+
+def test_jsonl_text_answers_become_classes(tmp_path):
+    from lfvila_cli.data.corpus import read_corpus
+    from lfvila_cli.data.prepare import PrepareConfig, prepare
+
+    seg = [{"start": 0.0, "end": 2.0, "text": "a"}]
+    records = [
+        {"id": "a", "video": "v.mp4", "segments": seg, "question": "colour?", "answer": "Red"},
+        {"id": "b", "video": "v.mp4", "segments": seg, "question": "colour?", "answer": "blue"},
+        {"id": "c", "video": "v.mp4", "segments": seg, "question": "colour?", "answer": "red "},
+        {"id": "d", "video": "v.mp4", "segments": seg, "question": "colour?", "answer": "green", "split": "val"},
+        {"id": "e", "video": "v.mp4", "segments": seg, "question": "colour?", "answer": "blue", "split": "test"},
+        {"id": "f", "video": "v.mp4", "segments": seg, "statement": "it is red", "label": 1},  # its own label: kept
+    ]
+    path = tmp_path / "qa.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = tmp_path / "out"
+    cfg = PrepareConfig(source="jsonl")
+    cfg.jsonl.path = str(path)
+    prepare(cfg, out)
+    assert json.loads((out / "answers.json").read_text()) == ["red", "blue"]  # train answers, most frequent first
+    labels = {s.id: s.task["label"] for s in read_corpus(out / "samples.jsonl")}
+    assert labels == {"a": 0, "b": 1, "c": 0, "d": -1, "e": 1, "f": 1}
+    # every text answer outside train: no classes to learn
+    path.write_text(json.dumps({**records[3]}) + "\n")
+    with pytest.raises(DataError, match="none is in the train split"):
+        prepare(cfg, tmp_path / "out2")
+
+
+def test_prepare_counts_paragraphs_too_short_to_pre_train_on(tmp_path, caplog):
+    from lfvila_cli.data.prepare import PrepareConfig, prepare
+    from lfvila_cli.stages.prepare import describe
+
+    def paragraph(i, n):
+        return {"id": f"p{i}", "video": "v.mp4", "segments": [{"start": k, "end": k + 1, "text": f"s{k}"} for k in range(n)]}
+
+    path = tmp_path / "c.jsonl"
+    question = {"id": "q", "video": "v.mp4", "segments": [{"start": 0, "end": 1, "text": "a"}], "statement": "x", "label": 0}
+    path.write_text("".join(json.dumps(r) + "\n" for r in (paragraph(0, 1), paragraph(1, 3), paragraph(2, 4), question)))
+    cfg = PrepareConfig(source="jsonl")
+    cfg.jsonl.path = str(path)
+    with caplog.at_level("WARNING"):
+        summary = prepare(cfg, tmp_path / "out")
+    assert summary["short_paragraphs"] == 2  # 1 and 3 segments; the QA item is not a paragraph
+    assert "2 of 3 paragraphs have fewer than 4 segments" in caplog.text
+    assert describe(summary).endswith("2 too short to pre-train on")
 
 
 # --- every task end to end --------------------------------------------------------------------------

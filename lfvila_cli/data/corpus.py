@@ -249,6 +249,22 @@ class Rejections(Tally):
         return f"{self.examples[reason][0]}: {reason}"
 
 
+QA_FIELDS = ("question", "statement", "candidates", "label")
+# Pre-training draws windows of this many consecutive segments (loader.clips_per_sample's
+# default): a paragraph with fewer is skipped by it (docs/method.md §1).
+PRETRAIN_WINDOW = 4
+
+
+def is_qa_item(sample: Sample) -> bool:
+    """A question-answering item (multiple choice, entailment, open-ended), not a paragraph."""
+    return any(name in sample.task for name in QA_FIELDS)
+
+
+def short_paragraphs(samples: Iterable[Sample], window: int = PRETRAIN_WINDOW) -> int:
+    """Paragraphs (not QA items) with fewer than ``window`` segments: pre-training skips them."""
+    return sum(1 for s in samples if not is_qa_item(s) and len(s.segments) < window)
+
+
 def corpus_stats(samples: list[Sample], rejections: Rejections) -> dict:
     """The ``stats.json`` summary of a corpus."""
 
@@ -276,6 +292,8 @@ def corpus_stats(samples: list[Sample], rejections: Rejections) -> dict:
         "untimed_segments": sum(1 for s in samples for seg in s.segments if not seg.timed),
         "duration_seconds": {**summary(durations), "total": round(sum(durations), 3)},
         "videos": len({s.video for s in samples}),
+        "paragraphs": sum(1 for s in samples if not is_qa_item(s)),
+        "short_paragraphs": {"fewer_than": PRETRAIN_WINDOW, "count": short_paragraphs(samples)},
         "rejected": rejections.to_json(),
         "adjusted": rejections.adjusted.to_json(),
     }

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ..config import check
+from .corpus import PRETRAIN_WINDOW
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -17,7 +18,7 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 
 @dataclass
 class LoaderConfig:
-    clips_per_sample: int = 4
+    clips_per_sample: int = PRETRAIN_WINDOW
     frames_per_clip: int = 0  # 0 = the store's frames_per_segment; else must equal it
     max_tokens: int = 50
     image_mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))

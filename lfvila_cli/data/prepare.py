@@ -119,10 +119,17 @@ def prepare(cfg: PrepareConfig, out_dir: Path) -> dict:
             raise DataError(f"--strict: {rejections.total} record(s) rejected, first: {rejections.first()}")
     if stats["samples"] == 0:
         raise DataError(f"prepare --source {cfg.source}: no valid samples ({rejections.total} rejected)")
+    short = stats["short_paragraphs"]
+    if short["count"]:
+        log.warning(
+            "prepare: %d of %d paragraphs have fewer than %d segments: pre-training (loader.clips_per_sample=%d) skips them; "
+            "retrieval fine-tuning and evaluation use them", short["count"], stats["paragraphs"], short["fewer_than"], short["fewer_than"],
+        )
     return {
         "samples": stats["samples"],
         "splits": stats["splits"],
         "segments": stats["segments"],
         "rejected": rejections.total,
+        "short_paragraphs": short["count"],
         "task_files": stats.get("task_files", {}),
     }

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
-from .corpus import Sample
+from .corpus import Sample, is_qa_item
 from .framestore import OK, FrameStore
 from .loader import StoreBacked, augment, crop_params, normalisation
 from .loader_config import LoaderConfig
@@ -133,7 +133,7 @@ class TaskDataset(StoreBacked, torch.utils.data.Dataset):
             return "failed or pending frames"
         task = sample.task
         if self.kind == "retrieval":
-            if any(k in task for k in ("candidates", "statement", "label")):
+            if is_qa_item(sample):
                 return "a QA item, not a paragraph (prepare the retrieval corpus)"
         elif self.kind == "multiple_choice":
             if "candidates" not in task or "question" not in task:

@@ -31,7 +31,8 @@ def describe(summary: dict) -> str:
     counts = summary.get("splits", {})
     splits = ", ".join(f"{k} {counts[k]}" for k in ("train", "val", "test") if counts.get(k))
     rejected = f", {summary['rejected']} rejected" if summary.get("rejected") else ""
-    return f"{summary.get('samples', '?')} samples ({splits}), {summary.get('segments', '?')} segments{rejected}"
+    short = f", {summary['short_paragraphs']} too short to pre-train on" if summary.get("short_paragraphs") else ""
+    return f"{summary.get('samples', '?')} samples ({splits}), {summary.get('segments', '?')} segments{rejected}{short}"
 
 
 STAGE = Stage(

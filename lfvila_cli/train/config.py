@@ -154,7 +154,7 @@ class PretrainConfig:
 class FinetuneConfig:
     """One downstream fine-tune; its defaults are named above (the CPU-sized recipe)."""
 
-    task: str = "activitynet"  # activitynet | didemo | queryd | cmd | how2qa | violin | anet-qa
+    task: str = "activitynet"  # retrieval | multiple-choice | classification (your corpus), or a benchmark: activitynet | didemo | queryd | cmd | how2qa | violin | anet-qa
     init: Literal["pretrained", "scratch", "release"] = "pretrained"
     release_checkpoint: str = ""  # init=release: the authors' checkpoint file (.pt / .bin / .safetensors)
     model: str = MODEL  # preset for init=scratch|release (init=pretrained: the artifact's architecture)

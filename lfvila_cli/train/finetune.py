@@ -1,4 +1,4 @@
-"""Fine-tuning the seven downstream tasks (docs/method.md §6): ``lfvila finetune --task ...`` as a library function.
+"""Fine-tuning the downstream tasks (docs/method.md §6): ``lfvila finetune --task ...`` as a library function.
 
 ``run_finetune(cfg, corpus_path, store_url, out_dir, init_from=..., rank=..., world_size=...,
 progress=..., resume=...)`` builds the ``FinetuneRecipe`` of ``cfg.task`` and runs it with ``fit``
@@ -19,6 +19,9 @@ Tasks and heads:
   ``span_weight`` × the class-balanced per-frame span loss; selected on val accuracy.
 * ``violin`` (2 labels) and ``anet-qa`` (the prepare artifact's ``answers.json``, 1654 answers
   in the paper): a classifier on the pooled token; selected on val accuracy.
+* the generic tasks of your own corpora (``tasks.py``): ``retrieval`` as the retrieval
+  benchmarks; ``multiple-choice`` as How2QA with the items' own number of candidates (the span
+  loss where items give a ``span``); ``classification`` with the corpus' classes (``class_count``).
 
 Every rank predicts its share of the val split; rank 0 scores it.
 
@@ -40,7 +43,7 @@ import torch
 from ..data.task_data import check_fit
 from ..errors import ConfigError, LfvilaError
 from ..model.pretrained import WEIGHTS_FILE, load_pretrained_into, read_config
-from ..tasks import read_answers
+from ..tasks import candidate_count, class_count, read_answers
 from .config import FinetuneConfig
 from .fit import fit
 from .recipe import SELECTED_ON, Recipe, move_batch
@@ -179,6 +182,7 @@ class FinetuneRecipe(Recipe):
         if cfg.init == "release":
             self.tokenizer_required = "config key 'tokenizer': init=release needs the tokenizer the checkpoint was trained with (bert-base-uncased)"
         self.num_labels: Optional[int] = None
+        self.num_candidates = 4
         self.release_state = None
         self.init_report: Optional[dict] = None
         self.temperature: Optional[float] = None
@@ -195,7 +199,16 @@ class FinetuneRecipe(Recipe):
 
     def prepare(self, corpus_path, train_samples) -> None:
         if self.spec.kind == "classification":
-            self.num_labels = self.spec.num_labels or len(read_answers(Path(corpus_path).parent))
+            if self.spec.num_labels:
+                self.num_labels = self.spec.num_labels
+            elif self.spec.benchmark:
+                self.num_labels = len(read_answers(Path(corpus_path).parent))
+            else:
+                from ..data.corpus import read_corpus
+
+                self.num_labels = class_count(corpus_path, read_corpus(corpus_path))
+        if self.spec.kind == "multiple_choice":
+            self.num_candidates = self.spec.num_candidates or candidate_count(train_samples)
 
     def tokenizer_texts(self, train_samples) -> list[str]:
         out = super().tokenizer_texts(train_samples)
@@ -211,7 +224,7 @@ class FinetuneRecipe(Recipe):
         def dataset(samples, train: bool):
             return TaskDataset(
                 samples, self.store_url, tokenizer, self.spec.kind, self.cfg.loader, train=train,
-                max_subtitles=self.cfg.subtitles, num_labels=self.num_labels,
+                max_subtitles=self.cfg.subtitles, num_labels=self.num_labels, num_candidates=self.num_candidates,
             )
 
         return dataset(train_samples, True), (dataset(val_samples, False) if val_samples else None)
@@ -250,6 +263,8 @@ class FinetuneRecipe(Recipe):
         out: dict[str, Any] = {"task": self.cfg.task, "kind": self.spec.kind, "init": self.init_report}
         if self.num_labels is not None:
             out["num_labels"] = self.num_labels
+        if self.spec.kind == "multiple_choice":
+            out["num_candidates"] = self.num_candidates
         return out
 
 
