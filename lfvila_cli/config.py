@@ -213,3 +213,51 @@ def check(condition: bool, key: str, message: str) -> None:
     """Validation helper for ``__post_init__``: raises a ConfigError naming ``key``."""
     if not condition:
         raise ConfigError(f"config key '{key}': {message}")
+
+
+def _value_text(value: Any) -> str:
+    import json
+
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value if value else "''"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list) and all(isinstance(v, float) for v in value):
+        return "[" + ", ".join(f"{v:g}" for v in value) + "]"
+    return json.dumps(value)
+
+
+def config_keys(cls: type, marked: Iterable[str] = (), leave_out: Iterable[str] = ()) -> list[tuple[str, str]]:
+    """``(group, "key (default), ...")`` of a config dataclass for ``--help``: one group for the
+    top-level keys (``""``), then one per nested section (``"loader"``: its keys, deeper ones
+    dotted). A ``Literal`` key shows its choices: ``segment_mode (clips | chunks; clips)``;
+    keys in ``marked`` get ``*``; keys in ``leave_out`` are not listed."""
+    marked, leave_out = set(marked), set(leave_out)
+    defaults = cls()
+    groups: dict[str, list[str]] = {"": []}
+
+    def walk(obj: Any, group: str, prefix: str) -> None:
+        hints = typing.get_type_hints(type(obj))
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                if not group:
+                    groups.setdefault(f.name, [])
+                walk(value, group or f.name, f"{prefix}{f.name}." if group else "")
+                continue
+            text = _value_text(value)
+            if typing.get_origin(hints.get(f.name)) is Literal:
+                text = f"{' | '.join(str(c) for c in typing.get_args(hints[f.name]))}; {text}"
+            name = f"{prefix}{f.name}"
+            full = f"{group}.{name}" if group else name
+            if full in leave_out:
+                continue
+            star = "*" if full in marked else ""
+            groups[group].append(f"{name}{star} ({text})")
+
+    walk(defaults, "", "")
+    return [(group, ", ".join(items)) for group, items in groups.items() if items]

@@ -37,6 +37,28 @@ ForceOpt = typer.Option(False, "--force", help="Rerun even if an artifact with t
 DryRunOpt = typer.Option(False, "--dry-run", help="Show whether the stage would run or is up to date; do no work.")
 NameOpt = typer.Option(None, "--name", help="Also record the artifact under this ref name (besides 'latest').")
 VerboseOpt = typer.Option(False, "--verbose", "-v", help="Log progress details (INFO level).")
+ShowConfigOpt = typer.Option(False, "--show-config", help="Print the resolved config (defaults, --config files, options, --set) as YAML and exit; nothing runs.")
+
+
+def _stage_help(stage_name: str) -> type:
+    """A command class whose ``--help`` ends with the stage's config keys and their defaults,
+    read from its config dataclass when help is asked for (so ``lfvila --help`` stays instant and
+    the list never disagrees with the code)."""
+    from typer.core import TyperCommand
+
+    class StageCommand(TyperCommand):
+        def format_epilog(self, ctx, formatter) -> None:
+            from .config import config_keys
+            from .stages import get_stage
+
+            stage = get_stage(stage_name)
+            marked = "; * = not part of the artifact key" if stage.policy_fields else ""
+            with formatter.section(f"Config keys, with their defaults (--set KEY=VALUE{marked}; --show-config prints them resolved)"):
+                for group, keys in config_keys(stage.config_class, stage.policy_fields, leave_out=stage.fixed):
+                    formatter.write_text(f"{group}.*: {keys}" if group else keys)
+            super().format_epilog(ctx, formatter)
+
+    return StageCommand
 
 
 @dataclass
@@ -50,6 +72,7 @@ class StageOptions:
     dry_run: bool
     name: Optional[str]
     verbose: bool
+    show_config: bool = False
 
 
 _SHARED = (  # (parameter, type, option): appended to each stage command's own options
@@ -60,6 +83,7 @@ _SHARED = (  # (parameter, type, option): appended to each stage command's own o
     ("dry_run", bool, DryRunOpt),
     ("name", Optional[str], NameOpt),
     ("verbose", bool, VerboseOpt),
+    ("show_config", bool, ShowConfigOpt),
 )
 
 
@@ -76,6 +100,7 @@ def stage_command(func):
         opts = StageOptions(
             workdir=values["workdir"], config=list(values["config"] or []), overrides=list(values["set_"] or []),
             force=values["force"], dry_run=values["dry_run"], name=values["name"], verbose=values["verbose"],
+            show_config=values["show_config"],
         )
         _setup_logging(opts.verbose)
         return func(*args, opts=opts, **kwargs)
@@ -138,6 +163,16 @@ def _setup_logging(verbose: bool) -> None:
     logging.getLogger("lfvila_cli.progress").setLevel(logging.INFO)
 
 
+def _echo_config(cfg, title: Optional[str] = None) -> None:
+    import yaml
+
+    from .config import to_dict
+
+    if title:
+        typer.echo(f"# {title}")
+    typer.echo(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True).rstrip())
+
+
 def _progress() -> bool:
     return sys.stderr.isatty()
 
@@ -147,18 +182,23 @@ def _run_single(stage_name: str, opts: StageOptions, overrides: list[str], refs:
     (``overrides``, before ``--set``), and ``--set``; its inputs by the input rule (``refs``: the
     command's artifact options)."""
     from .pipeline.artifacts import Workdir
-    from .pipeline.chain import pick_inputs
+    from .pipeline.chain import check_stage, pick_inputs
     from .pipeline.runner import run_stage
     from .pipeline.stage import resolve_config
     from .stages import get_stage
 
     stage = get_stage(stage_name)
     cfg = resolve_config(stage, files=opts.config, overrides=[*overrides, *opts.overrides])
+    if opts.show_config:
+        _echo_config(cfg)
+        return
     wd = Workdir(opts.workdir)
-    run_stage(wd, stage, cfg, pick_inputs(wd, stage, cfg, refs=refs), force=opts.force, dry_run=opts.dry_run, name=opts.name, progress=_progress(), echo=typer.echo)
+    inputs = pick_inputs(wd, stage, cfg, refs=refs)
+    check_stage(wd, stage, cfg, inputs)  # before any work, and what --dry-run reports
+    run_stage(wd, stage, cfg, inputs, force=opts.force, dry_run=opts.dry_run, name=opts.name, progress=_progress(), echo=typer.echo)
 
 
-@app.command()
+@app.command(cls=_stage_help("prepare"))
 @command
 @stage_command
 def prepare(
@@ -200,18 +240,6 @@ def prepare(
 
       lfvila prepare --source jsonl --set jsonl.path=my_corpus.jsonl
 
-    Config keys: source, strict, and per source example.* (seed, train_videos, val_videos,
-    test_videos, min_clips, max_clips, clip_seconds, fps, height, width, qa_per_video, task),
-    hdvila.* (metadata, text, video_root, layout, video_ext, split, min_clips, max_clips,
-    gap_tolerance), activitynet.* (annotations, video_root, video_ext, splits), didemo.*
-    (annotations, video_root, video_ext, splits), queryd.* (annotations, captions, times,
-    splits, video_root, video_ext, keep_prefix, allow_pickle), cmd.* (annotations, video_root,
-    video_ext, layout, splits), violin.* (annotations, format, annotation_file, value_files,
-    value_subtitles, video_root, video_ext), how2qa.* (format, annotations, splits,
-    clip_seconds, hero_files, hero_mapping, hero_subtitles, max_subtitles, video_root,
-    video_ext), anet_qa.* (annotations, video_root, video_ext, video_prefix, splits,
-    vocab_size), lfvila_jsonl.* (task, files, video_root, video_ext, answers), jsonl.* (path,
-    video_root).
     """
     from .errors import ConfigError
 
@@ -222,7 +250,7 @@ def prepare(
     _run_single("prepare", opts, overrides, {})
 
 
-@app.command()
+@app.command(cls=_stage_help("cache"))
 @command
 @stage_command
 def cache(
@@ -249,9 +277,6 @@ def cache(
 
       sbatch --array=0-7 --wrap "lfvila cache"
 
-    Config keys: frames_per_segment (8), height (192), width (320), segment_mode (clips |
-    chunks), num_chunks (4), splits ([] = all), store_url, codec (jpeg | jpegxl | zstd | raw), quality (94),
-    max_failure_rate (0.05), workers (2), retry_failed (false), decode_timeout_s (60; 0 = no bound).
     """
     overrides = []
     if max_failure_rate is not None:
@@ -318,7 +343,7 @@ ResumeOpt = typer.Option("auto", "--resume", help="auto: continue from the newes
 MasterPortOpt = typer.Option(None, "--master-port", help="The rendezvous port of a --num-gpus / --hostfile launch (DeepSpeed's default: 29500).")
 
 
-@app.command()
+@app.command(cls=_stage_help("pretrain1"))
 @command
 @stage_command
 def pretrain(
@@ -357,11 +382,8 @@ def pretrain(
 
       torchrun --nproc_per_node 2 -m lfvila_cli.main pretrain --stage 1   (2 CPU ranks, no GPU)
 
-    Config keys: model (preset), text_model, tokenizer, tokenizer_vocab_size, video_init (stage 1: a Swin-2D
-    checkpoint for the video encoder, e.g. Swin-B 22k 384; "" = random), loader.* (LoaderConfig),
-    objectives.* (vpc_weight, mtc_weight, mlm_weight, vtm_weight, temperature, ...), train.* (lr, betas, eps, weight_decay, warmup_steps, warmup_ratio, final_lr_ratio,
-    micro_batch, grad_accum, grad_clip, zero_stage, precision, epochs, max_steps, log_every,
-    checkpoint_every, keep_last_k, max_bad_steps, seed), val_every, val_max_samples, val_batch, workers (1; not part of the key).
+    Of the keys below: video_init is a Swin-2D checkpoint for the stage-1 video encoder (e.g. Swin-B
+    22k 384; "" = random); tokenizer "" trains one on the corpus.
     """
     from .errors import ConfigError
 
@@ -374,7 +396,7 @@ def pretrain(
     _run_single(f"pretrain{stage}", opts, [], refs)
 
 
-@app.command()
+@app.command(cls=_stage_help("finetune"))
 @command
 @stage_command
 def finetune(
@@ -415,10 +437,8 @@ def finetune(
 
       lfvila finetune --task how2qa --release-checkpoint how2qa_release.pt --set model=lfvila-base --set tokenizer=bert-base-uncased
 
-    Config keys: task, init (pretrained | scratch | release), release_checkpoint, model (preset),
-    text_model, tokenizer, tokenizer_vocab_size, loader.* (LoaderConfig; clips_per_sample = the
-    sentence slots a paragraph is merged to), max_subtitles (-1 = the task's), span_weight,
-    train.* (as for pretrain), val_every, val_max_samples, val_batch, workers (1; not part of the key).
+    Of the keys below: max_subtitles -1 = the task's (How2QA 6, VIOLIN 4, the generic tasks 0);
+    loader.clips_per_sample = the sentence slots a paragraph is merged to.
     """
     from .errors import ConfigError
 
@@ -436,7 +456,7 @@ def finetune(
     _run_single("finetune", opts, overrides, refs)
 
 
-@app.command()
+@app.command(cls=_stage_help("evaluate"))
 @command
 @stage_command
 def evaluate(
@@ -461,8 +481,7 @@ def evaluate(
 
       lfvila evaluate --zero-shot latest --task activitynet
 
-    Config keys: model (finetune | pretrain1), task, split, batch, dual_softmax (0 = off), chunk,
-    heatmap_items, alignment_videos.
+    Of the keys below: task "" = the fine-tuned model's; dual_softmax 0 = off.
     """
     overrides = [f"split={split}"] if split else []
     if cache is None and zero_shot is None:
@@ -491,7 +510,7 @@ def _echo_report(artifact_dir: Path) -> None:
     typer.echo(report_text_table(artifact_dir))
 
 
-@app.command()
+@app.command(cls=_stage_help("export"))
 @command
 @stage_command
 def export(
@@ -525,9 +544,8 @@ def export(
 
       lfvila export --onnx --fp16 --model pretrain1
 
-    Config keys: model (pretrain1 | pretrain2 | finetune), frames, height, width (0 = as the
-    model was trained: the frame size and frames per sample of its frame store), opset,
-    precision (fp32 | fp16), tolerance (default 1e-4 fp32, 1e-2 fp16).
+    Of the keys below: frames, height, width 0 = as the model was trained; tolerance null = 1e-4
+    (fp32) or 1e-2 (fp16).
     """
     from .errors import ConfigError
 
@@ -537,7 +555,7 @@ def export(
     _run_single("export", opts, overrides, {stage: model})
 
 
-@app.command()
+@app.command(cls=_stage_help("index"))
 @command
 @stage_command
 def index(
@@ -559,7 +577,6 @@ def index(
 
       lfvila index --set engine=torch       (through the PyTorch stage-1 model)
 
-    Config keys: engine (onnx | torch), batch (not part of the key).
     """
     refs = {"cache": cache, "export": source, "pretrain1": source}
     _run_single("index", opts, [], refs)
@@ -606,19 +623,34 @@ def run(
     force: bool = ForceOpt,
     dry_run: bool = DryRunOpt,
     verbose: bool = VerboseOpt,
+    show_config: bool = typer.Option(False, "--show-config", help="Print every stage's resolved config as YAML and exit; nothing runs."),
 ) -> None:
     """Run a chain of stages from a pipeline file; stages already done are skipped. The
-    report table of every evaluate stage is printed at the end.
+    report table of every evaluate stage is printed at the end. Every stage's config and its
+    inputs are checked before the first stage runs (a typo in the last stage fails at once);
+    --dry-run reports the same problems.
 
-    Example:
+    Examples:
 
       lfvila run stages/quickstart.yaml
+
+      lfvila run stages/quickstart.yaml --dry-run
+
+      lfvila run stages/quickstart.yaml --set pretrain1.train.epochs=5 --show-config
     """
     from .pipeline.artifacts import Workdir
     from .pipeline.ranks import current_launch
     from .stages import run_pipeline
 
     _setup_logging(verbose)
+    if show_config:
+        from .pipeline.chain import resolve_entries
+        from .stages import load_pipeline
+
+        entries = load_pipeline(pipeline)
+        for i, (entry, cfg) in enumerate(zip(entries, resolve_entries(pipeline, entries, list(set_ or [])))):
+            _echo_config(cfg, f"stages[{i}] ({entry.stage.name})")
+        return
     results = run_pipeline(Workdir(workdir), pipeline, overrides=list(set_ or []), force=force, dry_run=dry_run, progress=_progress(), echo=typer.echo)
 
     launch = current_launch()

@@ -404,3 +404,59 @@ def test_an_http_video_without_its_package_fails_that_video_not_the_stage(tmp_pa
     assert invoke("prepare", "--source", "jsonl", "--workdir", wd, "--set", f"jsonl.path={corpus}").exit_code == 0
     result = invoke("cache", "--workdir", wd, "--set", "frames_per_segment=2", "--set", "height=32", "--set", "width=48", "--max-failure-rate", "0.9")
     assert result.exit_code == 0 and "2/4 segments cached, 2 failed" in result.output, result.output
+
+
+STAGE_COMMANDS = {"prepare": "prepare", "cache": "cache", "pretrain": "pretrain1", "finetune": "finetune", "evaluate": "evaluate", "export": "export", "index": "index"}
+
+
+@pytest.mark.parametrize("command", list(STAGE_COMMANDS))
+def test_help_lists_every_config_key_with_its_default(command):
+    import dataclasses
+
+    from lfvila_cli.stages import STAGES
+
+    stage = STAGES[STAGE_COMMANDS[command]]
+    listed = " ".join(invoke(command, "--help").output.split()).split("Config keys, with their defaults", 1)[1]
+
+    def leaves(obj, prefix=""):
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                yield from leaves(value, f"{prefix}{f.name}.")
+            elif f"{prefix}{f.name}" not in stage.fixed:
+                yield prefix, f.name, value
+
+    for prefix, name, value in leaves(stage.config_class()):
+        inner = prefix.split(".", 1)[1] if prefix.count(".") > 1 else ""  # nested below a group: dotted
+        assert f" {inner}{name} (" in listed or f" {inner}{name}* (" in listed, (command, prefix, name)
+        if prefix:
+            assert f"{prefix.split('.')[0]}.*:" in listed, (command, prefix)
+        if isinstance(value, int) and not isinstance(value, bool):
+            assert f"{inner}{name} ({value})" in listed or f"{inner}{name}* ({value})" in listed, (command, name, value)
+    for policy in stage.policy_fields:
+        assert f"{policy}* (" in listed
+
+
+def test_help_shows_defaults_and_choices():
+    text = " ".join(invoke("cache", "--help").output.split())
+    assert "codec (jpeg | jpegxl | zstd | raw; jpeg)" in text and "quality (94)" in text and "workers* (2)" in text
+    pre = " ".join(invoke("pretrain", "--help").output.split())
+    assert "train.*: lr (0.0002)" in pre and " stage (" not in pre.split("Config keys", 1)[1]  # --stage sets it
+
+
+def test_show_config_prints_the_resolved_config_and_runs_nothing(tmp_path):
+    import yaml
+
+    wd = tmp_path / "wd"
+    result = invoke("cache", "--workdir", wd, "--set", "segment_mode=chunks", "--set", "num_chunks=6", "--show-config")
+    assert result.exit_code == 0, result.output
+    shown = yaml.safe_load(result.output)
+    assert shown["segment_mode"] == "chunks" and shown["num_chunks"] == 6 and shown["codec"] == "jpeg"
+    assert not wd.exists(), "nothing may run"
+    # a pipeline: every stage, with its --set applied
+    result = invoke("run", Path(__file__).parents[1] / "stages" / "quickstart.yaml", "--workdir", wd, "--set", "pretrain1.train.epochs=3", "--show-config")
+    assert result.exit_code == 0, result.output
+    docs = result.output.split("# stages[")
+    assert len(docs) == 15 and docs[3].startswith("2] (pretrain1)") and yaml.safe_load(docs[3].split("\n", 1)[1])["train"]["epochs"] == 3
+    bad = invoke("cache", "--workdir", wd, "--set", "codex=png", "--show-config")
+    assert bad.exit_code == 2 and "unknown config key 'codex'" in bad.output

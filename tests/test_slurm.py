@@ -350,7 +350,8 @@ def test_training_under_slurm_ranks_needs_a_rendezvous_and_says_so_in_one_line(t
     """pretrain under srun without MASTER_ADDR/MASTER_PORT, or as a job array: one line, before
     any work."""
     wd = prepared(tmp_path / "wd", corpus)
-    assert invoke("cache", "--workdir", wd, *CACHE, env=cli_env({})).exit_code == 0
+    # 8 frames per segment, the model's clips: a store the model cannot take fails before this
+    assert invoke("cache", "--workdir", wd, *CACHE, "--set", "frames_per_segment=8", env=cli_env({})).exit_code == 0
     for slurm, message in [
         (srun_vars(1, 2), "error: pretrain1 under srun (2 tasks) needs a rendezvous: MASTER_ADDR and MASTER_PORT are not set; "
                           "export MASTER_ADDR=$(scontrol show hostnames"),
@@ -425,7 +426,7 @@ def test_a_pipeline_under_a_job_array_goes_on_only_in_the_task_that_commits(tmp_
     pipeline.write_text(
         "stages:\n"
         f"  - stage: prepare\n    config: {{source: jsonl, jsonl: {{path: {corpus}}}}}\n"
-        "  - stage: cache\n    config: {frames_per_segment: 2, height: 32, width: 48, workers: 1, decode_timeout_s: 0, max_failure_rate: 0.5}\n"
+        "  - stage: cache\n    config: {frames_per_segment: 8, height: 32, width: 48, workers: 1, decode_timeout_s: 0, max_failure_rate: 0.5}\n"
         "  - stage: pretrain1\n"
     )
     wd = tmp_path / "wd"

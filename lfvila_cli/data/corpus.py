@@ -260,6 +260,13 @@ def is_qa_item(sample: Sample) -> bool:
     return any(name in sample.task for name in QA_FIELDS)
 
 
+def item_kind(sample: Sample) -> str:
+    """What a sample is for: ``retrieval`` (a paragraph), ``multiple_choice`` or ``classification``."""
+    if "candidates" in sample.task:
+        return "multiple_choice"
+    return "classification" if is_qa_item(sample) else "retrieval"
+
+
 def short_paragraphs(samples: Iterable[Sample], window: int = PRETRAIN_WINDOW) -> int:
     """Paragraphs (not QA items) with fewer than ``window`` segments: pre-training skips them."""
     return sum(1 for s in samples if not is_qa_item(s) and len(s.segments) < window)
@@ -293,6 +300,7 @@ def corpus_stats(samples: list[Sample], rejections: Rejections) -> dict:
         "duration_seconds": {**summary(durations), "total": round(sum(durations), 3)},
         "videos": len({s.video for s in samples}),
         "paragraphs": sum(1 for s in samples if not is_qa_item(s)),
+        "kinds": dict(sorted(Counter(item_kind(s) for s in samples).items())),
         "short_paragraphs": {"fewer_than": PRETRAIN_WINDOW, "count": short_paragraphs(samples)},
         "rejected": rejections.to_json(),
         "adjusted": rejections.adjusted.to_json(),

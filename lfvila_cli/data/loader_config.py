@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ..config import check
+from ..errors import ConfigError
 from .corpus import PRETRAIN_WINDOW
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -53,3 +54,28 @@ def trained_loader_config(stage_config: dict) -> LoaderConfig:
 
     loader = stage_config.get("loader") or {}
     return from_dict(LoaderConfig, loader, "loader.") if loader else LoaderConfig(max_tokens=32)
+
+
+def text_slots(kind: str, clips_per_sample: int, max_subtitles: int) -> int:
+    """Sentence slots per text: the paragraph's M, or question (+ candidate) + subtitles."""
+    if kind == "retrieval":
+        return clips_per_sample
+    return (2 if kind == "multiple_choice" else 1) + max_subtitles
+
+
+def check_task_shapes(
+    kind: str, k: int, n: int, slots: int, frames_per_clip: int, max_frames: int | None, max_sentences: int, store: str = "the frame store"
+) -> None:
+    """One-line errors when a chunks store of ``n`` chunks × ``k`` frames and texts of ``slots``
+    sentence slots do not fit a model: used on the loaded dataset (``check_fit``) and, before
+    anything runs, on the configs alone (stages/compat.py)."""
+    if k != frames_per_clip:
+        raise ConfigError(
+            f"{store} holds {k} frames per chunk but the model's clips are {frames_per_clip} frames "
+            f"(video.frames_per_clip): cache with frames_per_segment={frames_per_clip}"
+        )
+    if max_frames is not None and n * k > max_frames:
+        raise ConfigError(f"{store} gives {n} chunks × {k} = {n * k} frames, more than the model's fusion.max_frames={max_frames}: cache fewer num_chunks")
+    if slots > max_sentences:
+        key = "loader.clips_per_sample" if kind == "retrieval" else "max_subtitles"
+        raise ConfigError(f"config key '{key}': {slots} sentence slots per text, more than the model's {max_sentences}")

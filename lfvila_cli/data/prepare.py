@@ -131,5 +131,6 @@ def prepare(cfg: PrepareConfig, out_dir: Path) -> dict:
         "segments": stats["segments"],
         "rejected": rejections.total,
         "short_paragraphs": short["count"],
+        "kinds": stats["kinds"],
         "task_files": stats.get("task_files", {}),
     }

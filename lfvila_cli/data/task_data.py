@@ -34,11 +34,11 @@ from typing import Any, Literal, Sequence
 import numpy as np
 import torch
 
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 from .corpus import Sample, is_qa_item
 from .framestore import OK, FrameStore
 from .loader import StoreBacked, augment, crop_params, normalisation
-from .loader_config import LoaderConfig
+from .loader_config import LoaderConfig, check_task_shapes, text_slots
 
 log = logging.getLogger(__name__)
 
@@ -151,10 +151,7 @@ class TaskDataset(StoreBacked, torch.utils.data.Dataset):
 
     @property
     def text_slots(self) -> int:
-        """Sentence slots per text: the paragraph's M, or question (+ candidate) + subtitles."""
-        if self.kind == "retrieval":
-            return self.cfg.clips_per_sample
-        return (2 if self.kind == "multiple_choice" else 1) + self.max_subtitles
+        return text_slots(self.kind, self.cfg.clips_per_sample, self.max_subtitles)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -223,15 +220,8 @@ def check_fit(dataset, config, what: str) -> None:
     if len(dataset) == 0:
         raise DataError(f"{what}: no usable {dataset.kind} items ({dict(dataset.skipped) or 'the split is empty'})")
     store = dataset.store
-    k, n = store.frames_per_segment, int(store.attrs.get("num_chunks") or 0)
-    if k != config.video.frames_per_clip:
-        raise ConfigError(
-            f"the frame store holds {k} frames per chunk but the model's clips are {config.video.frames_per_clip} frames "
-            f"(video.frames_per_clip): cache with frames_per_segment={config.video.frames_per_clip}"
-        )
-    if config.fusion is not None and n * k > config.fusion.max_frames:
-        raise ConfigError(f"the frame store gives {n} chunks × {k} = {n * k} frames, more than the model's fusion.max_frames={config.fusion.max_frames}: cache fewer num_chunks")
-    slots = dataset.text_slots
-    if slots > config.text.max_sentences:
-        key = "loader.clips_per_sample" if dataset.kind == "retrieval" else "max_subtitles"
-        raise ConfigError(f"config key '{key}': {slots} sentence slots per text, more than the model's {config.text.max_sentences}")
+    check_task_shapes(
+        dataset.kind, store.frames_per_segment, int(store.attrs.get("num_chunks") or 0), dataset.text_slots,
+        config.video.frames_per_clip, config.fusion.max_frames if config.fusion is not None else None, config.text.max_sentences,
+    )
+

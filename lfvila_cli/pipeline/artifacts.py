@@ -111,6 +111,12 @@ def verify_files(artifact: "Artifact") -> str | None:
     return None
 
 
+def stage_command(stage: str) -> str:
+    """The command that makes a stage's artifacts: ``lfvila pretrain --stage 1`` for ``pretrain1``."""
+    match = re.fullmatch(r"pretrain(\d)", stage)
+    return f"lfvila pretrain --stage {match[1]}" if match else f"lfvila {stage}"
+
+
 def read_stage_config(artifact_dir: str | Path) -> dict:
     """The resolved config an artifact was made with (``stage_config.json``); ``{}`` for a
     directory that is not an artifact (e.g. a model directory written by hand)."""
@@ -250,7 +256,7 @@ class Workdir:
                 raise ArtifactError(f"'{ref}' matches {len(matches)} {stage} artifacts; give more of the key")
         if key is None:
             if ref == "latest":
-                raise ArtifactError(f"no '{stage}' artifact in {self.root}: run `lfvila {stage}` first")
+                raise ArtifactError(f"no '{stage}' artifact in {self.root}: run `{stage_command(stage)}` first")
             raise ArtifactError(f"no '{stage}' artifact named '{ref}' in {self.root} (refs: {', '.join(refs) or 'none'})")
         artifact = self.get(stage, key)
         if artifact is None:

@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
-from ..config import load_yaml, parse_override
-from ..errors import ConfigError
+from ..config import load_yaml, parse_override, to_dict
+from ..errors import ConfigError, LfvilaError
 from .artifacts import Artifact, Workdir
+from .plan import Planned
 from .runner import run_stage
 from .stage import Stage, StageResult, resolve_config
 
@@ -107,6 +108,61 @@ def load_pipeline(path: str | Path, stages: Mapping[str, Stage]) -> list[Entry]:
     return entries
 
 
+def check_stage(workdir: Workdir, stage: Stage, config: Any, inputs: Mapping[str, Artifact | Planned]) -> None:
+    """Refuse inputs that cannot work with ``config`` (the stage's ``check``; ``plan.py``), before
+    the stage runs: one ConfigError naming the key or input."""
+    if stage.check is not None:
+        stage.check(config, {name: Planned.of_artifact(workdir, a) if isinstance(a, Artifact) else a for name, a in inputs.items()})
+
+
+def resolve_entries(path: str | Path, entries: list[Entry], overrides=()) -> list[Any]:
+    """Every entry's resolved config; ``overrides``: ``STAGE.key=value``, applied to every entry
+    of that stage. An error names the entry."""
+    per_stage: dict[str, list[str]] = {}
+    names = {entry.stage.name for entry in entries}
+    for text in overrides:
+        keys, _ = parse_override(text)
+        if keys[0] not in names or len(keys) < 2:
+            raise ConfigError(f"--set {text!r}: pipeline overrides start with a stage name ({', '.join(sorted(names))})")
+        per_stage.setdefault(keys[0], []).append(text.split(".", 1)[1])
+    configs = []
+    for i, entry in enumerate(entries):
+        try:
+            configs.append(resolve_config(entry.stage, layers=[entry.config], overrides=per_stage.get(entry.stage.name, [])))
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: stages[{i}] ({entry.stage.name}): {exc}") from None
+    return configs
+
+
+def plan_pipeline(workdir: Workdir, path: str | Path, entries: list[Entry], overrides=()) -> list[Any]:
+    """Every entry's resolved config (``resolve_entries``), each checked against its inputs as
+    they will be (an earlier entry's plan, else the artifact the input rule picks, which must
+    exist), before any runs."""
+    configs = resolve_entries(path, entries, overrides)
+    earlier: dict[str, Planned] = {}
+    by_id: dict[str, Planned] = {}
+    for i, (entry, config) in enumerate(zip(entries, configs)):
+        stage = entry.stage
+        where = f"{path}: stages[{i}] ({stage.name})"
+        try:
+            inputs: dict[str, Planned] = {}
+            for name in stage.input_names(config):
+                if entry.inputs.get(name):
+                    inputs[name] = by_id[entry.inputs[name]]
+                elif name in earlier:
+                    inputs[name] = earlier[name]
+                else:
+                    inputs[name] = Planned.of_artifact(workdir, workdir.resolve(name, "latest"))
+            check_stage(workdir, stage, config, inputs)
+        except LfvilaError as exc:
+            raise type(exc)(f"{where}: {exc}") from None
+        planned = Planned(stage.name, to_dict(config), inputs=inputs, workdir=workdir, entry=i)
+        earlier[stage.name] = planned
+        if entry.id is not None:
+            by_id[entry.id] = planned
+    return configs
+
+
 def run_pipeline(
     workdir: Workdir,
     path: str | Path,
@@ -118,28 +174,19 @@ def run_pipeline(
     progress: bool = True,
     echo: Callable[[str], None] = print,
 ) -> list[StageResult]:
-    """Run every entry of a pipeline file in order, each fed by the input rule (module docstring).
+    """Run every entry of a pipeline file in order, each fed by the input rule (module docstring),
+    after checking them all (``plan_pipeline``).
 
     ``overrides`` are ``STAGE.key=value`` (``prepare.example.train_videos=4``), applied to every
     entry of that stage.
     """
     entries = load_pipeline(path, stages)
-    per_stage: dict[str, list[str]] = {}
-    names = {entry.stage.name for entry in entries}
-    for text in overrides:
-        keys, _ = parse_override(text)
-        if keys[0] not in names or len(keys) < 2:
-            raise ConfigError(f"--set {text!r}: pipeline overrides start with a stage name ({', '.join(sorted(names))})")
-        per_stage.setdefault(keys[0], []).append(text.split(".", 1)[1])
+    configs = plan_pipeline(workdir, path, entries, overrides)  # every stage checked before the first runs
     earlier: dict[str, Artifact] = {}  # stage name -> the artifact of its nearest earlier entry
     by_id: dict[str, Artifact] = {}
     results = []
-    for i, entry in enumerate(entries):
+    for i, (entry, config) in enumerate(zip(entries, configs)):
         stage = entry.stage
-        try:
-            config = resolve_config(stage, layers=[entry.config], overrides=per_stage.get(stage.name, []))
-        except ConfigError as exc:
-            raise ConfigError(f"{path}: stages[{i}] ({stage.name}): {exc}") from None
         wanted = stage.input_names(config)
         named = {name: by_id[source] for name, source in entry.inputs.items() if name in wanted and source in by_id}
         missing = [

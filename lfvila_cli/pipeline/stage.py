@@ -81,18 +81,26 @@ class Stage:
     # how its ranks may work without running together (a Slurm job array's tasks); None: under a
     # job array the stage is built by one task, as by one process
     independent_ranks: Optional[IndependentRanks] = None
+    # refuses inputs that cannot work with this config before anything runs (``plan.py``):
+    # check(config, {input name: Planned}) raises a one-line ConfigError
+    check: Optional[Callable[[Any, dict], None]] = None
 
     def input_names(self, config: Any) -> tuple[str, ...]:
         return tuple(self.select_inputs(config)) if self.select_inputs else self.inputs
 
-    def key_payload(self, config: Any, inputs: dict[str, Artifact]) -> dict:
+    def keyed_config(self, config: Any) -> dict:
+        """The part of ``config`` that keys the artifact: ``key_config`` (default: all of it)
+        without the policy fields."""
         own = self.key_config(config) if self.key_config else to_dict(config)
         for name in self.policy_fields:
             own.pop(name, None)
+        return own
+
+    def key_payload(self, config: Any, inputs: dict[str, Artifact]) -> dict:
         return {
             "stage": self.name,
             "version": self.version,
-            "config": own,
+            "config": self.keyed_config(config),
             "inputs": {name: artifact.manifest.get("key", artifact.key) for name, artifact in sorted(inputs.items())},
             "fingerprints": self.fingerprints(config, inputs) if self.fingerprints else {},
         }

@@ -253,6 +253,7 @@ STAGE = Stage(
     inputs=("prepare",),
     fingerprints=fingerprints,
     key_config=key_config,
+    policy_fields=("max_failure_rate", "workers", "retry_failed", "decode_timeout_s"),  # how the frames are made, not what they are
     verify=verify,
     resumable=True,
     independent_ranks=IndependentRanks(setup=setup_share, remaining=remaining, summarize=summarize),

@@ -33,6 +33,31 @@ def run(ctx: StageContext) -> dict:
     return run_evaluate(ctx.config, corpus_of(ctx.workdir, cache), frame_store_url(cache), model.path, model.config, ctx.out_dir)
 
 
+def check(config: EvaluateConfig, inputs: dict) -> None:
+    """Before anything runs: a chunks store holding the items of the model's task, at the model's
+    frames per chunk (``compat.py``)."""
+    from ..errors import ConfigError
+    from ..tasks import TASKS
+    from .compat import model_facts, require_corpus_kind, require_segment_mode
+
+    cache, model = inputs["cache"], inputs[config.model]
+    require_segment_mode(cache, "chunks", "evaluation spreads frames over the whole video")
+    task = model.config.get("task", "") if config.model == "finetune" else (config.task or "activitynet")
+    if config.model == "finetune" and config.task and task and config.task != task:
+        raise ConfigError(f"config key 'task': the model {model.label} was fine-tuned for {task!r}, not {config.task!r}")
+    if task not in TASKS:
+        return
+    kind = TASKS[task].kind
+    require_corpus_kind(cache, kind, task)
+    facts = model_facts(model, fused=kind != "retrieval")
+    k = int(cache.config.get("frames_per_segment", 0))
+    if facts is not None and k != facts["frames_per_clip"]:
+        raise ConfigError(
+            f"input {cache.label} holds {k} frames per chunk but the model {model.label} has clips of {facts['frames_per_clip']} frames: "
+            "evaluate it on a store cached as the one it was trained on"
+        )
+
+
 def describe(summary: dict) -> str:
     """One line for the stage runner: the task, the split and the headline figures."""
     m = summary.get("metrics", {})
@@ -53,4 +78,5 @@ STAGE = Stage(
     inputs=("cache", "finetune", "pretrain1"),
     select_inputs=input_names,
     describe=describe,
+    check=check,
 )

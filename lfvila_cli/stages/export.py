@@ -15,7 +15,8 @@ from typing import Literal, Optional
 from ..config import check
 from ..data.loader_config import LoaderConfig
 from ..errors import ConfigError
-from ..pipeline.artifacts import KEY_CHARS, Artifact, Workdir
+from ..pipeline.artifacts import Artifact, Workdir
+from ..pipeline.plan import Planned
 from ..pipeline.stage import Stage, StageContext
 
 
@@ -53,14 +54,17 @@ def input_names(cfg: ExportConfig) -> tuple[str, ...]:
     return (cfg.model,)
 
 
-def trained_frames(workdir: Workdir, model: Artifact) -> dict[str, int]:
-    """``{frames, height, width}`` a model artifact was trained on, from the frame store it was
-    trained on: its frame size, and its frames per sample (chunks × frames per chunk for a task
-    store, the training window's clips × frames per clip for a pre-training store)."""
-    cache = workdir.input_of(model, "cache")
+def trained_frames(workdir: Optional[Workdir], model: Artifact | Planned) -> dict[str, int]:
+    """``{frames, height, width}`` a model (an artifact, or a pipeline entry not run yet) was
+    trained on, from the frame store it was trained on: its frame size, and its frames per sample
+    (chunks × frames per chunk for a task store, the training window's clips × frames per clip
+    for a pre-training store)."""
+    if isinstance(model, Artifact):
+        model = Planned.of_artifact(workdir, model)
+    cache = model.input("cache")
     if cache is None:
         raise ConfigError(
-            f"config keys 'frames', 'height', 'width': the frame store {model.stage}/{model.key[:KEY_CHARS]} was trained on "
+            f"config keys 'frames', 'height', 'width': the frame store {model.label} was trained on "
             "is gone, so its frame size is unknown; set them"
         )
     store = cache.config
@@ -80,6 +84,18 @@ def complete(workdir: Workdir, config: ExportConfig, inputs: dict[str, Artifact]
         return config
     trained = trained_frames(workdir, inputs[config.model])
     return dataclasses.replace(config, **{name: trained[name] for name in unset})
+
+
+def exported_frames(config: dict, model: Optional[Planned]) -> dict[str, int]:
+    """``{frames, height, width}`` an export config (a dict) gives its graphs: those it sets, the
+    rest (0) as the model was trained."""
+    given = {name: int(config.get(name) or 0) for name in ("frames", "height", "width")}
+    if all(given.values()):
+        return given
+    if model is None:
+        raise ConfigError("config keys 'frames', 'height', 'width': the exported model is gone, so its frame size is unknown")
+    trained = trained_frames(None, model)
+    return {name: given[name] or trained[name] for name in given}
 
 
 def run(ctx: StageContext) -> dict:

@@ -52,6 +52,23 @@ def run(ctx: StageContext) -> dict:
     )
 
 
+def check(config: FinetuneConfig, inputs: dict) -> None:
+    """Before anything runs: a chunks store of the task's kind of items that fits the model it
+    starts from (frames per chunk, frames in all, sentence slots; ``compat.py``)."""
+    from ..data.loader_config import text_slots
+    from .compat import check_frames, model_facts, preset_facts, require_corpus_kind, require_segment_mode
+
+    spec, cache = config.spec, inputs["cache"]
+    require_segment_mode(cache, "chunks", "fine-tuning spreads frames over the whole video")
+    require_corpus_kind(cache, spec.kind, config.task)
+    fused = spec.kind != "retrieval"
+    if config.init == "pretrained":
+        facts = model_facts(inputs[spec.pretrained_stage], fused)
+    else:
+        facts = preset_facts(config.model, fused)
+    check_frames(cache, facts, spec.kind, text_slots(spec.kind, config.loader.clips_per_sample, config.subtitles))
+
+
 def describe(summary: dict) -> str:
     selection = summary.get("selection") or {}
     parts = [f"{summary.get('task', '?')}: {summary.get('steps', '?')} steps"]
@@ -74,4 +91,5 @@ STAGE = Stage(
     resumable=True,
     distributed=True,  # every rank trains in one process group
     describe=describe,
+    check=check,
 )

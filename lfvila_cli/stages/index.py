@@ -32,6 +32,33 @@ def run(ctx: StageContext) -> dict:
     return build_index(frame_store_url(ctx.inputs["cache"]), source, ctx.config, ctx.out_dir, progress=ctx.progress)
 
 
+def check(config: IndexConfig, inputs: dict) -> None:
+    """Before anything runs: a chunks store whose videos the encoders take as they are (the ONNX
+    graphs' fixed frame count and size; the PyTorch model's frames per clip)."""
+    from .compat import model_facts, require_segment_mode
+    from .export import exported_frames
+
+    cache = inputs["cache"]
+    require_segment_mode(cache, "chunks", "search indexes whole videos")
+    k, n = int(cache.config.get("frames_per_segment", 0)), int(cache.config.get("num_chunks") or 0)
+    size = (n * k, int(cache.config.get("height", 0)), int(cache.config.get("width", 0)))
+    if config.engine == "onnx":
+        export = inputs["export"]
+        try:
+            made = exported_frames(export.config, export.input(export.config.get("model", "pretrain1")))
+        except ConfigError:
+            return  # the export stage reports an export it cannot size
+        if (made["frames"], made["height"], made["width"]) != size:
+            raise ConfigError(
+                f"input {export.label} takes {made['frames']} frames at {made['height']}×{made['width']}, but the frame store {cache.label} "
+                f"gives {size[0]} at {size[1]}×{size[2]}: export with --set frames={size[0]} --set height={size[1]} --set width={size[2]}"
+            )
+    else:
+        facts = model_facts(inputs["pretrain1"], fused=False)
+        if facts is not None and k != facts["frames_per_clip"]:
+            raise ConfigError(f"input {cache.label} holds {k} frames per chunk but the model {inputs['pretrain1'].label} has clips of {facts['frames_per_clip']} frames")
+
+
 def describe(summary: dict) -> str:
     rate = summary.get("videos_per_s")
     return f"{summary.get('videos', '?')} videos indexed with {summary.get('engine', '?')}" + (f" ({rate} videos/s)" if rate else "")
@@ -63,4 +90,5 @@ STAGE = Stage(
     policy_fields=("batch",),
     resumable=True,
     describe=describe,
+    check=check,
 )
