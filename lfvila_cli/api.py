@@ -77,6 +77,8 @@ class Lfvila:
         from .model.pretrained import TOKENIZER_DIR
         from .pipeline.artifacts import read_stage_config
 
+        if model.pretrained_dir is None:
+            raise LfvilaError("Lfvila takes a model loaded from its directory (lfvila_cli.load, or from_pretrained)")
         self.model = model
         self.config = model.config
         source = Path(model.pretrained_dir)
