@@ -129,7 +129,7 @@ def _versions() -> dict[str, str]:
     import onnx
     import onnxruntime
 
-    from . import __version__
+    from .version import __version__
 
     return {"lfvila": __version__, "torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
 

@@ -358,6 +358,32 @@ def test_python_api_example_ranks_like_the_index(exported, indexed, tmp_path):
         assert [s["sentence"] for s in result["sentence_clips"]] == paragraph
 
 
+def test_top_level_api_ranks_like_the_index(exported, indexed):
+    """lfvila_cli.load on a pre-trained artifact: config.json names its class and the frames it was
+    trained on, and the API's scores of the video files equal the index's of the cached frames."""
+    import zarr
+
+    import lfvila_cli
+
+    wd, _, onnx_index, _ = indexed
+    _, model_artifact, export_artifact = exported
+    config = json.loads((model_artifact.path / "config.json").read_text())
+    assert config["model_type"] == "lfvila" and config["architectures"] == ["LfvilaForPretrainingStage1"]
+    assert {k: config["preprocessing"][k] for k in ("frames", "height", "width", "max_tokens")} == {"frames": 32, "height": 64, "width": 96, "max_tokens": 32}
+    corpus = wd.resolve("prepare").path
+    samples = [json.loads(line) for line in (corpus / "samples.jsonl").read_text().splitlines()][:3]
+    paragraph = ["the red circle grows.", "the red circle moves to the left."]
+    group = zarr.open_group(str(onnx_index.path / "features.zarr"), mode="r")
+    rows = [list(group["sample_id"][:]).index(s["id"]) for s in samples]
+    from lfvila_cli.search import Encoder
+
+    expected = np.asarray(group["video"][:])[rows] @ Encoder("onnx", export_artifact.path).paragraph(paragraph)[0]
+    result = lfvila_cli.load(model_artifact.path, device="cpu").rank([paragraph], [corpus / s["video"] for s in samples])[0]
+    got = {r["video"]: r["score"] for r in result["ranking"]}
+    assert np.allclose([got[i] for i in range(3)], expected, atol=2e-4)
+    assert [s["sentence"] for s in result["sentence_clips"]] == paragraph
+
+
 def test_index_embeds_shared_frames_once(exported, tmp_path):
     """Samples sharing their frames (two questions of one video) are indexed once, under the first id."""
     from lfvila_cli.data.cache import CacheConfig, cache_frames

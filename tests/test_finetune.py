@@ -306,6 +306,15 @@ def test_anet_qa_through_the_authors_jsonl_reader_and_scratch_init(pretrained, t
     assert finetuned.manifest["inputs"].keys() == {"cache"} and finetuned.summary["num_labels"] == len(vocabulary)
     config = json.loads((finetuned.path / "config.json").read_text())
     assert config["heads"]["num_labels"] == len(vocabulary)
+    # what a loader needs without the pipeline: the class, the task, the answers, the input
+    assert config["architectures"] == ["LfvilaForClassification"] and config["task"] == "anet-qa"
+    assert config["id2label"] == {str(i): answer for i, answer in enumerate(vocabulary)}
+    assert {k: config["preprocessing"][k] for k in ("frames", "height", "width")} == {"frames": 32, "height": 64, "width": 96}
+    import lfvila_cli
+
+    model = lfvila_cli.load(finetuned.path, device="cpu")
+    answered = model.answer(corpus.path / items[0]["video"], items[0]["question"])
+    assert answered["label"] == vocabulary[answered["answer"]] and len(answered["scores"]) == len(vocabulary)
     metrics = json.loads((evaluated.path / "metrics.json").read_text())
     assert metrics["split"] == "val" and metrics["num_items"] == 8  # 4 val videos (2 + twins) × 2 questions
 

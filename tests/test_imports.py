@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lfvila_cli"
 
 # What each layer may import besides itself; a module not listed here belongs to the top layer
 # (the CLI and the application modules over the library), which may import anything below it.
-BASE = {"lfvila_cli", "lfvila_cli.errors", "lfvila_cli.config"}
+BASE = {"lfvila_cli.errors", "lfvila_cli.config", "lfvila_cli.version", "lfvila_cli.hub"}
 LAYERS = {
     "lfvila_cli.data": BASE,
     "lfvila_cli.objectives": BASE,
@@ -83,8 +83,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def within(module: str, package: str) -> bool:
-    """``module`` is ``package`` or inside it (the root package itself only as such: its
-    ``__version__``)."""
+    """``module`` is ``package`` or inside it (the root package ``lfvila_cli`` only as itself)."""
     return module == package or (package != "lfvila_cli" and module.startswith(package + "."))
 
 

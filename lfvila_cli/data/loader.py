@@ -229,6 +229,11 @@ class PretrainDataset(StoreBacked, torch.utils.data.Dataset):
 
     # --- the dataset ----------------------------------------------------------------------------
 
+    @property
+    def frames_per_item(self) -> int:
+        """Frames of an item's video: the training window's clips × frames per clip."""
+        return self.cfg.clips_per_sample * self.frames_per_clip
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 

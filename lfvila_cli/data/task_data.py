@@ -68,6 +68,33 @@ def subtitle_lines(sample: Sample, limit: int) -> list[str]:
     return [str(s["text"]).strip() for s in subtitles[:limit]]
 
 
+def tokenize_texts(tokenizer, texts: Sequence[str], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(len(texts), L) ids and mask, L = ``max_tokens``; an empty text is an empty slot (all-zero mask)."""
+    tokens = tokenizer(
+        [t or "" for t in texts], max_length=max_tokens, truncation=True, padding="max_length",
+        return_tensors="pt", return_token_type_ids=False,
+    )
+    ids, mask = tokens["input_ids"].long(), tokens["attention_mask"].long()
+    empty = torch.tensor([not t for t in texts])
+    ids[empty], mask[empty] = 0, 0
+    return ids, mask
+
+
+def qa_tokens(
+    tokenizer, kind: str, text: str, candidates: Sequence[str], subtitles: Sequence[str], max_subtitles: int, max_tokens: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A QA item's ids and mask: multiple choice (C, 2+S, L), per candidate the question, the
+    candidate, then the subtitles; classification (1+S, L), the question or statement, then the
+    subtitles. ``subtitles`` in time order, the first ``max_subtitles`` kept, S = ``max_subtitles``
+    slots (the unused ones empty)."""
+    lines = [str(s).strip() for s in subtitles if str(s).strip()][:max_subtitles]
+    rest = lines + [""] * (max_subtitles - len(lines))
+    if kind == "multiple_choice":
+        pairs = [tokenize_texts(tokenizer, [text, str(c), *rest], max_tokens) for c in candidates]
+        return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+    return tokenize_texts(tokenizer, [text, *rest], max_tokens)
+
+
 def span_labels(times: np.ndarray, span: Any) -> np.ndarray:
     """(T,) int64 per frame: 1 inside ``[start, end]``, 0 outside, ``IGNORE_SPAN`` without a span."""
     if span is None:
@@ -163,20 +190,10 @@ class TaskDataset(StoreBacked, torch.utils.data.Dataset):
         epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         return self.get(int(index), int(epoch))
 
-    def _tokens(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(len(texts), L) ids and mask; an empty text is an empty slot (all-zero mask)."""
-        tokens = self.tokenizer(
-            [t or "" for t in texts], max_length=self.cfg.max_tokens, truncation=True, padding="max_length",
-            return_tensors="pt", return_token_type_ids=False,
-        )
-        ids, mask = tokens["input_ids"].long(), tokens["attention_mask"].long()
-        empty = torch.tensor([not t for t in texts])
-        ids[empty], mask[empty] = 0, 0
-        return ids, mask
-
-    def _slots(self, first: list[str], sample: Sample) -> list[str]:
-        lines = subtitle_lines(sample, self.max_subtitles)
-        return first + lines + [""] * (self.max_subtitles - len(lines))
+    @property
+    def frames_per_item(self) -> int:
+        """Frames of an item's video: the store's chunks × frames per chunk."""
+        return int(self.store.attrs.get("num_chunks") or 0) * self.store.frames_per_segment
 
     def get(self, index: int, epoch: int) -> dict[str, Any]:
         sample = self.samples[index]
@@ -192,17 +209,19 @@ class TaskDataset(StoreBacked, torch.utils.data.Dataset):
         task = sample.task
         if self.kind == "retrieval":
             texts = merge_sentences([seg.text for seg in sample.segments], self.cfg.clips_per_sample)
-            item["input_ids"], item["attention_mask"] = self._tokens(texts + [""] * (self.cfg.clips_per_sample - len(texts)))
-        elif self.kind == "multiple_choice":
-            pairs = [self._tokens(self._slots([task["question"], c], sample)) for c in task["candidates"]]
-            item["input_ids"] = torch.stack([p[0] for p in pairs])
-            item["attention_mask"] = torch.stack([p[1] for p in pairs])
-            item["label"] = torch.tensor(int(task["answer"]))
-            item["span_labels"] = torch.from_numpy(span_labels(times, task.get("span")))
+            texts += [""] * (self.cfg.clips_per_sample - len(texts))
+            item["input_ids"], item["attention_mask"] = tokenize_texts(self.tokenizer, texts, self.cfg.max_tokens)
         else:
-            text = task.get("statement") or task.get("question")
-            item["input_ids"], item["attention_mask"] = self._tokens(self._slots([str(text)], sample))
-            item["label"] = torch.tensor(int(task["label"]))
+            text = task["question"] if self.kind == "multiple_choice" else task.get("statement") or task.get("question")
+            item["input_ids"], item["attention_mask"] = qa_tokens(
+                self.tokenizer, self.kind, str(text), task.get("candidates") or [], subtitle_lines(sample, self.max_subtitles),
+                self.max_subtitles, self.cfg.max_tokens,
+            )
+            if self.kind == "multiple_choice":
+                item["label"] = torch.tensor(int(task["answer"]))
+                item["span_labels"] = torch.from_numpy(span_labels(times, task.get("span")))
+            else:
+                item["label"] = torch.tensor(int(task["label"]))
         return item
 
     @staticmethod

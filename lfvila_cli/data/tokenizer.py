@@ -16,10 +16,10 @@ Transformers 5 trap (docs/engineering.md §4): ``BertTokenizerFast(vocab_file=..
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Iterable
 
+from ..hub import local_files_only as hub_local_files_only
 from ..errors import DataError
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0..4 in a trained vocabulary
@@ -35,7 +35,7 @@ def load_tokenizer(path_or_hub_id: str | Path, local_files_only: bool | None = N
     from transformers import AutoTokenizer
 
     if local_files_only is None:
-        local_files_only = os.environ.get("HF_HUB_OFFLINE", "1") != "0"
+        local_files_only = hub_local_files_only()
     name = str(path_or_hub_id)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_files_only)

@@ -26,8 +26,10 @@ One subclass per task adds a typed ``forward(frames, input_ids, attention_mask, 
 ``model_class`` picks the class from a config's layout or a preset variant; ``build_model``
 builds it (``device="meta"``: shapes only; ``materialise_meta`` initialises what a checkpoint
 did not fill). Parameter names do not depend on the class, and wrappers that call
-``model(...)`` (DDP, DeepSpeed) run their hooks. Losses live in ``lfvila_cli.objectives``; model
-code reads no files (weight import: ``weights.py``; named configurations: ``presets.py``).
+``model(...)`` (DDP, DeepSpeed) run their hooks. ``Cls.from_pretrained(dir or hub id)`` and
+``model.save_pretrained(dir)`` read and write a finished-model directory (``pretrained.py``).
+Losses live in ``lfvila_cli.objectives``; the model code here reads no files (the model
+directory: ``files.py``; weight import: ``weights.py``; named configurations: ``presets.py``).
 
 Parameter names (top level) against the authors' released checkpoints (full key map in
 ``weights.py``):
@@ -55,6 +57,7 @@ from torch import nn
 from ..config import check
 from ..errors import ConfigError, LfvilaError
 from ..objectives import ObjectiveConfig
+from .files import PretrainedMixin
 from .fusion import CrossModalConfig, CrossModalEncoder, CrossModalOutput
 from .heads import (
     ClassificationHead,
@@ -226,7 +229,7 @@ class EmptySentenceSlotError(LfvilaError, ValueError):
     """Stage-1 input whose text leaves a sentence slot empty (MTC needs one sentence per clip)."""
 
 
-class LfvilaModel(nn.Module):
+class LfvilaModel(PretrainedMixin, nn.Module):
     """The LF-VILA parts (config in, parts the config leaves out are ``None``) and what every
     task shares: ``encode_video``, ``encode_text``, ``fuse``, the stage split of the parameters.
 
@@ -234,7 +237,14 @@ class LfvilaModel(nn.Module):
     ``LfvilaForPretrainingStage2``, ``LfvilaForRetrieval``, ``LfvilaForMultipleChoice``,
     ``LfvilaForClassification``), so that wrappers calling ``model(...)`` (DDP, DeepSpeed's
     engine) run it with their hooks. ``build_model`` picks the class from the config
-    (``model_class``); the parameter names do not depend on the class."""
+    (``model_class``); the parameter names do not depend on the class. ``from_pretrained`` /
+    ``save_pretrained`` read and write a model directory (``files.PretrainedMixin``)."""
+
+    config_class = LfvilaConfig
+
+    @classmethod
+    def class_for(cls, config: LfvilaConfig) -> type["LfvilaModel"]:
+        return model_class(config)
 
     def __init__(self, config: LfvilaConfig) -> None:
         super().__init__()

@@ -1,113 +1,93 @@
 """A finished model directory: what pre-training and fine-tuning write and everything else reads.
 
-    config.json          the ``LfvilaConfig`` (``lfvila_cli.config.to_dict``)
+    config.json          the ``LfvilaConfig`` (``lfvila_cli.config.to_dict``) and, beside it, what a
+                         loader needs to know without the pipeline (``MODEL_KEYS``):
+                           model_type      "lfvila"
+                           architectures   [the class: "LfvilaForRetrieval", ...]
+                           lfvila_version  the version that wrote it
+                           torch_dtype     "float32" (how the weights are stored)
+                           task            the fine-tuning task ("how2qa", "anet-qa", ...), when known
+                           id2label        {"0": answer, ...}: a classifier's classes, when known
+                           preprocessing   image_mean, image_std (the normalisation the model was
+                                           trained with); frames, height, width (its input)
     model.safetensors    the state dict; a tensor shared under several names (tied weights) is
                          stored once, the other names are recorded as aliases in the metadata
     tokenizer/           the tokenizer the model was trained with (``data/tokenizer.py``)
 
-``load_pretrained`` rebuilds the model strictly; ``load_stage1_into`` loads a stage-1 model into
-a stage-2 model (strict on the stage-1 parts); ``load_pretrained_into`` copies the tensors a
-task model shares with a pre-trained one. A missing, truncated or corrupt file is a one-line
-``ArtifactError`` naming it.
+Directories written before those keys existed (the ``LfvilaConfig`` alone) still load: their
+class follows from the layout (``lfvila.model_class``). ``load_pretrained`` rebuilds the model
+strictly; every model class has ``from_pretrained`` (a local directory or a hub id, offline by
+default: ``lfvila_cli.hub``) and ``save_pretrained`` (``files.PretrainedMixin``; the files
+themselves are read and written in ``files.py``, below the model classes); ``load_stage1_into``
+loads a stage-1 model into a stage-2 model (strict on the stage-1 parts); ``load_pretrained_into``
+copies the tensors a task model shares with a pre-trained one. A missing, truncated or corrupt
+file is a one-line ``ArtifactError`` naming it.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
-from ..config import from_dict, to_dict
-from ..errors import ArtifactError, LfvilaError
-
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-TOKENIZER_DIR = "tokenizer"
-
-
-def _storage_key(t: torch.Tensor) -> tuple:
-    return (t.device.type, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
-
-
-def save_weights(state: dict[str, torch.Tensor], path: str | Path) -> dict[str, str]:
-    """Save ``state`` with safetensors; a tensor shared under several names (tied weights) is
-    stored once under its first name and the others are recorded as aliases in the metadata.
-    Returns the aliases ``{alias: stored name}``."""
-    from safetensors.torch import save_file
-
-    stored: dict[str, torch.Tensor] = {}
-    aliases: dict[str, str] = {}
-    seen: dict[tuple, str] = {}
-    for name, tensor in state.items():
-        tensor = tensor.detach()
-        key = _storage_key(tensor) if tensor.numel() else None
-        if key is not None and key in seen:
-            aliases[name] = seen[key]
-            continue
-        if key is not None:
-            seen[key] = name
-        stored[name] = tensor.to("cpu").contiguous().clone()
-    save_file(stored, str(path), metadata={"format": "pt", "aliases": json.dumps(aliases, sort_keys=True)})
-    return aliases
+from ..errors import LfvilaError
+from .files import (  # noqa: F401  (the model directory's names, for its readers)
+    CONFIG_FILE,
+    MODEL_KEYS,
+    MODEL_TYPE,
+    TOKENIZER_DIR,
+    WEIGHTS_FILE,
+    config_from,
+    float_state,
+    info_from,
+    load_strict,
+    load_weights,
+    model_info,
+    read_config_json,
+    resolve_device,
+    resolve_model_dir,
+    save_weights,
+    write_model,
+)
 
 
-def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """The state dict written by ``save_weights``, aliases restored."""
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
+def save_pretrained(
+    model: torch.nn.Module, config: Any, model_dir: str | Path, *, task: Optional[str] = None,
+    labels: Optional[list[str]] = None, preprocessing: Optional[dict[str, Any]] = None,
+) -> None:
+    """Write ``config.json`` (the ``MODEL_KEYS``: the class from the config's layout, the
+    version, the task, a classifier's ``labels`` and the ``preprocessing`` where known; then the
+    config) and ``model.safetensors`` (float32) into ``model_dir``; the tokenizer is saved by
+    whoever chose it."""
+    from .lfvila import model_class
 
-    try:
-        state = load_file(str(path), device="cpu")
-        with safe_open(str(path), framework="pt") as f:
-            aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
-        for alias, name in aliases.items():
-            state[alias] = state[name]
-    except FileNotFoundError:
-        raise ArtifactError(f"{path}: no such weights file") from None
-    except (SafetensorError, OSError, ValueError, KeyError) as exc:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ArtifactError(f"{path}: unreadable weights file, truncated or corrupt ({detail})") from exc
-    return state
-
-
-def float_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The model's state dict with floating-point tensors in float32 (how finished models are saved)."""
-    return {k: v.detach().float() if v.is_floating_point() else v.detach() for k, v in model.state_dict().items()}
-
-
-def save_pretrained(model: torch.nn.Module, config: Any, model_dir: str | Path) -> None:
-    """Write ``config.json`` and ``model.safetensors`` (float32) into ``model_dir``; the tokenizer
-    is saved by whoever chose it."""
-    model_dir = Path(model_dir)
-    (model_dir / CONFIG_FILE).write_text(json.dumps(to_dict(config), indent=2) + "\n", encoding="utf-8")
-    save_weights(float_state(model), model_dir / WEIGHTS_FILE)
+    write_model(model, config, Path(model_dir), model_info(model_class(config).__name__, task, labels, preprocessing))
 
 
 def read_config(model_dir: str | Path):
-    """The ``LfvilaConfig`` of a model directory."""
+    """The ``LfvilaConfig`` of a model directory (the ``MODEL_KEYS`` set aside)."""
     from .lfvila import LfvilaConfig
 
+    return config_from(LfvilaConfig, read_config_json(Path(model_dir)))
+
+
+def read_model_info(model_dir: str | Path) -> dict[str, Any]:
+    """The ``MODEL_KEYS`` of a model directory (``files.info_from``: old directories too)."""
+    from .lfvila import model_class
+
     model_dir = Path(model_dir)
-    try:
-        return from_dict(LfvilaConfig, json.loads((model_dir / CONFIG_FILE).read_text(encoding="utf-8")))
-    except OSError as exc:
-        raise LfvilaError(f"{model_dir}: cannot read {CONFIG_FILE} ({exc.strerror or exc})") from None
+    return info_from(model_dir, read_config_json(model_dir), model_class(read_config(model_dir)).__name__)
 
 
 def load_pretrained(model_dir: str | Path):
-    """Rebuild a finished model: ``config.json`` + ``model.safetensors`` (strict)."""
+    """Rebuild a finished model: ``config.json`` + ``model.safetensors`` (strict), of the class its
+    layout makes, in train mode on the CPU (``LfvilaModel.from_pretrained``: eval mode, a device,
+    hub ids)."""
     from .lfvila import build_model
 
     model_dir = Path(model_dir)
-    model = build_model(read_config(model_dir))
-    try:
-        model.load_state_dict(load_weights(model_dir / WEIGHTS_FILE), strict=True)
-    except RuntimeError as exc:  # torch lists every missing, unexpected and misshapen tensor
-        first = next((ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip()), str(exc))
-        raise ArtifactError(f"{model_dir / WEIGHTS_FILE}: the weights do not fit the model {CONFIG_FILE} describes ({first[:200]})") from None
-    return model
+    return load_strict(build_model(read_config(model_dir)), model_dir)
 
 
 def load_stage1_into(model, stage1_dir: str | Path) -> dict[str, int]:

@@ -19,7 +19,7 @@ import shutil
 import time
 from typing import Any, Callable, Optional
 
-from .. import __version__
+from ..version import __version__
 from ..config import to_dict
 from ..errors import ArtifactError, ConfigError
 from .artifacts import KEY_CHARS, Artifact, Workdir, compute_key, file_checksums, remove_temp_files, verify_files

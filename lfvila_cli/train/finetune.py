@@ -40,6 +40,7 @@ from typing import Any, Optional
 
 import torch
 
+from ..data.formats.anetqa import ANSWERS_FILE
 from ..data.task_data import check_fit
 from ..errors import ConfigError, LfvilaError
 from ..model.pretrained import WEIGHTS_FILE, load_pretrained_into, read_config
@@ -258,6 +259,14 @@ class FinetuneRecipe(Recipe):
 
         metrics = task_metrics(self.spec.kind, predicted)
         return {SELECTED_ON: selection_metric(self.spec.kind, metrics), **_flat(metrics)}
+
+    def pretrained_info(self, train_ds) -> dict[str, Any]:
+        """The preprocessing, the task and a classifier's classes where the corpus names them
+        (its ``answers.json``)."""
+        info = {**super().pretrained_info(train_ds), "task": self.cfg.task}
+        if self.spec.kind == "classification" and (self.corpus_path.parent / ANSWERS_FILE).is_file():
+            info["labels"] = read_answers(self.corpus_path.parent)
+        return info
 
     def summary(self, run) -> dict[str, Any]:
         out: dict[str, Any] = {"task": self.cfg.task, "kind": self.spec.kind, "init": self.init_report}

@@ -212,7 +212,8 @@ def fit(
             summary["samples_per_s"] = float(np.median(rates))
     summary.update(recipe.summary(run))
     if rank == 0:
-        write_finished(model, config, out_dir, run.train_records, val_records, val_keys=recipe.plot_val_keys)
+        write_finished(model, config, out_dir, run.train_records, val_records, val_keys=recipe.plot_val_keys,
+                       pretrained=recipe.pretrained_info(train_ds))
     return summary
 
 
@@ -352,10 +353,12 @@ def losses_of(record: dict) -> dict[str, float]:
 
 def write_finished(
     model, config, out_dir: Path, train_records: list[dict], val_records: list[dict], val_keys: tuple[str, ...] = ("R@1", "loss/total"),
+    pretrained: Optional[dict] = None,
 ) -> None:
     """config.json, model.safetensors, metrics.jsonl and loss.png (the tokenizer is already there);
-    ``val_keys``: the validation figures drawn beside the training losses."""
-    save_pretrained(model, config, out_dir)
+    ``val_keys``: the validation figures drawn beside the training losses; ``pretrained``: what
+    config.json records besides the config (``Recipe.pretrained_info``)."""
+    save_pretrained(model, config, out_dir, **(pretrained or {}))
     with open(out_dir / METRICS_FILE, "w", encoding="utf-8") as f:
         for record in train_records:
             f.write(json.dumps({"split": "train", **record}) + "\n")

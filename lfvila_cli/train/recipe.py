@@ -19,6 +19,7 @@ every random draw (the model's initialisation is seeded inside ``build_model``):
     predict(module, val_ds, rank, world_size)                      every validating rank
     score(predicted) -> record fields                              rank 0
     summary(run) -> the recipe's own summary fields
+    pretrained_info(train_ds) -> what config.json records besides the config     rank 0, at the end
 
 ``cfg`` carries the fields every recipe config has: ``train`` (TrainConfig), ``tokenizer``,
 ``tokenizer_vocab_size``, ``val_every``, ``val_max_samples``, ``val_batch`` and ``workers``.
@@ -96,6 +97,16 @@ class Recipe(ABC):
     def summary(self, run) -> dict[str, Any]:
         """The recipe's own summary fields (``run``: fit.FitRun)."""
         return {}
+
+    def pretrained_info(self, train_ds) -> dict[str, Any]:
+        """What the finished model's config.json records besides its config (the keyword
+        arguments of ``model.pretrained.save_pretrained``): the preprocessing it was trained with
+        (normalisation, tokens per sentence, frames and frame size of an item)."""
+        loader = self.cfg.loader
+        return {"preprocessing": {
+            "image_mean": list(loader.image_mean), "image_std": list(loader.image_std), "max_tokens": loader.max_tokens,
+            "frames": train_ds.frames_per_item, "height": train_ds.height, "width": train_ds.width,
+        }}
 
 
 def move_batch(batch: dict, param) -> tuple:
