@@ -539,6 +539,7 @@ def export(
 def index(
     cache: str = typer.Option("latest", "--cache", help="The frame store to index (segment_mode=chunks): ref name, key (prefix) or directory."),
     source: str = typer.Option("latest", "--from", help="engine onnx: the export artifact; engine torch: the pretrain1 artifact."),
+    device: Optional[str] = typer.Option(None, "--device", help="The config key device: auto (the default: CUDA where it really runs, else the CPU), cpu, cuda or cuda:N (CUDA required)."),
     *,
     opts: StageOptions,
 ) -> None:
@@ -555,10 +556,13 @@ def index(
 
       lfvila index --set engine=torch       (through the PyTorch stage-1 model)
 
-    Config keys: engine (onnx | torch), batch (not part of the key).
+      lfvila index --device cuda            (on the GPU, or an error saying why not)
+
+    Config keys: engine (onnx | torch), batch and device (auto | cpu | cuda | cuda:N; --device),
+    neither part of the key.
     """
     refs = {"cache": cache, "export": source, "pretrain1": source}
-    _run_single("index", opts, [], refs)
+    _run_single("index", opts, [f"device={device}"] if device else [], refs)
 
 
 @app.command()
@@ -568,6 +572,7 @@ def search(
     index_ref: str = typer.Option("latest", "--index", help="The index artifact: ref name, key (prefix) or directory."),
     top_k: int = typer.Option(5, "--top-k", help="How many videos to list."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    device: str = typer.Option("auto", "--device", help="Where the paragraph is encoded: auto (CUDA where it really runs, else the CPU), cpu, cuda or cuda:N (CUDA required: an error where it cannot run)."),
     workdir: Path = WorkdirOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
@@ -585,7 +590,7 @@ def search(
     from .stages.index import query_index
 
     _setup_logging(verbose)
-    results = query_index(Workdir(workdir), index_ref, list(sentences), top_k)
+    results = query_index(Workdir(workdir), index_ref, list(sentences), top_k, device)
     if as_json:
         typer.echo(json.dumps(results, indent=2))
         return
