@@ -134,7 +134,7 @@ def main() -> None:
             print(f"| {encoder} | {row['batch']} | {1000 * r['torch_bf16_s']:.1f} ms | {1000 * r['onnx_fp32_s']:.1f} ms | "
                   f"{1000 * r['onnx_fp16_s']:.1f} ms | {r['torch_bf16_s'] / r['onnx_fp32_s']:.2f}× | "
                   f"{r['torch_bf16_s'] / r['onnx_fp16_s']:.2f}× | {row['batch'] / r['onnx_fp16_s']:.1f} |")
-    report = {"preset": args.preset, "device": args.device, "providers": providers, "rows": rows}
+    report = {"preset": args.preset, "device": args.device, "providers": {p: g[0].device for p, g in graphs.items()}, "rows": rows}
     if device.type == "cuda":
         report["gpu"] = torch.cuda.get_device_name()
     print(json.dumps(report))

@@ -648,6 +648,30 @@ def status(workdir: Path = WorkdirOpt) -> None:
         typer.echo(f"{partial.parent.name:<8} {partial.name}  {partial_state(wd, partial)}")
 
 
+@app.command()
+@command
+def env(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text.")) -> None:
+    """What this machine can do for lfvila: versions (torch and its CUDA/cuDNN build,
+    transformers, DeepSpeed, ONNX Runtime, the decoders), CUDA devices with their capability and
+    memory, whether bf16 is supported and which train.precision that calls for, whether ONNX
+    Runtime's CUDA provider really runs a graph, DeepSpeed's ops, decord/PyAV and the frame
+    codecs (each checked by a round trip), and thread counts. A check that fails says so in its
+    line; the others still run.
+
+    Examples:
+
+      lfvila env
+
+      lfvila env --json > env.json      (attach it to a bug report)
+    """
+    import json
+
+    from .environment import environment_report, report_lines
+
+    report = environment_report()
+    typer.echo(json.dumps(report, indent=2) if as_json else "\n".join(report_lines(report)))
+
+
 def _strip_launcher_args() -> None:
     """The deepspeed launcher appends --local_rank=N; LOCAL_RANK in the environment says the same."""
     args, skip = [], False
