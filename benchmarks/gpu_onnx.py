@@ -11,7 +11,8 @@ sees it: PyTorch copies the inputs to the GPU and the outputs back; ONNX Runtime
 Median of ``--repeats`` calls after two warm-up calls, ``torch.cuda.synchronize()`` after each
 PyTorch call. Inputs: random frames ``(B, T, 3, H, W)``, random sentences ``(B, 4, L)`` (L the
 model's max tokens: 50 for lfvila-base), two thirds of each sentence real tokens. If ONNX Runtime
-cannot start its CUDA provider the script says so and measures nothing.
+cannot start its CUDA provider (``OnnxGraph(device="cuda")`` raises) the script says so and measures
+nothing.
 
     python benchmarks/gpu_onnx.py                  # one CUDA GPU; prints a table and JSON
     python benchmarks/gpu_onnx.py --device cpu --preset lfvila-tiny --frames 16 --height 64 --width 96
@@ -68,7 +69,7 @@ def main() -> None:
 
     from lfvila_cli.export import TEXT_FILE, VIDEO_FILE, export_onnx
     from lfvila_cli.stages.export import ExportConfig
-    from lfvila_cli.runtime import OnnxGraph
+    from lfvila_cli.runtime import DeviceError, OnnxGraph
     from lfvila_cli.model.pretrained import load_pretrained
 
     root = Path(tempfile.mkdtemp(prefix="gpu_onnx_"))
@@ -84,12 +85,12 @@ def main() -> None:
 
     device = torch.device(args.device)
     model = load_pretrained(model_dir).eval().to(device)
-    graphs = {p: (OnnxGraph(d / VIDEO_FILE, "video", max_batch=64), OnnxGraph(d / TEXT_FILE, "text", max_batch=64)) for p, d in exports.items()}
-    providers = {p: g[0].device for p, g in graphs.items()}
-    print(f"ONNX Runtime on {providers}; PyTorch on {device}")
-    if set(providers.values()) != {device.type}:
-        print(f"ONNX Runtime could not run on {device.type}: nothing measured (is onnxruntime-gpu installed with its CUDA libraries?)")
+    try:  # device "cuda": ONNX Runtime's CUDA provider or a DeviceError, never a silent CPU run
+        graphs = {p: (OnnxGraph(d / VIDEO_FILE, "video", args.device, max_batch=64), OnnxGraph(d / TEXT_FILE, "text", args.device, max_batch=64)) for p, d in exports.items()}
+    except DeviceError as exc:
+        print(f"ONNX Runtime cannot run on {args.device}: nothing measured ({exc})")
         return
+    print(f"ONNX Runtime on {graphs['fp32'][0].device}; PyTorch on {device}")
     tokens = model.config.text.max_tokens
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     gen = np.random.default_rng(0)
@@ -133,7 +134,7 @@ def main() -> None:
             print(f"| {encoder} | {row['batch']} | {1000 * r['torch_bf16_s']:.1f} ms | {1000 * r['onnx_fp32_s']:.1f} ms | "
                   f"{1000 * r['onnx_fp16_s']:.1f} ms | {r['torch_bf16_s'] / r['onnx_fp32_s']:.2f}× | "
                   f"{r['torch_bf16_s'] / r['onnx_fp16_s']:.2f}× | {row['batch'] / r['onnx_fp16_s']:.1f} |")
-    report = {"preset": args.preset, "device": args.device, "providers": providers, "rows": rows}
+    report = {"preset": args.preset, "device": args.device, "providers": {p: g[0].device for p, g in graphs.items()}, "rows": rows}
     if device.type == "cuda":
         report["gpu"] = torch.cuda.get_device_name()
     print(json.dumps(report))

@@ -31,10 +31,13 @@ process, so the largest fitting size is a lower bound. ``--budget-s`` stops the 
     python benchmarks/gpu_pretrain.py                       # one CUDA GPU; prints a table and JSON
     python benchmarks/gpu_pretrain.py --json gpu.json --precision autocast
     python benchmarks/gpu_pretrain.py --device cpu --preset lfvila-tiny --frames 16 --height 64 --width 96
+    python benchmarks/gpu_pretrain.py --device cpu --activations --frames 8   # activation memory, no GPU needed
 
 Without a CUDA device (and without ``--device cpu``) it prints "no CUDA device: nothing measured"
 and exits 0. The CPU path is for checking the code end to end with the tiny preset (no memory
-figures; ``--max-batch`` defaults to 2 there).
+figures; ``--max-batch`` defaults to 2 there). ``--activations`` measures, on any device, only
+the bytes the forward keeps for the backward at micro-batch 1 and 2 (``saved_for_backward``): the
+per-sample activation memory the README's memory formula uses.
 """
 
 from __future__ import annotations
@@ -159,6 +162,29 @@ def measure(step_fn: Stage1Step, batch_size: int, args, shapes: dict, device: to
     return result
 
 
+def saved_for_backward(step_fn: Stage1Step, batch_size: int, args, shapes: dict, device: torch.device) -> int:
+    """Bytes that the forward of one stage-1 micro-batch keeps for the backward (the activations):
+    every tensor autograd saves, each storage counted once, the parameters left out (they are the
+    weights). The same tensors are saved on any device, so the CPU can measure what a GPU holds
+    (the allocator's rounding and the kernels' workspaces aside)."""
+    gen = torch.Generator().manual_seed(batch_size)
+    dtype = torch.bfloat16 if args.precision == "bf16-master" else torch.float32
+    batch = random_batch(batch_size, **shapes, dtype=dtype, device=device, gen=gen)
+    weights = {p.untyped_storage().data_ptr() for p in step_fn.model.parameters()}
+    saved: dict[int, int] = {}  # storage address -> bytes; the graph keeps each alive, so no address repeats
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in weights:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), step_fn.autocast:
+        terms = stage1_loss(step_fn.model, step_fn.model, batch, 0, step_fn.objectives)
+    del terms
+    return sum(saved.values())
+
+
 def try_size(step_fn: Stage1Step, batch_size: int, args, shapes: dict, device: torch.device) -> dict:
     out_of_memory = False
     try:
@@ -191,6 +217,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (cpu path)")
     ap.add_argument("--json", type=Path, default=None, help="also write the summary here")
+    ap.add_argument("--activations", action="store_true",
+                    help="measure only the activations a micro-batch of 1 and of 2 keeps for the backward (any device)")
     args = ap.parse_args(argv)
 
     device = torch.device(args.device)
@@ -222,6 +250,16 @@ def main(argv: list[str] | None = None) -> dict | None:
     print(f"{args.preset} stage 1 on {name}: {parameters / 1e6:.1f} M parameters, {trainable / 1e6:.1f} M trained; "
           f"frames {args.frames} x {args.height}x{args.width}, {clips} sentences x {tokens} tokens; "
           f"precision {args.precision}; set up in {setup_s:.1f} s")
+    if args.activations:
+        one, two = (saved_for_backward(step_fn, b, args, shapes, device) for b in (1, 2))
+        summary = {"device": name, "preset": args.preset, "parameters": parameters, "trainable_parameters": trainable,
+                   "frames": args.frames, "height": args.height, "width": args.width, "sentences": clips, "tokens": tokens,
+                   "precision": args.precision, "saved_for_backward_gib": {"micro_batch_1": one / GIB, "micro_batch_2": two / GIB},
+                   "per_sample_gib": (two - one) / GIB}
+        print(f"activations kept for the backward: {one / GIB:.3f} GiB at micro-batch 1, {two / GIB:.3f} GiB at 2: "
+              f"{(two - one) / GIB:.3f} GiB per sample")
+        print(json.dumps(summary, indent=1))
+        return summary
     print(f"{'micro-batch':>11} {'fits':>5} {'samples/s':>10} {'step ms':>9} {'peak alloc GiB':>15} {'peak reserved GiB':>18}")
 
     rows: list[dict] = []

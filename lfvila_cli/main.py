@@ -561,6 +561,7 @@ def export(
 def index(
     cache: str = typer.Option("latest", "--cache", help="The frame store to index (segment_mode=chunks): ref name, key (prefix) or directory."),
     source: str = typer.Option("latest", "--from", help="engine onnx: the export artifact; engine torch: the pretrain1 artifact."),
+    device: Optional[str] = typer.Option(None, "--device", help="The config key device: auto (the default: CUDA where it really runs, else the CPU), cpu, cuda or cuda:N (CUDA required)."),
     *,
     opts: StageOptions,
 ) -> None:
@@ -577,9 +578,10 @@ def index(
 
       lfvila index --set engine=torch       (through the PyTorch stage-1 model)
 
+      lfvila index --device cuda            (on the GPU, or an error saying why not)
     """
     refs = {"cache": cache, "export": source, "pretrain1": source}
-    _run_single("index", opts, [], refs)
+    _run_single("index", opts, [f"device={device}"] if device else [], refs)
 
 
 @app.command()
@@ -589,6 +591,7 @@ def search(
     index_ref: str = typer.Option("latest", "--index", help="The index artifact: ref name, key (prefix) or directory."),
     top_k: int = typer.Option(5, "--top-k", help="How many videos to list."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    device: str = typer.Option("auto", "--device", help="Where the paragraph is encoded: auto (CUDA where it really runs, else the CPU), cpu, cuda or cuda:N (CUDA required: an error where it cannot run)."),
     workdir: Path = WorkdirOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
@@ -606,7 +609,7 @@ def search(
     from .stages.index import query_index
 
     _setup_logging(verbose)
-    results = query_index(Workdir(workdir), index_ref, list(sentences), top_k)
+    results = query_index(Workdir(workdir), index_ref, list(sentences), top_k, device)
     if as_json:
         typer.echo(json.dumps(results, indent=2))
         return
@@ -677,6 +680,30 @@ def status(workdir: Path = WorkdirOpt) -> None:
         typer.echo(f"{row['stage']:<8} {row['key']}{refs}  {row['created']}  {row['state']}  — {row['summary']}")
     for partial in wd.partials():
         typer.echo(f"{partial.parent.name:<8} {partial.name}  {partial_state(wd, partial)}")
+
+
+@app.command()
+@command
+def env(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text.")) -> None:
+    """What this machine can do for lfvila: versions (torch and its CUDA/cuDNN build,
+    transformers, DeepSpeed, ONNX Runtime, the decoders), CUDA devices with their capability and
+    memory, whether bf16 is supported and which train.precision that calls for, whether ONNX
+    Runtime's CUDA provider really runs a graph, DeepSpeed's ops, decord/PyAV and the frame
+    codecs (each checked by a round trip), and thread counts. A check that fails says so in its
+    line; the others still run.
+
+    Examples:
+
+      lfvila env
+
+      lfvila env --json > env.json      (attach it to a bug report)
+    """
+    import json
+
+    from .environment import environment_report, report_lines
+
+    report = environment_report()
+    typer.echo(json.dumps(report, indent=2) if as_json else "\n".join(report_lines(report)))
 
 
 def _strip_launcher_args() -> None:

@@ -34,6 +34,7 @@ import numpy as np
 
 from .config import check
 from .errors import ConfigError, DataError
+from .runtime import DeviceError, parse_device
 
 log = logging.getLogger(__name__)
 
@@ -45,18 +46,47 @@ INFO_FILE = "index.json"
 class IndexConfig:
     engine: Literal["onnx", "torch"] = "onnx"
     batch: int = 8
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (not part of the key: the embeddings are the model's)
 
     def __post_init__(self) -> None:
         check(self.engine in ("onnx", "torch"), "engine", f"expected onnx or torch, got {self.engine!r}")
         check(self.batch >= 1, "batch", f"must be >= 1, got {self.batch}")
+        try:
+            parse_device(self.device)
+        except ConfigError as exc:
+            raise ConfigError(f"config key 'device': {exc}") from None
+
+
+def torch_device(device: str):
+    """The torch device for ``device`` ("auto": CUDA when torch sees a GPU, else the CPU); a CUDA
+    device torch cannot use is a one-line ``DeviceError``."""
+    import torch
+
+    kind, index = parse_device(device)
+    if kind == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if kind == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        build = f"a CPU build of torch {torch.__version__}" if torch.version.cuda is None else "torch sees no GPU"
+        raise DeviceError(f"device {device!r}: CUDA is not available here ({build}); use device 'cpu' or 'auto'")
+    if index >= torch.cuda.device_count():
+        raise DeviceError(f"device {device!r}: there are {torch.cuda.device_count()} CUDA devices")
+    return torch.device("cuda", index)
 
 
 class Encoder:
     """Video and paragraph embeddings through ONNX Runtime (an export directory) or PyTorch (a
     model directory), with the preprocessing the model was trained with. ``dim``: the embedding
-    width; ``grounded``: whether it gives clip and sentence embeddings."""
+    width; ``grounded``: whether it gives clip and sentence embeddings.
 
-    def __init__(self, engine: str, source: Path, max_batch: int = 16) -> None:
+    ``device``: "auto" (CUDA where it really runs, else the CPU, quietly), "cpu", "cuda" or
+    "cuda:N" (CUDA required: a one-line ``DeviceError`` where it cannot run, never a silent CPU
+    run). ONNX Runtime picks its provider from it; PyTorch moves the model there. ``device`` after
+    construction says where the encoders run ("cpu" or "cuda"). Inputs and outputs are numpy
+    arrays in host memory either way."""
+
+    def __init__(self, engine: str, source: Path, max_batch: int = 16, device: str = "auto") -> None:
         from .data.tokenizer import load_tokenizer
 
         self.engine, self.source = engine, Path(source)
@@ -66,8 +96,9 @@ class Encoder:
 
             if not (self.source / VIDEO_FILE).is_file() and (self.source / QA_FILE).is_file():
                 raise ConfigError(f"{self.source}: an export of a QA model ({QA_FILE}); search needs the encoders: export a stage-1 or stage-2 model")
-            self.video_graph = OnnxGraph(self.source / VIDEO_FILE, "video", max_batch=max_batch)
-            self.text_graph = OnnxGraph(self.source / TEXT_FILE, "text", max_batch=max_batch)
+            self.video_graph = OnnxGraph(self.source / VIDEO_FILE, "video", device=device, max_batch=max_batch)
+            self.text_graph = OnnxGraph(self.source / TEXT_FILE, "text", device=device, max_batch=max_batch)
+            self.device = self.video_graph.device
             self.pre, self.fixed = self.video_graph.metadata["preprocessing"], self.video_graph.metadata["fixed"]
             self.frames_per_clip = self.pre["frames_per_clip"]
             self.max_tokens, self.max_sentences = self.pre["max_tokens"], self.pre["max_sentences"]
@@ -77,7 +108,9 @@ class Encoder:
         else:
             from .model.pretrained import load_pretrained
 
-            self.model = load_pretrained(self.source).eval()
+            self.torch_device = torch_device(device)
+            self.model = load_pretrained(self.source).eval().to(self.torch_device)
+            self.device = self.torch_device.type
             self.fixed = None
             self.frames_per_clip = self.model.config.video.frames_per_clip
             self.max_tokens, self.max_sentences = self.model.config.text.max_tokens, self.model.config.text.max_sentences
@@ -107,8 +140,8 @@ class Encoder:
         import torch
 
         with torch.inference_mode():
-            out = self.model.encode_video(torch.from_numpy(x))
-        return out.global_embedding.numpy(), None if out.clip_embeddings is None else out.clip_embeddings.numpy()
+            out = self.model.encode_video(torch.from_numpy(x).to(self.torch_device))
+        return _host(out.global_embedding), _host(out.clip_embeddings)
 
     def paragraph(self, sentences: list[str]) -> tuple[np.ndarray, Optional[np.ndarray]]:
         """sentences -> paragraph (D,), sentences (M, D) (None without sentence embeddings)."""
@@ -127,8 +160,14 @@ class Encoder:
         import torch
 
         with torch.inference_mode():
-            out = self.model.encode_text(torch.from_numpy(ids), torch.from_numpy(mask))
-        return out.paragraph_embedding[0].numpy(), None if out.sentence_embeddings is None else out.sentence_embeddings[0].numpy()
+            out = self.model.encode_text(torch.from_numpy(ids).to(self.torch_device), torch.from_numpy(mask).to(self.torch_device))
+        sentences_out = _host(out.sentence_embeddings)
+        return _host(out.paragraph_embedding)[0], None if sentences_out is None else sentences_out[0]
+
+
+def _host(tensor) -> Optional[np.ndarray]:
+    """A tensor on any device as a numpy array in host memory (None stays None)."""
+    return None if tensor is None else tensor.cpu().numpy()
 
 
 def build_index(store_url: str, source: Path, cfg: IndexConfig, out_dir: Path, progress: bool = False) -> dict[str, Any]:
@@ -140,7 +179,7 @@ def build_index(store_url: str, source: Path, cfg: IndexConfig, out_dir: Path, p
     store = FrameStore(store_url)
     if store.segment_mode != "chunks":
         raise DataError(f"{store_url}: search indexes whole videos: cache with segment_mode=chunks")
-    encoder = Encoder(cfg.engine, source, max_batch=cfg.batch)
+    encoder = Encoder(cfg.engine, source, max_batch=cfg.batch, device=cfg.device)
     if store.frames_per_segment != encoder.frames_per_clip:
         raise ConfigError(f"the frame store holds {store.frames_per_segment} frames per chunk, the model's clips are {encoder.frames_per_clip}")
     status = store.status()
@@ -217,15 +256,15 @@ def build_index(store_url: str, source: Path, cfg: IndexConfig, out_dir: Path, p
     return info
 
 
-def query(index_dir: Path, source: Path, engine: str, sentences: list[str], top_k: int = 5) -> list[dict[str, Any]]:
+def query(index_dir: Path, source: Path, engine: str, sentences: list[str], top_k: int = 5, device: str = "auto") -> list[dict[str, Any]]:
     """The ``top_k`` videos for the paragraph ``sentences`` by cosine similarity, each with the
-    best clip (index, start, end, score) for every sentence."""
+    best clip (index, start, end, score) for every sentence; the paragraph is encoded on ``device``."""
     from .data.framestore import open_group
 
     if not sentences or not all(s.strip() for s in sentences):
         raise ConfigError("search needs a paragraph: one or more non-empty sentences")
     group = open_group(str(Path(index_dir) / FEATURES), mode="r")
-    encoder = Encoder(engine, source)
+    encoder = Encoder(engine, source, device=device)
     paragraph, sentence_emb = encoder.paragraph(sentences)
     video = np.asarray(group["video"][:])
     scores = video @ paragraph

@@ -294,6 +294,39 @@ def test_search_cli_table_and_json(indexed):
     assert bad.exit_code == 2 and "non-empty sentences" in bad.output
 
 
+def test_encoders_index_and_search_take_a_device(exported, indexed):
+    """``device`` picks where the encoders run; it is not part of the index key; CUDA asked for
+    on a machine where it cannot run is a one-line error, never a silent CPU run."""
+    from typer.testing import CliRunner
+
+    from lfvila_cli.main import app
+    from lfvila_cli.runtime import DeviceError, cuda_provider_runs
+    from lfvila_cli.search import Encoder, query
+
+    wd, cache, onnx_index, torch_index = indexed
+    _, model_artifact, export_artifact = exported
+    sentences = ["the red circle grows.", "it moves to the left."]
+    onnx_cpu, torch_cpu = Encoder("onnx", export_artifact.path, device="cpu"), Encoder("torch", model_artifact.path, device="cpu")
+    assert onnx_cpu.device == torch_cpu.device == "cpu"
+    assert np.abs(onnx_cpu.paragraph(sentences)[0] - torch_cpu.paragraph(sentences)[0]).max() < 1e-4
+    stage = get_stage("index")
+    again = run_stage(wd, stage, resolve_config(stage, layers=[{"engine": "onnx", "batch": 2, "device": "cpu"}]),
+                      {"cache": cache, "export": export_artifact}, progress=False, echo=lambda line: None)
+    assert again.status == "up to date" and again.key == onnx_index.key
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceError, match="^device 'cuda': CUDA is not available here"):
+            query(torch_index.path, model_artifact.path, "torch", sentences, device="cuda")
+    args = ["search", "--workdir", str(wd.root), "--index", onnx_index.key[:16], "the red circle grows."]
+    if not cuda_provider_runs()[0]:
+        refused = CliRunner().invoke(app, args + ["--device", "cuda"])
+        assert refused.exit_code == 1 and refused.output.startswith("error: device 'cuda': ") and refused.output.count("\n") == 1, refused.output
+    assert CliRunner().invoke(app, args + ["--device", "cpu"]).output.startswith("1. ")
+    bad = CliRunner().invoke(app, args + ["--device", "gpu"])
+    assert bad.exit_code == 2 and "expected auto, cpu, cuda or cuda:N" in bad.output
+    bad_key = CliRunner().invoke(app, ["index", "--workdir", str(wd.root), "--device", "cuda:x", "--dry-run"])
+    assert bad_key.exit_code == 2 and "config key 'device'" in bad_key.output, bad_key.output
+
+
 def test_retrieval_model_exports_global_embeddings_and_searches_without_grounding(indexed, tmp_path):
     """A retrieval fine-tune has global projections only: its graphs output the video and
     paragraph embeddings, and its index ranks videos without per-sentence clips."""

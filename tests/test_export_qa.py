@@ -54,7 +54,7 @@ def test_multiple_choice_model_exports_with_dynamic_batch_candidates_and_sentenc
     meta = read_metadata(tmp_path / "out" / QA_FILE)
     assert meta["graph"] == "multiple_choice" and meta["fixed"] == SIZE and meta["task"] == "how2qa"
     model = load_pretrained(model_dir).eval()
-    graph = OnnxGraph(tmp_path / "out" / QA_FILE, "multiple_choice", prefer_gpu=False, max_batch=4)
+    graph = OnnxGraph(tmp_path / "out" / QA_FILE, "multiple_choice", device="cpu", max_batch=4)
     for batch, candidates, sentences in ((1, 4, 2), (5, 5, 3)):  # traced at 2 × 4 × 4
         frames, ids, mask = _qa_inputs(batch, candidates, sentences, seed=batch)
         choice, span = graph(frames=frames.numpy(), input_ids=ids.numpy(), attention_mask=mask.numpy())
@@ -84,7 +84,7 @@ def test_classification_model_exports_with_its_answers(tmp_path):
     assert summary["parity"]["same_predictions"] and json.loads((tmp_path / "out" / ANSWERS_FILE).read_text()) == ["yes", "no", "two"]
     model = load_pretrained(model_dir).eval()
     frames, ids, mask = _qa_inputs(4, None, 2, seed=9)
-    (logits,) = OnnxGraph(tmp_path / "out" / QA_FILE, "classification", prefer_gpu=False)(frames=frames.numpy(), input_ids=ids.numpy(), attention_mask=mask.numpy())
+    (logits,) = OnnxGraph(tmp_path / "out" / QA_FILE, "classification", device="cpu")(frames=frames.numpy(), input_ids=ids.numpy(), attention_mask=mask.numpy())
     with torch.no_grad():
         ref = model(frames, ids, mask).logits.numpy()
     assert logits.shape == (4, 3) and np.abs(logits - ref).max() < 1e-4
@@ -119,7 +119,7 @@ def test_batched_graph_and_io_binding_match_one_plain_run(tmp_path):
     ``session.run`` over the whole batch; bad inputs are clear errors."""
     model_dir = _model_dir(tmp_path, "stage1")
     export_onnx(model_dir, tmp_path / "out", ExportConfig(**SIZE))
-    graph = OnnxGraph(tmp_path / "out" / VIDEO_FILE, "video", prefer_gpu=False, max_batch=2)
+    graph = OnnxGraph(tmp_path / "out" / VIDEO_FILE, "video", device="cpu", max_batch=2)
     frames = np.random.default_rng(0).standard_normal((5, SIZE["frames"], 3, SIZE["height"], SIZE["width"])).astype(np.float32)
     whole = graph.session.run(None, {"frames": frames})
     for binding in (False, True):
@@ -128,7 +128,7 @@ def test_batched_graph_and_io_binding_match_one_plain_run(tmp_path):
         assert all(np.abs(g - w).max() < 1e-5 for g, w in zip(got, whole))
     with pytest.raises(ValueError, match=r"missing \['frames'\], unexpected \['video'\]"):
         graph(video=frames)
-    text = OnnxGraph(tmp_path / "out" / TEXT_FILE, "text", prefer_gpu=False)
+    text = OnnxGraph(tmp_path / "out" / TEXT_FILE, "text", device="cpu")
     with pytest.raises(ValueError, match="disagree on the batch size"):
         text(input_ids=np.zeros((2, 1, 32), np.int64), attention_mask=np.ones((3, 1, 32), np.int64))
 
@@ -158,3 +158,124 @@ def test_parity_fails_on_non_finite_onnx_outputs(tmp_path, monkeypatch):
     monkeypatch.setattr(export, "create_session", lambda *a, **k: NanSession(real(*a, **k)))
     with pytest.raises(ExportError, match=r"max \|onnx - torch\| of \w+ is inf"):
         export_onnx(_model_dir(tmp_path, "stage1"), tmp_path / "out", ExportConfig(**SIZE))
+
+
+# ------------------------------------------------ the device: which provider, and when to warn
+
+
+def _tiny_graph(path):
+    """A one-node graph (y = x + x) with the lfvila metadata of a video encoder."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("frames", TensorProto.FLOAT, ["batch", 2])
+    y = helper.make_tensor_value_info("video", TensorProto.FLOAT, ["batch", 2])
+    model = helper.make_model(helper.make_graph([helper.make_node("Add", ["frames", "frames"], ["video"])], "g", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    helper.set_model_props(model, {"lfvila.graph": json.dumps("video")})
+    onnx.save(model, str(path))
+    return path
+
+
+class _Session:
+    """A real CPU session that reports the providers a test wants (CUDA started, or fell back)."""
+
+    def __init__(self, session, providers):
+        self._session, self._providers = session, providers
+
+    def get_providers(self):
+        return self._providers
+
+    def __getattr__(self, name):
+        return getattr(self._session, name)
+
+
+@pytest.fixture
+def fake_ort(monkeypatch):
+    """ONNX Runtime as on a machine with onnxruntime-gpu: CUDA listed; ``state["cuda_runs"]``
+    says whether a session asked for CUDA gets it. Records the providers each session was asked for."""
+    import onnxruntime as ort
+
+    from lfvila_cli import runtime
+
+    state = {"cuda_runs": False, "asked": [], "gpu": False}
+    real = runtime._quiet_session
+
+    def session(model, providers):
+        state["asked"].append(providers)
+        cuda = providers[0][0] == runtime.CUDA and state["cuda_runs"]
+        return _Session(real(model, [runtime.CPU]), [runtime.CUDA, runtime.CPU] if cuda else [runtime.CPU])
+
+    monkeypatch.setattr(runtime, "_quiet_session", session)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [runtime.CUDA, runtime.CPU])
+    monkeypatch.setattr(runtime, "gpu_present", lambda: state["gpu"])
+    monkeypatch.setattr(runtime, "_warned_fallback", False)
+    return state
+
+
+def _levels(caplog) -> list[tuple[str, str]]:
+    return [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "lfvila_cli.runtime"]
+
+
+def test_auto_falls_back_to_the_cpu_quietly_without_a_gpu(tmp_path, fake_ort, caplog):
+    """onnxruntime-gpu on a CPU-only machine: CUDA is tried, the CPU runs, and nothing above INFO
+    is logged however many sessions (every `lfvila search` used to warn)."""
+    path = _tiny_graph(tmp_path / "g.onnx")
+    with caplog.at_level("INFO", logger="lfvila_cli.runtime"):
+        graphs = [OnnxGraph(path, "video") for _ in range(2)]
+    assert all(g.device == "cpu" for g in graphs)
+    assert fake_ort["asked"][0][0] == ("CUDAExecutionProvider", {"device_id": "0"})
+    assert [level for level, _ in _levels(caplog)] == ["INFO", "INFO"] and "no usable GPU" in _levels(caplog)[0][1]
+    (out,) = graphs[0](frames=np.ones((3, 2), np.float32))
+    assert np.array_equal(out, np.full((3, 2), 2.0, np.float32))
+
+
+def test_auto_warns_once_when_a_gpu_is_present_but_cuda_does_not_run(tmp_path, fake_ort, caplog):
+    fake_ort["gpu"] = True
+    path = _tiny_graph(tmp_path / "g.onnx")
+    with caplog.at_level("INFO", logger="lfvila_cli.runtime"):
+        OnnxGraph(path, "video")
+        OnnxGraph(path, "video")
+    levels = _levels(caplog)
+    assert [level for level, _ in levels] == ["WARNING", "INFO"], levels
+    assert "a GPU is present but the CUDA provider cannot start" in levels[0][1] and "lfvila env" in levels[0][1]
+
+
+def test_cuda_asked_for_is_required_and_cpu_never_tries_it(tmp_path, fake_ort, caplog):
+    from lfvila_cli.errors import ConfigError
+    from lfvila_cli.runtime import DeviceError
+
+    path = _tiny_graph(tmp_path / "g.onnx")
+    with pytest.raises(DeviceError, match=r"^device 'cuda': ONNX Runtime's CUDA provider \(built for CUDA .*\) cannot start: no NVIDIA GPU") as err:
+        OnnxGraph(path, "video", device="cuda")
+    assert "\n" not in str(err.value)
+    with caplog.at_level("INFO", logger="lfvila_cli.runtime"):
+        assert OnnxGraph(path, "video", device="cpu").device == "cpu"
+    assert fake_ort["asked"][-1] == ["CPUExecutionProvider"] and [lv for lv, _ in _levels(caplog)] == ["INFO"]
+    fake_ort["cuda_runs"] = True
+    graph = OnnxGraph(path, "video", device="cuda:1")
+    assert (graph.device, graph.device_id) == ("cuda", 1) and fake_ort["asked"][-1][0] == ("CUDAExecutionProvider", {"device_id": "1"})
+    for bad in ("gpu", "cuda:x", "cuda:-1"):
+        with pytest.raises(ConfigError, match="expected auto, cpu, cuda or cuda:N"):
+            OnnxGraph(path, "video", device=bad)
+
+
+def test_cuda_without_the_gpu_package_is_a_one_line_error(tmp_path, monkeypatch):
+    import onnxruntime as ort
+
+    from lfvila_cli.runtime import DeviceError
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    with pytest.raises(DeviceError, match="has no CUDA provider \\(install onnxruntime-gpu"):
+        OnnxGraph(_tiny_graph(tmp_path / "g.onnx"), "video", device="cuda")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")
+def test_cuda_on_this_machine_is_refused_not_run_on_the_cpu(tmp_path):
+    """No fakes: onnxruntime-gpu lists CUDA here, and a session asked for it would run on the CPU."""
+    from lfvila_cli.runtime import DeviceError, cuda_provider_runs
+
+    runs, detail = cuda_provider_runs()
+    assert not runs and ("fell back to CPUExecutionProvider" in detail or "no CUDA provider" in detail)
+    with pytest.raises(DeviceError, match="^device 'cuda'"):
+        OnnxGraph(_tiny_graph(tmp_path / "g.onnx"), "video", device="cuda")

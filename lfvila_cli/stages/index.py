@@ -2,7 +2,7 @@
 
 Inputs: a ``cache`` artifact (``segment_mode=chunks``) and the encoders: an ``export``
 artifact (``engine=onnx``) or a ``pretrain1`` model (``engine=torch``). Key: the config but
-``batch``. Resumable.
+``batch`` and ``device``. Resumable.
 """
 
 from __future__ import annotations
@@ -64,9 +64,9 @@ def describe(summary: dict) -> str:
     return f"{summary.get('videos', '?')} videos indexed with {summary.get('engine', '?')}" + (f" ({rate} videos/s)" if rate else "")
 
 
-def query_index(workdir: Workdir, ref: str, sentences: list[str], top_k: int) -> list[dict]:
+def query_index(workdir: Workdir, ref: str, sentences: list[str], top_k: int, device: str = "auto") -> list[dict]:
     """``lfvila search``: the ``top_k`` videos of the index artifact ``ref`` that best match the
-    paragraph ``sentences``, through the encoders it was built with (``search.query``)."""
+    paragraph ``sentences``, through the encoders it was built with (``search.query``) on ``device``."""
     from ..search import query
 
     if top_k < 1:
@@ -77,7 +77,7 @@ def query_index(workdir: Workdir, ref: str, sentences: list[str], top_k: int) ->
     if source is None:
         raise ConfigError(f"the model the index {artifact.key[:KEY_CHARS]} was built with is gone")
     check_inputs({"index": artifact, source.stage: source})
-    return query(artifact.path, source.path, engine, sentences, top_k)
+    return query(artifact.path, source.path, engine, sentences, top_k, device)
 
 
 STAGE = Stage(
@@ -87,7 +87,7 @@ STAGE = Stage(
     run=run,
     inputs=("cache", "export", "pretrain1"),
     select_inputs=input_names,
-    policy_fields=("batch",),
+    policy_fields=("batch", "device"),
     resumable=True,
     describe=describe,
     check=check,
