@@ -27,3 +27,7 @@ class CheckpointError(LfvilaError):
 
 class UnsafeCheckpointError(CheckpointError):
     """A checkpoint file holding objects other than tensors and plain data: refused, never unpickled."""
+
+
+class DeviceError(LfvilaError):
+    """A device that was asked for and cannot run here (no GPU, no CUDA libraries, a CPU build)."""

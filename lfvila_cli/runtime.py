@@ -31,7 +31,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .errors import ConfigError, LfvilaError
+from .errors import ConfigError, DeviceError, LfvilaError  # noqa: F401 (DeviceError: imported from here too)
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +41,6 @@ _warned_fallback = False
 
 class OnnxFileError(LfvilaError):
     """An ONNX file that is unreadable, corrupt, or not the graph the caller expects."""
-
-
-class DeviceError(LfvilaError):
-    """A device that was asked for and cannot run here (no GPU, no CUDA libraries, a CPU build)."""
 
 
 DEVICES = "auto, cpu, cuda or cuda:N"

@@ -34,7 +34,7 @@ import numpy as np
 
 from .config import check
 from .errors import ConfigError, DataError
-from .runtime import DeviceError, parse_device
+from .runtime import parse_device
 
 log = logging.getLogger(__name__)
 
@@ -55,24 +55,6 @@ class IndexConfig:
             parse_device(self.device)
         except ConfigError as exc:
             raise ConfigError(f"config key 'device': {exc}") from None
-
-
-def torch_device(device: str):
-    """The torch device for ``device`` ("auto": CUDA when torch sees a GPU, else the CPU); a CUDA
-    device torch cannot use is a one-line ``DeviceError``."""
-    import torch
-
-    kind, index = parse_device(device)
-    if kind == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if kind == "cpu":
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        build = f"a CPU build of torch {torch.__version__}" if torch.version.cuda is None else "torch sees no GPU"
-        raise DeviceError(f"device {device!r}: CUDA is not available here ({build}); use device 'cpu' or 'auto'")
-    if index >= torch.cuda.device_count():
-        raise DeviceError(f"device {device!r}: there are {torch.cuda.device_count()} CUDA devices")
-    return torch.device("cuda", index)
 
 
 class Encoder:
@@ -106,10 +88,11 @@ class Encoder:
             self.grounded = "clips" in self.video_graph.output_names
             mean, std = self.pre["image_mean"], self.pre["image_std"]
         else:
-            from .model.pretrained import load_pretrained
+            from .model.lfvila import LfvilaModel
 
-            self.torch_device = torch_device(device)
-            self.model = load_pretrained(self.source).eval().to(self.torch_device)
+            parse_device(device)  # one message for a malformed device, whichever the engine
+            self.model = LfvilaModel.from_pretrained(self.source, device=device)  # eval mode, on the device
+            self.torch_device = next(self.model.parameters()).device
             self.device = self.torch_device.type
             self.fixed = None
             self.frames_per_clip = self.model.config.video.frames_per_clip
@@ -119,8 +102,11 @@ class Encoder:
             from .data.loader_config import trained_loader_config
             from .pipeline.artifacts import read_stage_config
 
+            # The normalisation it was trained with: config.json's (any model directory, a hub
+            # snapshot too), else the artifact's stage config (directories written before).
+            pre = (self.model.pretrained_info or {}).get("preprocessing") or {}
             loader = trained_loader_config(read_stage_config(self.source))
-            mean, std = loader.image_mean, loader.image_std
+            mean, std = pre.get("image_mean", loader.image_mean), pre.get("image_std", loader.image_std)
         self.mean, self.std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
         self.tokenizer = load_tokenizer(self.source / "tokenizer", local_files_only=True)
 

@@ -15,7 +15,7 @@ from typing import Any, Optional, TypeVar
 import torch
 
 from ..config import from_dict, to_dict
-from ..errors import ArtifactError, ConfigError, LfvilaError
+from ..errors import ArtifactError, ConfigError, DeviceError
 from ..hub import snapshot
 from ..version import __version__
 
@@ -172,10 +172,10 @@ def resolve_device(device: Optional[str | torch.device] = None) -> torch.device:
         raise ConfigError(f"device {device!r}: expected auto, cpu, cuda or cuda:N")
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
-            build = f"a CPU build of torch {torch.__version__}" if torch.version.cuda is None else "no GPU is visible"
-            raise LfvilaError(f"device {str(device)!r}: CUDA is not available here ({build}); use device='cpu' or 'auto'")
+            build = f"a CPU build of torch {torch.__version__}" if torch.version.cuda is None else "torch sees no GPU"
+            raise DeviceError(f"device {str(device)!r}: CUDA is not available here ({build}); use device 'cpu' or 'auto'")
         if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise LfvilaError(f"device {str(device)!r}: there are {torch.cuda.device_count()} CUDA devices")
+            raise DeviceError(f"device {str(device)!r}: there are {torch.cuda.device_count()} CUDA devices")
     return resolved
 
 
