@@ -354,11 +354,15 @@ def test_finetune_resumes_with_its_validation_history_and_best_weights(pretraine
 def test_task_data_that_does_not_fit_is_a_one_line_error(pretrained):
     from lfvila_cli.errors import DataError, LfvilaError
 
-    root, wd, _ = pretrained
+    root, wd, corpus = pretrained
     qa = [("prepare", {"source": "example", "example": {**SIZE, "task": "how2qa"}}), ("cache", CHUNKS)]
-    # Retrieval on How2QA items: every item is refused as "a QA item", so nothing is left to train on.
-    with pytest.raises(DataError, match="no usable retrieval items .*a QA item, not a paragraph"):
+    # Retrieval on How2QA items: the example's config says what it holds, so this fails before work ...
+    with pytest.raises(ConfigError, match=r"didemo reads paragraphs, but input cache \(stages\[1\]\) holds the multiple-choice items"):
         _run(root, wd, "misfit-kind", qa + [("finetune", {"task": "didemo", **QUICK})])
+    # ... and a jsonl corpus not prepared yet says nothing: every item is refused as "a QA item" when loaded.
+    items = [("prepare", {"source": "jsonl", "jsonl": {"path": str(corpus.path / "how2qa.jsonl")}}), ("cache", CHUNKS)]
+    with pytest.raises(DataError, match="no usable retrieval items .*a QA item, not a paragraph"):
+        _run(root, wd, "misfit-kind-jsonl", items + [("finetune", {"task": "didemo", **QUICK})])
     # 2 + 7 sentence slots per candidate text: more than the paragraph encoder's 8.
     with pytest.raises(ConfigError, match="config key 'max_subtitles': 9 sentence slots per text, more than the model's 8"):
         _run(root, wd, "misfit-slots", qa + [("finetune", {"task": "how2qa", **QUICK, "max_subtitles": 7})])
