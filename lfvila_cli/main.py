@@ -119,8 +119,26 @@ def _fail(message: str, code: int) -> None:
     raise typer.Exit(code)
 
 
+def _debug_fail(code: int) -> None:
+    """LFVILA_DEBUG=1: the traceback, then the exit status the one-line error would have had."""
+    import traceback
+
+    traceback.print_exc()
+    raise typer.Exit(code)
+
+
+def _pipe_closed() -> None:
+    """The reader of our output went away (``lfvila search ... | head -1``): stop quietly with the
+    status a shell gives a command killed by SIGPIPE (128 + 13). Output still buffered for the
+    closed pipe goes to /dev/null, so the interpreter's last flush does not complain either."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    raise typer.Exit(141)
+
+
 def command(func):
-    """Turn library errors into one line + exit code (tracebacks with LFVILA_DEBUG=1)."""
+    """Turn library errors into one line + exit code (with LFVILA_DEBUG=1, the traceback and the
+    same exit code)."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -133,20 +151,22 @@ def command(func):
             raise
         except LfvilaError as exc:
             if debug:
-                raise
+                _debug_fail(exc.exit_code)
             _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, exc.exit_code)
         except KeyboardInterrupt:
             if debug:
-                raise
+                _debug_fail(130)
             _fail("interrupted; completed work is kept, rerun to resume", 130)
+        except BrokenPipeError:
+            _pipe_closed()
         except OSError as exc:  # a path the user gave: a file where a directory should be, no permission...
             if debug:
-                raise
+                _debug_fail(1)
             where = exc.filename or ""
             _fail(f"{where}: {exc.strerror or exc}" if where else str(exc), 1)
         except ImportError as exc:  # e.g. an s3:// URL without s3fs installed
             if debug:
-                raise
+                _debug_fail(1)
             _fail(f"missing package: {exc}", 1)
 
     return wrapper
@@ -161,6 +181,16 @@ def _setup_logging(verbose: bool) -> None:
     # Progress lines of long work (e.g. each cache rank's) show without --verbose: off a terminal
     # they are the only progress a scheduler's log gets.
     logging.getLogger("lfvila_cli.progress").setLevel(logging.INFO)
+
+
+# Options renamed so that one name means one thing in every command; the old spelling works,
+# with a warning, until this release.
+RENAMED_UNTIL = "0.3"
+
+
+def _renamed(command_name: str, old: str, new: str, value):
+    typer.echo(f"warning: `lfvila {command_name} {old}` is now `{new}` (the same meaning as in the other commands); {old} stops working in {RENAMED_UNTIL}", err=True)
+    return value
 
 
 def _echo_config(cfg, title: Optional[str] = None) -> None:
@@ -542,7 +572,7 @@ def export(
 
       lfvila export --onnx --set height=128 --set width=224   (another frame size than trained)
 
-      lfvila export --onnx --fp16 --model pretrain1
+      lfvila export --onnx --fp16 --from pretrain1 --model latest
 
     Of the keys below: frames, height, width 0 = as the model was trained; tolerance null = 1e-4
     (fp32) or 1e-2 (fp16).
@@ -560,8 +590,9 @@ def export(
 @stage_command
 def index(
     cache: str = typer.Option("latest", "--cache", help="The frame store to index (segment_mode=chunks): ref name, key (prefix) or directory."),
-    source: str = typer.Option("latest", "--from", help="engine onnx: the export artifact; engine torch: the pretrain1 artifact."),
+    model: str = typer.Option("latest", "--model", help="The encoders: the export artifact (engine onnx) or the pretrain1 artifact (engine torch): ref name, key (prefix) or directory."),
     device: Optional[str] = typer.Option(None, "--device", help="The config key device: auto (the default: CUDA where it really runs, else the CPU), cpu, cuda or cuda:N (CUDA required)."),
+    old_from: Optional[str] = typer.Option(None, "--from", hidden=True, help="Deprecated spelling of --model."),
     *,
     opts: StageOptions,
 ) -> None:
@@ -574,13 +605,15 @@ def index(
 
       lfvila index                          (the latest cache, through the latest ONNX export)
 
-      lfvila index --cache 9a28cb5a --from 646013a4   (a given frame store and export, by key prefix)
+      lfvila index --cache my-frames --model my-export   (a given frame store and export: ref names, keys or directories)
 
       lfvila index --set engine=torch       (through the PyTorch stage-1 model)
 
       lfvila index --device cuda            (on the GPU, or an error saying why not)
     """
-    refs = {"cache": cache, "export": source, "pretrain1": source}
+    if old_from is not None:
+        model = _renamed("index", "--from", "--model", old_from)
+    refs = {"cache": cache, "export": model, "pretrain1": model}
     _run_single("index", opts, [f"device={device}"] if device else [], refs)
 
 

@@ -121,7 +121,8 @@ def run_evaluate(
                 f.write(json.dumps({"id": sid, "predicted": int(guess[i]), "label": int(predicted["labels"][i])}) + "\n")
     figures = []
     if spec.kind == "retrieval" and cfg.heatmap_items:
-        similarity_figure(predicted, ids, cfg.heatmap_items, out_dir / SIMILARITY_PNG, title=f"{task} {cfg.split}: paragraph × video cosine similarity")
+        model_name = f"{'stage-1 model, zero-shot' if cfg.model == 'pretrain1' else 'fine-tuned model'} {Path(model_dir).name[:8]}"
+        similarity_figure(predicted, ids, cfg.heatmap_items, out_dir / SIMILARITY_PNG, title=f"{task}, {cfg.split} split: {model_name}")
         figures.append(SIMILARITY_PNG)
     if spec.kind == "retrieval" and cfg.alignment_videos and "clips" in predicted:
         alignment_figure(predicted, ids, cfg.alignment_videos, out_dir / ALIGNMENT_PNG)
@@ -201,18 +202,27 @@ def report_text_table(artifact_dir: Path) -> str:
 
 
 def similarity_figure(predicted: dict, ids: list[str], items: int, path: Path, title: str) -> None:
-    """Paragraph × video cosine similarity of the first ``items`` items (diagonal = true pairs)."""
+    """Paragraph × video cosine similarity of the first ``items`` items, titled ``title`` (the
+    task, split and model) over what it shows; the true pairs (the diagonal) outlined, each
+    paragraph's best video dotted."""
+    from matplotlib.patches import Rectangle
+
     plt = pyplot()
     n = min(items, len(ids))
     sim = (predicted["text"][:n] @ predicted["video"][:n].t()).numpy()
-    fig, ax = plt.subplots(figsize=(2 + 0.3 * n, 1.5 + 0.3 * n), dpi=100)
+    fig, ax = plt.subplots(figsize=(3 + 0.3 * n, 2 + 0.3 * n), dpi=100)
     image = ax.imshow(sim, cmap="viridis")
+    for i in range(n):
+        ax.add_patch(Rectangle((i - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="white", linewidth=1.0))
+    best = sim.argmax(axis=1)
+    ax.plot(best, range(n), ".", color="red", markersize=3, label="best video of the paragraph")
     ax.set_xticks(range(n), ids[:n], rotation=90, fontsize=6)
     ax.set_yticks(range(n), ids[:n], fontsize=6)
     ax.set_xlabel("video")
     ax.set_ylabel("paragraph")
-    ax.set_title(title, fontsize=9)
-    fig.colorbar(image, ax=ax, fraction=0.046)
+    ax.set_title(f"{title}\nparagraph × video cosine similarity (outlined: true pairs)", fontsize=8)
+    ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.12 - 2.0 / max(n, 1)), frameon=False)
+    fig.colorbar(image, ax=ax, fraction=0.046, label="cosine similarity")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -234,7 +244,7 @@ def alignment_figure(predicted: dict, ids: list[str], videos: int, path: Path) -
         ax.set_ylabel("sentence")
         ax.set_xticks(range(sim.shape[1]))
         ax.set_yticks(range(sim.shape[0]))
-        fig.colorbar(image, ax=ax, fraction=0.046)
+        fig.colorbar(image, ax=ax, fraction=0.046, label="cosine similarity")
     fig.suptitle("sentence × clip cosine similarity (what MTC aligns)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)

@@ -300,7 +300,7 @@ def test_damaged_model_weights_are_a_one_line_error(pretrained, command, damage)
     args = {
         "finetune": ["finetune", "--task", "didemo", "--init", str(model_dir), "--cache", str(chunks), "--set", "train.max_steps=1"],
         "export": ["export", "--model", str(model_dir), "--set", "frames=32", "--set", "height=64", "--set", "width=96"],
-        "index": ["index", "--cache", str(chunks), "--from", str(model_dir), "--set", "engine=torch"],
+        "index": ["index", "--cache", str(chunks), "--model", str(model_dir), "--set", "engine=torch"],
     }[command]
     try:
         out = CliRunner().invoke(app, args + ["--workdir", str(wd.root)], env={"LFVILA_DEBUG": ""})

@@ -1,6 +1,7 @@
 """The command line through Typer's runner: prepare, status, errors, dry runs."""
 
 import json
+import shlex
 import re
 import shutil
 import subprocess
@@ -460,3 +461,58 @@ def test_show_config_prints_the_resolved_config_and_runs_nothing(tmp_path):
     assert len(docs) == 15 and docs[3].startswith("2] (pretrain1)") and yaml.safe_load(docs[3].split("\n", 1)[1])["train"]["epochs"] == 3
     bad = invoke("cache", "--workdir", wd, "--set", "codex=png", "--show-config")
     assert bad.exit_code == 2 and "unknown config key 'codex'" in bad.output
+
+
+def _jsonl_with_a_bad_record(tmp_path):
+    good = {"id": "a", "video": "a.mp4", "segments": [{"start": 0, "end": 1, "text": "x"}]}
+    bad = {"id": "b", "video": "b.mp4", "segments": [{"start": 2, "end": 1, "text": "y"}]}
+    path = tmp_path / "c.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+    return path
+
+
+def test_strict_fails_on_a_corpus_with_rejections_even_when_a_lenient_run_made_it(tmp_path):
+    wd, corpus = tmp_path / "wd", _jsonl_with_a_bad_record(tmp_path)
+    lenient = invoke("prepare", "--source", "jsonl", "--set", f"jsonl.path={corpus}", "--workdir", wd)
+    assert lenient.exit_code == 0 and "1 rejected" in lenient.output
+    strict = invoke("prepare", "--source", "jsonl", "--set", f"jsonl.path={corpus}", "--workdir", wd, "--strict")
+    assert strict.exit_code == 1, strict.output
+    assert strict.output.strip() == f"error: --strict: the corpus {next((wd / 'store' / 'prepare').glob('*/manifest.json')).parent.name[:16]} (up to date) rejected 1 record(s), first: {corpus}:2: segment ends before it starts"
+    dry = invoke("prepare", "--source", "jsonl", "--set", f"jsonl.path={corpus}", "--workdir", wd, "--strict", "--dry-run")
+    assert dry.exit_code == 1 and "--strict" in dry.output
+
+
+def test_a_path_that_is_not_an_artifact_is_one_line(tmp_path):
+    wd = tmp_path / "wd"
+    for path, why in ((tmp_path, "no manifest.json in it"), (tmp_path / "nowhere" / "x", "no such directory")):
+        result = invoke("cache", "--corpus", path, "--workdir", wd)
+        assert result.exit_code == 1 and result.output == f"error: {path}: not a 'prepare' artifact ({why}); give a ref name, a key (prefix) or an artifact directory (store/prepare/<key>)\n"
+
+
+def test_lfvila_debug_shows_the_traceback_and_keeps_the_exit_code(tmp_path):
+    plain = invoke("cache", "--set", "codex=png", "--workdir", tmp_path)
+    debug = invoke("cache", "--set", "codex=png", "--workdir", tmp_path, env={"LFVILA_DEBUG": "1"})
+    assert plain.exit_code == debug.exit_code == 2
+    assert "Traceback" in debug.output and "ConfigError: unknown config key 'codex'" in debug.output
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path):
+    """`lfvila ... | head -1`: the reader goes away; no 'Broken pipe' message, SIGPIPE's status."""
+    script = (
+        "import sys; from lfvila_cli.main import main; "
+        "sys.argv = ['lfvila', 'status', '--workdir', sys.argv[1]]; main()"
+    )
+    wd = tmp_path / "wd"
+    for stage in ("prepare", "cache"):
+        for i in range(400):  # enough lines to fill the pipe
+            (wd / "store" / stage / f"{i:016x}.partial").mkdir(parents=True)
+    shell = f"{shlex.quote(sys.executable)} -c {shlex.quote(script)} {shlex.quote(str(wd))} | head -1; echo \"status ${{PIPESTATUS[0]}}\""
+    done = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, timeout=120)
+    assert "status 141" in done.stdout, done
+    assert done.stderr == "", done.stderr
+
+
+def test_a_renamed_option_still_works_with_a_warning(tmp_path):
+    result = invoke("index", "--from", "nothing-here", "--workdir", tmp_path, "--dry-run")
+    assert "warning: `lfvila index --from` is now `--model`" in result.output and "stops working in 0.3" in result.output
+    assert "--from" not in invoke("index", "--help").output  # hidden: the new name is the one taught

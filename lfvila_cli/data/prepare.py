@@ -101,6 +101,17 @@ def _validated(samples: Iterable[Sample], rejections: Rejections) -> Iterator[Sa
             rejections.add(reason, sample.where)
 
 
+def first_rejection(corpus_dir: Path) -> str:
+    """``file:line: reason`` of the first rejection a prepared corpus counted (``stats.json``),
+    as ``--strict`` reports it."""
+    try:
+        rejected = json.loads((Path(corpus_dir) / STATS_FILE).read_text(encoding="utf-8"))["rejected"]
+        reason = next(iter(rejected["by_reason"]))
+        return f"{rejected['examples'][reason][0]}: {reason}"
+    except (OSError, ValueError, KeyError, StopIteration, IndexError):
+        return f"see {Path(corpus_dir) / STATS_FILE}"
+
+
 def prepare(cfg: PrepareConfig, out_dir: Path) -> dict:
     """Write the corpus for ``cfg.source`` into ``out_dir``; returns the stage summary."""
     rejections = Rejections()

@@ -242,6 +242,8 @@ class Workdir:
             if data.get("stage") != stage:
                 raise ArtifactError(f"{candidate}: is a '{data.get('stage')}' artifact, expected '{stage}'")
             return Artifact(stage, data["key"], candidate.resolve(), data)
+        if "/" in ref or os.sep in ref:  # a path (a ref name or key never holds a slash)
+            raise self._not_an_artifact(stage, candidate)
         refs = self.refs(stage)
         key = refs.get(ref)
         if key is None:
@@ -255,6 +257,8 @@ class Workdir:
             elif len(matches) > 1:
                 raise ArtifactError(f"'{ref}' matches {len(matches)} {stage} artifacts; give more of the key")
         if key is None:
+            if candidate.exists():  # a directory or file here, not an artifact
+                raise self._not_an_artifact(stage, candidate)
             if ref == "latest":
                 raise ArtifactError(f"no '{stage}' artifact in {self.root}: run `{stage_command(stage)}` first")
             raise ArtifactError(f"no '{stage}' artifact named '{ref}' in {self.root} (refs: {', '.join(refs) or 'none'})")
@@ -262,6 +266,11 @@ class Workdir:
         if artifact is None:
             raise ArtifactError(f"ref {stage}/{ref} points to {key[:KEY_CHARS]}, which is missing from {self.stage_dir(stage)}")
         return artifact
+
+    @staticmethod
+    def _not_an_artifact(stage: str, path: Path) -> ArtifactError:
+        what = f"no {MANIFEST} in it" if path.exists() else "no such directory"
+        return ArtifactError(f"{path}: not a '{stage}' artifact ({what}); give a ref name, a key (prefix) or an artifact directory (store/{stage}/<key>)")
 
     def input_of(self, artifact: Artifact, name: str) -> Artifact | None:
         """The input ``name`` an artifact was built from: in this work directory, or where it lived

@@ -73,7 +73,7 @@ def run_stage(
     if existing is not None and not force:
         problem = unusable(stage, existing)
         if problem is None:
-            return _up_to_date(workdir, stage, existing, name, rank, dry_run, echo)
+            return _up_to_date(workdir, stage, config, existing, name, rank, dry_run, echo)
         if rank == 0:
             echo(f"{stage.name}: artifact {short} is unusable ({problem}); running again")
     rebuild = force or existing is not None  # replace the artifact of this key when committing
@@ -102,7 +102,7 @@ def run_stage(
         if not force:  # another process may have committed it while this one waited
             existing = workdir.get(stage.name, key)
             if existing is not None and unusable(stage, existing) is None:
-                return _up_to_date(workdir, stage, existing, name, rank, dry_run, echo)
+                return _up_to_date(workdir, stage, config, existing, name, rank, dry_run, echo)
         # a job array's tasks of another launch may still write their shares: never alongside them
         wait_for_tasks(workdir, stage.name, key, launch.id, echo)
         return _build(workdir, stage, config, inputs, payload, key, lock, rank, world_size, rebuild, name, progress, echo, reached)
@@ -153,7 +153,9 @@ def _set_refs(workdir: Workdir, stage: str, key: str, name: Optional[str]) -> No
         workdir.set_ref(stage, name, key)
 
 
-def _up_to_date(workdir: Workdir, stage: Stage, existing: Artifact, name: Optional[str], rank: int, dry_run: bool, echo) -> StageResult:
+def _up_to_date(workdir: Workdir, stage: Stage, config: Any, existing: Artifact, name: Optional[str], rank: int, dry_run: bool, echo) -> StageResult:
+    if stage.on_reuse is not None:
+        stage.on_reuse(config, existing)  # e.g. prepare --strict refuses a corpus that rejected records
     key = existing.manifest.get("key", existing.key)
     if not dry_run and rank == 0:
         _set_refs(workdir, stage.name, key, name)
@@ -247,7 +249,7 @@ def _run_share(workdir, stage, config, inputs, payload, key, launch: Launch, nam
     def committed() -> Optional[StageResult]:
         existing = workdir.get(stage.name, key)
         if existing is not None and unusable(stage, existing) is None:
-            return _up_to_date(workdir, stage, existing, name, 0, False, echo)
+            return _up_to_date(workdir, stage, config, existing, name, 0, False, echo)
         return None
 
     lock.acquire(on_wait=_waiting(stage, short, lock, echo))

@@ -84,6 +84,9 @@ class Stage:
     # refuses inputs that cannot work with this config before anything runs (``plan.py``):
     # check(config, {input name: Planned}) raises a one-line ConfigError
     check: Optional[Callable[[Any, dict], None]] = None
+    # called before an existing artifact of the same key is reused: raises when this config's
+    # run would have failed on it (prepare --strict on a corpus that rejected records)
+    on_reuse: Optional[Callable[[Any, Artifact], None]] = None
 
     def input_names(self, config: Any) -> tuple[str, ...]:
         return tuple(self.select_inputs(config)) if self.select_inputs else self.inputs

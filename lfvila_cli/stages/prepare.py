@@ -9,8 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..data.corpus import CORPUS_FILE
-from ..data.prepare import PrepareConfig, key_config, prepare, raw_inputs
-from ..pipeline.artifacts import Artifact, file_digest
+from ..data.prepare import PrepareConfig, first_rejection, key_config, prepare, raw_inputs
+from ..errors import DataError
+from ..pipeline.artifacts import KEY_CHARS, Artifact, file_digest
 from ..pipeline.stage import Stage, StageContext
 
 
@@ -20,6 +21,14 @@ def fingerprints(config: PrepareConfig, inputs) -> dict:
 
 def run(ctx: StageContext) -> dict:
     return prepare(ctx.config, ctx.out_dir)
+
+
+def on_reuse(config: PrepareConfig, artifact: Artifact) -> None:
+    """``strict`` is not part of the key, so a corpus a non-strict run made is reused by a strict
+    one: it fails as the strict run would have, when that corpus rejected records."""
+    rejected = artifact.summary.get("rejected") or 0
+    if config.strict and rejected:
+        raise DataError(f"--strict: the corpus {artifact.key[:KEY_CHARS]} (up to date) rejected {rejected} record(s), first: {first_rejection(artifact.path)}")
 
 
 def corpus_file(artifact: Artifact) -> Path:
@@ -46,4 +55,5 @@ STAGE = Stage(
     key_config=key_config,
     policy_fields=("strict",),  # whether the stage fails, never what the corpus holds
     describe=describe,
+    on_reuse=on_reuse,
 )

@@ -212,8 +212,11 @@ def fit(
             summary["samples_per_s"] = float(np.median(rates))
     summary.update(recipe.summary(run))
     if rank == 0:
+        # A selecting recipe's panel is titled with the figure it selects on, the selected step marked.
+        titles = {SELECTED_ON: f"val {recipe.select_on} (selects the model)"} if selects else {}
+        selected = summary["selection"]["step"] if selects and best else None
         write_finished(model, config, out_dir, run.train_records, val_records, val_keys=recipe.plot_val_keys,
-                       pretrained=recipe.pretrained_info(train_ds))
+                       pretrained=recipe.pretrained_info(train_ds), val_titles=titles, selected_step=selected)
     return summary
 
 
@@ -353,11 +356,13 @@ def losses_of(record: dict) -> dict[str, float]:
 
 def write_finished(
     model, config, out_dir: Path, train_records: list[dict], val_records: list[dict], val_keys: tuple[str, ...] = ("R@1", "loss/total"),
-    pretrained: Optional[dict] = None,
+    pretrained: Optional[dict] = None, val_titles: Optional[dict[str, str]] = None, selected_step: Optional[int] = None,
 ) -> None:
     """config.json, model.safetensors, metrics.jsonl and loss.png (the tokenizer is already there);
-    ``val_keys``: the validation figures drawn beside the training losses; ``pretrained``: what
-    config.json records besides the config (``Recipe.pretrained_info``)."""
+    ``val_keys``: the validation figures drawn beside the training losses (``val_titles``: a
+    panel's title other than ``val <key>``); ``selected_step``: the step whose weights were kept,
+    marked on every panel; ``pretrained``: what config.json records besides the config
+    (``Recipe.pretrained_info``)."""
     save_pretrained(model, config, out_dir, **(pretrained or {}))
     with open(out_dir / METRICS_FILE, "w", encoding="utf-8") as f:
         for record in train_records:
@@ -371,7 +376,7 @@ def write_finished(
     for key in val_keys:
         pts = [(r["step"], r[key]) for r in val_records if isinstance(r.get(key), (int, float))]
         if pts:
-            series[f"val {key}"] = ([p[0] for p in pts], [p[1] for p in pts])
+            series[(val_titles or {}).get(key, f"val {key}")] = ([p[0] for p in pts], [p[1] for p in pts])
     from ..plots import plot_curves
 
-    plot_curves(series, out_dir / PLOT_FILE)
+    plot_curves(series, out_dir / PLOT_FILE, mark=(selected_step, f"selected: step {selected_step}") if selected_step is not None else None)
