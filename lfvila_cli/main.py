@@ -361,7 +361,11 @@ def pretrain(
     checkpoint for the video encoder, e.g. Swin-B 22k 384; "" = random), loader.* (LoaderConfig),
     objectives.* (vpc_weight, mtc_weight, mlm_weight, vtm_weight, temperature, ...), train.* (lr, betas, eps, weight_decay, warmup_steps, warmup_ratio, final_lr_ratio,
     micro_batch, grad_accum, grad_clip, zero_stage, precision, epochs, max_steps, log_every,
-    checkpoint_every, keep_last_k, max_bad_steps, seed), val_every, val_max_samples, val_batch, workers (1; not part of the key).
+    checkpoint_every, keep_last_k, max_bad_steps, seed, tensorboard), val_every, val_max_samples, val_batch, workers (1; not part of the key).
+
+    Progress: a bar on a terminal; off one (a Slurm or nohup log) rank 0 logs step/total, each loss
+    term, lr, samples/s and the time left every 30 s (LFVILA_PROGRESS_S). train.tensorboard=true
+    also writes TensorBoard event files into run/tensorboard/ (pip install 'lfvila[tensorboard]').
     """
     from .errors import ConfigError
 
