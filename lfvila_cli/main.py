@@ -414,6 +414,10 @@ def pretrain(
 
     Of the keys below: video_init is a Swin-2D checkpoint for the stage-1 video encoder (e.g. Swin-B
     22k 384; "" = random); tokenizer "" trains one on the corpus.
+
+    Progress: a bar on a terminal; off one (a Slurm or nohup log) rank 0 logs step/total, each loss
+    term, lr, samples/s and the time left every 30 s (LFVILA_PROGRESS_S). train.tensorboard=true
+    also writes TensorBoard event files into run/tensorboard/ (pip install 'lfvila[tensorboard]').
     """
     from .errors import ConfigError
 

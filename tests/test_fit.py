@@ -26,7 +26,7 @@ def _train(warmup_steps: int) -> dict:
         "lr": 0.0002, "betas": (0.9, 0.98), "eps": 1e-08, "weight_decay": 0.05, "warmup_steps": warmup_steps,
         "warmup_ratio": 0.1, "final_lr_ratio": 0.01, "micro_batch": 16, "grad_accum": 1, "grad_clip": 1.0,
         "zero_stage": 2, "precision": "fp32", "epochs": 10, "max_steps": None, "log_every": 1,
-        "checkpoint_every": 200, "keep_last_k": 2, "max_bad_steps": 10, "seed": 0,
+        "checkpoint_every": 200, "keep_last_k": 2, "max_bad_steps": 10, "seed": 0, "tensorboard": False,
     }
 
 
@@ -49,6 +49,7 @@ TRAIN_CONFIG = {
     "lr": 5e-05, "betas": (0.9, 0.98), "eps": 1e-08, "weight_decay": 0.05, "warmup_steps": None, "warmup_ratio": 0.1,
     "final_lr_ratio": 0.01, "micro_batch": 16, "grad_accum": 1, "grad_clip": 1.0, "zero_stage": 2, "precision": "bf16",
     "epochs": 10, "max_steps": None, "log_every": 1, "checkpoint_every": 1000, "keep_last_k": 2, "max_bad_steps": 10, "seed": 0,
+    "tensorboard": False,
 }
 
 
@@ -69,6 +70,15 @@ def test_pretrain_defaults_resolve_as_before():
 @pytest.mark.parametrize("task", list(TASKS))
 def test_finetune_defaults_resolve_as_before(task):
     _same(to_dict(FinetuneConfig(task=task)), {**FINETUNE, "task": task})
+
+
+def test_the_default_keys_hash_the_training_config_as_before_tensorboard():
+    """``train.tensorboard`` (added later) enters an artifact key only when set."""
+    from lfvila_cli.stages.finetune import key_config as finetune_key
+    from lfvila_cli.stages.pretrain import key_config as pretrain_key
+
+    for key, config, warmup in ((pretrain_key, PretrainConfig(), 20), (finetune_key, FinetuneConfig(), 10)):
+        _same(key(config)["train"], {k: v for k, v in _train(warmup).items() if k != "tensorboard"})
 
 
 def test_train_config_defaults_are_the_papers():

@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lfvila_cli"
 
 # What each layer may import besides itself; a module not listed here belongs to the top layer
 # (the CLI and the application modules over the library), which may import anything below it.
-BASE = {"lfvila_cli.errors", "lfvila_cli.config", "lfvila_cli.version", "lfvila_cli.hub"}
+BASE = {"lfvila_cli.errors", "lfvila_cli.config", "lfvila_cli.version", "lfvila_cli.hub", "lfvila_cli.progress"}
 LAYERS = {
     "lfvila_cli.data": BASE,
     "lfvila_cli.objectives": BASE,

@@ -52,6 +52,7 @@ import numpy as np
 
 from ..config import check
 from ..errors import DataError
+from ..progress import ProgressLog, progress_log
 from .codecs import CODECS, DEFAULT_QUALITY, is_image_codec
 from .corpus import SPLITS, read_corpus, resolve_video
 from .formats import absolute
@@ -73,12 +74,9 @@ from .framestore import (
 from .video import BoundedVideoDecoder, VideoDecoder, VideoError, chunk_span, decode_process
 
 log = logging.getLogger(__name__)
-progress_log = logging.getLogger("lfvila_cli.progress")  # shown without --verbose (main._setup_logging)
 
 POLICY_FIELDS = ("max_failure_rate", "workers", "retry_failed", "decode_timeout_s")  # change how the run behaves, not what it makes
 MAX_LISTED_FAILURES = 1000  # in the returned summary; the store keeps every reason
-# Progress log lines (``_ProgressLog``) when no terminal shows the bar; every rank logs its own.
-PROGRESS_INTERVAL_S = float(os.environ.get("LFVILA_PROGRESS_S", "30"))
 LOGGED_FAILURES = 10  # logged one by one, then one line per FAILURE_LOG_INTERVAL_S
 FAILURE_LOG_INTERVAL_S = 30.0
 
@@ -483,45 +481,30 @@ def _progress_bar(total: int, enabled: bool):
     return tqdm(total=total, unit="seg", desc="cache", dynamic_ncols=True, disable=None if enabled else True)
 
 
-class _ProgressLog:
-    """Progress as log lines, every ``PROGRESS_INTERVAL_S``, for runs no one watches on a
-    terminal (a scheduler's log, ranks other than 0): done/total, failed, linked, rate, time left."""
+class _CacheProgress(ProgressLog):
+    """Progress as log lines (``progress.ProgressLog``) for runs no one watches on a terminal (a
+    scheduler's log, ranks other than 0): done/total, failed, linked, segments/s, frames/s, time left.
+    Every rank logs its own: each rank's failures show in its log."""
 
     def __init__(self, rank: int, world_size: int, total: int, enabled: bool) -> None:
-        self.rank, self.world_size, self.total, self.enabled = rank, world_size, total, enabled
-        self.started = self.last = time.monotonic()
-        self.done = self.failed = self.linked = self.frames = 0
+        super().__init__(total, enabled)
+        self.rank, self.world_size = rank, world_size
+        self.failed = self.linked = self.frames = 0
 
     def update(self, result: _TaskResult) -> None:
-        self.done += len(result.task.rows)
         self.failed += len(result.reasons)
         self.linked += result.linked
         self.frames += result.frames
-        now = time.monotonic()
-        if self.enabled and now - self.last >= PROGRESS_INTERVAL_S:
-            self.last = now
-            self.log(now)
-
-    def log(self, now: float) -> None:
-        elapsed = max(now - self.started, 1e-9)
-        left = (self.total - self.done) * elapsed / self.done if self.done else float("nan")
-        progress_log.info(
-            "cache: rank %d/%d: %d/%d segments (%.0f%%), %d failed, %d linked, %.0f frames/s, about %s left",
-            self.rank, self.world_size, self.done, self.total, 100.0 * self.done / max(self.total, 1),
-            self.failed, self.linked, self.frames / elapsed, _duration(left),
-        )
-
-
-def _duration(seconds: float) -> str:
-    if seconds != seconds:  # NaN: nothing done yet
-        return "?"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+        if self.advance(len(result.task.rows)):
+            self.log(
+                "cache: rank %d/%d: %s, %d failed, %d linked, %.1f segments/s, %.0f frames/s, about %s left",
+                self.rank, self.world_size, self.counted("segments"), self.failed, self.linked,
+                self.rate(), self.per_second(self.frames), self.left(),
+            )
 
 
 def _run_tasks(
-    tasks: list[VideoTask], arrays: RowArrays, cfg: CacheConfig, bar, progress: _ProgressLog, pool: FramePool | None, take: bool
+    tasks: list[VideoTask], arrays: RowArrays, cfg: CacheConfig, bar, progress: _CacheProgress, pool: FramePool | None, take: bool
 ) -> tuple[list[_TaskResult], int, float]:
     """Run tasks on ``cfg.workers`` threads (decord and the codecs release the GIL)."""
     results: list[_TaskResult] = []
@@ -658,7 +641,7 @@ def cache_frames(
     own_rows = sum(len(t.rows) for t in tasks)
     log.info("cache: rank %d/%d: %d segments of %d videos -> %s", rank, world_size, own_rows, len(tasks), url)
     with _progress_bar(own_rows, progress and rank == 0) as bar:
-        progress_lines = _ProgressLog(rank, world_size, own_rows, enabled=bool(bar.disable))
+        progress_lines = _CacheProgress(rank, world_size, own_rows, enabled=bool(bar.disable))
         results, frames, decode_seconds = _run_tasks(tasks, arrays, cfg, bar, progress_lines, pool, take_from_pool)
 
     rows = np.concatenate([np.asarray(r.task.rows, dtype=np.int64) for r in results]) if results else np.zeros(0, np.int64)

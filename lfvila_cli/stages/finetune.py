@@ -2,8 +2,8 @@
 
 Inputs: the task's ``cache`` artifact (``segment_mode=chunks``) and, with ``init=pretrained``,
 the pre-training artifact it starts from (``pretrain1`` for retrieval, ``pretrain2`` for QA).
-Key: the config but ``workers``, plus the digest of the authors' checkpoint with
-``init=release``. Resumable.
+Key: the config but ``workers``, ``train.tensorboard`` only when set (``pretrain.train_key``),
+plus the digest of the authors' checkpoint with ``init=release``. Resumable.
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ from ..pipeline.artifacts import file_digest
 from ..pipeline.stage import Stage, StageContext
 from ..train.config import FinetuneConfig
 from .cache import corpus_of, frame_store_url
+from .pretrain import train_key
 
 POLICY_FIELDS = ("workers",)
 
 
 def key_config(cfg: FinetuneConfig) -> dict:
-    return {k: v for k, v in to_dict(cfg).items() if k not in POLICY_FIELDS}
+    return {**{k: v for k, v in to_dict(cfg).items() if k not in POLICY_FIELDS}, "train": train_key(cfg.train)}
 
 
 def input_names(cfg: FinetuneConfig) -> tuple[str, ...]:

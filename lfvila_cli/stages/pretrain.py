@@ -2,8 +2,9 @@
 (MLM + VTM) over a frame store (``train/pretrain.py``; docs/method.md §4–§5).
 
 Inputs: a ``cache`` artifact, and for stage 2 the ``pretrain1`` artifact it starts from. Key:
-the config but its policy fields (``workers``), ``video_init`` only when set, plus the digest
-of the Swin-2D checkpoint it names. Resumable from the newest complete checkpoint.
+the config but its policy fields (``workers``), ``video_init`` and ``train.tensorboard`` only
+when set, plus the digest of the Swin-2D checkpoint it names. Resumable from the newest
+complete checkpoint.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from ..config import to_dict
 from ..errors import ConfigError
 from ..pipeline.artifacts import file_digest
 from ..pipeline.stage import Stage, StageContext
-from ..train.config import PretrainConfig
+from ..train.config import PretrainConfig, TrainConfig
 from .cache import corpus_of, frame_store_url
 
 POLICY_FIELDS = ("workers",)  # change how a run goes, not what it makes: left out of the artifact key
@@ -21,8 +22,17 @@ POLICY_FIELDS = ("workers",)  # change how a run goes, not what it makes: left o
 def key_config(cfg: PretrainConfig) -> dict:
     """The config that shapes the model (the artifact key): everything but ``POLICY_FIELDS``, and
     ``video_init`` only when set (keys made before it existed stay valid; ``fingerprints`` adds
-    the checkpoint's digest)."""
-    return {k: v for k, v in to_dict(cfg).items() if k not in POLICY_FIELDS and not (k == "video_init" and not v)}
+    the checkpoint's digest); ``train`` as ``train_key`` has it."""
+    own = {k: v for k, v in to_dict(cfg).items() if k not in POLICY_FIELDS and not (k == "video_init" and not v)}
+    return {**own, "train": train_key(cfg.train)}
+
+
+def train_key(train: TrainConfig) -> dict:
+    """A training config as the artifact key has it: ``tensorboard`` only when set. The event files
+    change no weight, but they are in the artifact (``run/tensorboard/``), so a run asked for them
+    is its own artifact, never a hit without them; unset, keys made before the option existed
+    stay valid."""
+    return {k: v for k, v in to_dict(train).items() if not (k == "tensorboard" and not v)}
 
 
 def fingerprints(config: PretrainConfig, inputs) -> dict:

@@ -43,6 +43,9 @@ class TrainConfig:
     keep_last_k: int = 2
     max_bad_steps: int = 10  # NaN/Inf steps tolerated over the whole run
     seed: int = 0
+    # TensorBoard event files in run/tensorboard/ (the logged steps and the validation figures);
+    # needs the tensorboard package: pip install 'lfvila[tensorboard]'.
+    tensorboard: bool = False
 
     def __post_init__(self) -> None:
         check(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")

@@ -35,8 +35,10 @@ import torch.nn as nn
 
 from ..config import to_dict
 from ..errors import CheckpointError, ConfigError, LfvilaError, UnsafeCheckpointError
+from ..progress import ProgressLog, duration
 from . import checkpoint as ckpt
 from .config import TrainConfig
+from .events import TENSORBOARD_DIR, EventWriter, require_tensorboard
 from .schedule import lr_factor, parameter_groups
 
 log = logging.getLogger(__name__)
@@ -131,6 +133,7 @@ class Trainer:
         generators: Optional[Mapping[str, torch.Generator]] = None,
     ) -> None:
         check_precision_supported(cfg)
+        require_tensorboard(cfg)
         init_distributed()
         import deepspeed
         import deepspeed.comm as dist
@@ -167,6 +170,7 @@ class Trainer:
         self.position = 0  # micro-batch index inside the epoch
         self.bad_steps = 0
         self.last_checkpoint: Optional[Path] = ckpt.latest_complete(self.ckpt_root)
+        self.events: Optional[EventWriter] = None  # rank 0 with train.tensorboard, from train() on
 
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> Path:
@@ -292,10 +296,15 @@ class Trainer:
             self._seed_everything()
         if self.rank == 0:
             self._write_run_files(total, warmup, steps_per_epoch)
+            if cfg.tensorboard and self.events is None:
+                self.events = EventWriter(self.run_dir / TENSORBOARD_DIR, self.step, self._read_metrics())
 
         per_epoch = steps_per_epoch * cfg.grad_accum
         losses: list[float] = []
         bar = self._progress(total)
+        # Off a terminal (no bar) rank 0 logs the bar's figures every interval instead.
+        lines = ProgressLog(total, enabled=self.rank == 0 and bar is None, done=self.step)
+        record = None
         saved_at = self.step if self.last_checkpoint is not None and ckpt._step_of(self.last_checkpoint) == self.step else None
         while self.step < total:
             micro = iter(batches(self.epoch, self.position))
@@ -312,6 +321,8 @@ class Trainer:
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix({"loss": f"{record['loss/total']:.4f}", "samples/s": f"{record['samples_per_s']:.1f}"})
+                if lines.advance(1) and self.step < total:
+                    lines.log("train: step %s, %s, about %s left", lines.counted(), self._figures(record, lines), lines.left())
                 if not record["step_applied"]:
                     self._on_bad_step()
                 if self.step % cfg.checkpoint_every == 0:
@@ -324,6 +335,8 @@ class Trainer:
             self.save()
         if bar is not None:
             bar.close()
+        if lines.enabled and record is not None:
+            lines.log("train: step %s, %s, done in %s", lines.counted(), self._figures(record, lines), duration(lines.elapsed))
         return TrainResult(steps=self.step, bad_steps=self.bad_steps, last_checkpoint=self.last_checkpoint, losses=losses)
 
     def _train_step(self, group: list, lr: float) -> dict:
@@ -398,14 +411,32 @@ class Trainer:
             # NaN/Inf are not JSON: a skipped step logs its bad loss as null.
             clean = {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in record.items()}
             f.write(json.dumps(clean) + "\n")
+        if self.events is not None:
+            self.events.train(record)
 
     def _truncate_metrics(self, step: int) -> None:
         """Drop records past the resumed step (written by the run that died after its last save)."""
+        kept = [record for record in self._read_metrics() if record["step"] <= step]
+        (self.run_dir / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in kept), encoding="utf-8")
+
+    def _read_metrics(self) -> list[dict]:
         path = self.run_dir / "metrics.jsonl"
         if not path.is_file():
-            return
-        kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip() and json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+            return []
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    def _figures(self, record: dict, lines: ProgressLog) -> str:
+        """A progress line's figures: the step record's losses (the terms the loss returned, in its
+        order) and lr, then samples/s over this run so far (data loading and validation included,
+        the pace the time left assumes; one step's ``samples_per_s`` swings with each batch) and
+        the skipped steps if any: ``loss 3.21 (vpc 1.2, mtc 0.9), lr 1.20e-04, 5.3 samples/s``."""
+        terms = ", ".join(f"{k[len('loss/'):]} {v:.4g}" for k, v in record.items() if k.startswith("loss/") and k != "loss/total")
+        text = f"loss {record['loss/total']:.4g}" + (f" ({terms})" if terms else "")
+        samples = (lines.done - lines.first) * self.cfg.micro_batch * self.cfg.grad_accum * self.world_size
+        text += f", lr {record['lr']:.2e}, {lines.per_second(samples):.1f} samples/s"
+        if record["skipped_steps"]:
+            text += f", {record['skipped_steps']} steps skipped"
+        return text
 
     def _progress(self, total: int):
         if self.rank != 0 or not sys.stderr.isatty():
@@ -413,3 +444,4 @@ class Trainer:
         from tqdm import tqdm
 
         return tqdm(total=total, initial=self.step, desc="train", dynamic_ncols=True)
+

@@ -11,7 +11,8 @@ progress=..., resume=...)`` trains a ``Recipe`` (train/recipe.py) with the ``Tra
     out_dir/loss.png           the loss curves (one labelled panel per term, matplotlib)
     out_dir/selection.json     only a selecting recipe: which step was selected, on what figure
     out_dir/run/               the trainer's run directory (checkpoints, configs, its metrics.jsonl,
-                               val_metrics.jsonl; a selecting recipe: best/ and best.json, the best so far)
+                               val_metrics.jsonl; a selecting recipe: best/ and best.json, the best so far;
+                               train.tensorboard: tensorboard/, the event files, train/events.py)
 
 Checkpoint selection: a recipe with ``select_on`` keeps the weights that scored best on
 **validation** (never test; docs/method.md §7) and finishes with them; one without finishes with
@@ -80,10 +81,12 @@ def fit(
     from ..model.lfvila import count_parameters
     from ..model.pretrained import float_state, load_weights, save_weights
     from .engine import Trainer
+    from .events import require_tensorboard
 
     cfg = recipe.cfg
     corpus_path, out_dir = Path(corpus_path), Path(out_dir)
     recipe.check()
+    require_tensorboard(cfg.train)  # before the tokenizer and the data, not after them
     started = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     run_dir = out_dir / "run"
@@ -148,6 +151,8 @@ def fit(
         val_records.append(record)
         with open(val_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(json_clean(record)) + "\n")
+        if trainer.events is not None:
+            trainer.events.val(record)
         if not selects:
             log.info("val at step %d: %s", step, {k: round(v, 4) if isinstance(v, float) else v for k, v in fields.items()})
             return
@@ -179,6 +184,8 @@ def fit(
         if best and best["step"] > result.steps:
             best.clear()
     validate(result.steps)
+    if trainer.events is not None:
+        trainer.events.close()
     barrier(world_size)
 
     run = FitRun(model, config, result, train_ds, val_ds, rank, baseline=baseline)
