@@ -38,8 +38,13 @@ def fails_before_work(tmp_path, stages, match, error=ConfigError):
 def test_the_projects_pipelines_plan_cleanly(tmp_path, path):
     """No false alarm: the quickstart and every paper recipe (after the pre-training recipe they
     start from) pass the checks in an empty work directory."""
+    import dataclasses
+
     pretrain = ROOT / "stages" / "paper" / "pretrain.yaml"
     entries = (load_pipeline(pretrain) if path.parent.name == "paper" and path != pretrain else []) + load_pipeline(path)
+    for entry in entries:  # the recipes leave the datasets' paths to the user: prepare's own check says so (below)
+        if entry.stage.name == "prepare" and entry.config.get("source") != "example":
+            entry.stage = dataclasses.replace(entry.stage, check=None)
     assert len(plan_pipeline(Workdir(tmp_path), path, entries)) == len(entries)
 
 
@@ -135,7 +140,7 @@ def test_the_keys_help_marks_as_outside_the_key_are_outside_it():
     from lfvila_cli.config import resolve
     from lfvila_cli.stages import STAGES
 
-    changed = {"max_failure_rate": "0.5", "workers": "3", "retry_failed": "true", "decode_timeout_s": "5", "strict": "true", "batch": "3"}
+    changed = {"max_failure_rate": "0.5", "workers": "3", "retry_failed": "true", "decode_timeout_s": "5", "strict": "true", "batch": "3", "device": "cpu"}
     for stage in STAGES.values():
         base = stage.keyed_config(resolve(stage.config_class, layers=[stage.fixed]))
         for name in stage.policy_fields:

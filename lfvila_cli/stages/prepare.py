@@ -23,6 +23,12 @@ def run(ctx: StageContext) -> dict:
     return prepare(ctx.config, ctx.out_dir)
 
 
+def check(config: PrepareConfig, inputs: dict) -> None:
+    """Before anything runs: the selected source's required options are set (what its files are
+    is checked when it runs)."""
+    raw_inputs(config)
+
+
 def on_reuse(config: PrepareConfig, artifact: Artifact) -> None:
     """``strict`` is not part of the key, so a corpus a non-strict run made is reused by a strict
     one: it fails as the strict run would have, when that corpus rejected records."""
@@ -56,4 +62,5 @@ STAGE = Stage(
     policy_fields=("strict",),  # whether the stage fails, never what the corpus holds
     describe=describe,
     on_reuse=on_reuse,
+    check=check,
 )
