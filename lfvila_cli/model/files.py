@@ -1,16 +1,14 @@
 """The finished-model directory's files, below the model classes: ``config.json``'s lfvila keys,
 the safetensors weights, where a directory comes from (a path or a hub id) and which device it
-goes to, and ``PretrainedMixin`` (``from_pretrained`` / ``save_pretrained``), which
-``lfvila.LfvilaModel`` inherits. The format, and the functions that know the model classes:
-``pretrained.py``.
+goes to; ``lfvila.LfvilaModel.from_pretrained`` / ``save_pretrained`` are built on them. The
+format, and the functions that know the model classes: ``pretrained.py``.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
-from typing import Any, Optional, TypeVar
+from typing import Any, Optional
 
 import torch
 
@@ -177,65 +175,3 @@ def resolve_device(device: Optional[str | torch.device] = None) -> torch.device:
         if resolved.index is not None and resolved.index >= torch.cuda.device_count():
             raise DeviceError(f"device {str(device)!r}: there are {torch.cuda.device_count()} CUDA devices")
     return resolved
-
-
-M = TypeVar("M", bound="PretrainedMixin")
-
-
-class PretrainedMixin:
-    """``from_pretrained`` and ``save_pretrained`` for the model classes. The class using it
-    names its config class (``config_class``) and the class a config's layout makes
-    (``class_for``). A loaded model remembers where it came from (``pretrained_dir``) and that
-    directory's ``MODEL_KEYS`` (``pretrained_info``: task, classes, preprocessing), so that
-    ``save_pretrained`` writes them, and the tokenizer, again."""
-
-    config_class: type
-    pretrained_dir: Optional[Path] = None
-    pretrained_info: Optional[dict[str, Any]] = None
-
-    @classmethod
-    def class_for(cls, config: Any) -> type:
-        raise NotImplementedError
-
-    @classmethod
-    def from_pretrained(
-        cls: type[M], path_or_hub_id: str | Path, *, device: Optional[str | torch.device] = None, revision: Optional[str] = None,
-    ) -> M:
-        """The model in a model directory or hub repository (``revision``: a branch, tag or
-        commit of the hub repository; a local path always wins over a hub id), in eval mode on
-        ``device`` (None: the CPU; see ``resolve_device``). Called on a task class, the directory
-        must hold that class (a one-line error otherwise); on ``LfvilaModel``, any: the class its
-        layout makes, which config.json's ``architectures`` names."""
-        target = resolve_device(device)
-        model_dir = resolve_model_dir(path_or_hub_id, revision)
-        data = read_config_json(model_dir)
-        config = config_from(cls.config_class, data)
-        held = cls.class_for(config)
-        info = info_from(model_dir, data, held.__name__)
-        if not issubclass(held, cls):
-            raise ArtifactError(f"{model_dir}: holds a {held.__name__}, not a {cls.__name__}; load it with {held.__name__}.from_pretrained or lfvila_cli.load_model")
-        model = load_strict(held(config), model_dir)
-        model.pretrained_dir, model.pretrained_info = model_dir, info
-        return model.to(target).eval()
-
-    def save_pretrained(self, model_dir: str | Path, *, tokenizer: Any = None) -> Path:
-        """Write the model directory: config.json (the config and the ``MODEL_KEYS`` this model
-        was loaded with), model.safetensors (float32) and tokenizer/ — ``tokenizer`` (a loaded
-        tokenizer, or a directory holding one), else the one of the directory it was loaded from,
-        if any. Returns the directory."""
-        model_dir = Path(model_dir)
-        model_dir.mkdir(parents=True, exist_ok=True)
-        kept = {k: v for k, v in (self.pretrained_info or {}).items() if k not in ("architectures", "lfvila_version")}
-        write_model(self, self.config, model_dir, {**model_info(self.class_for(self.config).__name__), **kept})
-        source = tokenizer
-        if source is None and self.pretrained_dir is not None and (self.pretrained_dir / TOKENIZER_DIR).is_dir():
-            source = self.pretrained_dir / TOKENIZER_DIR
-        if isinstance(source, (str, Path)):
-            if not Path(source).is_dir():
-                raise ArtifactError(f"{source}: no tokenizer directory to save with the model")
-            if Path(source).resolve() != (model_dir / TOKENIZER_DIR).resolve():
-                # the files as they are: save_pretrained of a loaded fast tokenizer drops vocab.txt
-                shutil.copytree(source, model_dir / TOKENIZER_DIR, dirs_exist_ok=True)
-        elif source is not None:
-            source.save_pretrained(str(model_dir / TOKENIZER_DIR))
-        return model_dir

@@ -48,16 +48,28 @@ Parameter names (top level) against the authors' released checkpoints (full key 
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from pathlib import Path
+from typing import Any, Literal, Optional, TypeVar
 
 import torch
 from torch import nn
 
 from ..config import check
-from ..errors import ConfigError, LfvilaError
+from ..errors import ArtifactError, ConfigError, LfvilaError
 from ..objectives import ObjectiveConfig
-from .files import PretrainedMixin
+from .files import (
+    TOKENIZER_DIR,
+    config_from,
+    info_from,
+    load_strict,
+    model_info,
+    read_config_json,
+    resolve_device,
+    resolve_model_dir,
+    write_model,
+)
 from .fusion import CrossModalConfig, CrossModalEncoder, CrossModalOutput
 from .heads import (
     ClassificationHead,
@@ -229,7 +241,10 @@ class EmptySentenceSlotError(LfvilaError, ValueError):
     """Stage-1 input whose text leaves a sentence slot empty (MTC needs one sentence per clip)."""
 
 
-class LfvilaModel(PretrainedMixin, nn.Module):
+M = TypeVar("M", bound="LfvilaModel")
+
+
+class LfvilaModel(nn.Module):
     """The LF-VILA parts (config in, parts the config leaves out are ``None``) and what every
     task shares: ``encode_video``, ``encode_text``, ``fuse``, the stage split of the parameters.
 
@@ -238,13 +253,55 @@ class LfvilaModel(PretrainedMixin, nn.Module):
     ``LfvilaForClassification``), so that wrappers calling ``model(...)`` (DDP, DeepSpeed's
     engine) run it with their hooks. ``build_model`` picks the class from the config
     (``model_class``); the parameter names do not depend on the class. ``from_pretrained`` /
-    ``save_pretrained`` read and write a model directory (``files.PretrainedMixin``)."""
+    ``save_pretrained`` read and write a model directory (its files: ``files.py``)."""
 
-    config_class = LfvilaConfig
+    # A loaded model remembers where it came from and that directory's ``files.MODEL_KEYS`` (task,
+    # classes, preprocessing), so that ``save_pretrained`` writes them, and the tokenizer, again.
+    pretrained_dir: Optional[Path] = None
+    pretrained_info: Optional[dict[str, Any]] = None
 
     @classmethod
-    def class_for(cls, config: LfvilaConfig) -> type["LfvilaModel"]:
-        return model_class(config)
+    def from_pretrained(
+        cls: type[M], path_or_hub_id: str | Path, *, device: Optional[str | torch.device] = None, revision: Optional[str] = None,
+    ) -> M:
+        """The model in a model directory or hub repository (``revision``: a branch, tag or
+        commit of the hub repository; a local path always wins over a hub id), in eval mode on
+        ``device`` (None: the CPU; see ``resolve_device``). Called on a task class, the directory
+        must hold that class (a one-line error otherwise); on ``LfvilaModel``, any: the class its
+        layout makes, which config.json's ``architectures`` names."""
+        target = resolve_device(device)
+        model_dir = resolve_model_dir(path_or_hub_id, revision)
+        data = read_config_json(model_dir)
+        config = config_from(LfvilaConfig, data)
+        held = model_class(config)
+        info = info_from(model_dir, data, held.__name__)
+        if not issubclass(held, cls):
+            raise ArtifactError(f"{model_dir}: holds a {held.__name__}, not a {cls.__name__}; load it with {held.__name__}.from_pretrained or lfvila_cli.load_model")
+        model = load_strict(held(config), model_dir)
+        model.pretrained_dir, model.pretrained_info = model_dir, info
+        return model.to(target).eval()
+
+    def save_pretrained(self, model_dir: str | Path, *, tokenizer: Any = None) -> Path:
+        """Write the model directory: config.json (the config and the ``MODEL_KEYS`` this model
+        was loaded with), model.safetensors (float32) and tokenizer/ — ``tokenizer`` (a loaded
+        tokenizer, or a directory holding one), else the one of the directory it was loaded from,
+        if any. Returns the directory."""
+        model_dir = Path(model_dir)
+        model_dir.mkdir(parents=True, exist_ok=True)
+        kept = {k: v for k, v in (self.pretrained_info or {}).items() if k not in ("architectures", "lfvila_version")}
+        write_model(self, self.config, model_dir, {**model_info(model_class(self.config).__name__), **kept})
+        source = tokenizer
+        if source is None and self.pretrained_dir is not None and (self.pretrained_dir / TOKENIZER_DIR).is_dir():
+            source = self.pretrained_dir / TOKENIZER_DIR
+        if isinstance(source, (str, Path)):
+            if not Path(source).is_dir():
+                raise ArtifactError(f"{source}: no tokenizer directory to save with the model")
+            if Path(source).resolve() != (model_dir / TOKENIZER_DIR).resolve():
+                # the files as they are: save_pretrained of a loaded fast tokenizer drops vocab.txt
+                shutil.copytree(source, model_dir / TOKENIZER_DIR, dirs_exist_ok=True)
+        elif source is not None:
+            source.save_pretrained(str(model_dir / TOKENIZER_DIR))
+        return model_dir
 
     def __init__(self, config: LfvilaConfig) -> None:
         super().__init__()

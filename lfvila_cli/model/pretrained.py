@@ -17,7 +17,7 @@
 Directories written before those keys existed (the ``LfvilaConfig`` alone) still load: their
 class follows from the layout (``lfvila.model_class``). ``load_pretrained`` rebuilds the model
 strictly; every model class has ``from_pretrained`` (a local directory or a hub id, offline by
-default: ``lfvila_cli.hub``) and ``save_pretrained`` (``files.PretrainedMixin``; the files
+default: ``lfvila_cli.hub``) and ``save_pretrained`` (``lfvila.LfvilaModel``; the files
 themselves are read and written in ``files.py``, below the model classes); ``load_stage1_into``
 loads a stage-1 model into a stage-2 model (strict on the stage-1 parts); ``load_pretrained_into``
 copies the tensors a task model shares with a pre-trained one. A missing, truncated or corrupt
