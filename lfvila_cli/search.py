@@ -106,8 +106,10 @@ class Encoder:
             # The normalisation it was trained with: config.json's (any model directory, a hub
             # snapshot too), else the artifact's stage config (directories written before).
             pre = (self.model.pretrained_info or {}).get("preprocessing") or {}
-            loader = trained_loader_config(read_stage_config(self.source))
-            mean, std = pre.get("image_mean", loader.image_mean), pre.get("image_std", loader.image_std)
+            if "image_mean" not in pre:
+                loader = trained_loader_config(read_stage_config(self.source))
+                pre = {"image_mean": loader.image_mean, "image_std": loader.image_std}
+            mean, std = pre["image_mean"], pre["image_std"]
         self.mean, self.std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
         self.tokenizer = load_tokenizer(self.source / "tokenizer", local_files_only=True)
 

@@ -10,7 +10,6 @@ the stage itself, which checks the data it loads with the same functions
 
 from __future__ import annotations
 
-import json
 from typing import Optional
 
 from ..errors import ConfigError, LfvilaError
@@ -86,20 +85,32 @@ def model_facts(model: Optional[Planned], fused: bool) -> Optional[dict]:
     if model is None:
         return None
     if model.artifact is not None:
+        from ..model.files import read_config_json
+
         try:
-            config = json.loads((model.artifact.path / "config.json").read_text(encoding="utf-8"))
+            config = read_config_json(model.artifact.path)
             fusion = config.get("fusion") or {}
             return {
                 "frames_per_clip": int(config["video"]["frames_per_clip"]),
                 "max_sentences": int(config["text"]["max_sentences"]),
                 "max_frames": int(fusion["max_frames"]) if fused and fusion else None,
             }
-        except (OSError, ValueError, KeyError, TypeError):
+        except (LfvilaError, KeyError, TypeError, ValueError):
             return None  # the stage reports a broken model itself
     cfg = model.config
     if model.stage == "finetune" and cfg.get("init") == "pretrained" and cfg.get("task") in TASKS:
         return model_facts(model.input(TASKS[cfg["task"]].pretrained_stage), fused)  # its architecture
     return preset_facts(cfg.get("model", ""), fused)
+
+
+def require_clip_frames(cache: Planned, facts: Optional[dict], unit: str) -> None:
+    """A store's frames per segment (``unit``: "segment" or "chunk") are the model's clips."""
+    k = int(cache.config.get("frames_per_segment", 0))
+    if facts is not None and k != facts["frames_per_clip"]:
+        raise ConfigError(
+            f"input {cache.label} holds {k} frames per {unit}, but the model's clips are {facts['frames_per_clip']} frames: "
+            f"cache with --set frames_per_segment={facts['frames_per_clip']}"
+        )
 
 
 def check_frames(cache: Planned, facts: Optional[dict], kind: str, slots: int) -> None:

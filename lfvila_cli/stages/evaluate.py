@@ -38,7 +38,7 @@ def check(config: EvaluateConfig, inputs: dict) -> None:
     frames per chunk (``compat.py``)."""
     from ..errors import ConfigError
     from ..tasks import TASKS
-    from .compat import model_facts, require_corpus_kind, require_segment_mode
+    from .compat import model_facts, require_clip_frames, require_corpus_kind, require_segment_mode
 
     cache, model = inputs["cache"], inputs[config.model]
     require_segment_mode(cache, "chunks", "evaluation spreads frames over the whole video")
@@ -49,13 +49,7 @@ def check(config: EvaluateConfig, inputs: dict) -> None:
         return
     kind = TASKS[task].kind
     require_corpus_kind(cache, kind, task)
-    facts = model_facts(model, fused=kind != "retrieval")
-    k = int(cache.config.get("frames_per_segment", 0))
-    if facts is not None and k != facts["frames_per_clip"]:
-        raise ConfigError(
-            f"input {cache.label} holds {k} frames per chunk but the model {model.label} has clips of {facts['frames_per_clip']} frames: "
-            "evaluate it on a store cached as the one it was trained on"
-        )
+    require_clip_frames(cache, model_facts(model, fused=kind != "retrieval"), "chunk")
 
 
 def describe(summary: dict) -> str:

@@ -35,7 +35,7 @@ def run(ctx: StageContext) -> dict:
 def check(config: IndexConfig, inputs: dict) -> None:
     """Before anything runs: a chunks store whose videos the encoders take as they are (the ONNX
     graphs' fixed frame count and size; the PyTorch model's frames per clip)."""
-    from .compat import model_facts, require_segment_mode
+    from .compat import model_facts, require_clip_frames, require_segment_mode
     from .export import exported_frames
 
     cache = inputs["cache"]
@@ -54,9 +54,7 @@ def check(config: IndexConfig, inputs: dict) -> None:
                 f"gives {size[0]} at {size[1]}×{size[2]}: export with --set frames={size[0]} --set height={size[1]} --set width={size[2]}"
             )
     else:
-        facts = model_facts(inputs["pretrain1"], fused=False)
-        if facts is not None and k != facts["frames_per_clip"]:
-            raise ConfigError(f"input {cache.label} holds {k} frames per chunk but the model {inputs['pretrain1'].label} has clips of {facts['frames_per_clip']} frames")
+        require_clip_frames(cache, model_facts(inputs["pretrain1"], fused=False), "chunk")
 
 
 def describe(summary: dict) -> str:

@@ -79,19 +79,14 @@ def describe(summary: dict) -> str:
 def check(config: PretrainConfig, inputs: dict) -> None:
     """Before anything runs: a store of clips whose frames per segment are the model's clips, and
     no more sentences per window than the model has slots (``compat.py``)."""
-    from .compat import model_facts, preset_facts, require_segment_mode
+    from .compat import model_facts, preset_facts, require_clip_frames, require_segment_mode
 
     cache = inputs["cache"]
     require_segment_mode(cache, "clips", "pre-training draws windows of consecutive clips")
     facts = model_facts(inputs["pretrain1"], fused=False) if config.stage == 2 else preset_facts(config.model, fused=False)
     if facts is None:
         return
-    k = int(cache.config.get("frames_per_segment", 0))
-    if k != facts["frames_per_clip"]:
-        raise ConfigError(
-            f"input {cache.label} holds {k} frames per segment, but the model's clips are {facts['frames_per_clip']} frames: "
-            f"cache with --set frames_per_segment={facts['frames_per_clip']}"
-        )
+    require_clip_frames(cache, facts, "segment")
     if config.loader.clips_per_sample > facts["max_sentences"]:
         raise ConfigError(
             f"config key 'loader.clips_per_sample': {config.loader.clips_per_sample} sentences per window, more than the model's {facts['max_sentences']}"
