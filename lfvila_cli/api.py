@@ -16,7 +16,9 @@ by default the frames and size the model was trained on, from its config.json) o
 (T, H, W, 3), RGB. The normalisation and the tokens per sentence are the model's too (its
 config.json; for a model directory written before it recorded them, its artifact's stage
 config). Texts are tokenized as fine-tuning does (``data.task_data``). Embeddings are unit
-vectors, numpy float32 on the CPU whatever the device.
+vectors, numpy float32 on the CPU whatever the device and precision (``precision="auto"``, the
+default, runs bf16 autocast where the hardware computes bf16 natively; ``"fp32"`` is the
+reference: docs/engineering.md §7).
 """
 
 from __future__ import annotations
@@ -61,19 +63,21 @@ def load_model(path_or_hub_id: str | Path, *, device: Optional[str] = None, revi
     return LfvilaModel.from_pretrained(path_or_hub_id, device=device, revision=revision)
 
 
-def load(path_or_hub_id: str | Path, *, device: str = "auto", revision: Optional[str] = None) -> "Lfvila":
+def load(path_or_hub_id: str | Path, *, device: str = "auto", revision: Optional[str] = None, precision: str = "auto") -> "Lfvila":
     """A model directory or hub id (``revision``: a branch, tag or commit) with its tokenizer, on
     ``device``: ``"auto"`` (CUDA when torch sees a GPU, else the CPU), ``"cpu"``, ``"cuda"`` or
-    ``"cuda:N"``."""
-    return Lfvila(load_model(path_or_hub_id, device=device, revision=revision))
+    ``"cuda:N"``; inference at ``precision``: ``"auto"`` (bf16 where the hardware computes it
+    natively, else fp32), ``"bf16"`` or ``"fp32"``."""
+    return Lfvila(load_model(path_or_hub_id, device=device, revision=revision), precision=precision)
 
 
 class Lfvila:
     """A loaded model, its tokenizer and preprocessing (see the module docstring)."""
 
-    def __init__(self, model) -> None:
+    def __init__(self, model, precision: str = "auto") -> None:
         from .data.loader_config import LoaderConfig, trained_loader_config
         from .data.tokenizer import load_tokenizer
+        from .model.precision import resolve_precision
         from .model.pretrained import TOKENIZER_DIR
         from .pipeline.artifacts import read_stage_config
 
@@ -81,6 +85,7 @@ class Lfvila:
             raise LfvilaError("Lfvila takes a model loaded from its directory (lfvila_cli.load, or from_pretrained)")
         self.model = model
         self.config = model.config
+        self.precision = resolve_precision(precision, self.device)  # "bf16" or "fp32": what inference runs at
         source = Path(model.pretrained_dir)
         if not (source / TOKENIZER_DIR).is_dir():
             raise LfvilaError(f"{source}: no {TOKENIZER_DIR}/ directory: a model directory keeps the tokenizer it was trained with")
@@ -102,7 +107,20 @@ class Lfvila:
         return next(self.model.parameters()).device
 
     def __repr__(self) -> str:
-        return f"Lfvila({type(self.model).__name__}, {self.model.pretrained_dir}, device={self.device})"
+        return f"Lfvila({type(self.model).__name__}, {self.model.pretrained_dir}, device={self.device}, precision={self.precision})"
+
+    def _inference(self):
+        """No autograd, at the model's inference precision."""
+        import contextlib
+
+        import torch
+
+        from .model.precision import autocast
+
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.inference_mode())
+        stack.enter_context(autocast(self.precision, self.device))
+        return stack
 
     # ------------------------------------------------------------------------------- inputs
 
@@ -182,12 +200,10 @@ class Lfvila:
         batch: int = 8,
     ) -> VideoEncoding:
         """Video (N, D) and clip (N, M, D) embeddings of ``videos`` (files or uint8 frame arrays)."""
-        import torch
-
         self._contrastive("video")
         frames, times = self.frames(videos, clips, height, width)
         video, clip = [], []
-        with torch.inference_mode():
+        with self._inference():
             for start in range(0, len(frames), batch):
                 out = self.model.encode_video(self._input(frames[start : start + batch]))
                 video.append(out.global_embedding.float().cpu().numpy())
@@ -197,11 +213,9 @@ class Lfvila:
 
     def encode_paragraphs(self, paragraphs: Sequence[Sequence[str]]) -> TextEncoding:
         """Paragraph (P, D) and sentence (P, M, D) embeddings; each paragraph a list of sentences."""
-        import torch
-
         self._contrastive("text")
         ids, mask = self._paragraph_tokens(paragraphs)
-        with torch.inference_mode():
+        with self._inference():
             out = self.model.encode_text(ids, mask)
         sentences = None if out.sentence_embeddings is None else out.sentence_embeddings.float().cpu().numpy()
         return TextEncoding(out.paragraph_embedding.float().cpu().numpy(), sentences, out.sentence_mask.bool().cpu().numpy())
@@ -261,7 +275,7 @@ class Lfvila:
         max_subtitles = TASKS[self.task].max_subtitles if self.task in TASKS else len(subtitles)
         kind = "multiple_choice" if mc else "classification"
         ids, mask = qa_tokens(self.tokenizer, kind, str(question), list(candidates or []), list(subtitles), max_subtitles, self.max_tokens)
-        with torch.inference_mode():
+        with self._inference():
             out = self.model(self._input(frames), ids[None].to(self.device), mask[None].to(self.device))
             logits = (out.choice_logits if mc else out.logits)[0].float()
         scores = torch.softmax(logits, dim=-1).cpu().numpy()

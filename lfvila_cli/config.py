@@ -25,6 +25,12 @@ def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def omit_when(data: dict, **values: Any) -> dict:
+    """``data`` without each key ``k`` whose value is ``values[k]``: how an artifact key leaves out
+    a setting at the value every run had before the setting existed, so older keys stay valid."""
+    return {k: v for k, v in data.items() if not (k in values and v == values[k])}
+
+
 def load_yaml(path: str | Path) -> dict:
     import yaml
 

@@ -161,14 +161,18 @@ def gather_in_order(out: dict[str, Any], num_examples: int, rank: int, world_siz
 
 
 @torch.no_grad()
-def embed_dataset(model, dataset, batch_size: int, with_local: bool = False, rank: int = 0, world_size: int = 1) -> dict[str, Any]:
+def embed_dataset(
+    model, dataset, batch_size: int, with_local: bool = False, rank: int = 0, world_size: int = 1, precision: str = "fp32",
+) -> dict[str, Any]:
     """Global video and paragraph embeddings (float32, CPU) of every example of ``dataset`` (a
     ``PretrainDataset`` or a retrieval ``TaskDataset``), in index order, in eval mode (the
     model's previous mode is restored). With ``with_local`` and local projections also
     ``"clips"`` (N, M, D), ``"sentences"`` (N, M, D) and ``"sentence_mask"``. With
     ``world_size`` > 1 every rank embeds its share and all get the whole result
-    (``gather_in_order``): every rank must call it."""
+    (``gather_in_order``): every rank must call it. ``precision``: auto | bf16 | fp32
+    (``model/precision.py``; fp32, the default, is the reference)."""
     from .data.loader import make_loader
+    from .model.precision import autocast
 
     was_training = model.training
     model.eval()
@@ -177,8 +181,9 @@ def embed_dataset(model, dataset, batch_size: int, with_local: bool = False, ran
         param = next(model.parameters())
         for batch in make_loader(dataset, batch_size, rank=rank, world_size=world_size, shuffle=False, drop_last=False):
             frames = batch["frames"].to(device=param.device, dtype=param.dtype)
-            video = model.encode_video(frames)
-            text = model.encode_text(batch["input_ids"].to(param.device), batch["attention_mask"].to(param.device))
+            with autocast(precision, param.device):
+                video = model.encode_video(frames)
+                text = model.encode_text(batch["input_ids"].to(param.device), batch["attention_mask"].to(param.device))
             out["video"].append(video.global_embedding.float().cpu())
             out["text"].append(text.paragraph_embedding.float().cpu())
             out["sample_ids"].extend(batch["sample_ids"])
@@ -192,15 +197,16 @@ def embed_dataset(model, dataset, batch_size: int, with_local: bool = False, ran
     return gather_in_order(result, len(dataset), rank, world_size) if world_size > 1 else result
 
 
-def evaluate_stage1(model, val_dataset, batch_size: int = 8, rank: int = 0, world_size: int = 1) -> dict[str, float]:
+def evaluate_stage1(model, val_dataset, batch_size: int = 8, rank: int = 0, world_size: int = 1, precision: str = "fp32") -> dict[str, float]:
     """Paragraph→video retrieval over ``val_dataset`` (a ``PretrainDataset`` with ``train=False``)
     and, where samples carry ``hard_negative_of``, temporal-order accuracy. Keys: ``R@1``,
     ``R@5``, ``R@10``, ``MedR``, ``chance_R@1`` (1/N), ``num_videos``, and
     ``temporal_order_accuracy``/``temporal_order_pairs`` when twins are present. With
-    ``world_size`` > 1 the ranks share the embedding (every rank must call it)."""
+    ``world_size`` > 1 the ranks share the embedding (every rank must call it). ``precision``: as
+    in ``embed_dataset``."""
     if len(val_dataset) == 0:
         raise ValueError("evaluate_stage1: the validation dataset is empty")
-    emb = embed_dataset(model, val_dataset, batch_size, rank=rank, world_size=world_size)
+    emb = embed_dataset(model, val_dataset, batch_size, rank=rank, world_size=world_size, precision=precision)
     n = len(emb["sample_ids"])
     out: dict[str, float] = dict(paragraph_to_video_retrieval(emb["video"], emb["text"]))
     out["chance_R@1"] = 1.0 / n
@@ -258,15 +264,19 @@ def dual_softmax_ranks_reference(query: torch.Tensor, keys: torch.Tensor, temper
 
 
 @torch.no_grad()
-def predict_task(model, dataset, batch_size: int, with_local: bool = False, rank: int = 0, world_size: int = 1) -> dict[str, Any]:
+def predict_task(
+    model, dataset, batch_size: int, with_local: bool = False, rank: int = 0, world_size: int = 1, precision: str = "fp32",
+) -> dict[str, Any]:
     """Run ``model`` in eval mode over a ``TaskDataset`` (index order) and return what its task
     is scored on: retrieval — ``embed_dataset``'s embeddings; multiple choice / classification
-    ``{"logits", "labels"}``; always ``"sample_ids"``. With ``world_size`` > 1 the ranks
-    share the work and all get the whole result (every rank must call it)."""
+    ``{"logits", "labels"}`` (logits float32); always ``"sample_ids"``. With ``world_size`` > 1
+    the ranks share the work and all get the whole result (every rank must call it).
+    ``precision``: as in ``embed_dataset``."""
     from .data.loader import make_loader
+    from .model.precision import autocast
 
     if dataset.kind == "retrieval":
-        return embed_dataset(model, dataset, batch_size, with_local=with_local, rank=rank, world_size=world_size)
+        return embed_dataset(model, dataset, batch_size, with_local=with_local, rank=rank, world_size=world_size, precision=precision)
     was_training = model.training
     model.eval()
     out: dict[str, list] = {"logits": [], "labels": [], "sample_ids": []}
@@ -275,7 +285,8 @@ def predict_task(model, dataset, batch_size: int, with_local: bool = False, rank
         for batch in make_loader(dataset, batch_size, rank=rank, world_size=world_size, shuffle=False, drop_last=False):
             frames = batch["frames"].to(device=param.device, dtype=param.dtype)
             ids, mask = batch["input_ids"].to(param.device), batch["attention_mask"].to(param.device)
-            output = model(frames, ids, mask)  # LfvilaForMultipleChoice or LfvilaForClassification
+            with autocast(precision, param.device):
+                output = model(frames, ids, mask)  # LfvilaForMultipleChoice or LfvilaForClassification
             logits = output.choice_logits if dataset.kind == "multiple_choice" else output.logits
             out["logits"].append(logits.float().cpu())
             out["labels"].append(batch["label"])

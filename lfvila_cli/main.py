@@ -30,6 +30,10 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
+PRECISION_HELP = (
+    "The config key precision: auto (the default: bf16 where the hardware computes it natively, a GPU of compute "
+    "capability 8.0+ or a CPU with AVX512-BF16 or AMX; else fp32), bf16 or fp32."
+)
 WorkdirOpt = typer.Option(Path("lfvila-work"), "--workdir", "-w", envvar="LFVILA_WORKDIR", help="Work directory holding the artifact store and refs.")
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file(s) for this stage, applied in order over the defaults.")
 SetOpt = typer.Option(None, "--set", "-s", help="Override one config key of this stage, KEY=VALUE (repeatable); see the examples above.")
@@ -500,6 +504,7 @@ def evaluate(
     split: Optional[str] = typer.Option(None, "--split", help="train | val | test (default test, or the config file's)."),
     task: Optional[str] = typer.Option(None, "--task", help="Zero-shot: a retrieval task, retrieval (your corpus: no paper figures) or a benchmark whose paper figures the report shows (default activitynet); fine-tuned: checked against the model's."),
     dual_softmax: Optional[float] = typer.Option(None, "--dual-softmax", help="Also report retrieval re-scored by dual softmax at this temperature (e.g. 0.01), labelled apart from the plain figures."),
+    precision: Optional[str] = typer.Option(None, "--precision", help=PRECISION_HELP),
     *,
     opts: StageOptions,
 ) -> None:
@@ -515,6 +520,8 @@ def evaluate(
 
       lfvila evaluate --zero-shot latest --task activitynet
 
+      lfvila evaluate --precision fp32                 (the fp32 reference instead of bf16)
+
     Of the keys below: task "" = the fine-tuned model's; dual_softmax 0 = off.
     """
     overrides = [f"split={split}"] if split else []
@@ -529,6 +536,8 @@ def evaluate(
         overrides.append(f"task={task}")
     if dual_softmax is not None:
         overrides.append(f"dual_softmax={dual_softmax}")
+    if precision is not None:
+        overrides.append(f"precision={precision}")
     refs = {"cache": cache or "latest", "finetune": model, "pretrain1": zero_shot or "latest"}
     _run_single("evaluate", opts, overrides, refs)
     if not opts.dry_run:
@@ -596,6 +605,7 @@ def index(
     cache: str = typer.Option("latest", "--cache", help="The frame store to index (segment_mode=chunks): ref name, key (prefix) or directory."),
     model: str = typer.Option("latest", "--model", help="The encoders: the export artifact (engine onnx) or the pretrain1 artifact (engine torch): ref name, key (prefix) or directory."),
     device: Optional[str] = typer.Option(None, "--device", help="The config key device: auto (the default: CUDA where it really runs, else the CPU), cpu, cuda or cuda:N (CUDA required)."),
+    precision: Optional[str] = typer.Option(None, "--precision", help=PRECISION_HELP + " Engine torch only: an ONNX export runs at its exported precision."),
     old_from: Optional[str] = typer.Option(None, "--from", hidden=True, help="Deprecated spelling of --model."),
     *,
     opts: StageOptions,
@@ -614,11 +624,16 @@ def index(
       lfvila index --set engine=torch       (through the PyTorch stage-1 model)
 
       lfvila index --device cuda            (on the GPU, or an error saying why not)
+
+      lfvila index --set engine=torch --precision fp32   (the PyTorch model without bf16)
     """
     if old_from is not None:
         model = _renamed("index", "--from", "--model", old_from)
     refs = {"cache": cache, "export": model, "pretrain1": model}
-    _run_single("index", opts, [f"device={device}"] if device else [], refs)
+    overrides = [f"device={device}"] if device else []
+    if precision is not None:
+        overrides.append(f"precision={precision}")
+    _run_single("index", opts, overrides, refs)
 
 
 @app.command()
@@ -629,6 +644,7 @@ def search(
     top_k: int = typer.Option(5, "--top-k", help="How many videos to list."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     device: str = typer.Option("auto", "--device", help="Where the paragraph is encoded: auto (CUDA where it really runs, else the CPU), cpu, cuda or cuda:N (CUDA required: an error where it cannot run)."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="How a PyTorch index encodes the paragraph: auto, bf16 or fp32 (default: the precision the index was built at; an ONNX index runs at its exported precision)."),
     workdir: Path = WorkdirOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
@@ -646,7 +662,7 @@ def search(
     from .stages.index import query_index
 
     _setup_logging(verbose)
-    results = query_index(Workdir(workdir), index_ref, list(sentences), top_k, device)
+    results = query_index(Workdir(workdir), index_ref, list(sentences), top_k, device, precision)
     if as_json:
         typer.echo(json.dumps(results, indent=2))
         return

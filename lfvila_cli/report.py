@@ -26,6 +26,7 @@ from typing import Any, Literal, Optional
 
 from .config import check
 from .errors import ConfigError, DataError
+from .model.precision import check_precision
 from .plots import pyplot
 from .tasks import TASKS, candidate_count, task_spec
 
@@ -48,8 +49,11 @@ class EvaluateConfig:
     chunk: int = 1024  # queries ranked at a time
     heatmap_items: int = 24
     alignment_videos: int = 4
+    # auto: bf16 where the hardware has it natively, else fp32; bf16; fp32 (the reference)
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
+        check_precision(self.precision, "precision")
         check(self.model in ("finetune", "pretrain1"), "model", f"expected finetune or pretrain1 (zero-shot), got {self.model!r}")
         check(self.split in ("train", "val", "test"), "split", f"expected train, val or test, got {self.split!r}")
         check(self.batch >= 1, "batch", f"must be >= 1, got {self.batch}")
@@ -69,6 +73,7 @@ def run_evaluate(
     from .data.task_data import TaskDataset, check_fit
     from .data.tokenizer import load_tokenizer
     from .evaluation import predict_task, ranks_chunked, task_metrics
+    from .model.precision import resolve_precision
     from .model.pretrained import TOKENIZER_DIR, load_pretrained
 
     task = model_stage_config.get("task", "") if cfg.model == "finetune" else ""
@@ -98,7 +103,9 @@ def run_evaluate(
         num_labels=heads.num_labels or None, num_candidates=spec.num_candidates or candidate_count(samples),
     )
     check_fit(dataset, model.config, f"{corpus_path} ({cfg.split} split)")
-    predicted = predict_task(model, dataset, cfg.batch, with_local=spec.kind == "retrieval")
+    device = next(model.parameters()).device
+    precision = resolve_precision(cfg.precision, device)
+    predicted = predict_task(model, dataset, cfg.batch, with_local=spec.kind == "retrieval", precision=precision)
     ranks = None
     if spec.kind == "retrieval":
         ranks = {
@@ -106,7 +113,10 @@ def run_evaluate(
             "video_to_text": ranks_chunked(predicted["video"], predicted["text"], cfg.chunk),
         }
     metrics = task_metrics(spec.kind, predicted, dual_softmax=cfg.dual_softmax or None, chunk=cfg.chunk, ranks=ranks)
-    metrics.update({"task": task, "split": cfg.split, "model": cfg.model, "zero_shot": cfg.model == "pretrain1", "skipped": dict(dataset.skipped)})
+    metrics.update({
+        "task": task, "split": cfg.split, "model": cfg.model, "zero_shot": cfg.model == "pretrain1", "skipped": dict(dataset.skipped),
+        "precision": precision, "device": device.type,
+    })
     (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
 
     ids = predicted["sample_ids"]
@@ -132,7 +142,10 @@ def run_evaluate(
         notes.append("No sentence × clip figure: the fine-tuned retrieval model keeps only the global projections (VPC), as the release's did.")
     table = report_table(task, metrics, spec.paper, zero_shot=cfg.model == "pretrain1", benchmark=spec.benchmark)
     write_report(out_dir / REPORT_FILE, task, cfg, metrics, table, figures, notes, benchmark=spec.benchmark)
-    return {"task": task, "split": cfg.split, "kind": spec.kind, "zero_shot": cfg.model == "pretrain1", "metrics": metrics, "table": table, "figures": figures}
+    return {
+        "task": task, "split": cfg.split, "kind": spec.kind, "zero_shot": cfg.model == "pretrain1", "metrics": metrics, "table": table,
+        "figures": figures, "precision": precision,
+    }
 
 
 # --------------------------------------------------------------------------------------- report
@@ -177,7 +190,8 @@ def write_report(
     text = [
         f"# {task}: {kind}, {cfg.split} split",
         "",
-        f"{size} {'videos' if 'num_videos' in metrics else 'items'}; figures in percent (MedR/MnR are ranks).",
+        f"{size} {'videos' if 'num_videos' in metrics else 'items'}; figures in percent (MedR/MnR are ranks); "
+        f"computed in {metrics.get('precision', 'fp32')} on the {metrics.get('device', 'cpu')}.",
         *(["The paper's figures are on the full benchmark with lfvila-base; ours are on this corpus and model."] if benchmark else []),
         "",
         table,

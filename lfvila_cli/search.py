@@ -34,6 +34,7 @@ import numpy as np
 
 from .config import check
 from .errors import ConfigError, DataError
+from .model.precision import autocast, check_precision, resolve_precision
 from .progress import ProgressLog
 from .runtime import parse_device
 
@@ -48,9 +49,17 @@ class IndexConfig:
     engine: Literal["onnx", "torch"] = "onnx"
     batch: int = 8
     device: str = "auto"  # auto | cpu | cuda | cuda:N (not part of the key: the embeddings are the model's)
+    # engine torch: auto (bf16 where the hardware has it natively, else fp32) | bf16 | fp32; the
+    # ONNX graphs run at the precision they were exported at
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         check(self.engine in ("onnx", "torch"), "engine", f"expected onnx or torch, got {self.engine!r}")
+        check_precision(self.precision, "precision")
+        check(
+            self.engine == "torch" or self.precision != "bf16", "precision",
+            "bf16 is for engine torch; an ONNX export runs at the precision it was exported at",
+        )
         check(self.batch >= 1, "batch", f"must be >= 1, got {self.batch}")
         try:
             parse_device(self.device)
@@ -67,9 +76,10 @@ class Encoder:
     "cuda:N" (CUDA required: a one-line ``DeviceError`` where it cannot run, never a silent CPU
     run). ONNX Runtime picks its provider from it; PyTorch moves the model there. ``device`` after
     construction says where the encoders run ("cpu" or "cuda"). Inputs and outputs are numpy
-    arrays in host memory either way."""
+    arrays in host memory either way. ``precision`` (PyTorch): auto | bf16 | fp32
+    (``model/precision.py``); ``precision`` after construction says what runs ("fp32" for ONNX)."""
 
-    def __init__(self, engine: str, source: Path, max_batch: int = 16, device: str = "auto") -> None:
+    def __init__(self, engine: str, source: Path, max_batch: int = 16, device: str = "auto", precision: str = "auto") -> None:
         from .data.tokenizer import load_tokenizer
 
         self.engine, self.source = engine, Path(source)
@@ -82,6 +92,7 @@ class Encoder:
             self.video_graph = OnnxGraph(self.source / VIDEO_FILE, "video", device=device, max_batch=max_batch)
             self.text_graph = OnnxGraph(self.source / TEXT_FILE, "text", device=device, max_batch=max_batch)
             self.device = self.video_graph.device
+            self.precision = self.video_graph.metadata.get("precision", "fp32")
             self.pre, self.fixed = self.video_graph.metadata["preprocessing"], self.video_graph.metadata["fixed"]
             self.frames_per_clip = self.pre["frames_per_clip"]
             self.max_tokens, self.max_sentences = self.pre["max_tokens"], self.pre["max_sentences"]
@@ -95,6 +106,7 @@ class Encoder:
             self.model = LfvilaModel.from_pretrained(self.source, device=device)  # eval mode, on the device
             self.torch_device = next(self.model.parameters()).device
             self.device = self.torch_device.type
+            self.precision = resolve_precision(precision, self.torch_device)
             self.fixed = None
             self.frames_per_clip = self.model.config.video.frames_per_clip
             self.max_tokens, self.max_sentences = self.model.config.text.max_tokens, self.model.config.text.max_sentences
@@ -128,7 +140,7 @@ class Encoder:
             return video, (clips[0] if clips else None)
         import torch
 
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(self.precision, self.torch_device):
             out = self.model.encode_video(torch.from_numpy(x).to(self.torch_device))
         return _host(out.global_embedding), _host(out.clip_embeddings)
 
@@ -148,7 +160,7 @@ class Encoder:
             return paragraph[0], (sent[0][0] if sent else None)
         import torch
 
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(self.precision, self.torch_device):
             out = self.model.encode_text(torch.from_numpy(ids).to(self.torch_device), torch.from_numpy(mask).to(self.torch_device))
         sentences_out = _host(out.sentence_embeddings)
         return _host(out.paragraph_embedding)[0], None if sentences_out is None else sentences_out[0]
@@ -168,7 +180,7 @@ def build_index(store_url: str, source: Path, cfg: IndexConfig, out_dir: Path, p
     store = FrameStore(store_url)
     if store.segment_mode != "chunks":
         raise DataError(f"{store_url}: search indexes whole videos: cache with segment_mode=chunks")
-    encoder = Encoder(cfg.engine, source, max_batch=cfg.batch, device=cfg.device)
+    encoder = Encoder(cfg.engine, source, max_batch=cfg.batch, device=cfg.device, precision=cfg.precision)
     if store.frames_per_segment != encoder.frames_per_clip:
         raise ConfigError(f"the frame store holds {store.frames_per_segment} frames per chunk, the model's clips are {encoder.frames_per_clip}")
     status = store.status()
@@ -241,22 +253,25 @@ def build_index(store_url: str, source: Path, cfg: IndexConfig, out_dir: Path, p
     if bar is not None:
         bar.close()
     seconds = time.perf_counter() - started
-    info = {"engine": cfg.engine, "videos": n, "clips_per_video": clips, "grounded": grounded, "dim": dim, "skipped": skipped, "shared": shared, "indexed_this_run": int(len(todo))}
+    info = {"engine": cfg.engine, "precision": encoder.precision, "videos": n, "clips_per_video": clips, "grounded": grounded, "dim": dim, "skipped": skipped, "shared": shared, "indexed_this_run": int(len(todo))}
     (out_dir / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
     info["seconds"] = round(seconds, 2)
     info["videos_per_s"] = round(len(todo) / seconds, 2) if todo.size and seconds > 0 else None
     return info
 
 
-def query(index_dir: Path, source: Path, engine: str, sentences: list[str], top_k: int = 5, device: str = "auto") -> list[dict[str, Any]]:
+def query(
+    index_dir: Path, source: Path, engine: str, sentences: list[str], top_k: int = 5, device: str = "auto", precision: str = "auto",
+) -> list[dict[str, Any]]:
     """The ``top_k`` videos for the paragraph ``sentences`` by cosine similarity, each with the
-    best clip (index, start, end, score) for every sentence; the paragraph is encoded on ``device``."""
+    best clip (index, start, end, score) for every sentence; the paragraph is encoded on ``device``
+    at ``precision`` (``Encoder``)."""
     from .data.framestore import open_group
 
     if not sentences or not all(s.strip() for s in sentences):
         raise ConfigError("search needs a paragraph: one or more non-empty sentences")
     group = open_group(str(Path(index_dir) / FEATURES), mode="r")
-    encoder = Encoder(engine, source, device=device)
+    encoder = Encoder(engine, source, device=device, precision=precision)
     paragraph, sentence_emb = encoder.paragraph(sentences)
     video = np.asarray(group["video"][:])
     scores = video @ paragraph

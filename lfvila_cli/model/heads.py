@@ -86,9 +86,11 @@ class BertInitialised(nn.Module):
 
 
 class ProjectionHead(nn.Module):
-    """Linear map then L2 normalisation: (..., in_dim) -> (..., out_dim), unit norm.
+    """Linear map then L2 normalisation: (..., in_dim) -> (..., out_dim), unit norm, float32.
 
-    Default ``nn.Linear`` initialisation, as in the release (plain modules there).
+    Default ``nn.Linear`` initialisation, as in the release (plain modules there). The norm is
+    taken in float32 whatever the precision the map ran at (bf16 autocast or weights), so
+    embeddings are unit vectors to float32 rounding (docs/engineering.md §7).
     """
 
     def __init__(self, in_dim: int, out_dim: int) -> None:
@@ -96,7 +98,7 @@ class ProjectionHead(nn.Module):
         self.linear = nn.Linear(in_dim, out_dim)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.linear(features), dim=-1)
+        return F.normalize(self.linear(features).float(), dim=-1)
 
 
 class ContrastiveProjections(nn.Module):

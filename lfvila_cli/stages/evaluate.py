@@ -2,15 +2,23 @@
 (``report.py``): metrics.json, report.md, predictions.jsonl and figures.
 
 Inputs: the task's ``cache`` artifact and the model: a ``finetune`` artifact, or with
-``model=pretrain1`` a stage-1 model scored zero-shot on retrieval. Key: the whole config.
+``model=pretrain1`` a stage-1 model scored zero-shot on retrieval. Key: the whole config,
+``precision`` only when it is not fp32 (evaluations made before the key existed ran in fp32).
 """
 
 from __future__ import annotations
 
+from ..config import omit_when, to_dict
 from ..pipeline.artifacts import Workdir
 from ..pipeline.stage import Stage, StageContext
 from ..report import EvaluateConfig
 from .cache import corpus_of, frame_store_url
+
+
+def key_config(cfg: EvaluateConfig) -> dict:
+    """The config as the key has it: ``precision`` left out at fp32, the precision every
+    evaluation ran at before it could be chosen, so those artifacts keep their keys."""
+    return omit_when(to_dict(cfg), precision="fp32")
 
 
 def input_names(cfg: EvaluateConfig) -> tuple[str, ...]:
@@ -71,6 +79,7 @@ STAGE = Stage(
     run=run,
     inputs=("cache", "finetune", "pretrain1"),
     select_inputs=input_names,
+    key_config=key_config,
     describe=describe,
     check=check,
 )

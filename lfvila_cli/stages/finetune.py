@@ -3,6 +3,7 @@
 Inputs: the task's ``cache`` artifact (``segment_mode=chunks``) and, with ``init=pretrained``,
 the pre-training artifact it starts from (``pretrain1`` for retrieval, ``pretrain2`` for QA).
 Key: the config but ``workers``, ``train.tensorboard`` only when set (``pretrain.train_key``),
+``val_precision`` only when it changes validation (``pretrain.validation_key``),
 plus the digest of the authors' checkpoint with ``init=release``. Resumable.
 """
 
@@ -13,13 +14,14 @@ from ..pipeline.artifacts import file_digest
 from ..pipeline.stage import Stage, StageContext
 from ..train.config import FinetuneConfig
 from .cache import corpus_of, frame_store_url
-from .pretrain import train_key
+from .pretrain import train_key, validation_key
 
 POLICY_FIELDS = ("workers",)
 
 
 def key_config(cfg: FinetuneConfig) -> dict:
-    return {**{k: v for k, v in to_dict(cfg).items() if k not in POLICY_FIELDS}, "train": train_key(cfg.train)}
+    own = {k: v for k, v in to_dict(cfg).items() if k not in POLICY_FIELDS}
+    return {**validation_key(own, cfg.train), "train": train_key(cfg.train)}
 
 
 def input_names(cfg: FinetuneConfig) -> tuple[str, ...]:

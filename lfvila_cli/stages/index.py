@@ -2,11 +2,15 @@
 
 Inputs: a ``cache`` artifact (``segment_mode=chunks``) and the encoders: an ``export``
 artifact (``engine=onnx``) or a ``pretrain1`` model (``engine=torch``). Key: the config but
-``batch`` and ``device``. Resumable.
+``batch`` and ``device``, and ``precision`` only for engine torch and not at fp32 (indexes made
+before it existed ran in fp32). Resumable.
 """
 
 from __future__ import annotations
 
+from typing import Optional
+
+from ..config import omit_when, to_dict
 from ..errors import ConfigError
 from ..pipeline.artifacts import KEY_CHARS, Workdir
 from ..pipeline.runner import check_inputs
@@ -18,6 +22,13 @@ from .cache import frame_store_url
 def input_names(cfg: IndexConfig) -> tuple[str, ...]:
     """The frames, and the encoders of the engine used."""
     return ("cache", "export") if cfg.engine == "onnx" else ("cache", "pretrain1")
+
+
+def key_config(cfg: IndexConfig) -> dict:
+    """The config as the key has it: ``precision`` left out for ONNX (the graphs run at their
+    exported precision) and at fp32 (every index before the setting existed)."""
+    own = to_dict(cfg)
+    return omit_when(own, precision=cfg.precision if cfg.engine == "onnx" else "fp32")
 
 
 def run(ctx: StageContext) -> dict:
@@ -62,9 +73,12 @@ def describe(summary: dict) -> str:
     return f"{summary.get('videos', '?')} videos indexed with {summary.get('engine', '?')}" + (f" ({rate} videos/s)" if rate else "")
 
 
-def query_index(workdir: Workdir, ref: str, sentences: list[str], top_k: int, device: str = "auto") -> list[dict]:
+def query_index(
+    workdir: Workdir, ref: str, sentences: list[str], top_k: int, device: str = "auto", precision: Optional[str] = None,
+) -> list[dict]:
     """``lfvila search``: the ``top_k`` videos of the index artifact ``ref`` that best match the
-    paragraph ``sentences``, through the encoders it was built with (``search.query``) on ``device``."""
+    paragraph ``sentences``, through the encoders it was built with (``search.query``) on
+    ``device``, at ``precision`` (None: the index's own)."""
     from ..search import query
 
     if top_k < 1:
@@ -75,7 +89,9 @@ def query_index(workdir: Workdir, ref: str, sentences: list[str], top_k: int, de
     if source is None:
         raise ConfigError(f"the model the index {artifact.key[:KEY_CHARS]} was built with is gone")
     check_inputs({"index": artifact, source.stage: source})
-    return query(artifact.path, source.path, engine, sentences, top_k, device)
+    if precision is None:
+        precision = artifact.config.get("precision", "fp32") if engine == "torch" else "auto"
+    return query(artifact.path, source.path, engine, sentences, top_k, device, precision)
 
 
 STAGE = Stage(
@@ -85,6 +101,7 @@ STAGE = Stage(
     run=run,
     inputs=("cache", "export", "pretrain1"),
     select_inputs=input_names,
+    key_config=key_config,
     policy_fields=("batch", "device"),
     resumable=True,
     describe=describe,

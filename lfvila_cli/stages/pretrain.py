@@ -3,13 +3,13 @@
 
 Inputs: a ``cache`` artifact, and for stage 2 the ``pretrain1`` artifact it starts from. Key:
 the config but its policy fields (``workers``), ``video_init`` and ``train.tensorboard`` only
-when set, plus the digest of the Swin-2D checkpoint it names. Resumable from the newest
+when set, ``val_precision`` only when it changes validation (``validation_key``), plus the digest of the Swin-2D checkpoint it names. Resumable from the newest
 complete checkpoint.
 """
 
 from __future__ import annotations
 
-from ..config import to_dict
+from ..config import omit_when, to_dict
 from ..errors import ConfigError
 from ..pipeline.artifacts import file_digest
 from ..pipeline.stage import Stage, StageContext
@@ -23,8 +23,8 @@ def key_config(cfg: PretrainConfig) -> dict:
     """The config that shapes the model (the artifact key): everything but ``POLICY_FIELDS``, and
     ``video_init`` only when set (keys made before it existed stay valid; ``fingerprints`` adds
     the checkpoint's digest); ``train`` as ``train_key`` has it."""
-    own = {k: v for k, v in to_dict(cfg).items() if k not in POLICY_FIELDS and not (k == "video_init" and not v)}
-    return {**own, "train": train_key(cfg.train)}
+    own = omit_when({k: v for k, v in to_dict(cfg).items() if k not in POLICY_FIELDS}, video_init="")
+    return {**validation_key(own, cfg.train), "train": train_key(cfg.train)}
 
 
 def train_key(train: TrainConfig) -> dict:
@@ -32,7 +32,16 @@ def train_key(train: TrainConfig) -> dict:
     change no weight, but they are in the artifact (``run/tensorboard/``), so a run asked for them
     is its own artifact, never a hit without them; unset, keys made before the option existed
     stay valid."""
-    return {k: v for k, v in to_dict(train).items() if not (k == "tensorboard" and not v)}
+    return omit_when(to_dict(train), tensorboard=False)
+
+
+def validation_key(own: dict, train: TrainConfig) -> dict:
+    """``val_precision`` as the key has it: only when training in fp32 (in bf16 or fp16 the
+    weights are already at that precision, and validation runs at it) and then not at fp32, the
+    precision validation ran at before the setting existed."""
+    if train.precision != "fp32":
+        return omit_when(own, val_precision=own.get("val_precision"))
+    return omit_when(own, val_precision="fp32")
 
 
 def fingerprints(config: PretrainConfig, inputs) -> dict:

@@ -14,6 +14,7 @@ from typing import Literal, Optional
 
 from ..config import check
 from ..data.loader_config import LoaderConfig
+from ..model.precision import check_precision
 from ..objectives.config import ObjectiveConfig
 from ..tasks import TaskSpec, task_spec
 
@@ -136,6 +137,9 @@ class PretrainConfig:
     val_every: int = VAL_EVERY  # steps; 0 = only at the end
     val_max_samples: int = PRETRAIN_VAL_MAX_SAMPLES  # 0 = the whole val split
     val_batch: int = VAL_BATCH
+    # validation in fp32 training: auto (bf16 where the hardware has it natively, else fp32) | bf16 |
+    # fp32; bf16 or fp16 training validates at its own precision
+    val_precision: str = "auto"
     workers: int = WORKERS  # DataLoader worker processes feeding training (0 = load in the training process)
     # Stage 1: "" = random video encoder; else a Swin-2D checkpoint (.pth / .bin / .safetensors, or a
     # directory holding model.safetensors / pytorch_model.bin) inflated into it (docs/method.md §2: Swin-B
@@ -149,6 +153,7 @@ class PretrainConfig:
         check(self.val_every >= 0, "val_every", f"must be >= 0, got {self.val_every}")
         check(self.val_max_samples >= 0, "val_max_samples", f"must be >= 0, got {self.val_max_samples}")
         check(self.val_batch >= 1, "val_batch", f"must be >= 1, got {self.val_batch}")
+        check_precision(self.val_precision, "val_precision")
         check(self.workers >= 0, "workers", f"must be >= 0, got {self.workers}")
         check(self.stage == 1 or not self.video_init, "video_init", _VIDEO_INIT_STAGE1_ONLY)
 
@@ -171,6 +176,9 @@ class FinetuneConfig:
     val_every: int = VAL_EVERY  # steps; 0 = only at the end
     val_max_samples: int = FINETUNE_VAL_MAX_SAMPLES  # 0 = the whole val split
     val_batch: int = VAL_BATCH
+    # validation in fp32 training: auto (bf16 where the hardware has it natively, else fp32) | bf16 |
+    # fp32; bf16 or fp16 training validates at its own precision
+    val_precision: str = "auto"
     workers: int = WORKERS
 
     def __post_init__(self) -> None:
@@ -183,6 +191,7 @@ class FinetuneConfig:
         check(self.val_every >= 0, "val_every", f"must be >= 0, got {self.val_every}")
         check(self.val_max_samples >= 0, "val_max_samples", f"must be >= 0, got {self.val_max_samples}")
         check(self.val_batch >= 1, "val_batch", f"must be >= 1, got {self.val_batch}")
+        check_precision(self.val_precision, "val_precision")
         check(self.workers >= 0, "workers", f"must be >= 0, got {self.workers}")
 
     @property

@@ -79,6 +79,7 @@ def fit(
     import torch
 
     from ..model.lfvila import count_parameters
+    from ..model.precision import autocast, resolve_precision
     from ..model.pretrained import float_state, load_weights, save_weights
     from .engine import Trainer
     from .events import require_tensorboard
@@ -131,6 +132,7 @@ def fit(
     best: dict[str, Any] = json.loads(best_path.read_text()) if selects and resume is not None and best_path.is_file() else {}
 
     validated: set[int] = set()  # steps validated by this process: the same on every rank
+    val_precision = cfg.val_precision if cfg.train.precision == "fp32" else "fp32"
 
     def validate(step: int) -> None:
         # Every validating rank predicts (its share of) the val split; rank 0 scores it, keeps the
@@ -140,7 +142,9 @@ def fit(
         validated.add(step)
         t0 = time.perf_counter()
         module = trainer.engine.module
-        with torch.random.fork_rng(devices=[]):  # validation leaves the training RNG (dropout) untouched
+        # validation leaves the training RNG (dropout) untouched; it runs at val_precision when
+        # training in fp32 (docs/engineering.md §7), at the weights' own precision otherwise
+        with torch.random.fork_rng(devices=[]), autocast(val_precision, next(module.parameters()).device):
             predicted = recipe.predict(module, val_ds, rank, world_size)
         if rank != 0:
             return
@@ -194,6 +198,7 @@ def fit(
         "skipped_steps": result.bad_steps,
         "train_samples": len(train_ds),
         "val_samples": len(val_ds) if val_ds is not None else 0,
+        "val_precision": resolve_precision(val_precision, next(trainer.engine.module.parameters()).device) if cfg.train.precision == "fp32" else cfg.train.precision,
         "skipped_samples": {"train": dict(train_ds.skipped), "val": dict(val_ds.skipped) if val_ds is not None else {}},
         "trainable_parameters": trainable,
         "parameters": count_parameters(model),
