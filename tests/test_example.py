@@ -316,3 +316,14 @@ def test_defaults_are_small_and_valid():
     assert (cfg.height, cfg.width, cfg.frames_per_clip) == (128, 192, 16)
     assert example.raw_inputs(cfg) == []
     assert len(example.plan_videos(cfg)) == 24 + 2 * (6 + 6)
+
+
+def test_boxed_renderer_equals_the_whole_frame_reference():
+    """render_video computes the object's distance in a box around it; every shape, every event
+    (objects near the frame's edges included) gives the reference's frames bit for bit."""
+    cfg = replace(TINY, train_videos=16, val_videos=2, test_videos=2)
+    shapes = set()
+    for plan in example.plan_videos(cfg):
+        assert np.array_equal(example.render_video(plan, cfg), example.render_video_reference(plan, cfg)), plan.id
+        shapes.add(plan.shape)
+    assert shapes == set(example.SHAPE_EXTENT)
