@@ -343,7 +343,8 @@ def offsets_to_table_index(offsets, table_window: Window) -> torch.Tensor:
     Offsets beyond the table's reach are clamped to its edge; inside the model this happens only
     on the time axis of a global top layer that is longer than its table. ``offsets`` may also be
     a sequence of three equally shaped tensors: the flex path's score modification calls this on
-    scalars, where only elementwise arithmetic with Python-number limits compiles into a kernel.
+    scalar indices, hence elementwise arithmetic with Python-number limits only (no tensor made
+    inside what torch.compile turns into a kernel).
     """
     shifted = [offsets[a].clamp(1 - w, w - 1) + (w - 1) for a, w in enumerate(table_window)]  # in [0, 2W−2]
     _, Wh, Ww = table_window
