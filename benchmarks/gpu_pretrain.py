@@ -152,6 +152,7 @@ def measure(step_fn: Stage1Step, batch_size: int, args, shapes: dict, device: to
         "samples_per_s": batch_size * args.steps / seconds,
         "step_ms": 1e3 * seconds / args.steps,
         "loss_finite": all(math.isfinite(x) for x in losses),
+        "first_loss": losses[0] if losses else None,
     }
     if cuda:
         result.update(
@@ -199,8 +200,8 @@ def try_size(step_fn: Stage1Step, batch_size: int, args, shapes: dict, device: t
     return result
 
 
-def main(argv: list[str] | None = None) -> dict | None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_stage1_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options that say which stage-1 steps run (shared with ``gpu_attention.py``)."""
     ap.add_argument("--device", default="cuda", help="cuda (default) or cpu (debug path)")
     ap.add_argument("--preset", default="lfvila-base")
     ap.add_argument("--frames", type=int, default=32)
@@ -208,15 +209,42 @@ def main(argv: list[str] | None = None) -> dict | None:
     ap.add_argument("--width", type=int, default=320)
     ap.add_argument("--tokens", type=int, default=None, help="tokens per sentence (default: min(50, the preset's))")
     ap.add_argument("--precision", choices=("bf16-master", "autocast"), default="bf16-master")
+    ap.add_argument("--lr", type=float, default=5e-5)
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (cpu path)")
+    ap.add_argument("--json", type=Path, default=None, help="also write the summary here")
+
+
+def stage1_config(ap: argparse.ArgumentParser, args) -> tuple:
+    """The preset's stage-1 config (random text weights) and the ``random_batch`` shapes for
+    ``args``; a frame count the windows cannot take is a usage error."""
+    try:
+        config = get_preset(args.preset, "stage1", text_model="random")
+        config.video.check_frames(args.frames)
+    except LfvilaError as exc:
+        ap.error(str(exc))
+    shapes = dict(frames=args.frames, height=args.height, width=args.width,
+                  clips=args.frames // config.video.frames_per_clip,
+                  tokens=args.tokens or min(50, config.text.max_tokens), vocab=config.text.bert_config["vocab_size"])
+    return config, shapes
+
+
+def print_and_save(summary: dict, path: Path | None) -> None:
+    """The summary as JSON on stdout, and into ``path`` (``--json``) if given."""
+    print(json.dumps(summary, indent=1))
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(summary, indent=2))
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_stage1_arguments(ap)
     ap.add_argument("--start-batch", type=int, default=1)
     ap.add_argument("--max-batch", type=int, default=None, help="stop doubling here (default 1024; cpu: 2)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps per size")
     ap.add_argument("--steps", type=int, default=5, help="timed steps per size")
     ap.add_argument("--no-bisect", action="store_true", help="powers of two only")
     ap.add_argument("--budget-s", type=float, default=240.0, help="start no new size after this many seconds")
-    ap.add_argument("--lr", type=float, default=5e-5)
-    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (cpu path)")
-    ap.add_argument("--json", type=Path, default=None, help="also write the summary here")
     ap.add_argument("--activations", action="store_true",
                     help="measure only the activations a micro-batch of 1 and of 2 keeps for the backward (any device)")
     args = ap.parse_args(argv)
@@ -231,20 +259,13 @@ def main(argv: list[str] | None = None) -> dict | None:
     max_batch = args.max_batch or (1024 if device.type == "cuda" else 2)
 
     torch.manual_seed(0)
-    try:
-        config = get_preset(args.preset, "stage1", text_model="random")
-        config.video.check_frames(args.frames)
-    except LfvilaError as exc:
-        ap.error(str(exc))
-    tokens = args.tokens or min(50, config.text.max_tokens)
-    clips = args.frames // config.video.frames_per_clip
-    vocab = config.text.bert_config["vocab_size"]
+    config, shapes = stage1_config(ap, args)
+    clips, tokens = shapes["clips"], shapes["tokens"]
     model = build_model(config)
     trainable = model.set_trainable("stage1")
     parameters = count_parameters(model)
     model.to(device).train()
     step_fn = Stage1Step(model, config.objectives, args.precision, args.lr, weight_decay=0.05, grad_clip=1.0)
-    shapes = dict(frames=args.frames, height=args.height, width=args.width, clips=clips, tokens=tokens, vocab=vocab)
     setup_s = time.perf_counter() - started
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     print(f"{args.preset} stage 1 on {name}: {parameters / 1e6:.1f} M parameters, {trainable / 1e6:.1f} M trained; "
@@ -340,10 +361,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         bound = {"out_of_memory": "", "max_batch": " (the --max-batch cap; more may fit)"}
         bound = bound.get(stopped_by, f" (stopped: {stopped_by}; more may fit)")
         print(f"largest micro-batch that fits: {fit}{bound}; {best['samples_per_s']:.2f} samples/s there{extra}")
-    print(json.dumps(summary, indent=1))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(summary, indent=2))
+    print_and_save(summary, args.json)
     return summary
 
 

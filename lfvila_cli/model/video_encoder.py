@@ -16,11 +16,15 @@ window, nW windows per sample, M = T / frames_per_clip clips.
                          ``depth`` blocks alternating plain and spatially shifted windows
     WindowBlock          pre-norm block: x + window attention, x + MLP (stochastic depth)
     WindowAttention3D    (B, T, h, w, C) -> same: attention inside (t, h, w) windows, learned
-                         relative-position bias per head
+                         relative-position bias per head; three paths (``attention``): sdpa on
+                         partitioned windows, flex (FlexAttention, block mask over the whole
+                         map), dense (the explicit-mask reference)
     PatchEmbed3D         (B, 3, T, H, W) -> (B, T, H/8, W/8, C): 1×8×8 patches, LayerNorm
     PatchMerging         (B, T, h, w, C) -> (B, T, ⌈h/2⌉, ⌈w/2⌉, 2C): 2×2 concat, LN, linear
     window_partition / window_reverse   (B, T, h, w, C) <-> (B, nW, N, C)
     relative_position_index, window_mask   (N, N) bias-table index; (nW, N, N) blocked keys
+    window_labels, dense_block_mask        (3, L) window of each token; (L, L) who sees whom
+    flex_windows                           the flex path's window order and block mask
 
 Read top to bottom: small pieces first, then window attention, a block, a layer, the encoder.
 
@@ -95,7 +99,9 @@ class VideoEncoderConfig:
     clip_feature_layer: int = 2  # last intra-clip layer; feeds the clip-feature head
     clip_features: Literal["intra", "final"] = "intra"  # "final": the release's behaviour
     gradient_checkpointing: bool = False
-    attention: Literal["sdpa", "dense"] = "sdpa"  # "dense": slow full-sequence reference
+    # "sdpa": windows partitioned, scaled_dot_product_attention; "flex": FlexAttention with a
+    # block mask (GPUs; on CPU inference only); "dense": slow full-sequence reference
+    attention: Literal["sdpa", "flex", "dense"] = "sdpa"
 
     def __post_init__(self) -> None:
         n = len(self.depths)
@@ -134,6 +140,9 @@ class VideoEncoderConfig:
                 ok, "temporal_windows",
                 f"layer {i}: a window of {w} frames must divide frames_per_clip={fpc} or be a multiple of it",
             )
+        if self.attention == "flex":
+            missing = flex_attention_missing()
+            check(missing is None, "attention", f"flex: {missing}; use sdpa")
         k = self.clip_feature_layer
         check(0 <= k < n, "clip_feature_layer", f"expected a layer index in 0..{n - 1}, got {k}")
         check(
@@ -328,15 +337,16 @@ def window_reverse(windows: torch.Tensor, window: Window, size: Window) -> torch
     return x.reshape(B, T, H, W, C)
 
 
-def offsets_to_table_index(offsets: torch.Tensor, table_window: Window) -> torch.Tensor:
+def offsets_to_table_index(offsets, table_window: Window) -> torch.Tensor:
     """(3, ...) coordinate differences (t, h, w) -> index into a (2Wt−1)(2Wh−1)(2Ww−1) table.
 
     Offsets beyond the table's reach are clamped to its edge; inside the model this happens only
-    on the time axis of a global top layer that is longer than its table.
+    on the time axis of a global top layer that is longer than its table. ``offsets`` may also be
+    a sequence of three equally shaped tensors: the flex path's score modification calls this on
+    scalar indices, hence elementwise arithmetic with Python-number limits only (no tensor made
+    inside what torch.compile turns into a kernel).
     """
-    limit = torch.tensor(table_window, dtype=offsets.dtype, device=offsets.device) - 1
-    limit = limit.view(3, *([1] * (offsets.dim() - 1)))  # (3, 1, ...)
-    shifted = torch.minimum(torch.maximum(offsets, -limit), limit) + limit  # in [0, 2W−2]
+    shifted = [offsets[a].clamp(1 - w, w - 1) + (w - 1) for a, w in enumerate(table_window)]  # in [0, 2W−2]
     _, Wh, Ww = table_window
     return shifted[0] * (2 * Wh - 1) * (2 * Ww - 1) + shifted[1] * (2 * Ww - 1) + shifted[2]
 
@@ -402,18 +412,119 @@ def window_mask(size: Window, window: Window, shift: Window, device: torch.devic
     return blocked.to(device)
 
 
-def dense_block_mask(size: Window, window: Window, shift: Window) -> torch.Tensor:
-    """The same attention pattern over the whole map: (L, L) bool, True where i may see j.
+def window_labels(size: Window, window: Window, shift: Window) -> torch.Tensor:
+    """(3, L) per axis, the (shifted) window each token of a T×H×W map falls in, row-major order.
 
     Derived independently of rolling and padding: shifted by s, the windows along an axis are
-    [s + k·w, s + (k+1)·w) in the original coordinates (k may be −1, the wrapped piece), so two
-    tokens share a window iff ⌊(p − s) / w⌋ agrees on every axis.
+    [s + k·w, s + (k+1)·w) in the original coordinates (k may be −1, the wrapped piece), so a
+    token at p is in window ⌊(p − s) / w⌋. On a map that is not a window multiple the last window
+    is cut short, as the windowed path's padded keys are masked.
     """
     coords = grid_coords(size)  # (3, L)
     w = torch.tensor(window).view(3, 1)
     s = torch.tensor(shift).view(3, 1)
-    label = torch.div(coords - s, w, rounding_mode="floor")  # (3, L)
+    return torch.div(coords - s, w, rounding_mode="floor")  # (3, L)
+
+
+def dense_block_mask(size: Window, window: Window, shift: Window) -> torch.Tensor:
+    """The same attention pattern over the whole map: (L, L) bool, True where i may see j, i.e.
+    where the two tokens' ``window_labels`` agree on every axis."""
+    label = window_labels(size, window, shift)  # (3, L)
     return (label[:, :, None] == label[:, None, :]).all(0)  # (L, L)
+
+
+# FlexAttention's tile: the block mask says, per tile of FLEX_BLOCK queries × FLEX_BLOCK keys,
+# whether it is skipped, computed with the mask (partial) or computed without it (full).
+FLEX_BLOCK = 128
+
+
+class FlexAttentionUnavailable(LfvilaError, RuntimeError):
+    """``attention: flex`` asked for where FlexAttention cannot run."""
+
+
+def flex_attention_missing() -> Optional[str]:
+    """Why ``attention: flex`` cannot run with the installed torch, or None if it can."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch.nn.attention.flex_attention") is None:
+        return f"torch {torch.__version__} has no torch.nn.attention.flex_attention (it needs torch >= 2.5)"
+    return None
+
+
+@functools.cache
+def flex_attention_kernel(device_type: str):
+    """FlexAttention for a device: compiled on CUDA, where only the compiled form is the fused
+    block-sparse kernel (eager FlexAttention computes every score); eager elsewhere, where torch
+    offers no backward anyway (docs/engineering.md §3)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention) if device_type == "cuda" else flex_attention
+
+
+@dataclass(frozen=True)
+class FlexWindows:
+    """One layer's (shifted) windows as the flex path sees them (``flex_windows``).
+
+    The map's L tokens are reordered so that each window is a contiguous run: a tile of
+    FLEX_BLOCK queries then meets one or two runs of keys, which makes the block mask sparse
+    (in row-major order a window's tokens spread over whole frames). ``coords`` and
+    ``window_id`` are padded to whole tiles (window −1), so no kernel reads past their end.
+    """
+
+    order: torch.Tensor  # (L,) map token at each position of the window-ordered sequence
+    restore: torch.Tensor  # (L,) the inverse permutation
+    coords: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (t, h, w) of each position, (L_tiles,) each
+    window_id: torch.Tensor  # (L_tiles,) the window of each position
+    block_mask: object  # torch's BlockMask over (L, L)
+
+
+@_cached
+def flex_windows(size: Window, window: Window, shift: Window, device: torch.device) -> FlexWindows:
+    """The window order, coordinates and block mask of a T×H×W map (``FlexWindows``).
+
+    The same windows as ``dense_block_mask``; the block mask is built from the windows directly,
+    in O(L + tiles²), instead of from an evaluated (L, L) mask (gigabytes at the base preset).
+    """
+    from torch.nn.attention.flex_attention import BlockMask
+
+    labels = window_labels(size, window, shift) + 1  # (3, L), >= 0: the wrapped piece is −1
+    counts = labels.amax(dim=1) + 1
+    window_id = (labels[0] * counts[1] + labels[1]) * counts[2] + labels[2]  # (L,)
+    order = torch.argsort(window_id, stable=True)  # windows contiguous, row-major inside each
+    window_id = window_id[order]
+    L = window_id.numel()
+    tiles = math.ceil(L / FLEX_BLOCK)
+    pad = tiles * FLEX_BLOCK - L
+
+    # Window ids are sorted, so a tile holds the windows first..last and two tiles share a
+    # window iff those ranges overlap; a pair of tiles inside one and the same window is full.
+    starts = torch.arange(tiles) * FLEX_BLOCK
+    ends = torch.clamp(starts + FLEX_BLOCK, max=L)  # exclusive
+    first, last = window_id[starts], window_id[ends - 1]
+    shares = (first[:, None] <= last[None, :]) & (first[None, :] <= last[:, None])  # (tiles, tiles)
+    whole = (first == last) & (ends - starts == FLEX_BLOCK)
+    full = whole[:, None] & whole[None, :] & (first[:, None] == first[None, :])
+    partial = shares & ~full
+
+    def kv_blocks(tile_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # (tiles, tiles) bool -> (1, 1, tiles) counts and (1, 1, tiles, tiles) key-tile indices,
+        # the tiles to compute first in each row, as torch's create_block_mask lays them out.
+        num = tile_mask.sum(dim=-1, dtype=torch.int32)
+        indices = torch.argsort((~tile_mask).to(torch.uint8), dim=-1, stable=True).to(torch.int32)
+        return num[None, None].to(device), indices[None, None].to(device)
+
+    padded_id = torch.cat([window_id, window_id.new_full((pad,), -1)]).to(device)
+    coords = grid_coords(size)[:, order]  # (3, L)
+    coords = torch.cat([coords, coords.new_zeros(3, pad)], dim=1).to(device)
+
+    def same_window(b, h, q, kv):
+        return padded_id[q] == padded_id[kv]
+
+    block_mask = BlockMask.from_kv_blocks(
+        *kv_blocks(partial), *kv_blocks(full),
+        BLOCK_SIZE=FLEX_BLOCK, mask_mod=same_window, seq_lengths=(L, L),
+    )
+    return FlexWindows(order.to(device), torch.argsort(order).to(device), tuple(coords.unbind(0)), padded_id, block_mask)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -459,6 +570,8 @@ class WindowAttention3D(nn.Module):
         """(B, T, H, W, C) normalised map -> (B, T, H, W, C) attention output (after proj)."""
         if impl == "dense":
             return self.forward_dense(x, window, shift)
+        if impl == "flex":
+            return self.forward_flex(x, window, shift)
         B, T, H, W, C = x.shape
         pad = [(-n) % w for n, w in zip((T, H, W), window)]
         x = F.pad(x, (0, 0, 0, pad[2], 0, pad[1], 0, pad[0]))  # (B, Tp, Hp, Wp, C)
@@ -507,6 +620,34 @@ class WindowAttention3D(nn.Module):
         out = logits.softmax(dim=-1) @ v  # (B, nH, L, hd)
         out = out.transpose(1, 2).reshape(B, T, H, W, C)
         return self.proj(out)
+
+    def forward_flex(self, x: torch.Tensor, window: Window, shift: Window) -> torch.Tensor:
+        """FlexAttention over the whole map: the windows as a block mask, the bias as a score
+        modification (its table gets gradients through it). No padding, no roll: the mask cuts
+        windows exactly where the windowed path's padding and shift mask do. docs/method.md §2.
+        """
+        B, T, H, W, C = x.shape
+        L = T * H * W
+        windows = flex_windows((T, H, W), window, shift, x.device)
+        x = x.reshape(B, L, C)[:, windows.order]  # (B, L, C), each window contiguous
+        qkv = self.qkv(x).view(B, L, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, nH, L, hd)
+
+        table, table_window = self.relative_position_bias_table, self.table_window
+        t, h, w = windows.coords
+
+        def add_bias(score, b, head, q_idx, kv_idx):
+            offsets = (t[q_idx] - t[kv_idx], h[q_idx] - h[kv_idx], w[q_idx] - w[kv_idx])
+            return score + table[offsets_to_table_index(offsets, table_window), head]
+
+        try:
+            out = flex_attention_kernel(x.device.type)(
+                q, k, v, score_mod=add_bias, block_mask=windows.block_mask, scale=self.scale
+            )  # (B, nH, L, hd)
+        except NotImplementedError as e:  # e.g. "FlexAttention does not support backward on CPU"
+            raise FlexAttentionUnavailable(f"video encoder, attention: flex on {x.device.type}: {e} (attention: sdpa runs everywhere)") from e
+        out = out.transpose(1, 2).reshape(B, L, C)[:, windows.restore]  # (B, L, C), map order
+        return self.proj(out.view(B, T, H, W, C))
 
 
 class WindowBlock(nn.Module):
