@@ -34,6 +34,15 @@ frames per clip, max sentences and tokens) and the versions are stored in each f
 inputs and outputs so clients do not change; it is checked against the float32 PyTorch model
 with the fp16 tolerance (1e-2 by default).
 
+``precision: int8`` (the encoders only, for CPU serving) exports and checks the fp32 graphs as
+above, in a scratch folder, then quantizes them (``quantize_int8``: ONNX Runtime's dynamic
+quantization, int8 MatMul weights; the scheme and why in docs/engineering.md §8) under the same
+file names, so index and search read them as they read fp32 files. The int8 graphs are judged
+against the fp32 graphs, their reference, by ranking rather than by difference
+(``int8_parity``): on a batch of ``INT8_BATCH`` videos and paragraphs, every embedding within
+``tolerance`` of its fp32 counterpart in 1 − cos (1e-2 by default), and at least
+``INT8_MIN_AGREEMENT`` of the paragraphs with the same top-1 video.
+
 Parity is part of export: every graph runs in ONNX Runtime on a batch size other than the traced
 one (and another sentence / candidate count) and is compared with PyTorch — the largest absolute
 difference is reported, and above the tolerance (1e-4 in fp32), or with a different retrieval
@@ -48,6 +57,7 @@ head-merge reshape fails in its decomposition pass).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import shutil
@@ -71,6 +81,8 @@ ANSWERS_FILE = "answers.json"
 SUMMARY_FILE = "export.json"
 TRACE_BATCH = 2
 PARITY_BATCH = 3
+INT8_BATCH = 16  # the int8 check's batch: its top-1 agreement counts 16 paragraphs
+INT8_MIN_AGREEMENT = 0.75  # the share of them whose top-1 video the int8 graphs must keep
 
 
 class ExportError(LfvilaError):
@@ -215,6 +227,77 @@ def _ranks(text: np.ndarray, video: np.ndarray) -> np.ndarray:
     return np.argsort(-(text.astype(np.float64) @ video.astype(np.float64).T), axis=1, kind="stable")
 
 
+def quantize_int8(source: Path, target: Path) -> None:
+    """The fp32 graph ``source`` with dynamic int8 quantization, into ``target``
+    (docs/engineering.md §8): the weights of every MatMul with a constant weight in int8
+    (symmetric, one scale per output channel), its input quantized to uint8 at run time (per
+    tensor, from the tensor's own range: no calibration data). The patch embedding's Conv, the
+    attention's activation × activation MatMuls, the projections' Gemm, LayerNorm and Softmax
+    stay fp32."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # quantize_dynamic advises pre-processing on the root logger; symbolic shape inference, the
+    # heart of it, cannot complete on these graphs (§8), and ONNX Runtime fuses at load anyway.
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        quantize_dynamic(source, target, op_types_to_quantize=["MatMul"], per_channel=True, reduce_range=False, weight_type=QuantType.QInt8)
+    except Exception as exc:
+        raise ExportError(f"{Path(source).name}: int8 quantization failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+    finally:
+        logging.disable(previous)
+
+
+def _cosine_deviation(got: np.ndarray, ref: np.ndarray) -> float:
+    """The largest 1 − cos between matching rows of two embedding arrays (..., D): rows zero in
+    both agree; a NaN or inf anywhere is inf (a failure, not a comparison that is False)."""
+    got, ref = got.reshape(-1, got.shape[-1]).astype(np.float64), ref.reshape(-1, ref.shape[-1]).astype(np.float64)
+    if not np.isfinite(got).all():
+        return float("inf")
+    norms = np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1)
+    both_zero = ~got.any(axis=1) & ~ref.any(axis=1)
+    cos = np.where(both_zero, 1.0, (got * ref).sum(axis=1) / np.maximum(norms, 1e-30))
+    return float((1.0 - cos).max())
+
+
+def int8_parity(got: dict[str, dict[str, np.ndarray]], ref: dict[str, dict[str, np.ndarray]], tolerance: float) -> dict[str, Any]:
+    """int8 encoders' outputs ``got`` judged against the fp32 graphs' ``ref`` on the same batch
+    (``{"video": {"video": …, "clips": …}, "text": {"paragraph": …, "sentences": …}}``): the
+    largest 1 − cos of each output must be at most ``tolerance``, and the text→video top-1 of at
+    least ``INT8_MIN_AGREEMENT`` of the paragraphs the fp32 one. Returns the figures; a failure is
+    a one-line ``ExportError`` naming what failed."""
+    deviation = {name: _cosine_deviation(value, ref[graph][name]) for graph, outs in got.items() for name, value in outs.items()}
+    top1 = _ranks(got["text"]["paragraph"], got["video"]["video"])[:, 0]
+    top1_ref = _ranks(ref["text"]["paragraph"], ref["video"]["video"])[:, 0]
+    batch, agreeing = len(top1_ref), int((top1 == top1_ref).sum())
+    worst = max(deviation, key=deviation.get)
+    failed = []
+    if not deviation[worst] <= tolerance:
+        failed.append(f"max 1 − cos of {worst} is {deviation[worst]:.2e} (tolerance {tolerance:.0e})")
+    if agreeing < INT8_MIN_AGREEMENT * batch:
+        failed.append(f"text→video top-1 agreement is {agreeing}/{batch} (at least {INT8_MIN_AGREEMENT:.0%} needed)")
+    if failed:
+        raise ExportError("int8 parity against the fp32 graphs failed: " + ", and ".join(failed))
+    return {"batch": batch, "cosine_deviation": deviation, "tolerance": tolerance, "top1_agreeing": agreeing,
+            "min_top1_agreement": INT8_MIN_AGREEMENT, "scheme": "dynamic: int8 per-channel MatMul weights, uint8 activations at run time"}
+
+
+def _quantize_encoders(specs: list[GraphSpec], fp32_dir: Path, out_dir: Path, metadata_of: dict[str, dict], tolerance: float) -> dict[str, Any]:
+    """The checked fp32 encoders of ``fp32_dir`` quantized into ``out_dir`` (same file names, the
+    metadata saying int8), then run beside them on ``INT8_BATCH`` parity-shaped inputs and judged
+    by ``int8_parity``."""
+    got: dict[str, dict[str, np.ndarray]] = {}
+    ref: dict[str, dict[str, np.ndarray]] = {}
+    for spec in specs:
+        target = out_dir / spec.file
+        quantize_int8(fp32_dir / spec.file, target)
+        _set_metadata(target, metadata_of[spec.name])
+        feeds = {n: a.numpy() for n, a in zip(spec.inputs, spec.sample(INT8_BATCH, 1, 200))}
+        got[spec.name] = dict(zip(spec.outputs, create_session(target, spec.name, device="cpu").run(spec.outputs, feeds)))
+        ref[spec.name] = dict(zip(spec.outputs, create_session(fp32_dir / spec.file, spec.name, device="cpu").run(spec.outputs, feeds)))
+    return int8_parity(got, ref, tolerance)
+
+
 def _find_answers(model_dir: Path, depth: int = 4) -> Optional[Path]:
     """The ``answers.json`` of the prepare artifact a classification model was trained from,
     found by following the artifacts' recorded inputs (finetune -> cache -> prepare)."""
@@ -254,8 +337,15 @@ def export_onnx(model_dir: Path, out_dir: Path, cfg) -> dict[str, Any]:
     if cfg.frames % k:
         raise ExportError(f"config key 'frames': {cfg.frames} is not a whole number of {k}-frame clips")
     specs = graph_specs(model, cfg)
-    exported = model if cfg.precision == "fp32" else copy.deepcopy(model).half()
+    int8 = cfg.precision == "int8"
+    if int8 and specs[0].name != "video":
+        raise ExportError("config key 'precision': int8 quantizes the encoders of a contrastive model; export a QA model in fp32 or fp16")
+    exported = copy.deepcopy(model).half() if cfg.precision == "fp16" else model
     out_dir.mkdir(parents=True, exist_ok=True)
+    # int8: the fp32 graphs, its reference, are exported and checked in a scratch folder first
+    # (removed once quantized; the runner removes the whole folder of a failed export)
+    graph_dir = out_dir / ".fp32" if int8 else out_dir
+    graph_dir.mkdir(exist_ok=True)
     versions = _versions()
     training = read_stage_config(model_dir)
     trained = trained_loader_config(training)  # the normalisation the model was trained with
@@ -287,18 +377,19 @@ def export_onnx(model_dir: Path, out_dir: Path, cfg) -> dict[str, Any]:
     outputs: dict[str, dict[str, np.ndarray]] = {}
     references: dict[str, dict[str, np.ndarray]] = {}
     diffs: dict[str, float] = {}
+    metadata_of: dict[str, dict[str, Any]] = {}
     for spec in specs:
-        path = out_dir / spec.file
+        path = graph_dir / spec.file
         try:
             _export(_Graph(exported, spec.run).eval(), spec.sample(TRACE_BATCH, 0, 0), path, spec, cfg.opset)
         except Exception as exc:
             raise ExportError(f"{spec.name} graph: ONNX export failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
-        metadata = {"graph": spec.name, "preprocessing": preprocessing, "versions": versions, "precision": cfg.precision}
+        metadata = metadata_of[spec.name] = {"graph": spec.name, "preprocessing": preprocessing, "versions": versions, "precision": cfg.precision}
         if spec.fixed:
             metadata["fixed"] = spec.fixed
         if task:
             metadata["task"] = task
-        _set_metadata(path, metadata)
+        _set_metadata(path, {**metadata, "precision": "fp32"} if int8 else metadata)
         # parity on a batch size and sentence / candidate count other than the traced ones
         args = spec.sample(PARITY_BATCH, 1, 100)
         with torch.no_grad():
@@ -323,14 +414,19 @@ def export_onnx(model_dir: Path, out_dir: Path, cfg) -> dict[str, Any]:
         name, logits = specs[0].name, specs[0].outputs[0]
         agree = bool((outputs[name][logits].argmax(-1) == references[name][logits].argmax(-1)).all())
         check_name = "same_predictions"
-    summary["parity"] = {"batch": PARITY_BATCH, "traced_batch": TRACE_BATCH, "max_abs_diff": diffs, "tolerance": cfg.max_diff, check_name: agree}
+    # int8's tolerance is its own check's (int8_parity); its fp32 graphs meet fp32's
+    tolerance = dataclasses.replace(cfg, precision="fp32", tolerance=None).max_diff if int8 else cfg.max_diff
+    summary["parity"] = {"batch": PARITY_BATCH, "traced_batch": TRACE_BATCH, "max_abs_diff": diffs, "tolerance": tolerance, check_name: agree}
     summary["export_seconds"] = round(export_s, 2)
     worst = max(diffs, key=diffs.get)
-    if not diffs[worst] <= cfg.max_diff or not agree:
+    if not diffs[worst] <= tolerance or not agree:
         raise ExportError(
-            f"ONNX parity failed ({cfg.precision}): max |onnx - torch| of {worst} is {diffs[worst]:.2e} (tolerance {cfg.max_diff:.0e})"
+            f"ONNX parity failed ({'fp32, the int8 reference' if int8 else cfg.precision}): max |onnx - torch| of {worst} is {diffs[worst]:.2e} (tolerance {tolerance:.0e})"
             + ("" if agree else (", and the retrieval ranking of the sample differs" if "video" in outputs else ", and the predicted answers differ"))
         )
+    if int8:
+        summary["int8"] = _quantize_encoders(specs, graph_dir, out_dir, metadata_of, cfg.max_diff)
+        shutil.rmtree(graph_dir)
     shutil.copytree(model_dir / TOKENIZER_DIR, out_dir / TOKENIZER_DIR, dirs_exist_ok=True)
     if answers is not None:
         (out_dir / ANSWERS_FILE).write_text(json.dumps(answers, ensure_ascii=False) + "\n", encoding="utf-8")

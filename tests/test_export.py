@@ -499,3 +499,110 @@ def test_damaged_model_files_are_refused_not_used(indexed, tmp_path):
     group["video"][:] = video
     with pytest.raises(DataError, match="1 of .* scores are not finite"):
         query(index.path, export.path, "onnx", ["the red circle grows."])
+
+
+def test_int8_parity_fails_on_permuted_or_perturbed_embeddings():
+    """int8_parity passes small rounding, and fails in one line a permuted ranking (top-1
+    agreement) or embeddings turned away from the reference (1 − cos above the tolerance)."""
+    from lfvila_cli.export import INT8_BATCH, int8_parity
+
+    rng = np.random.default_rng(0)
+
+    def unit(*shape):
+        x = rng.standard_normal(shape)
+        return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+    video = unit(INT8_BATCH, 32)
+    paragraph = (video + 0.05 * unit(INT8_BATCH, 32)).astype(np.float32)  # each paragraph closest to its own video
+    ref = {"video": {"video": video, "clips": unit(INT8_BATCH, 4, 32)}, "text": {"paragraph": paragraph, "sentences": unit(INT8_BATCH, 3, 32)}}
+    ref["text"]["sentences"][0, -1] = 0  # an empty slot, zero in both
+    rounded = {g: {n: v + 1e-4 * rng.standard_normal(v.shape).astype(np.float32) * (v != 0) for n, v in outs.items()} for g, outs in ref.items()}
+    figures = int8_parity(rounded, ref, 1e-2)
+    assert figures["top1_agreeing"] == INT8_BATCH and max(figures["cosine_deviation"].values()) < 1e-4
+
+    permuted = {**rounded, "video": {**rounded["video"], "video": rounded["video"]["video"][::-1].copy()}}
+    with pytest.raises(ExportError, match=r"^int8 parity against the fp32 graphs failed: max 1 − cos of video is .*, and text→video top-1 agreement is 0/16 \(at least 75% needed\)$"):
+        int8_parity(permuted, ref, 1e-2)
+    turned = {**rounded, "text": {**rounded["text"], "sentences": ref["text"]["sentences"] + 0.3 * unit(INT8_BATCH, 3, 32)}}
+    with pytest.raises(ExportError, match=r"^int8 parity against the fp32 graphs failed: max 1 − cos of sentences is \S+ \(tolerance 1e-02\)$"):
+        int8_parity(turned, ref, 1e-2)
+    nan = {**rounded, "video": {**rounded["video"], "clips": np.full_like(ref["video"]["clips"], np.nan)}}
+    with pytest.raises(ExportError, match="max 1 − cos of clips is inf"):
+        int8_parity(nan, ref, 1e-2)
+
+
+@pytest.fixture(scope="module")
+def exported_int8(exported):
+    wd, model_artifact, _ = exported
+    stage = get_stage("export")
+    cfg = resolve_config(stage, layers=[{**EXPORT, "precision": "int8"}])
+    return run_stage(wd, stage, cfg, {"pretrain1": model_artifact}, progress=False, echo=lambda line: None).artifact
+
+
+def test_int8_export_quantizes_the_encoders_into_their_own_artifact(exported, exported_int8):
+    """precision=int8: another artifact than fp32's, the same file names with int8 MatMul weights
+    (the patch embedding's Conv and the attention's activation products in fp32), no fp32 graphs
+    left beside them, and the int8 check's figures in export.json; the CLI's --int8 is the same key."""
+    import onnx
+    from typer.testing import CliRunner
+
+    from lfvila_cli.main import app
+
+    wd, _, fp32 = exported
+    assert exported_int8.key != fp32.key
+    summary = json.loads((exported_int8.path / "export.json").read_text())
+    assert summary["precision"] == "int8" and summary["parity"]["same_ranking"] and summary["parity"]["tolerance"] == 1e-4
+    int8 = summary["int8"]
+    assert int8["batch"] == 16 and int8["top1_agreeing"] >= 12 and max(int8["cosine_deviation"].values()) <= int8["tolerance"] == 1e-2
+    assert sorted(p.name for p in exported_int8.path.iterdir()) == sorted(p.name for p in fp32.path.iterdir())  # no .fp32 folder
+    for file in (VIDEO_FILE, TEXT_FILE):
+        assert read_metadata(exported_int8.path / file)["precision"] == "int8"
+        graph = onnx.load(str(exported_int8.path / file))
+        weights = {w.name for w in graph.graph.initializer}
+        ops = [n.op_type for n in graph.graph.node]
+        assert "MatMulInteger" in ops and "DynamicQuantizeLinear" in ops
+        assert not any(n.op_type == "MatMul" and n.input[1] in weights for n in graph.graph.node)  # every weight MatMul quantized
+        assert "ConvInteger" not in ops and ("Conv" in ops) == (file == VIDEO_FILE)
+        assert (exported_int8.path / file).stat().st_size < (fp32.path / file).stat().st_size
+    args = ["export", "--onnx", "--int8", "--workdir", str(wd.root), "--set", "frames=32", "--set", "height=64", "--set", "width=96"]
+    out = CliRunner().invoke(app, args)
+    assert out.exit_code == 0 and "export: up to date" in out.output and "top-1 agreement" in out.output, out.output
+    both = CliRunner().invoke(app, args + ["--fp16"])
+    assert both.exit_code == 2 and "--fp16 and --int8: one precision per export" in both.output
+
+
+def test_int8_parity_failure_fails_the_stage_and_leaves_nothing(exported, exported_int8):
+    wd, model_artifact, _ = exported
+    stage = get_stage("export")
+    before = len(wd.artifacts("export"))
+    cfg = resolve_config(stage, layers=[{**EXPORT, "precision": "int8", "tolerance": 1e-9}])
+    with pytest.raises(ExportError, match=r"^int8 parity against the fp32 graphs failed: max 1 − cos of \w+ is \S+ \(tolerance 1e-09\)$"):
+        run_stage(wd, stage, cfg, {"pretrain1": model_artifact}, progress=False, echo=lambda line: None)
+    assert len(wd.artifacts("export")) == before and not wd.partials()
+
+
+def test_index_and_search_read_an_int8_export(exported_int8, indexed):
+    """The index stage and search take the int8 files as they take fp32 ones: embeddings within
+    the int8 tolerance of the fp32 index, and the same search results' shape."""
+    import zarr
+    from typer.testing import CliRunner
+
+    from lfvila_cli.main import app
+    from lfvila_cli.search import Encoder, query
+
+    wd, cache, onnx_index, _ = indexed
+    stage = get_stage("index")
+    index = run_stage(wd, stage, resolve_config(stage, layers=[{"engine": "onnx", "batch": 4}]),
+                      {"cache": cache, "export": exported_int8}, progress=False, echo=lambda line: None).artifact
+    assert index.key != onnx_index.key
+    a, b = zarr.open_group(str(index.path / "features.zarr"), mode="r"), zarr.open_group(str(onnx_index.path / "features.zarr"), mode="r")
+    for name in ("video", "clips"):
+        got, ref = np.asarray(a[name][:]), np.asarray(b[name][:])
+        assert got.shape == ref.shape and (1 - (got * ref).sum(-1)).max() <= 1e-2, name  # unit vectors: 1 − cos
+    sentences = ["the red circle grows.", "it moves to the left."]
+    found = query(index.path, exported_int8.path, "onnx", sentences, top_k=3)
+    assert len(found) == 3 and all(len(r["sentences"]) == 2 for r in found)
+    scores = np.asarray(a["video"][:]) @ Encoder("onnx", exported_int8.path, device="cpu").paragraph(sentences)[0]
+    assert [r["id"] for r in found] == [list(a["sample_id"][:])[i] for i in np.argsort(-scores, kind="stable")[:3]]
+    out = CliRunner().invoke(app, ["search", "--workdir", str(wd.root), "--index", index.key[:16], *sentences, "--top-k", "2"])
+    assert out.exit_code == 0 and out.output.startswith("1. "), out.output

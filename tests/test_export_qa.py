@@ -1,4 +1,4 @@
-"""ONNX export of the QA models, fp16 export, and the batched ONNX Runtime graph (I/O binding)."""
+"""ONNX export of the QA models (not in int8), fp16 export, and the batched ONNX Runtime graph (I/O binding)."""
 
 from __future__ import annotations
 
@@ -94,6 +94,13 @@ def test_qa_frame_count_is_bounded_by_the_temporal_embedding(tmp_path):
     model_dir = _model_dir(tmp_path, "qa-multichoice")
     with pytest.raises(ExportError, match="40 frames exceed the QA model's 32"):
         export_onnx(model_dir, tmp_path / "out", ExportConfig(model="finetune", frames=40, height=64, width=96))
+
+
+def test_int8_is_refused_for_a_qa_model_before_anything_is_written(tmp_path):
+    model_dir = _model_dir(tmp_path, "qa-multichoice", task="how2qa")
+    with pytest.raises(ExportError, match="^config key 'precision': int8 quantizes the encoders of a contrastive model; export a QA model in fp32 or fp16$"):
+        export_onnx(model_dir, tmp_path / "out", ExportConfig(model="finetune", precision="int8", **SIZE))
+    assert not (tmp_path / "out").exists()
 
 
 def test_fp16_export_keeps_float32_io_and_the_ranking(tmp_path):
