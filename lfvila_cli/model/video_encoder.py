@@ -485,9 +485,12 @@ class WindowAttention3D(nn.Module):
                 attn_bias = attn_bias.expand(B, -1, -1, -1, -1).reshape(B * nW, nH, N, N)
             else:
                 fold = nW
-        q, k, v = (t.reshape(B * nW // fold, fold * nH, N, hd) for t in (q, k, v))
-        attn_bias = attn_bias.reshape(-1, fold * nH, N, N)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias.to(q.dtype), scale=self.scale)
+        # Folding copies q/k/v (nW and nH are not adjacent in memory): the copies go straight into
+        # SDPA, so that none outlives it.
+        out = F.scaled_dot_product_attention(
+            *(t.reshape(B * nW // fold, fold * nH, N, hd) for t in (q, k, v)),
+            attn_mask=attn_bias.reshape(-1, fold * nH, N, N).to(q.dtype), scale=self.scale,
+        )  # (B·nW/fold, fold·nH, N, hd)
         out = out.reshape(B, nW, nH, N, hd).transpose(2, 3).reshape(B, nW, N, C)  # (B, nW, N, nH·hd)
         out = self.proj(out)
 
