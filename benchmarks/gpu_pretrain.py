@@ -49,8 +49,9 @@ import math
 import resource
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -171,8 +172,19 @@ def saved_for_backward(step_fn: Stage1Step, batch_size: int, args, shapes: dict,
     gen = torch.Generator().manual_seed(batch_size)
     dtype = torch.bfloat16 if args.precision == "bf16-master" else torch.float32
     batch = random_batch(batch_size, **shapes, dtype=dtype, device=device, gen=gen)
-    weights = {p.untyped_storage().data_ptr() for p in step_fn.model.parameters()}
-    saved: dict[int, int] = {}  # storage address -> bytes; the graph keeps each alive, so no address repeats
+    with saved_tensor_bytes(step_fn.model) as saved, step_fn.autocast:
+        terms = stage1_loss(step_fn.model, step_fn.model, batch, 0, step_fn.objectives)
+    del terms
+    return sum(saved.values())
+
+
+@contextmanager
+def saved_tensor_bytes(model: torch.nn.Module) -> Iterator[dict[int, int]]:
+    """Inside, records every tensor autograd saves for the backward: {storage address: bytes},
+    each storage once (the graph keeps each alive, so no address repeats), the model's
+    parameters left out (they are the weights)."""
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
         storage = tensor.untyped_storage()
@@ -180,10 +192,8 @@ def saved_for_backward(step_fn: Stage1Step, batch_size: int, args, shapes: dict,
             saved[storage.data_ptr()] = storage.nbytes()
         return tensor
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), step_fn.autocast:
-        terms = stage1_loss(step_fn.model, step_fn.model, batch, 0, step_fn.objectives)
-    del terms
-    return sum(saved.values())
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        yield saved
 
 
 def try_size(step_fn: Stage1Step, batch_size: int, args, shapes: dict, device: torch.device) -> dict:

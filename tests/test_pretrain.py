@@ -274,19 +274,65 @@ def test_stage2_mlm_accuracy_scores_masked_tokens_of_matched_pairs():
     model = SimpleNamespace(parameters=lambda: iter([param]))
 
     def answering(tokens):
-        def call(frames, ids, mask, video_index=None):
+        def call(frames, ids, mask, video_index=None, mlm_positions=None):
             logits = torch.nn.functional.one_hot(tokens.reshape(b, m * length), vocab).float() + 0 * param
-            return SimpleNamespace(mlm_logits=logits, vtm_logits=torch.zeros(b, 2) + 0 * param)
+            if mlm_positions is not None:  # as the model: only the scored tokens' rows
+                logits = logits[mlm_positions]
+            return SimpleNamespace(mlm_logits=logits, vtm_logits=torch.zeros(b, 2) + 0 * param, mlm_positions=mlm_positions)
         return call
 
-    def echo(frames, ids, mask, video_index=None):
-        return answering(ids)(frames, ids, mask)
+    def echo(frames, ids, mask, video_index=None, mlm_positions=None):
+        return answering(ids)(frames, ids, mask, mlm_positions=mlm_positions)
 
     cfg = ObjectiveConfig(mlm_probability=0.5)
-    right = stage2_loss(answering(batch["input_ids"]), model, batch, 7, cfg, tok, with_accuracy=True)
-    assert right["mlm_count"] > 0 and right["mlm_correct"] == right["mlm_count"]
-    echoed = stage2_loss(echo, model, batch, 7, cfg, tok, with_accuracy=True)
-    assert echoed["mlm_count"] == right["mlm_count"] and echoed["mlm_correct"] < 0.5 * echoed["mlm_count"]
+    for every in (False, True):  # the head scoring the MLM tokens only, and every token (the reference)
+        right = stage2_loss(answering(batch["input_ids"]), model, batch, 7, cfg, tok, with_accuracy=True, score_every_token=every)
+        assert right["mlm_count"] > 0 and right["mlm_correct"] == right["mlm_count"]
+        echoed = stage2_loss(echo, model, batch, 7, cfg, tok, with_accuracy=True, score_every_token=every)
+        assert echoed["mlm_count"] == right["mlm_count"] and echoed["mlm_correct"] < 0.5 * echoed["mlm_count"]
+
+
+def test_stage2_scoring_only_the_mlm_tokens_matches_scoring_every_token():
+    """The MLM head scoring only the masked tokens of matched pairs gives the loss, the MLM
+    accuracy and every gradient of the reference that scores every text token."""
+    from types import SimpleNamespace
+
+    from lfvila_cli.data.tokenizer import train_wordpiece_tokenizer
+    from lfvila_cli.model.lfvila import build_model
+    from lfvila_cli.model.presets import get_preset
+    from lfvila_cli.objectives import ObjectiveConfig
+    from lfvila_cli.train.pretrain import stage2_loss
+
+    import tempfile
+
+    sentences = ["the red circle moves left", "a blue square grows", "two green dots meet", "the yellow bar fades"]
+    tok = train_wordpiece_tokenizer(sentences * 4, 200, tempfile.mkdtemp())
+    b, m, length = 4, 4, 12
+    enc = tok(sentences * b, padding="max_length", max_length=length, return_tensors="pt")
+    video = torch.randn(b, 32, 3, H, W, generator=torch.Generator().manual_seed(0))
+    batch = {"frames": video, "input_ids": enc["input_ids"].reshape(b, m, length), "attention_mask": enc["attention_mask"].reshape(b, m, length)}
+    torch.manual_seed(0)
+    model = build_model(get_preset("lfvila-tiny", "stage2", text_model="random")).train()
+    model.set_trainable("stage2")
+    cfg = ObjectiveConfig(mlm_probability=0.3)
+    runs = []
+    for every in (True, False):
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(1)  # the same dropout draws in both runs
+        terms = stage2_loss(model, model, batch, 3, cfg, tok, with_accuracy=True, score_every_token=every)
+        terms["total"].backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        runs.append(SimpleNamespace(terms=terms, grads=grads))
+    reference, lean = runs
+    assert 0 < float(lean.terms["mlm_count"]) < b * m * length / 4  # few tokens scored
+    for key in ("mlm", "vtm", "total"):
+        torch.testing.assert_close(lean.terms[key], reference.terms[key], msg=key)
+    for key in ("mlm_correct", "mlm_count", "vtm_correct"):
+        assert float(lean.terms[key]) == float(reference.terms[key]), key
+    assert lean.grads.keys() == reference.grads.keys() and any(n.startswith("mlm_head.") for n in lean.grads)
+    for name in reference.grads:
+        torch.testing.assert_close(lean.grads[name], reference.grads[name], msg=name)
+    assert reference.grads["mlm_head.decoder.weight"].abs().sum() > 0
 
 
 def test_objectives_from_the_config_reach_the_loss_and_the_saved_model(data, tmp_path):

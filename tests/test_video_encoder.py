@@ -97,6 +97,65 @@ def test_encoder_sdpa_matches_dense_reference_with_padding_and_shifts():
     torch.testing.assert_close(a.clip_features, b.clip_features, rtol=1e-4, atol=1e-4)
 
 
+def attention_pass(attn: WindowAttention3D, x: torch.Tensor, grad_out: torch.Tensor, window, shift, impl: str):
+    """Output, input gradient and every parameter's gradient of one attention call."""
+    attn.zero_grad(set_to_none=True)
+    x = x.clone().requires_grad_(True)
+    out = attn(x, window, shift, impl)
+    out.backward(grad_out)
+    return out.detach(), x.grad, {n: p.grad.clone() for n, p in attn.named_parameters()}
+
+
+@pytest.mark.parametrize(
+    "size, table_window",
+    [
+        ((4, 4, 6), (2, 2, 3)),  # shift only
+        ((4, 5, 7), (2, 2, 3)),  # shift and padding
+        ((6, 4, 4), (4, 3, 3)),  # padding in time and space
+    ],
+)
+def test_broadcast_bias_matches_the_per_sample_copy_and_dense(size, table_window):
+    # The sdpa path folds the windows into the head axis so that one (1, nW·nH, N, N) bias
+    # broadcasts over the batch; the reference copies it for every sample (B·nW, nH, N, N).
+    torch.manual_seed(0)
+    attn = WindowAttention3D(dim=12, num_heads=3, table_window=table_window, qkv_bias=True)
+    torch.nn.init.normal_(attn.relative_position_bias_table, std=1.0)
+    layer = EncoderLayer(12, 2, 3, table_window, 4.0, True, [0.0, 0.0], merge=False, is_global=False)
+    window, shift = layer.window_and_shift(size)
+    assert window_mask(size, window, shift, torch.device("cpu")) is not None  # the folded layout runs
+    x = torch.randn(3, *size, 12)
+    grad_out = torch.randn(3, *size, 12)
+    folded = attention_pass(attn, x, grad_out, window, shift, "sdpa")
+    for reference, tolerance in [("sdpa_per_sample", {}), ("dense", dict(rtol=1e-4, atol=1e-5))]:
+        out, grad_x, grads = attention_pass(attn, x, grad_out, window, shift, reference)
+        torch.testing.assert_close(folded[0], out, **tolerance)
+        torch.testing.assert_close(folded[1], grad_x, **tolerance)
+        assert folded[2].keys() == grads.keys() and "relative_position_bias_table" in grads
+        for name in grads:
+            torch.testing.assert_close(folded[2][name], grads[name], msg=f"{reference}: {name}", **tolerance)
+    assert folded[2]["relative_position_bias_table"].abs().sum() > 0
+    with torch.no_grad():  # no gradient for the bias: CPU SDPA takes its flash kernel
+        torch.testing.assert_close(attn(x, window, shift, "sdpa"), attn(x, window, shift, "sdpa_per_sample"))
+
+
+def test_encoder_broadcast_bias_matches_the_per_sample_copy_in_gradients():
+    video = frames(2, 16, 40, 56)  # token maps 5×7, 3×4: padded and shifted windows in layers 0 and 1
+    results = []
+    for impl in ("sdpa", "sdpa_per_sample"):
+        model = tiny_encoder(attention=impl, depths=[2, 2, 2, 1, 1, 1]).train()
+        out = model(video)
+        (out.tokens.square().mean() + out.clip_features.square().mean()).backward()
+        results.append((out, {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (a, grads_a), (b, grads_b) = results
+    torch.testing.assert_close(a.tokens, b.tokens)
+    torch.testing.assert_close(a.clip_features, b.clip_features)
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], msg=name)
+    for i in (0, 1):  # the shifted blocks
+        assert grads_a[f"layers.{i}.blocks.1.attn.relative_position_bias_table"].abs().sum() > 0
+
+
 # 2. Windows covering the whole map == full space-time attention -----------------------------
 
 

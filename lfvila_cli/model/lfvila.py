@@ -17,8 +17,8 @@ what every task shares; it has no ``forward``:
 One subclass per task adds a typed ``forward(frames, input_ids, attention_mask, ...)``:
 
     LfvilaForPretrainingStage1  -> Stage1Output: video, paragraph (B, D); clips, sentences (B, M, D)
-    LfvilaForPretrainingStage2  (MLM-masked ids, video_index (B,)) -> Stage2Output:
-                                mlm_logits (B, M·L, V), vtm_logits (B, 2)
+    LfvilaForPretrainingStage2  (MLM-masked ids, video_index (B,), mlm_positions (B, M·L)) -> Stage2Output:
+                                mlm_logits (B, M·L, V), or (P, V) for the P positions; vtm_logits (B, 2)
     LfvilaForRetrieval          -> DualEncoderOutput: VideoEmbeddings, TextEmbeddings
     LfvilaForMultipleChoice     (ids, mask (B, K, M, L)) -> choice_logits (B, K), span_logits (B, T, 2)
     LfvilaForClassification     -> logits (B, num_labels)
@@ -204,9 +204,11 @@ class Stage1Output:
 class Stage2Output:
     """What ``pretrain_stage2_loss`` takes."""
 
-    mlm_logits: torch.Tensor  # (B, M·L, V): one row per text token, sentence by sentence (summary token left out)
+    mlm_logits: torch.Tensor  # (B, M·L, V): one row per text token, sentence by sentence (summary token
+    # left out); (P, V) with mlm_positions: one row per scored token, in row-major order
     vtm_logits: torch.Tensor  # (B, 2): 0 = mismatched, 1 = matched
     fusion: CrossModalOutput  # sequence, pooled output, masks
+    mlm_positions: Optional[torch.Tensor] = None  # (B, M·L) bool: the P tokens scored; None = every token
 
 
 @dataclass
@@ -512,19 +514,29 @@ class LfvilaForPretrainingStage2(LfvilaModel):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         video_index: Optional[torch.Tensor] = None,
+        mlm_positions: Optional[torch.Tensor] = None,
     ) -> Stage2Output:
         """frames (B, T, 3, H, W); input_ids (B, M, L) already MLM-masked, attention_mask (B, M, L);
         video_index (B,) long: text b is fused with the video of sample ``video_index[b]``
         (``objectives.video_text_matching_pairs``), None = matched. One fused pass gives both
-        MLM logits (B, M·L, V) — flatten the labels to (B, M·L) — and VTM logits (B, 2)."""
+        MLM logits (B, M·L, V) — flatten the labels to (B, M·L) — and VTM logits (B, 2).
+
+        mlm_positions (B, M·L) bool (``objectives.stage2_mlm_positions``): the head scores only
+        these P tokens, mlm_logits (P, V): the vocabulary-wide logits of the tokens MLM never
+        reads are never made (docs/method.md §4). None scores every token, the reference."""
         if self.mlm_head is None or self.vtm_head is None:
             raise ConfigError("config keys 'heads.mlm' and 'heads.vtm': stage 2 needs both heads")
         video = self.video_encoder(frames).tokens  # (B, T, h, w, C)
         if video_index is not None:
             video = video[video_index.to(video.device)]
         fused = self.fuse(video, input_ids, attention_mask)
-        mlm_logits = self.mlm_head(fused.text_states[:, 1:])  # summary token has no label
-        return Stage2Output(mlm_logits=mlm_logits, vtm_logits=self.vtm_head(fused.pooled), fusion=fused)
+        text_states = fused.text_states[:, 1:]  # (B, M·L, H): the summary token has no label
+        if mlm_positions is not None:
+            text_states = text_states[mlm_positions.to(text_states.device)]  # (P, H)
+        return Stage2Output(
+            mlm_logits=self.mlm_head(text_states), vtm_logits=self.vtm_head(fused.pooled), fusion=fused,
+            mlm_positions=mlm_positions,
+        )
 
 
 class LfvilaForRetrieval(LfvilaModel):

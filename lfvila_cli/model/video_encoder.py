@@ -100,8 +100,10 @@ class VideoEncoderConfig:
     clip_features: Literal["intra", "final"] = "intra"  # "final": the release's behaviour
     gradient_checkpointing: bool = False
     # "sdpa": windows partitioned, scaled_dot_product_attention; "flex": FlexAttention with a
-    # block mask (GPUs; on CPU inference only); "dense": slow full-sequence reference
-    attention: Literal["sdpa", "flex", "dense"] = "sdpa"
+    # block mask (GPUs; on CPU inference only); "dense": slow full-sequence reference;
+    # "sdpa_per_sample": the sdpa path with its bias copied per sample, as before the broadcast
+    # (a reference for tests and benchmarks)
+    attention: Literal["sdpa", "flex", "dense", "sdpa_per_sample"] = "sdpa"
 
     def __post_init__(self) -> None:
         n = len(self.depths)
@@ -579,21 +581,30 @@ class WindowAttention3D(nn.Module):
         if any(shift):
             x = torch.roll(x, shifts=tuple(-s for s in shift), dims=(1, 2, 3))
         x = window_partition(x, window)  # (B, nW, N, C)
-        nW, N = x.shape[1], x.shape[2]
+        nW, N, nH, hd = x.shape[1], x.shape[2], self.num_heads, self.head_dim
 
-        # 4-D (B·nW, nH, N, hd) because fused SDPA kernels take 4-D inputs only; a shift/pad
-        # mask is then repeated over the batch. On CPU a bias that needs a gradient (the learned
-        # table) sends SDPA to its math kernel; CUDA's memory-efficient kernel should take it
-        # (not yet measured: no GPU was available when this was written).
-        qkv = self.qkv(x).view(B * nW, N, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B·nW, nH, N, hd)
-        attn_bias = self.relative_position_bias(window)[None]  # (1, nH, N, N)
+        qkv = self.qkv(x).view(B, nW, N, 3, nH, hd)
+        q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).unbind(0)  # each (B, nW, nH, N, hd)
+        attn_bias = self.relative_position_bias(window)[None]  # (1, nH, N, N): the same in every window
         blocked = window_mask((T, H, W), window, shift, x.device)
+        # Fused SDPA kernels take 4-D inputs only, and the bias must broadcast over the batch,
+        # never be copied per sample (docs/engineering.md §3): a bias shared by all windows
+        # pairs with q/k/v (B·nW, nH, N, hd); a shift/pad mask differs per window, so the windows
+        # fold into the head axis, q/k/v (B, nW·nH, N, hd) against a (1, nW·nH, N, N) bias.
+        fold = 1
         if blocked is not None:
             attn_bias = attn_bias + blocked[:, None].to(attn_bias.dtype) * MASK_VALUE  # (nW, nH, N, N)
-            attn_bias = attn_bias.expand(B, -1, -1, -1, -1).reshape(B * nW, self.num_heads, N, N)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias.to(q.dtype), scale=self.scale)
-        out = out.transpose(1, 2).reshape(B, nW, N, C)  # (B, nW, N, nH·hd)
+            if impl == "sdpa_per_sample":  # the reference: the bias copied for every sample
+                attn_bias = attn_bias.expand(B, -1, -1, -1, -1).reshape(B * nW, nH, N, N)
+            else:
+                fold = nW
+        # Folding copies q/k/v (nW and nH are not adjacent in memory): the copies go straight into
+        # SDPA, so that none outlives it.
+        out = F.scaled_dot_product_attention(
+            *(t.reshape(B * nW // fold, fold * nH, N, hd) for t in (q, k, v)),
+            attn_mask=attn_bias.reshape(-1, fold * nH, N, N).to(q.dtype), scale=self.scale,
+        )  # (B·nW/fold, fold·nH, N, hd)
+        out = out.reshape(B, nW, nH, N, hd).transpose(2, 3).reshape(B, nW, N, C)  # (B, nW, N, nH·hd)
         out = self.proj(out)
 
         out = window_reverse(out, window, padded)  # (B, Tp, Hp, Wp, C)

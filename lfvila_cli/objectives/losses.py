@@ -22,6 +22,8 @@ candidates, T frames.
                                       {"vpc", "mtc", "total"}
     draw_stage2_targets               text (B, M, L) -> Stage2Targets: masked ids, MLM labels
                                       (B, M·L), video_index, VTM labels (B,)
+    matched_mlm_labels, stage2_mlm_positions   the MLM labels of matched pairs; (B, M·L) bool,
+                                      the tokens the MLM head must score
     pretrain_stage2_loss, stage2_output_loss   MLM (matched pairs only) + VTM ->
                                       {"mlm", "vtm", "total"}
     retrieval_loss                    VPC of a ``DualEncoderOutput``
@@ -431,29 +433,41 @@ def pretrain_stage1_loss(
     return terms
 
 
+def matched_mlm_labels(mlm_labels: torch.Tensor, vtm_labels: torch.Tensor) -> torch.Tensor:
+    """mlm_labels (N, L), vtm_labels (N,) -> (N, L) long on mlm_labels' device: the labels MLM
+    is trained on, IGNORE_INDEX on the rows of mismatched pairs (``vtm_labels == 0``)."""
+    mlm_labels = torch.as_tensor(mlm_labels).long()
+    mismatched = torch.as_tensor(vtm_labels).to(mlm_labels.device) == 0
+    return mlm_labels.masked_fill(mismatched[:, None], IGNORE_INDEX)
+
+
 def pretrain_stage2_loss(
     mlm_logits: torch.Tensor,
     mlm_labels: torch.Tensor,
     vtm_logits: torch.Tensor,
     vtm_labels: torch.Tensor,
     cfg: ObjectiveConfig | None = None,
+    mlm_positions: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Stage 2: ``total = mlm_weight·MLM + vtm_weight·VTM`` (1 and 10 by default).
 
     mlm_logits (N, L, V) and mlm_labels (N, L) come from the same forward pass as vtm_logits
     (N, 2); MLM counts on matched pairs only, so labels of rows with ``vtm_labels == 0`` are
-    ignored. Labels may live on another device or have another integer dtype than the logits
-    (they are moved to the logits' device as long). Returns the weighted terms ``mlm`` and
-    ``vtm`` and their sum ``total``.
+    ignored. With ``mlm_positions`` (N, L) bool, mlm_logits (P, V) holds only the rows of those
+    P tokens, in row-major order (the model scored no others; every labelled token of a
+    matched pair must be among them). Labels may live on another device or have another
+    integer dtype than the logits (they are moved to the logits' device as long). Returns the
+    weighted terms ``mlm`` and ``vtm`` and their sum ``total``.
     """
     cfg = cfg or ObjectiveConfig()
     # ``video_text_matching_pairs`` makes its labels on the generator's device (often the CPU)
     # while the logits may be on an accelerator: bring the labels to the logits, as class indices.
     vtm_labels = torch.as_tensor(vtm_labels).to(device=vtm_logits.device, dtype=torch.long)
-    mlm_labels = torch.as_tensor(mlm_labels).to(device=mlm_logits.device, dtype=torch.long)
-    matched_labels = mlm_labels.masked_fill(vtm_labels[:, None].to(mlm_labels.device) == 0, IGNORE_INDEX)
+    labels = matched_mlm_labels(torch.as_tensor(mlm_labels).to(mlm_logits.device), vtm_labels)
+    if mlm_positions is not None:
+        labels = labels[mlm_positions.to(labels.device)]  # (P,)
     terms = {
-        "mlm": cfg.mlm_weight * mlm_loss(mlm_logits, matched_labels),
+        "mlm": cfg.mlm_weight * mlm_loss(mlm_logits, labels),
         "vtm": cfg.vtm_weight * vtm_loss(vtm_logits, vtm_labels),
     }
     terms["total"] = terms["mlm"] + terms["vtm"]
@@ -494,20 +508,32 @@ def draw_stage2_targets(
     return Stage2Targets(masked.input_ids.reshape(b, m, length), masked.labels.reshape(b, m * length), pairs.video_index, pairs.labels)
 
 
+def stage2_mlm_positions(targets: Stage2Targets) -> torch.Tensor:
+    """(B, M·L) bool, on the labels' device: the tokens MLM is trained on (masked tokens of
+    matched pairs), the only ones the MLM head needs to score (docs/method.md §4)."""
+    return matched_mlm_labels(targets.mlm_labels, targets.vtm_labels) != IGNORE_INDEX
+
+
 def stage2_output_loss(
     output: Any, targets: Stage2Targets, cfg: ObjectiveConfig | None = None, with_accuracy: bool = False
 ) -> dict[str, torch.Tensor]:
-    """``pretrain_stage2_loss`` of a stage-2 model output (``mlm_logits`` (B, M·L, V),
-    ``vtm_logits`` (B, 2)) against ``targets``. With ``with_accuracy`` also the counts
-    ``vtm_correct``, and ``mlm_correct`` / ``mlm_count`` over the tokens MLM is trained on
-    (masked tokens of matched pairs), on the CPU."""
-    terms = pretrain_stage2_loss(output.mlm_logits, targets.mlm_labels, output.vtm_logits, targets.vtm_labels, cfg)
+    """``pretrain_stage2_loss`` of a stage-2 model output (``vtm_logits`` (B, 2); ``mlm_logits``
+    (B, M·L, V), or (P, V) for the P tokens of ``output.mlm_positions`` where that is set)
+    against ``targets``. With ``with_accuracy`` also the counts ``vtm_correct``, and
+    ``mlm_correct`` / ``mlm_count`` over the tokens MLM is trained on (masked tokens of matched
+    pairs), on the CPU."""
+    positions = output.mlm_positions
+    terms = pretrain_stage2_loss(
+        output.mlm_logits, targets.mlm_labels, output.vtm_logits, targets.vtm_labels, cfg, mlm_positions=positions
+    )
     if with_accuracy:
         terms["vtm_correct"] = (output.vtm_logits.argmax(-1).cpu() == targets.vtm_labels.cpu()).sum().float()
-        labels = targets.mlm_labels.to(output.mlm_logits.device)
-        scored = (labels != IGNORE_INDEX) & (targets.vtm_labels.to(labels.device) == 1)[:, None]
+        labels = matched_mlm_labels(targets.mlm_labels.to(output.mlm_logits.device), targets.vtm_labels)
+        terms["mlm_count"] = (labels != IGNORE_INDEX).sum().float().cpu()
+        if positions is not None:
+            labels = labels[positions.to(labels.device)]  # (P,), the rows of mlm_logits
+        scored = labels != IGNORE_INDEX
         terms["mlm_correct"] = ((output.mlm_logits.argmax(-1) == labels) & scored).sum().float().cpu()
-        terms["mlm_count"] = scored.sum().float().cpu()
     return terms
 
 

@@ -98,13 +98,19 @@ def stage1_loss(model_call, model, batch: dict, step: int, objectives) -> dict[s
     return pretrain_stage1_loss(out.video_embedding, out.paragraph_embedding, out.sentence_embeddings, out.clip_embeddings, gen, objectives)
 
 
-def stage2_loss(model_call, model, batch: dict, step: int, objectives, tokenizer, with_accuracy: bool = False) -> dict[str, torch.Tensor]:
-    from ..objectives import draw_stage2_targets, stage2_output_loss
+def stage2_loss(
+    model_call, model, batch: dict, step: int, objectives, tokenizer, with_accuracy: bool = False,
+    score_every_token: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Stage 2's losses of a batch. The MLM head scores only the tokens MLM is trained on;
+    ``score_every_token`` scores all of them, the reference (docs/engineering.md §3)."""
+    from ..objectives import draw_stage2_targets, stage2_mlm_positions, stage2_output_loss
 
     frames, ids, mask = move_batch(batch, next(model.parameters()))
     gen = step_generator(objectives.seed, step, _STAGE2_STREAM)
     targets = draw_stage2_targets(ids, mask, tokenizer.all_special_ids, len(tokenizer), tokenizer.mask_token_id, gen, objectives)
-    out = model_call(frames, targets.input_ids, mask, video_index=targets.video_index)
+    positions = None if score_every_token else stage2_mlm_positions(targets)
+    out = model_call(frames, targets.input_ids, mask, video_index=targets.video_index, mlm_positions=positions)
     return stage2_output_loss(out, targets, objectives, with_accuracy)
 
 
