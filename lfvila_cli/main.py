@@ -407,6 +407,8 @@ def pretrain(
 
       lfvila pretrain --stage 2 --set train.precision=bf16
 
+      lfvila pretrain --stage 2 --set features=true --set loader.flip_prob=0   (from `lfvila features` tokens)
+
       lfvila pretrain --stage 1 --num-gpus 8
 
       lfvila pretrain --stage 1 --hostfile hosts.txt --master-port 29600
@@ -447,14 +449,13 @@ def features(
     instead of running the encoder every step. `views` augmented views per training sample
     are cached (view v is the window, crop and flip stage 2 draws in epoch v; epoch e reads
     view e mod views), one per validation sample. The loader keys that shape a view (window,
-    crop, flip, normalisation, seed) must be those of the stage-2 run. Resumable; under
-    torchrun or srun each rank encodes its own rows.
+    crop, flip, normalisation, seed) must be those of the stage-2 run. Resumable; each rank of
+    a torchrun or srun launch encodes its own rows. Then: lfvila pretrain --stage 2 --set
+    features=true (with the same loader keys).
 
     Examples:
 
       lfvila features --set views=10 --set loader.flip_prob=0
-
-      lfvila pretrain --stage 2 --set features=true --set loader.flip_prob=0
 
       torchrun --nproc_per_node 4 -m lfvila_cli.main features --set views=4
     """
