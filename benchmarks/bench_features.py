@@ -145,7 +145,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=Path("lfvila-work"), help="a work directory that ran the quickstart (read only)")
     parser.add_argument("--out", type=Path, default=Path("bench-features"), help="scratch directory for the runs")
-    parser.add_argument("--views", type=int, nargs="+", default=[1, 10])
+    parser.add_argument("--views", type=int, nargs="*", default=[1, 10], help="views per feature build (none: the reference only)")
     parser.add_argument("--skip-quickstart", action="store_true")
     parser.add_argument("--skip-base", action="store_true")
     parser.add_argument("--base-batch", type=int, default=2)
