@@ -385,6 +385,7 @@ def pretrain(
     stage: int = typer.Option(1, "--stage", help="1: VPC + 0.25·MTC, everything trainable; 2: MLM + 10·VTM on top of a frozen stage-1 model."),
     cache: str = typer.Option("latest", "--cache", help="The cache artifact to train on: ref name, key (prefix) or artifact directory."),
     init: str = typer.Option("latest", "--init", help="Stage 2: the stage-1 (pretrain1) artifact to start from."),
+    features: str = typer.Option("latest", "--features", help="Stage 2 with --set features=true: the features artifact (the frozen video encoder's tokens) to read."),
     num_gpus: Optional[int] = NumGpusOpt,
     hostfile: Optional[Path] = HostfileOpt,
     resume: str = ResumeOpt,
@@ -410,6 +411,8 @@ def pretrain(
 
       lfvila pretrain --stage 2 --set train.precision=bf16
 
+      lfvila pretrain --stage 2 --set features=true --set loader.flip_prob=0   (from `lfvila features` tokens)
+
       lfvila pretrain --stage 1 --num-gpus 8
 
       lfvila pretrain --stage 1 --hostfile hosts.txt --master-port 29600
@@ -430,8 +433,37 @@ def pretrain(
     opts.force = _resume_force(resume, opts.force)
     if _launched(ctx, num_gpus, hostfile, master_port, opts):
         return
-    refs = {"cache": cache} if stage == 1 else {"cache": cache, "pretrain1": init}
+    refs = {"cache": cache} if stage == 1 else {"cache": cache, "pretrain1": init, "features": features}
     _run_single(f"pretrain{stage}", opts, [], refs)
+
+
+@app.command(cls=_stage_help("features"))
+@command
+@stage_command
+def features(
+    cache: str = typer.Option("latest", "--cache", help="The frame store stage 2 trains on: ref name, key (prefix) or artifact directory."),
+    init: str = typer.Option("latest", "--init", help="The stage-1 (pretrain1) artifact whose frozen video encoder runs."),
+    device: Optional[str] = typer.Option(None, "--device", help="The config key device: auto (the default: CUDA where it really runs, else the CPU), cpu, cuda or cuda:N."),
+    *,
+    opts: StageOptions,
+) -> None:
+    """Cache the frozen stage-1 video encoder's output tokens for stage 2 (bf16, Zarr).
+
+    Stage 2 freezes the video encoder; with pretrain2's key features=true it reads these tokens
+    instead of running the encoder every step. `views` augmented views per training sample
+    are cached (view v is the window, crop and flip stage 2 draws in epoch v; epoch e reads
+    view e mod views), one per validation sample. The loader keys that shape a view (window,
+    crop, flip, normalisation, seed) must be those of the stage-2 run. Resumable; each rank of
+    a torchrun or srun launch encodes its own rows. Then: lfvila pretrain --stage 2 --set
+    features=true (with the same loader keys).
+
+    Examples:
+
+      lfvila features --set views=10 --set loader.flip_prob=0
+
+      torchrun --nproc_per_node 4 -m lfvila_cli.main features --set views=4
+    """
+    _run_single("features", opts, [f"device={device}"] if device else [], {"cache": cache, "pretrain1": init})
 
 
 @app.command(cls=_stage_help("finetune"))

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SIZE = {"train_videos": 4, "val_videos": 1, "test_videos": 1, "max_clips": 4, "height": 64, "width": 96}
 FRAMES = {"frames_per_segment": 8, "height": 64, "width": 96}
 QUICK = {"train": {"micro_batch": 2, "max_steps": 1}, "val_every": 0}
-STAGE_COMMANDS = {"prepare", "cache", "pretrain", "finetune", "evaluate", "export", "index"}
+STAGE_COMMANDS = {"prepare", "cache", "pretrain", "features", "finetune", "evaluate", "export", "index"}
 
 
 def help_examples() -> list[tuple[str, str]]:
@@ -59,6 +59,7 @@ def workdir(tmp_path_factory):
         {"stage": "cache", "config": FRAMES},
         {"stage": "pretrain1", "config": QUICK},
         {"stage": "pretrain2", "config": QUICK},
+        {"stage": "features", "config": {"loader": {"flip_prob": 0.0}}},  # what `pretrain --set features=true` reads
         {"stage": "cache", "config": {**FRAMES, "segment_mode": "chunks", "num_chunks": 4}},
         {"stage": "finetune", "config": {"task": "activitynet", **QUICK}},
         {"stage": "export", "config": {"model": "pretrain1"}},
@@ -74,7 +75,7 @@ def workdir(tmp_path_factory):
     wd.set_ref("pretrain2", "my-stage2", by_stage["pretrain2"].key)
     wd.set_ref("cache", "clips", results[1].artifact.key)
     wd.set_ref("cache", "questions", results[-1].artifact.key)
-    wd.set_ref("cache", "my-frames", results[4].artifact.key)
+    wd.set_ref("cache", "my-frames", results[5].artifact.key)
     wd.set_ref("export", "my-export", by_stage["export"].key)
     (root / "hosts.txt").write_text("localhost slots=1\n")
     (root / "how2qa_release.pt").write_bytes(b"stands in for the authors' file: a dry run reads only its bytes")
@@ -101,7 +102,7 @@ def test_help_example_works(workdir, monkeypatch, command, example):
         args = [a.replace("my_corpus.jsonl", str(ROOT / "examples" / "custom_dataset" / "my_corpus.jsonl")) for a in args]
     # `latest` as it is when a user runs the example: the store of clips before pre-training, a
     # store of chunks for the downstream commands (of questions for a QA task)
-    latest = "clips" if command in ("pretrain", "cache") else "questions" if "how2qa" in example else "my-frames"
+    latest = "clips" if command in ("pretrain", "cache", "features") else "questions" if "how2qa" in example else "my-frames"
     wd.set_ref("cache", "latest", wd.resolve("cache", latest).key)
     result = CliRunner().invoke(app, [*args, "--workdir", str(wd.root)] if command not in ("env",) else args)
     assert result.exit_code == 0, f"{example}\n{result.output}"

@@ -544,8 +544,9 @@ def _run_tasks(
     return results, progress.frames, time.perf_counter() - started
 
 
-def _wait_for_rows(status, rows: np.ndarray, url: str, timeout_s: float, poll_s: float) -> np.ndarray:
-    """Poll the status of ``rows`` until none is pending; re-read only those still pending."""
+def wait_for_rows(status, rows: np.ndarray, url: str, timeout_s: float, poll_s: float) -> np.ndarray:
+    """Poll the status of ``rows`` until none is pending; re-read only those still pending
+    (the frame store's and the feature store's status arrays: ``PENDING`` 0)."""
     final = np.full(len(rows), PENDING, dtype=np.uint8)
     pending = np.arange(len(rows))
     last_progress = time.monotonic()
@@ -656,7 +657,7 @@ def cache_frames(
         if others.size:
             log.info("cache: rank 0 waits for %d segments of the other ranks", others.size)
         rows = np.concatenate([rows, others])
-        status = np.concatenate([status, _wait_for_rows(arrays.status, others, url, wait_timeout_s, poll_s)])
+        status = np.concatenate([status, wait_for_rows(arrays.status, others, url, wait_timeout_s, poll_s)])
     order = np.argsort(rows, kind="stable")
     rows, status = rows[order], status[order]
 

@@ -137,8 +137,9 @@ def expected_arrays(spec: StoreSpec) -> dict[str, tuple[tuple, tuple, str]]:
     }
 
 
-def open_group(url: str | Path, mode: str):
-    """Open the Zarr group at ``url``; ``file://`` URLs get ``auto_mkdir`` (docs/engineering.md §4)."""
+def open_group(url: str | Path, mode: str, what: str = "frame store", make: str = "lfvila cache"):
+    """Open the Zarr group at ``url``; ``file://`` URLs get ``auto_mkdir`` (docs/engineering.md §4).
+    Errors are one line naming ``what`` the group should be and the command that ``make``s it."""
     import zarr
 
     url = str(url)
@@ -148,11 +149,11 @@ def open_group(url: str | Path, mode: str):
     try:
         return zarr.open_group(url, mode=mode, **kwargs)
     except FileNotFoundError:
-        raise DataError(f"{url}: no frame store here (run `lfvila cache` first)") from None
+        raise DataError(f"{url}: no {what} here (run `{make}` first)") from None
     except (ValueError, TypeError) as exc:  # e.g. an array, not a group, at that path
-        raise DataError(f"{url}: cannot open as a frame store ({exc})") from None
+        raise DataError(f"{url}: cannot open as a {what} ({exc})") from None
     except OSError as exc:  # e.g. a file where a directory of the path should be
-        raise DataError(f"{url}: cannot open as a frame store ({exc.strerror or exc})") from None
+        raise DataError(f"{url}: cannot open as a {what} ({exc.strerror or exc})") from None
 
 
 # --- creating, resuming and checking a store (the cache's writers) ----------------------------

@@ -260,7 +260,6 @@ class PretrainDataset(StoreBacked, torch.utils.data.Dataset):
         # Eval examples keep one window for every epoch; train draws a new one each epoch.
         rng = np.random.default_rng([self.cfg.seed, epoch if self.train else 0, index])
         start = int(entry.starts[rng.integers(0, entry.starts.size)])
-        c = self.cfg.clips_per_sample
         frames, times = self._read(sample, entry, start)  # (C, K, H, W, 3) uint8, (C, K)
         video = torch.from_numpy(np.ascontiguousarray(frames.reshape((-1,) + frames.shape[2:])))  # (T, H, W, 3)
         video = video.permute(0, 3, 1, 2)  # (T, 3, H, W) uint8, channels-last in memory
@@ -268,19 +267,26 @@ class PretrainDataset(StoreBacked, torch.utils.data.Dataset):
             video = self._augment(video, rng)
         # (x / 255 − mean) / std in one pass over the float copy.
         video = video.contiguous().float().mul_(self._scale).sub_(self._shift)
-        texts = [seg.text for seg in sample.segments[start : start + c]]
+        return {
+            "frames": video.contiguous(),
+            "times": torch.from_numpy(np.asarray(times, np.float32).reshape(-1)),
+            **self._text(sample, start),
+            "index": index,
+        }
+
+    def _text(self, sample: Sample, start: int) -> dict[str, Any]:
+        """The sentences of the window at ``start``, each tokenised alone: ``input_ids`` and
+        ``attention_mask`` (C, L), with ``sample_id`` and ``window_start``."""
+        texts = [seg.text for seg in sample.segments[start : start + self.cfg.clips_per_sample]]
         tokens = self.tokenizer(
             texts, max_length=self.cfg.max_tokens, truncation=True, padding="max_length", return_tensors="pt",
             return_token_type_ids=False,
         )
         return {
-            "frames": video.contiguous(),
-            "times": torch.from_numpy(np.asarray(times, np.float32).reshape(-1)),
             "input_ids": tokens["input_ids"].long(),  # (C, L)
             "attention_mask": tokens["attention_mask"].long(),  # (C, L)
             "sample_id": sample.id,
             "window_start": start,
-            "index": index,
         }
 
     def _augment(self, video: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
@@ -325,17 +331,70 @@ class PretrainDataset(StoreBacked, torch.utils.data.Dataset):
 
 
 def collate_pretrain(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack examples: ``frames (B, T, 3, H, W)``, ``times (B, T)``, ``input_ids`` and
-    ``attention_mask (B, C, L)``, ``window_start (B,)``, ``index (B,)``, ``sample_ids`` list."""
+    """Stack examples: ``frames (B, T, 3, H, W)`` and ``times (B, T)`` (or, from cached
+    features, ``video_tokens (B, T, h, w, C)``), ``input_ids`` and ``attention_mask (B, C, L)``,
+    ``window_start (B,)``, ``index (B,)``, ``sample_ids`` list."""
+    stacked = ("frames", "times", "video_tokens", "input_ids", "attention_mask")
     return {
-        "frames": torch.stack([it["frames"] for it in items]),
-        "times": torch.stack([it["times"] for it in items]),
-        "input_ids": torch.stack([it["input_ids"] for it in items]),
-        "attention_mask": torch.stack([it["attention_mask"] for it in items]),
+        **{key: torch.stack([it[key] for it in items]) for key in stacked if key in items[0]},
         "window_start": torch.tensor([it["window_start"] for it in items], dtype=torch.long),
         "index": torch.tensor([it["index"] for it in items], dtype=torch.long),
         "sample_ids": [it["sample_id"] for it in items],
     }
+
+
+class PretrainFeatureDataset(PretrainDataset):
+    """Stage 2 from cached features (``featurestore.py``, docs/method.md §8): the examples of
+    ``PretrainDataset`` with the frozen video encoder's output in place of the frames.
+
+    ``dataset[(epoch, i)]`` → ``{"video_tokens": (T, h, w, C) bfloat16, "input_ids",
+    "attention_mask", "sample_id", "window_start", "index"}``: view ``epoch mod views`` of
+    example ``i`` (eval: its one view). View ``v`` is the example ``PretrainDataset`` yields in
+    epoch ``v`` (the same window, crop and flip), so while ``epoch < views`` an example is
+    today's, its video rounded to bfloat16. The frame store still decides which samples and
+    windows are usable; every usable sample must be in the feature store, which was made with
+    the same view fields of the loader config (a one-line ``DataError`` otherwise).
+    """
+
+    def __init__(self, samples, store, tokenizer, cfg: LoaderConfig, train: bool, features: "FeatureStore | str | Path", video_root=None) -> None:
+        from .featurestore import FeatureStore
+        from .loader_config import view_config
+
+        super().__init__(samples, store, tokenizer, cfg, train, video_root=video_root)
+        self.features_url = features.url if isinstance(features, FeatureStore) else str(features)
+        self._features, self._features_pid = (features, os.getpid()) if isinstance(features, FeatureStore) else (None, None)
+        fs = self.features
+        for name, value in view_config(cfg).items():
+            if fs.loader.get(name) != value:
+                raise DataError(f"config key 'loader.{name}': {value!r} here, but the feature store {self.features_url} was made with {fs.loader.get(name)!r}")
+        self.split = "train" if train else "val"
+        self._rows = [fs.entry(self.split, self.sample_id(i)) for i in range(len(self))]
+        missing = [self.sample_id(i) for i, row in enumerate(self._rows) if row is None]
+        if missing:
+            raise DataError(f"{self.features_url}: no {self.split} features of {len(missing)} usable samples (e.g. {missing[0]!r}): made from another frame store or corpus")
+        self.views = fs.views_of(self.split)
+
+    @property
+    def features(self):
+        from .featurestore import FeatureStore
+
+        pid = os.getpid()
+        if self._features is None or self._features_pid != pid:  # first use, or a forked worker
+            self._features, self._features_pid = FeatureStore(self.features_url), pid
+        return self._features
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state["_features"], state["_features_pid"] = None, None
+        return state
+
+    def get(self, index: int, epoch: int) -> dict[str, Any]:
+        if not 0 <= index < len(self._entries):
+            raise IndexError(f"index {index} out of range for {len(self._entries)} examples")
+        view = epoch % self.views if self.train else 0
+        tokens, start = self.features.read(self.split, self._rows[index], view)
+        sample = self.samples[self._entries[index].sample]
+        return {"video_tokens": tokens, **self._text(sample, start), "index": index}
 
 
 class DistributedBatchSampler(torch.utils.data.Sampler):

@@ -46,6 +46,17 @@ class LoaderConfig:
         check(self.source in ("store", "decode"), "source", f"must be 'store' or 'decode', got {self.source!r}")
 
 
+# The loader fields that decide an example's video (its window, crop, flip, normalisation): what
+# a cached view of the frozen video encoder's output depends on (``featurestore.py``).
+# ``max_tokens`` shapes the text only; ``source`` reads the same frames another way.
+VIEW_FIELDS = ("clips_per_sample", "frames_per_clip", "image_mean", "image_std", "crop_scale", "crop_ratio", "flip_prob", "seed")
+
+
+def view_config(cfg: LoaderConfig) -> dict:
+    """The ``VIEW_FIELDS`` of ``cfg`` as a dict (lists for the list fields)."""
+    return {name: list(getattr(cfg, name)) if isinstance(getattr(cfg, name), list) else getattr(cfg, name) for name in VIEW_FIELDS}
+
+
 def trained_loader_config(stage_config: dict) -> LoaderConfig:
     """The loader settings a model was trained with, from its artifact's stage config (a dict:
     ``pipeline.artifacts.read_stage_config``); the tiny presets' defaults (``max_tokens`` 32)

@@ -17,7 +17,8 @@ what every task shares; it has no ``forward``:
 One subclass per task adds a typed ``forward(frames, input_ids, attention_mask, ...)``:
 
     LfvilaForPretrainingStage1  -> Stage1Output: video, paragraph (B, D); clips, sentences (B, M, D)
-    LfvilaForPretrainingStage2  (MLM-masked ids, video_index (B,), mlm_positions (B, M·L)) -> Stage2Output:
+    LfvilaForPretrainingStage2  (MLM-masked ids, video_index (B,), mlm_positions (B, M·L); or video_tokens
+                                (B, T, h, w, C) for frames) -> Stage2Output:
                                 mlm_logits (B, M·L, V), or (P, V) for the P positions; vtm_logits (B, 2)
     LfvilaForRetrieval          -> DualEncoderOutput: VideoEmbeddings, TextEmbeddings
     LfvilaForMultipleChoice     (ids, mask (B, K, M, L)) -> choice_logits (B, K), span_logits (B, T, 2)
@@ -510,11 +511,12 @@ class LfvilaForPretrainingStage2(LfvilaModel):
 
     def forward(
         self,
-        frames: torch.Tensor,
+        frames: Optional[torch.Tensor],
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         video_index: Optional[torch.Tensor] = None,
         mlm_positions: Optional[torch.Tensor] = None,
+        video_tokens: Optional[torch.Tensor] = None,
     ) -> Stage2Output:
         """frames (B, T, 3, H, W); input_ids (B, M, L) already MLM-masked, attention_mask (B, M, L);
         video_index (B,) long: text b is fused with the video of sample ``video_index[b]``
@@ -523,10 +525,16 @@ class LfvilaForPretrainingStage2(LfvilaModel):
 
         mlm_positions (B, M·L) bool (``objectives.stage2_mlm_positions``): the head scores only
         these P tokens, mlm_logits (P, V): the vocabulary-wide logits of the tokens MLM never
-        reads are never made (docs/method.md §4). None scores every token, the reference."""
+        reads are never made (docs/method.md §4). None scores every token, the reference.
+
+        ``video_tokens`` (B, T, h, w, C) in place of ``frames`` (then None): the frozen video
+        encoder's output computed earlier (a feature store, docs/method.md §8); the first
+        trainable module, the video token embedding, reads it as it would the encoder's."""
         if self.mlm_head is None or self.vtm_head is None:
             raise ConfigError("config keys 'heads.mlm' and 'heads.vtm': stage 2 needs both heads")
-        video = self.video_encoder(frames).tokens  # (B, T, h, w, C)
+        if (frames is None) == (video_tokens is None):
+            raise ValueError("stage 2 takes either frames or the video encoder's tokens (video_tokens), not both or neither")
+        video = self.video_encoder(frames).tokens if video_tokens is None else video_tokens  # (B, T, h, w, C)
         if video_index is not None:
             video = video[video_index.to(video.device)]
         fused = self.fuse(video, input_ids, attention_mask)

@@ -1,8 +1,9 @@
-"""The eight stages, one module each: its config, inputs, key, checks, summary line and body.
+"""The nine stages, one module each: its config, inputs, key, checks, summary line and body.
 
     prepare    annotations -> corpus                       (prepare.py)
     cache      corpus -> Zarr frame store                  (cache.py)
     pretrain1  frames -> stage-1 model (VPC + MTC)         (pretrain.py)
+    features   frames + stage-1 model -> video tokens      (features.py)
     pretrain2  frames + stage-1 model -> stage-2 model     (pretrain.py)
     finetune   task frames + pre-trained model -> task model (finetune.py)
     evaluate   task frames + model -> report               (evaluate.py)
@@ -22,11 +23,11 @@ from ..errors import ConfigError
 from ..pipeline import chain, status
 from ..pipeline.artifacts import Workdir
 from ..pipeline.stage import Stage, StageResult
-from . import cache, evaluate, export, finetune, index, prepare, pretrain
+from . import cache, evaluate, export, features, finetune, index, prepare, pretrain
 
 STAGES: dict[str, Stage] = {
     stage.name: stage
-    for stage in (prepare.STAGE, cache.STAGE, pretrain.STAGE1, pretrain.STAGE2, finetune.STAGE, evaluate.STAGE, export.STAGE, index.STAGE)
+    for stage in (prepare.STAGE, cache.STAGE, pretrain.STAGE1, features.STAGE, pretrain.STAGE2, finetune.STAGE, evaluate.STAGE, export.STAGE, index.STAGE)
 }
 
 

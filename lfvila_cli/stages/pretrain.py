@@ -1,9 +1,11 @@
 """The ``pretrain1`` and ``pretrain2`` stages: pre-training stage 1 (VPC + MTC) and stage 2
 (MLM + VTM) over a frame store (``train/pretrain.py``; docs/method.md §4–§5).
 
-Inputs: a ``cache`` artifact, and for stage 2 the ``pretrain1`` artifact it starts from. Key:
-the config but its policy fields (``workers``), ``video_init`` and ``train.tensorboard`` only
-when set, ``val_precision`` only when it changes validation (``validation_key``), plus the digest of the Swin-2D checkpoint it names. Resumable from the newest
+Inputs: a ``cache`` artifact, and for stage 2 the ``pretrain1`` artifact it starts from (and,
+with ``features: true``, a ``features`` artifact of both: docs/method.md §8). Key:
+the config but its policy fields (``workers``), ``video_init``, ``features`` and
+``train.tensorboard`` only when set, ``val_precision`` only when it changes validation
+(``validation_key``), plus the digest of the Swin-2D checkpoint it names. Resumable from the newest
 complete checkpoint.
 """
 
@@ -15,15 +17,16 @@ from ..pipeline.artifacts import file_digest
 from ..pipeline.stage import Stage, StageContext
 from ..train.config import PretrainConfig, TrainConfig
 from .cache import corpus_of, frame_store_url
+from .features import check_pretrain2, feature_store_url
 
 POLICY_FIELDS = ("workers",)  # change how a run goes, not what it makes: left out of the artifact key
 
 
 def key_config(cfg: PretrainConfig) -> dict:
     """The config that shapes the model (the artifact key): everything but ``POLICY_FIELDS``, and
-    ``video_init`` only when set (keys made before it existed stay valid; ``fingerprints`` adds
+    ``video_init`` and ``features`` only when set (keys made before it existed stay valid; ``fingerprints`` adds
     the checkpoint's digest); ``train`` as ``train_key`` has it."""
-    own = omit_when({k: v for k, v in to_dict(cfg).items() if k not in POLICY_FIELDS}, video_init="")
+    own = omit_when({k: v for k, v in to_dict(cfg).items() if k not in POLICY_FIELDS}, video_init="", features=False)
     return {**validation_key(own, cfg.train), "train": train_key(cfg.train)}
 
 
@@ -59,6 +62,7 @@ def run(ctx: StageContext) -> dict:
 
     cache = ctx.inputs["cache"]
     init_from = ctx.inputs["pretrain1"].path if "pretrain1" in ctx.inputs else None
+    features = feature_store_url(ctx.inputs["features"]) if "features" in ctx.inputs else None
     return run_pretrain(
         ctx.config,
         corpus_of(ctx.workdir, cache),
@@ -69,6 +73,7 @@ def run(ctx: StageContext) -> dict:
         world_size=ctx.world_size,
         progress=ctx.progress,
         resume=None if ctx.force else "auto",
+        features=features,
     )
 
 
@@ -92,6 +97,8 @@ def check(config: PretrainConfig, inputs: dict) -> None:
 
     cache = inputs["cache"]
     require_segment_mode(cache, "clips", "pre-training draws windows of consecutive clips")
+    if "features" in inputs:
+        check_pretrain2(to_dict(config.loader), inputs)
     facts = model_facts(inputs["pretrain1"], fused=False) if config.stage == 2 else preset_facts(config.model, fused=False)
     if facts is None:
         return
@@ -102,6 +109,11 @@ def check(config: PretrainConfig, inputs: dict) -> None:
         )
 
 
+def stage2_inputs(config: PretrainConfig) -> tuple[str, ...]:
+    """The frames and the stage-1 model, and with ``features`` the feature store of both."""
+    return ("cache", "pretrain1", "features") if config.features else ("cache", "pretrain1")
+
+
 def _stage(number: int, inputs: tuple[str, ...]) -> Stage:
     """``pretrain1`` / ``pretrain2``: one config class, the stage number fixed by the stage."""
     return Stage(
@@ -110,6 +122,7 @@ def _stage(number: int, inputs: tuple[str, ...]) -> Stage:
         config_class=PretrainConfig,
         run=run,
         inputs=inputs,
+        select_inputs=stage2_inputs if number == 2 else None,
         fingerprints=fingerprints,
         key_config=key_config,
         resumable=True,
@@ -121,4 +134,4 @@ def _stage(number: int, inputs: tuple[str, ...]) -> Stage:
 
 
 STAGE1 = _stage(1, inputs=("cache",))
-STAGE2 = _stage(2, inputs=("cache", "pretrain1"))
+STAGE2 = _stage(2, inputs=("cache", "pretrain1", "features"))

@@ -145,6 +145,9 @@ class PretrainConfig:
     # directory holding model.safetensors / pytorch_model.bin) inflated into it (docs/method.md §2: Swin-B
     # ImageNet-22k 384 px, window 12, e.g. swin_base_patch4_window12_384_22k.pth, for lfvila-base).
     video_init: str = ""
+    # Stage 2: read the frozen video encoder's output from a `features` artifact of the same frame store
+    # and stage-1 model (docs/method.md §8) instead of running the encoder every step.
+    features: bool = False
 
     def __post_init__(self) -> None:
         check(self.stage in (1, 2), "stage", f"must be 1 or 2, got {self.stage}")
@@ -156,6 +159,23 @@ class PretrainConfig:
         check_precision(self.val_precision, "val_precision")
         check(self.workers >= 0, "workers", f"must be >= 0, got {self.workers}")
         check(self.stage == 1 or not self.video_init, "video_init", _VIDEO_INIT_STAGE1_ONLY)
+        check(self.stage == 2 or not self.features, "features", "applies to stage 2 only (stage 1 trains the video encoder)")
+
+
+@dataclass
+class FeaturesConfig:
+    """The ``features`` stage: the frozen stage-1 video encoder's output for stage 2, ``views``
+    augmented views per training sample (docs/method.md §8)."""
+
+    views: int = 1  # per training sample; stage 2's epoch e reads view e mod views (val: one, unaugmented)
+    # The loader of the stage-2 run that reads the store: its view fields (loader_config.VIEW_FIELDS) must match.
+    loader: LoaderConfig = field(default_factory=lambda: LoaderConfig(max_tokens=MAX_TOKENS))
+    batch: int = 8  # samples per encoder forward (not part of the key)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (not part of the key: the tokens are the model's)
+
+    def __post_init__(self) -> None:
+        check(self.views >= 1, "views", f"must be >= 1, got {self.views}")
+        check(self.batch >= 1, "batch", f"must be >= 1, got {self.batch}")
 
 
 @dataclass

@@ -15,7 +15,9 @@ untrained model's figures first ("val_untrained"). Stage 2 starts from a stage-1
 (``init_from``): its weights are loaded strictly into every part that a stage-1 model has,
 everything from stage 1 is frozen, and layers 12–23, the video token embedding and the MLM/VTM
 heads train on MLM + VTM; rank 0 alone validates (MLM and VTM accuracy). Stage 2 reuses the
-stage-1 tokenizer unless one is named.
+stage-1 tokenizer unless one is named. With ``features`` (a feature store of ``lfvila features``,
+train/features.py) stage 2 reads the frozen video encoder's output instead of computing it
+(docs/method.md §8); without, it runs the encoder on every batch, the reference path.
 
 Every random draw of a loss (the MTC plan, MLM masking, VTM pairing) comes from a generator seeded
 by ``(objectives.seed, step)``: the same on every rank and after a resume.
@@ -106,11 +108,14 @@ def stage2_loss(
     ``score_every_token`` scores all of them, the reference (docs/engineering.md §3)."""
     from ..objectives import draw_stage2_targets, stage2_mlm_positions, stage2_output_loss
 
-    frames, ids, mask = move_batch(batch, next(model.parameters()))
+    video, ids, mask = move_batch(batch, next(model.parameters()))
     gen = step_generator(objectives.seed, step, _STAGE2_STREAM)
     targets = draw_stage2_targets(ids, mask, tokenizer.all_special_ids, len(tokenizer), tokenizer.mask_token_id, gen, objectives)
     positions = None if score_every_token else stage2_mlm_positions(targets)
-    out = model_call(frames, targets.input_ids, mask, video_index=targets.video_index, mlm_positions=positions)
+    if "video_tokens" in batch:  # cached features: the frozen video encoder already ran (docs/method.md §8)
+        out = model_call(None, targets.input_ids, mask, video_index=targets.video_index, mlm_positions=positions, video_tokens=video)
+    else:
+        out = model_call(video, targets.input_ids, mask, video_index=targets.video_index, mlm_positions=positions)
     return stage2_output_loss(out, targets, objectives, with_accuracy)
 
 
@@ -127,7 +132,7 @@ def validate_stage2(model, dataset, batch_size: int, objectives, tokenizer) -> d
     mlm_correct, mlm_count = 0.0, 0.0
     try:
         for i, batch in enumerate(make_loader(dataset, batch_size, shuffle=False, drop_last=False)):
-            if batch["frames"].shape[0] < 2:
+            if batch["input_ids"].shape[0] < 2:
                 continue  # VTM needs two samples to mismatch
             terms = stage2_loss(model, model, batch, 10**6 + i, objectives, tokenizer, with_accuracy=True)
             for k in sums:
@@ -135,7 +140,7 @@ def validate_stage2(model, dataset, batch_size: int, objectives, tokenizer) -> d
             correct += float(terms["vtm_correct"])
             mlm_correct += float(terms["mlm_correct"])
             mlm_count += float(terms["mlm_count"])
-            seen += batch["frames"].shape[0]
+            seen += batch["input_ids"].shape[0]
             batches += 1
     finally:
         model.train(was)
@@ -160,11 +165,12 @@ class PretrainRecipe(Recipe):
     entry = "run_pretrain"
     purpose = "pre-train on"
 
-    def __init__(self, cfg: PretrainConfig, corpus_path: Path, store_url: str, init_from: Optional[Path]) -> None:
+    def __init__(self, cfg: PretrainConfig, corpus_path: Path, store_url: str, init_from: Optional[Path], features: Optional[str] = None) -> None:
         self.cfg = cfg
         self.corpus_path = Path(corpus_path)
         self.store_url = store_url
         self.init_from = Path(init_from) if init_from is not None else None
+        self.features = features
         self.variant = "stage1" if cfg.stage == 1 else "stage2"
         self.validate_on_rank0_only = cfg.stage == 2  # MLM/VTM accuracy over the val batches as they are drawn
         if cfg.stage == 2:
@@ -184,11 +190,25 @@ class PretrainRecipe(Recipe):
             raise ConfigError("pretrain --stage 1 starts from scratch (or the preset's pretrained text model): init_from is for stage 2")
         if init_from is not None and not (init_from / WEIGHTS_FILE).is_file():
             raise LfvilaError(f"--init-from {init_from}: no {WEIGHTS_FILE} (is it a finished stage-1 artifact?)")
+        if cfg.stage == 1 and self.features is not None:
+            raise ConfigError("config key 'features': stage 1 trains the video encoder, so its output cannot be cached")
+        if self.features is not None:
+            from .features import check_feature_sources
+
+            check_feature_sources(self.features, self.store_url, init_from)
 
     def datasets(self, tokenizer, train_samples, val_samples):
         from ..data.loader import PretrainDataset
 
         cfg, root = self.cfg, self.corpus_path.parent
+        if self.features is not None:
+            from ..data.featurestore import FeatureStore
+            from ..data.loader import PretrainFeatureDataset
+
+            store = FeatureStore(self.features)
+            train_ds = PretrainFeatureDataset(train_samples, self.store_url, tokenizer, cfg.loader, True, store, video_root=root)
+            val_ds = PretrainFeatureDataset(val_samples, self.store_url, tokenizer, cfg.loader, False, store, video_root=root) if val_samples else None
+            return train_ds, val_ds
         train_ds = PretrainDataset(train_samples, self.store_url, tokenizer, cfg.loader, train=True, video_root=root)
         val_ds = PretrainDataset(val_samples, self.store_url, tokenizer, cfg.loader, train=False, video_root=root) if val_samples else None
         return train_ds, val_ds
@@ -257,6 +277,8 @@ class PretrainRecipe(Recipe):
             out["init_from"] = {"path": str(self.init_from), **self.init_report}
         if self.video_init is not None:
             out["video_init"] = self.video_init
+        if self.features is not None:
+            out["features"] = {"store": str(self.features), "views": run.train_ds.views}
         if run.rank == 0:
             out["first_losses"] = losses_of(run.train_records[0]) if run.train_records else {}
             if run.baseline is not None:
@@ -275,9 +297,12 @@ def run_pretrain(
     world_size: int = 1,
     progress: bool = True,
     resume: Optional[str] = None,
+    features: Optional[str] = None,
 ) -> dict[str, Any]:
     """Train pre-training stage ``cfg.stage`` and write the finished model into ``out_dir``
     (see the module docstring and train/fit.py). ``resume``: None (fresh), "auto" (newest complete
-    checkpoint in ``out_dir/run``) or a checkpoint path. Returns a JSON-able summary."""
-    recipe = PretrainRecipe(cfg, corpus_path, store_url, init_from)
+    checkpoint in ``out_dir/run``) or a checkpoint path. ``features``: stage 2 from the feature
+    store at this URL (``lfvila features`` of the same frame store and ``init_from``) instead of
+    running the frozen video encoder. Returns a JSON-able summary."""
+    recipe = PretrainRecipe(cfg, corpus_path, store_url, init_from, features)
     return fit(recipe, corpus_path, out_dir, rank=rank, world_size=world_size, progress=progress, resume=resume)

@@ -110,6 +110,7 @@ class Recipe(ABC):
 
 
 def move_batch(batch: dict, param) -> tuple:
-    """(frames, input_ids, attention_mask) of a micro-batch on ``param``'s device; frames in its dtype."""
-    frames = batch["frames"].to(device=param.device, dtype=param.dtype)
+    """(frames, input_ids, attention_mask) of a micro-batch on ``param``'s device; frames in its
+    dtype. A batch of cached features gives its ``video_tokens`` in the frames' place."""
+    frames = batch["frames" if "frames" in batch else "video_tokens"].to(device=param.device, dtype=param.dtype)
     return frames, batch["input_ids"].to(param.device), batch["attention_mask"].to(param.device)
