@@ -261,16 +261,22 @@ def build_index(store_url: str, source: Path, cfg: IndexConfig, out_dir: Path, p
 
 
 def query(
-    index_dir: Path, source: Path, engine: str, sentences: list[str], top_k: int = 5, device: str = "auto", precision: str = "auto",
+    index_dir: Path, source: Path, engine: str, sentences: list[str], top_k: int = 5, device: str = "auto",
+    precision: Optional[str] = None,
 ) -> list[dict[str, Any]]:
     """The ``top_k`` videos for the paragraph ``sentences`` by cosine similarity, each with the
     best clip (index, start, end, score) for every sentence; the paragraph is encoded on ``device``
-    at ``precision`` (``Encoder``)."""
+    at ``precision`` (``Encoder``; None: the precision the index was built at, fp32 for an index
+    that does not say)."""
     from .data.framestore import open_group
 
     if not sentences or not all(s.strip() for s in sentences):
         raise ConfigError("search needs a paragraph: one or more non-empty sentences")
     group = open_group(str(Path(index_dir) / FEATURES), mode="r")
+    if precision is None:
+        info_file = Path(index_dir) / INFO_FILE
+        info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+        precision = info.get("precision", "fp32") if engine == "torch" else "auto"
     encoder = Encoder(engine, source, device=device, precision=precision)
     paragraph, sentence_emb = encoder.paragraph(sentences)
     video = np.asarray(group["video"][:])

@@ -214,7 +214,8 @@ def indexed(exported):
     stage = get_stage("index")
     onnx_index = run_stage(wd, stage, resolve_config(stage, layers=[{"engine": "onnx", "batch": 2}]),
                            {"cache": cache, "export": export_artifact}, progress=False, echo=lambda line: None).artifact
-    torch_index = run_stage(wd, stage, resolve_config(stage, layers=[{"engine": "torch", "batch": 3}]),
+    # fp32: the PyTorch index is the reference the ONNX one is held to (bf16: tests/test_precision.py)
+    torch_index = run_stage(wd, stage, resolve_config(stage, layers=[{"engine": "torch", "batch": 3, "precision": "fp32"}]),
                             {"cache": cache, "pretrain1": model_artifact}, progress=False, echo=lambda line: None).artifact
     return wd, cache, onnx_index, torch_index
 
@@ -333,7 +334,7 @@ def test_encoders_index_and_search_take_a_device(exported, indexed):
     wd, cache, onnx_index, torch_index = indexed
     _, model_artifact, export_artifact = exported
     sentences = ["the red circle grows.", "it moves to the left."]
-    onnx_cpu, torch_cpu = Encoder("onnx", export_artifact.path, device="cpu"), Encoder("torch", model_artifact.path, device="cpu")
+    onnx_cpu, torch_cpu = Encoder("onnx", export_artifact.path, device="cpu"), Encoder("torch", model_artifact.path, device="cpu", precision="fp32")
     assert onnx_cpu.device == torch_cpu.device == "cpu"
     assert np.abs(onnx_cpu.paragraph(sentences)[0] - torch_cpu.paragraph(sentences)[0]).max() < 1e-4
     stage = get_stage("index")
@@ -409,7 +410,7 @@ def test_python_api_example_ranks_like_the_index(exported, indexed, tmp_path):
     expected = np.asarray(group["video"][:])[rows] @ text
     for engine, ref in (("torch", model_artifact), ("onnx", export_artifact)):
         out = subprocess.run([sys.executable, str(script), "--workdir", str(wd.root), "--engine", engine, "--model", str(ref.path),
-                              "--videos", *videos, "--paragraph", *paragraph], capture_output=True, text=True, timeout=300)
+                              "--precision", "fp32", "--videos", *videos, "--paragraph", *paragraph], capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stderr
         result = json.loads(out.stdout)[0]
         got = {r["video"]: r["score"] for r in result["ranking"]}
@@ -438,7 +439,7 @@ def test_top_level_api_ranks_like_the_index(exported, indexed):
     from lfvila_cli.search import Encoder
 
     expected = np.asarray(group["video"][:])[rows] @ Encoder("onnx", export_artifact.path).paragraph(paragraph)[0]
-    result = lfvila_cli.load(model_artifact.path, device="cpu").rank([paragraph], [corpus / s["video"] for s in samples])[0]
+    result = lfvila_cli.load(model_artifact.path, device="cpu", precision="fp32").rank([paragraph], [corpus / s["video"] for s in samples])[0]
     got = {r["video"]: r["score"] for r in result["ranking"]}
     assert np.allclose([got[i] for i in range(3)], expected, atol=2e-4)
     assert [s["sentence"] for s in result["sentence_clips"]] == paragraph

@@ -38,12 +38,12 @@ PRETRAIN = {
         "vpc_weight": 1.0, "mtc_weight": 0.25, "mlm_weight": 1.0, "vtm_weight": 10.0, "temperature": 0.05,
         "mtc_num_key": 2, "mtc_num_value": 2, "mtc_num_other_neg": 3, "mlm_probability": 0.15, "seed": 0,
     },
-    "train": _train(20), "val_every": 50, "val_max_samples": 256, "val_batch": 8, "workers": 1, "video_init": "",
+    "train": _train(20), "val_every": 50, "val_max_samples": 256, "val_batch": 8, "val_precision": "auto", "workers": 1, "video_init": "", "features": False,
 }
 FINETUNE = {
     "task": "activitynet", "init": "pretrained", "release_checkpoint": "", "model": "lfvila-tiny", "text_model": "random",
     "tokenizer": "", "tokenizer_vocab_size": 2000, "loader": LOADER, "max_subtitles": -1, "span_weight": 1.0,
-    "train": _train(10), "val_every": 50, "val_max_samples": 0, "val_batch": 8, "workers": 1,
+    "train": _train(10), "val_every": 50, "val_max_samples": 0, "val_batch": 8, "val_precision": "auto", "workers": 1,
 }
 TRAIN_CONFIG = {
     "lr": 5e-05, "betas": (0.9, 0.98), "eps": 1e-08, "weight_decay": 0.05, "warmup_steps": None, "warmup_ratio": 0.1,

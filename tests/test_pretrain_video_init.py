@@ -217,10 +217,14 @@ def test_the_stage_key_follows_the_checkpoint_bytes_and_is_unchanged_when_unset(
     the same path changes the key; a directory is keyed by the file read from it."""
     key_unset, payload = _key("pretrain1")
     config = resolve_config(STAGES["pretrain1"])
-    before = {k: v for k, v in to_dict(config).items() if k not in ("workers", "video_init")}
+    # keyed only when set, as video_init: features; val_precision only when it changes validation
+    # (fp32 training, not validated in fp32), which the commands' fp32 default does
+    before = {k: v for k, v in to_dict(config).items() if k not in ("workers", "video_init", "features")}
     before["train"] = {k: v for k, v in before["train"].items() if k != "tensorboard"}  # keyed only when set, as video_init
     assert payload == {"stage": "pretrain1", "version": 2, "config": before, "inputs": {}, "fingerprints": {}}
     assert _key("pretrain1", ["video_init="])[0] == key_unset
+    fp32, payload_fp32 = _key("pretrain1", ["val_precision=fp32"])
+    assert fp32 != key_unset and "val_precision" not in payload_fp32["config"]  # the key made before val_precision existed
 
     path = tmp_path / "swin.pth"
     path.write_bytes(swin_file.read_bytes())

@@ -36,11 +36,12 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=4)
     parser.add_argument("--height", type=int, default=64)
     parser.add_argument("--width", type=int, default=96)
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto", help="engine torch: bf16 where the hardware has it (auto), or not")
     args = parser.parse_args()
 
     # 1. The model: a stage-1 artifact through PyTorch, or an export through ONNX Runtime.
     artifact = Workdir(args.workdir).resolve("pretrain1" if args.engine == "torch" else "export", args.model)
-    encoder = Encoder(args.engine, artifact.path)
+    encoder = Encoder(args.engine, artifact.path, precision=args.precision)
     clips, height, width = args.clips, args.height, args.width
     if encoder.fixed is not None:  # an ONNX graph takes the frame count and size it was exported for
         clips, height, width = encoder.fixed["frames"] // encoder.frames_per_clip, encoder.fixed["height"], encoder.fixed["width"]

@@ -78,7 +78,7 @@ def query_index(
 ) -> list[dict]:
     """``lfvila search``: the ``top_k`` videos of the index artifact ``ref`` that best match the
     paragraph ``sentences``, through the encoders it was built with (``search.query``) on
-    ``device``, at ``precision`` (None: the index's own)."""
+    ``device``, at ``precision`` (None: the index's own, ``search.query``)."""
     from ..search import query
 
     if top_k < 1:
@@ -89,8 +89,6 @@ def query_index(
     if source is None:
         raise ConfigError(f"the model the index {artifact.key[:KEY_CHARS]} was built with is gone")
     check_inputs({"index": artifact, source.stage: source})
-    if precision is None:
-        precision = artifact.config.get("precision", "fp32") if engine == "torch" else "auto"
     return query(artifact.path, source.path, engine, sentences, top_k, device, precision)
 
 
