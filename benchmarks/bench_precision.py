@@ -49,8 +49,7 @@ def base_encoders(repeats: int) -> list[dict]:
     from lfvila_cli.model.presets import get_preset
 
     torch.manual_seed(0)
-    config = get_preset("lfvila-base", "stage1")
-    config.text.bert_config = {**config.text.bert_config, "vocab_size": 30522}
+    config = get_preset("lfvila-base", "stage1", text_model="random")  # the base BERT's architecture, offline
     model = build_model(config).eval()
     gen = torch.Generator().manual_seed(0)
     frames = torch.randn(1, 32, 3, 192, 320, generator=gen)
