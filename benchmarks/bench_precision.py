@@ -32,16 +32,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def median_time(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def base_encoders(repeats: int) -> list[dict]:
     """(a): lfvila-base stage 1, random weights."""
     from lfvila_cli.model.lfvila import build_model
@@ -76,7 +66,6 @@ def base_encoders(repeats: int) -> list[dict]:
 
 def workdir_evaluations(workdir: Path) -> list[dict]:
     """(b): the newest evaluate artifact of each (model, task), re-scored at fp32 and bf16."""
-    from lfvila_cli.evaluation import predict_task  # noqa: F401 (imported before timing)
     from lfvila_cli.pipeline.artifacts import Workdir
     from lfvila_cli.report import EvaluateConfig, run_evaluate
     from lfvila_cli.stages.cache import corpus_of, frame_store_url

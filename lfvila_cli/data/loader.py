@@ -35,7 +35,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -44,6 +44,9 @@ from .loader_config import LoaderConfig
 from ..errors import DataError
 from .corpus import Sample, resolve_video
 from .framestore import FAILED, OK, PENDING, FrameStore
+
+if TYPE_CHECKING:
+    from .featurestore import FeatureStore
 
 log = logging.getLogger(__name__)
 
