@@ -108,6 +108,7 @@ def test_finetune_starts_from_a_release_checkpoint_and_evaluates(release, task):
     assert init["summary"].startswith(f"{checkpoint}: loaded ") and "0 missing, 0 unexpected" in init["summary"]
     config = json.loads((finetuned.path / "config.json").read_text())
     assert config["text"]["bert_config"]["vocab_size"] == release.vocab  # the checkpoint's rows
+    assert config["video"]["global_pooling"] == "release"  # the release's video feature, recorded
     metrics = json.loads((evaluated.path / "metrics.json").read_text())
     assert metrics["task"] == task and metrics["split"] == "test"
     # Nothing changed: the whole chain is up to date (the checkpoint's digest is stable).

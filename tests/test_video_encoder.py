@@ -367,3 +367,46 @@ def test_base_encoder_shapes_and_parameters():
     assert out.clip_tokens.shape == (1, 32, 2, 3, 1024)  # layer-2 map 3×5, merged
     torch.testing.assert_close(out.global_feature, out.tokens.mean(dim=(1, 2, 3)))
     assert torch.isfinite(out.tokens).all()
+
+
+# The release's video feature (docs/method.md §7) -----------------------------------------------
+
+
+def _release_pooling_brute_force(tokens: torch.Tensor) -> torch.Tensor:
+    """Each frame's map max-pooled by hand with a (2, 3) window at stride 1 (clamped to a smaller
+    map), every cell of every frame averaged: (B, T, h, w, C) -> (B, C)."""
+    B, T, h, w, C = tokens.shape
+    kh, kw = min(2, h), min(3, w)
+    cells = [
+        tokens[:, :, i : i + kh, j : j + kw].amax(dim=(2, 3))  # (B, T, C)
+        for i in range(h - kh + 1)
+        for j in range(w - kw + 1)
+    ]
+    return torch.stack(cells, dim=2).mean(dim=(1, 2))
+
+
+@pytest.mark.parametrize("h, w", [(3, 5), (1, 2), (2, 3), (4, 4)])
+def test_release_global_feature_equals_a_brute_force_max_pool(h, w):
+    from lfvila_cli.model.video_encoder import release_global_feature
+
+    tokens = torch.randn(2, 4, h, w, 8, generator=torch.Generator().manual_seed(h * 10 + w))
+    assert torch.allclose(release_global_feature(tokens), _release_pooling_brute_force(tokens), atol=1e-6)
+
+
+def test_global_pooling_switch_computes_the_release_feature():
+    """global_pooling: release gives the brute-force release feature of the encoder's own final
+    tokens (3×5 map, as the paper's at 192×320); mean (the default) the plain mean; nothing else
+    changes."""
+    video = frames(1, 8, 192, 320)
+    mean_model, release_model = tiny_encoder(), tiny_encoder(global_pooling="release")
+    release_model.load_state_dict(mean_model.state_dict())
+    with torch.no_grad():
+        plain, released = mean_model(video), release_model(video)
+    assert released.tokens.shape[2:4] == (3, 5)
+    assert torch.equal(plain.tokens, released.tokens) and torch.equal(plain.clip_features, released.clip_features)
+    assert torch.allclose(plain.global_feature, plain.tokens.mean(dim=(1, 2, 3)))
+    assert torch.allclose(released.global_feature, _release_pooling_brute_force(released.tokens), atol=1e-6)
+    relative = (released.global_feature - plain.global_feature).norm() / plain.global_feature.norm()
+    assert relative > 0.05  # a different feature, not a rounding of the same one
+    with pytest.raises(ConfigError, match="global_pooling"):
+        VideoEncoderConfig(global_pooling="max")

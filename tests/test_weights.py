@@ -73,9 +73,12 @@ def base_model(variant: str, num_labels=None):
 def test_release_layout_imports_completely(name, variant, num_labels, prefix, dtype):
     keys = release_keys(name)
     model = base_model(variant, num_labels)
+    assert model.config.video.global_pooling == "mean"
     report = load_official_checkpoint(model, meta_state(keys, dtype, prefix), strict=True)
     assert report.missing == [] and report.unexpected == []
     assert report.loaded == sorted(model.state_dict())
+    # the importer switches the video feature to the release's pooling, in the config it is saved with
+    assert model.config.video.global_pooling == "release" and model.video_encoder.config is model.config.video
     allowed = EXCLUSION_REASONS | (RETRIEVAL_DROPPED if variant == "retrieval" else set())
     assert set(report.skipped.values()) <= allowed
     buffers = [k for k, (_, dt) in keys.items() if not dt.is_floating_point]

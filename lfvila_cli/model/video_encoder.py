@@ -10,7 +10,8 @@ window, nW windows per sample, M = T / frames_per_clip clips.
     VideoEncoderConfig   sizes and windows (defaults: the paper's base model); ``check_frames(T)``
                          refuses a frame count the windows cannot tile (``InputShapeError``)
     VideoEncoder         frames (B, T, 3, H, W), ImageNet-normalised -> ``VideoEncoderOutput``:
-                         tokens (B, T, h, w, C), global_feature (B, C) = mean of the final tokens,
+                         tokens (B, T, h, w, C), global_feature (B, C) = mean of the final tokens
+                         (``global_pooling: release``: the authors' max-pool first),
                          clip_features (B, M, C_clip), clip_tokens (B, T, h', w', C_clip)
     EncoderLayer         (B, T, h, w, C) -> same, or (B, T, ⌈h/2⌉, ⌈w/2⌉, 2C) after its merge:
                          ``depth`` blocks alternating plain and spatially shifted windows
@@ -104,6 +105,10 @@ class VideoEncoderConfig:
     # "sdpa_per_sample": the sdpa path with its bias copied per sample, as before the broadcast
     # (a reference for tests and benchmarks)
     attention: Literal["sdpa", "flex", "dense", "sdpa_per_sample"] = "sdpa"
+    # How the final tokens become global_feature: "mean" of all of them (models trained here), or
+    # "release": each frame's map max-pooled with a (2, 3) window, stride 1, then the mean, as the
+    # authors' wrapper computes it (set by the release importer; docs/method.md §7)
+    global_pooling: Literal["mean", "release"] = "mean"
 
     def __post_init__(self) -> None:
         n = len(self.depths)
@@ -142,6 +147,7 @@ class VideoEncoderConfig:
                 ok, "temporal_windows",
                 f"layer {i}: a window of {w} frames must divide frames_per_clip={fpc} or be a multiple of it",
             )
+        check(self.global_pooling in ("mean", "release"), "global_pooling", f"expected mean or release, got {self.global_pooling!r}")
         if self.attention == "flex":
             missing = flex_attention_missing()
             check(missing is None, "attention", f"flex: {missing}; use sdpa")
@@ -730,6 +736,21 @@ class EncoderLayer(nn.Module):
         return x
 
 
+RELEASE_POOL = (2, 3)  # the authors' wrapper: MaxPool2d((2, 3), stride 1) on each frame's final map
+
+
+def release_global_feature(tokens: torch.Tensor) -> torch.Tensor:
+    """The authors' video feature: (B, T, h, w, C) final tokens -> (B, C), each frame's map
+    max-pooled with a (2, 3) window at stride 1 (3×5 -> 2×3 on the paper's map), then the mean of
+    every pooled cell of every frame. A map smaller than the window pools with the window clamped
+    to it (lfvila-tiny's 1×2 map: one max per frame); the release never met one."""
+    B, T, h, w, C = tokens.shape
+    kernel = (min(RELEASE_POOL[0], h), min(RELEASE_POOL[1], w))
+    x = tokens.permute(0, 1, 4, 2, 3).reshape(B * T, C, h, w)
+    pooled = F.max_pool2d(x, kernel_size=kernel, stride=1)  # (B·T, C, h', w')
+    return pooled.reshape(B, T, C, -1).mean(dim=(1, 3))
+
+
 # ---------------------------------------------------------------------------------------------
 # The encoder
 # ---------------------------------------------------------------------------------------------
@@ -796,7 +817,7 @@ class VideoEncoder(nn.Module):
             if i == cfg.clip_feature_layer:
                 intra = x
         tokens = self.norm(x)  # (B, T, h, w, C)
-        global_feature = tokens.mean(dim=(1, 2, 3))  # (B, C)
+        global_feature = release_global_feature(tokens) if cfg.global_pooling == "release" else tokens.mean(dim=(1, 2, 3))  # (B, C)
 
         if cfg.clip_features == "intra":
             clip_tokens = self.clip_norm(self.clip_merge(intra))  # (B, T, h', w', C_clip)

@@ -774,11 +774,19 @@ def load_official_checkpoint(
     ``strict``: raise unless every model key was loaded and no key was unexpected (skipped keys
     are fine). Shape mismatches always raise. ``label`` names an already-read state dict in
     messages (its file).
+
+    The model then pools its video feature as the release did (``video.global_pooling:
+    release``, recorded in its config and so in the config.json it is saved with): released
+    weights compute the feature they were trained with (docs/method.md §7).
     """
     state, read_label = read_state_dict(source)
     label = label or read_label
     converted, report = convert_official_state_dict(state, model, label)
     _load_into(model, converted, report, assign)
+    video_config = getattr(getattr(model, "config", None), "video", None)
+    if video_config is not None and hasattr(video_config, "global_pooling"):
+        video_config.global_pooling = "release"
+        report.notes.append("video.global_pooling set to release: the video feature max-pools each frame's map (2×3, stride 1) first, as the release's")
     if not any(t.is_meta for t in state.values()):  # a shape-only (meta) source gives a shape-only model
         _materialise_after_load(model, report)
     report.log()
