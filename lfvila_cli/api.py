@@ -23,6 +23,7 @@ reference: docs/engineering.md §7).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -109,18 +110,15 @@ class Lfvila:
     def __repr__(self) -> str:
         return f"Lfvila({type(self.model).__name__}, {self.model.pretrained_dir}, device={self.device}, precision={self.precision})"
 
+    @contextlib.contextmanager
     def _inference(self):
         """No autograd, at the model's inference precision."""
-        import contextlib
-
         import torch
 
         from .model.precision import autocast
 
-        stack = contextlib.ExitStack()
-        stack.enter_context(torch.inference_mode())
-        stack.enter_context(autocast(self.precision, self.device))
-        return stack
+        with torch.inference_mode(), autocast(self.precision, self.device):
+            yield
 
     # ------------------------------------------------------------------------------- inputs
 

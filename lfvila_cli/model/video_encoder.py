@@ -661,8 +661,10 @@ class WindowAttention3D(nn.Module):
             out = flex_attention_kernel(x.device.type)(
                 q, k, v, score_mod=add_bias, block_mask=windows.block_mask, scale=self.scale
             )  # (B, nH, L, hd)
-        except NotImplementedError as e:  # e.g. "FlexAttention does not support backward on CPU"
-            raise FlexAttentionUnavailable(f"video encoder, attention: flex on {x.device.type}: {e} (attention: sdpa runs everywhere)") from e
+        except NotImplementedError as exc:
+            # torch refuses some device/mode pairs this way (on the CPU: the backward); say so in
+            # one line naming the setting
+            raise FlexAttentionUnavailable(f"video encoder, attention: flex on {x.device.type}: {exc} (attention: sdpa runs everywhere)") from exc
         out = out.transpose(1, 2).reshape(B, L, C)[:, windows.restore]  # (B, L, C), map order
         return self.proj(out.view(B, T, H, W, C))
 

@@ -54,6 +54,11 @@ class ExportConfig:
     def max_diff(self) -> float:
         return self.tolerance if self.tolerance is not None else DEFAULT_TOLERANCE[self.precision]
 
+    @property
+    def graph_max_diff(self) -> float:
+        """The tolerance of the graphs against PyTorch: int8 checks its fp32 graphs first, at fp32's."""
+        return DEFAULT_TOLERANCE["fp32"] if self.precision == "int8" else self.max_diff
+
 
 def input_names(cfg: ExportConfig) -> tuple[str, ...]:
     """The model artifact exported."""

@@ -28,7 +28,9 @@ def key_config(cfg: IndexConfig) -> dict:
     """The config as the key has it: ``precision`` left out for ONNX (the graphs run at their
     exported precision) and at fp32 (every index before the setting existed)."""
     own = to_dict(cfg)
-    return omit_when(own, precision=cfg.precision if cfg.engine == "onnx" else "fp32")
+    if cfg.engine == "onnx":
+        del own["precision"]
+    return omit_when(own, precision="fp32")
 
 
 def run(ctx: StageContext) -> dict:

@@ -43,7 +43,7 @@ def validation_key(own: dict, train: TrainConfig) -> dict:
     weights are already at that precision, and validation runs at it) and then not at fp32, the
     precision validation ran at before the setting existed."""
     if train.precision != "fp32":
-        return omit_when(own, val_precision=own.get("val_precision"))
+        return {k: v for k, v in own.items() if k != "val_precision"}
     return omit_when(own, val_precision="fp32")
 
 

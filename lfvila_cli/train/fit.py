@@ -132,7 +132,11 @@ def fit(
     best: dict[str, Any] = json.loads(best_path.read_text()) if selects and resume is not None and best_path.is_file() else {}
 
     validated: set[int] = set()  # steps validated by this process: the same on every rank
-    val_precision = cfg.val_precision if cfg.train.precision == "fp32" else "fp32"
+    # Validation runs at val_precision when training in fp32 (docs/engineering.md §7); bf16 and
+    # fp16 weights validate at their own precision (no autocast on top of them).
+    val_device = next(trainer.engine.module.parameters()).device
+    fp32_training = cfg.train.precision == "fp32"
+    val_precision = resolve_precision(cfg.val_precision, val_device) if fp32_training else cfg.train.precision
 
     def validate(step: int) -> None:
         # Every validating rank predicts (its share of) the val split; rank 0 scores it, keeps the
@@ -142,9 +146,8 @@ def fit(
         validated.add(step)
         t0 = time.perf_counter()
         module = trainer.engine.module
-        # validation leaves the training RNG (dropout) untouched; it runs at val_precision when
-        # training in fp32 (docs/engineering.md §7), at the weights' own precision otherwise
-        with torch.random.fork_rng(devices=[]), autocast(val_precision, next(module.parameters()).device):
+        # validation leaves the training RNG (dropout) untouched
+        with torch.random.fork_rng(devices=[]), autocast(val_precision if fp32_training else "fp32", val_device):
             predicted = recipe.predict(module, val_ds, rank, world_size)
         if rank != 0:
             return
@@ -198,7 +201,7 @@ def fit(
         "skipped_steps": result.bad_steps,
         "train_samples": len(train_ds),
         "val_samples": len(val_ds) if val_ds is not None else 0,
-        "val_precision": resolve_precision(val_precision, next(trainer.engine.module.parameters()).device) if cfg.train.precision == "fp32" else cfg.train.precision,
+        "val_precision": val_precision,
         "skipped_samples": {"train": dict(train_ds.skipped), "val": dict(val_ds.skipped) if val_ds is not None else {}},
         "trainable_parameters": trainable,
         "parameters": count_parameters(model),
