@@ -54,7 +54,9 @@ import logging
 import math
 import os
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
@@ -592,17 +594,20 @@ def read(cfg: ExampleConfig, out_dir: Path, rejections: Rejections) -> Iterator[
     (out_dir / "example.json").write_text(json.dumps(counts, indent=2) + "\n")
     items = {"how2qa": how2qa, "violin": violin}.get(cfg.task)
 
-    def make(plan: VideoPlan) -> VideoPlan:
-        write_video(out_dir / "videos" / f"{plan.id}.mp4", render_video(plan, cfg), cfg.fps)
-        return plan
-
-    # Videos are independent and numpy and the encoder release the GIL: two at a time on two
-    # threads (1.6× on two cores), each encoded on one thread, so the files are byte for byte
-    # those of one at a time; ``map`` hands them back in order.
-    # A caller that stops early (an error downstream) leaves the videos not yet started unmade.
-    pool = ThreadPoolExecutor(max_workers=min(2, len(os.sched_getaffinity(0))))
-    try:
-        for plan in pool.map(make, plans):
+    # Frames are rendered on two threads (numpy releases the GIL), at most two videos ahead; each
+    # is encoded here, in order, one at a time: concurrent encoders did not always give the same
+    # bytes (tests/test_example.py).
+    workers = min(2, len(os.sched_getaffinity(0)))
+    pool = ThreadPoolExecutor(max_workers=workers)
+    queued = iter(plans)
+    pending = deque((plan, pool.submit(render_video, plan, cfg)) for plan in islice(queued, workers))
+    try:  # a caller that stops early (an error downstream) leaves the rest unrendered
+        while pending:
+            plan, frames = pending.popleft()
+            following = next(queued, None)
+            if following is not None:
+                pending.append((following, pool.submit(render_video, following, cfg)))
+            write_video(out_dir / "videos" / f"{plan.id}.mp4", frames.result(), cfg.fps)
             if items is None:
                 yield _sample(plan, cfg)
     finally:
