@@ -15,6 +15,8 @@ video i the match of text i; embeddings (N, D), scored by dot product (pass L2-n
     dual_softmax_ranks                ranks after dual-softmax re-scoring (``..._reference``: full
                                       matrix); transductive, so reported apart
     predict_task, task_metrics        a ``TaskDataset``'s outputs; its figures with the chance level
+    span_metrics                      How2QA's span head: IoU of its predicted span with the
+                                      annotated one, and a random span's IoU (chance)
     gather_in_order                   every rank's share back in index order, on every rank
 
 Ranks are pessimistic on ties: a video scoring exactly as high as the true one counts as ranked
@@ -269,7 +271,8 @@ def predict_task(
 ) -> dict[str, Any]:
     """Run ``model`` in eval mode over a ``TaskDataset`` (index order) and return what its task
     is scored on: retrieval — ``embed_dataset``'s embeddings; multiple choice / classification
-    ``{"logits", "labels"}`` (logits float32); always ``"sample_ids"``. With ``world_size`` > 1
+    ``{"logits", "labels"}`` (logits float32), multiple choice with a span head also
+    ``{"span_logits", "span_labels"}`` ((N, T, 2), (N, T)); always ``"sample_ids"``. With ``world_size`` > 1
     the ranks share the work and all get the whole result (every rank must call it).
     ``precision``: as in ``embed_dataset``."""
     from .data.loader import make_loader
@@ -280,6 +283,7 @@ def predict_task(
     was_training = model.training
     model.eval()
     out: dict[str, list] = {"logits": [], "labels": [], "sample_ids": []}
+    spans: dict[str, list] = {"span_logits": [], "span_labels": []}
     try:
         param = next(model.parameters())
         for batch in make_loader(dataset, batch_size, rank=rank, world_size=world_size, shuffle=False, drop_last=False):
@@ -291,8 +295,13 @@ def predict_task(
             out["logits"].append(logits.float().cpu())
             out["labels"].append(batch["label"])
             out["sample_ids"].extend(batch["sample_ids"])
+            if getattr(output, "span_logits", None) is not None and "span_labels" in batch:
+                spans["span_logits"].append(output.span_logits.float().cpu())
+                spans["span_labels"].append(batch["span_labels"])
     finally:
         model.train(was_training)
+    if spans["span_logits"]:
+        out.update(spans)
     result = {k: (v if k == "sample_ids" else torch.cat(v)) for k, v in out.items()}
     return gather_in_order(result, len(dataset), rank, world_size) if world_size > 1 else result
 
@@ -334,4 +343,42 @@ def task_metrics(
     else:
         known = labels[labels >= 0]
         chance = float(torch.bincount(known).max()) / labels.numel() if known.numel() else 0.0
-    return {"accuracy": float(correct.double().mean()), "chance": chance, "num_items": int(labels.numel())}
+    out = {"accuracy": float(correct.double().mean()), "chance": chance, "num_items": int(labels.numel())}
+    if "span_logits" in predicted:
+        span = span_metrics(predicted["span_logits"], predicted["span_labels"])
+        if span["items"]:
+            out["span"] = span
+    return out
+
+
+def frame_runs(frames: int) -> torch.Tensor:
+    """(R, T) bool: every run of consecutive frames [s, e], 0 <= s <= e < T, R = T(T+1)/2."""
+    index = torch.arange(frames)
+    start, end = torch.triu_indices(frames, frames)  # s <= e
+    return (index >= start[:, None]) & (index <= end[:, None])
+
+
+def span_metrics(span_logits: torch.Tensor, span_labels: torch.Tensor) -> dict[str, Any]:
+    """How well the span head finds the annotated span, over the items that have one.
+
+    span_logits (N, T, 2) (out of / in the span), span_labels (N, T): 1 in, 0 out, negative =
+    no span (left out). The predicted span of an item is the run of consecutive frames with the
+    largest sum of in-minus-out margins (at least one frame): the frames the head calls in, made
+    one interval. Its IoU with the annotated frames, per item, then the mean: ``iou``.
+    ``chance_iou``: the same for a run drawn uniformly from all T(T+1)/2 runs (its expected
+    IoU, exact); ``whole_video_iou``: the IoU of predicting every frame. ``items``: how many."""
+    has_span = (span_labels >= 0).all(dim=1) & (span_labels == 1).any(dim=1)  # (N,)
+    logits, labels = span_logits[has_span].float(), (span_labels[has_span] == 1).float()  # (n, T, 2), (n, T)
+    if labels.shape[0] == 0:
+        return {"iou": None, "chance_iou": None, "whole_video_iou": None, "items": 0}
+    runs = frame_runs(labels.shape[1]).float()  # (R, T)
+    overlap = labels @ runs.T  # (n, R): annotated frames inside each run
+    iou = overlap / (runs.sum(dim=1) + labels.sum(dim=1, keepdim=True) - overlap)  # (n, R)
+    margin = logits[..., 1] - logits[..., 0]  # (n, T)
+    best = (margin @ runs.T).argmax(dim=1)  # (n,) the run with the largest summed margin
+    return {
+        "iou": float(iou.gather(1, best[:, None]).mean()),
+        "chance_iou": float(iou.mean()),
+        "whole_video_iou": float((labels.sum(dim=1) / labels.shape[1]).mean()),
+        "items": int(labels.shape[0]),
+    }

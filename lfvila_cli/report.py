@@ -159,9 +159,12 @@ def report_table(task: str, metrics: dict, paper: dict, zero_shot: bool = False,
     """A Markdown table: our figures (percent), LF-VILA's reported (fine-tuned) ones for a paper
     benchmark, and chance."""
     if "accuracy" in metrics:
-        if not benchmark:
-            return f"| metric | ours | chance |\n|---|---|---|\n| accuracy | {_pct(metrics['accuracy'])} | {_pct(metrics['chance'])} |\n"
         rows = [("accuracy", _pct(metrics["accuracy"]), "—", _pct(metrics["chance"]))]
+        span = metrics.get("span")
+        if span:  # the How2QA span head (evaluation.span_metrics); chance: a random run of frames
+            rows.append(("span IoU", _pct(span["iou"]), "—", _pct(span["chance_iou"])))
+        if not benchmark:
+            return "| metric | ours | chance |\n|---|---|---|\n" + "\n".join(f"| {a} | {b} | {d} |" for a, b, _, d in rows) + "\n"
         header = "| metric | ours | LF-VILA (paper) | chance |\n|---|---|---|---|\n"
         return header + "\n".join(f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows) + "\n"
     lines = ["| direction | R@1 | R@5 | R@10 | R@50 | MedR | MnR |", "|---|---|---|---|---|---|---|"]

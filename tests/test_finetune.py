@@ -18,6 +18,7 @@ from lfvila_cli.evaluation import (
     dual_softmax_ranks_reference,
     ranks_chunked,
     retrieval_ranks,
+    span_metrics,
     task_metrics,
 )
 from lfvila_cli.stages import run_pipeline
@@ -76,6 +77,41 @@ def test_qa_metrics_count_out_of_vocabulary_answers_as_wrong():
     assert mc == {"accuracy": 0.75, "chance": 0.5, "num_items": 4}
     cls = task_metrics("classification", {"logits": logits, "labels": torch.tensor([1, 0, -1, 1])})
     assert cls["accuracy"] == 0.5 and cls["chance"] == 0.5  # label -1 can never be predicted
+
+
+def test_span_metrics_against_brute_force_runs():
+    """IoU of the run of frames with the largest summed margin; chance = the mean over every run."""
+    gen = torch.Generator().manual_seed(0)
+    frames = 7
+    labels = torch.tensor([[0, 0, 1, 1, 1, 0, 0], [1, 1, 0, 0, 0, 0, 0], [-100] * 7, [0, 0, 0, 0, 0, 0, 1]])
+    logits = torch.randn(4, frames, 2, generator=gen)
+    got = span_metrics(logits, labels)
+    runs = [(s, e) for s in range(frames) for e in range(s, frames)]
+
+    def iou(run, truth):
+        pred = set(range(run[0], run[1] + 1))
+        return len(pred & truth) / len(pred | truth)
+
+    best, chance, whole = [], [], []
+    for i in (0, 1, 3):  # item 2 has no span
+        truth = {t for t in range(frames) if labels[i, t] == 1}
+        margin = (logits[i, :, 1] - logits[i, :, 0]).tolist()
+        run = max(runs, key=lambda r: sum(margin[r[0]: r[1] + 1]))
+        best.append(iou(run, truth))
+        chance.append(sum(iou(r, truth) for r in runs) / len(runs))
+        whole.append(len(truth) / frames)
+    assert got["items"] == 3
+    assert got["iou"] == pytest.approx(sum(best) / 3) and got["chance_iou"] == pytest.approx(sum(chance) / 3)
+    assert got["whole_video_iou"] == pytest.approx(sum(whole) / 3)
+    # A head whose margin is positive exactly on the annotated frames finds every span.
+    exact = torch.stack([torch.zeros(4, frames), torch.where(labels == 1, 1.0, -1.0)], dim=-1)
+    assert span_metrics(exact, labels)["iou"] == 1.0
+    # task_metrics reports it beside the accuracy, and the report's table shows it with its chance.
+    mc = task_metrics("multiple_choice", {"logits": torch.eye(4), "labels": torch.arange(4), "span_logits": exact, "span_labels": labels})
+    assert mc["span"]["iou"] == 1.0 and mc["accuracy"] == 1.0
+    table = report_table("how2qa", mc, {}, benchmark=False)
+    assert f"| span IoU | 100.0 | {100 * mc['span']['chance_iou']:.1f} |" in table
+    assert "span" not in task_metrics("multiple_choice", {"logits": torch.eye(2), "labels": torch.arange(2), "span_logits": torch.zeros(2, 3, 2), "span_labels": torch.full((2, 3), -100)})
 
 
 def test_finetune_config_checks_and_inputs():
@@ -277,6 +313,10 @@ def test_example_qa_tasks_finetune_and_evaluate(pretrained, task):
     if task == "how2qa":
         losses = [json.loads(line) for line in (finetuned.path / "metrics.jsonl").read_text().splitlines()]
         assert all("loss/span" in r and "loss/choice" in r for r in losses if r["split"] == "train")
+        span = metrics["span"]  # the span head's IoU against the answer clip, and a random run's
+        assert span["items"] == 8 and 0.0 <= span["iou"] <= 1.0 and 0.0 < span["chance_iou"] < span["whole_video_iou"]
+        assert "span IoU" in (evaluated.path / "report.md").read_text()
+        assert any("span/iou" in r for r in losses if r["split"] == "val")
 
 
 @pytest.mark.slow

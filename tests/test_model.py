@@ -301,6 +301,26 @@ def test_tiny_multiple_choice_qa_forward_backward():
 
 
 @torch.no_grad()
+def test_fresh_heads_start_at_bert_init_over_the_tiny_wide_bert():
+    """lfvila-tiny's random BERT initialises its own layers at 0.15; heads at that width started
+    How2QA with span logits of sd ~1.7 (span loss 2.4) and fine-tuning flattened every frame's
+    state to get rid of them. Heads start at 0.02: the first span loss is near ln 2."""
+    torch.manual_seed(0)
+    model = build_model(variant_config("lfvila-tiny", "qa-multichoice")).eval()
+    assert model.text_encoder.bert.config.initializer_range == BERT_TINY["initializer_range"] == 0.15
+    for weight in (model.multiple_choice_head.span_classifier.weight, model.multiple_choice_head.classifier.weight):
+        assert 0.015 < float(weight.std()) < 0.025
+    ids, mask = text(4, 3, 16, 7, 2)
+    out = model(frames(2, 16), ids, mask)
+    span_labels = torch.zeros(2, 16, dtype=torch.long)
+    span_labels[:, 4:9] = 1
+    assert float(class_balanced_span_loss(out.span_logits, span_labels)) < 0.75
+    stage2 = build_model(variant_config("lfvila-tiny", "stage2"))
+    assert 0.015 < float(stage2.vtm_head.classifier.weight.std()) < 0.025
+    assert 0.015 < float(stage2.mlm_head.transform.dense.weight.std()) < 0.025
+
+
+@torch.no_grad()
 def test_multiple_choice_candidates_share_the_video_and_score_independently():
     torch.manual_seed(0)
     model = build_model(variant_config("lfvila-tiny", "qa-multichoice")).eval()

@@ -19,6 +19,7 @@ contrastive width (1024 in the paper), V the vocabulary.
                                 its loss: ``objectives.multiple_choice_loss``
     ClassificationHead          pooled (B, H) -> (B, num_labels): VIOLIN 2, ActivityNet-QA 1654
     BertInitialised             base of the BERT-initialised heads (N(0, initializer_range),
+                                ``HEAD_INITIALIZER_RANGE`` = 0.02 in the models),
                                 biases 0, LayerNorm 1 / 0)
 
 Parameter names here against the authors' checkpoint keys (tests/fixtures/official-checkpoint-keys):
@@ -60,6 +61,14 @@ class ProjectionConfig:
         for name in ("embed_dim", "video_dim", "clip_dim", "text_dim"):
             value = getattr(self, name)
             check(value >= 1, name, f"must be >= 1, got {value}")
+
+
+# The standard deviation fresh heads start at: BERT's 0.02 (the authors' heads: BERT-large's
+# initializer_range), also over a text model initialised wider. lfvila-tiny's random BERT uses 0.15
+# for its own layers (model/presets.py); heads at 0.15 start with logits of standard deviation
+# about 0.15·√H ≈ 1.7, confidently wrong: fine-tuning How2QA then spent its first steps making
+# every frame's fused state the same (span loss from 2.4 down to ln 2, never below; docs/method.md §6).
+HEAD_INITIALIZER_RANGE = 0.02
 
 
 class BertInitialised(nn.Module):
@@ -170,7 +179,7 @@ class MaskedLanguageModelingHead(BertInitialised):
             config.hidden_act,
             config.layer_norm_eps,
             tied_embedding=bert.get_input_embeddings() if tie_word_embeddings else None,
-            initializer_range=getattr(config, "initializer_range", 0.02),
+            initializer_range=HEAD_INITIALIZER_RANGE,
         )
 
     def _init_weights(self, module: nn.Module) -> None:

@@ -73,6 +73,7 @@ from .files import (
 )
 from .fusion import CrossModalConfig, CrossModalEncoder, CrossModalOutput
 from .heads import (
+    HEAD_INITIALIZER_RANGE,
     ClassificationHead,
     ContrastiveProjections,
     MaskedLanguageModelingHead,
@@ -315,7 +316,8 @@ class LfvilaModel(nn.Module):
         self.text_encoder = HierarchicalTextEncoder(config.text)
         bert = self.text_encoder.bert
         hidden = self.text_encoder.hidden_size
-        init_range = getattr(bert.config, "initializer_range", 0.02)
+        # Fresh heads start at BERT's 0.02 whatever the text model's own initializer_range (heads.py).
+        init_range = HEAD_INITIALIZER_RANGE
         dropout = getattr(bert.config, "hidden_dropout_prob", 0.1)
 
         if heads.projections != "none" and config.projections.text_dim != hidden:
