@@ -13,7 +13,15 @@ the MTC draws), and reports on the val split, for the model at the end of traini
   reordered twin (same events, another order; chance 0.5);
 * the untrained model's figures (the same, before the first step) as a baseline.
 
-    python benchmarks/bench_learning.py                        # 2 × 3 runs, ~25 min on 2 cores
+The val split is the quickstart's videos plus more (``--val-videos`` base videos, default 100,
+each with its reordered twin: 200 paragraphs): the example draws every video from its own
+seed, so the training videos, and therefore training, are the quickstart's whatever the val
+split holds, while the order check rests on 200 paragraphs instead of 24. The summary gives
+each row's spread over seeds, the sampling noise of one run's accuracy (binomial, on that many
+paragraphs), and MTC on minus off paired by seed with its 95% confidence interval (Student's t
+over the seeds).
+
+    python benchmarks/bench_learning.py                        # 2 × 3 runs, ~20 min on 2 cores
     python benchmarks/bench_learning.py --seeds 1 --epochs 4   # a quick look
 """
 
@@ -31,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_train import build_data, quickstart_layer  # noqa: E402
+from seeds import binomial_sd, confidence_interval, mean_sd  # noqa: E402
 
 from lfvila_cli.config import resolve  # noqa: E402
 from lfvila_cli.train.pretrain import PretrainConfig, run_pretrain  # noqa: E402
@@ -72,25 +81,20 @@ def run_one(corpus: Path, store: str, out_dir: Path, mtc_weight: float, seed: in
     return row
 
 
-def _mean_sd(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
-
-
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dir", type=Path, default=None, help="work directory for the data and runs (default: a temporary one)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=None, help="train.epochs (default: the quickstart's)")
     parser.add_argument("--workers", type=int, default=2, help="cache workers")
+    parser.add_argument("--val-videos", type=int, default=100, help="val base videos, each with a twin (the quickstart: 12)")
     parser.add_argument("--set", action="append", help="extra PretrainConfig override, e.g. train.lr=3e-4 (repeatable)")
     parser.add_argument("--json", type=Path, default=None, help="write every run's figures here")
     args = parser.parse_args(argv)
 
     root = args.dir or Path(tempfile.mkdtemp(prefix="lfvila-bench-learning-"))
     print(f"data and runs in {root}")
-    corpus, store = build_data(root, args.workers)
+    corpus, store = build_data(root, args.workers, prepare=[f"example.val_videos={args.val_videos}"])
     rows = []
     for mtc_weight in (0.25, 0.0):
         for seed in range(args.seeds):
@@ -102,8 +106,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print("|---|---|---|---|---|---|---|")
     for mtc_weight in (0.25, 0.0):
         group = [r for r in rows if r["mtc_weight"] == mtc_weight]
-        cells = [_mean_sd([r[k] for r in group]) for k in ("R@1", "R@5", "MedR", "temporal_order_accuracy", "untrained R@1", "untrained temporal_order_accuracy")]
+        cells = [mean_sd([r[k] for r in group]) for k in ("R@1", "R@5", "MedR", "temporal_order_accuracy", "untrained R@1", "untrained temporal_order_accuracy")]
         print(f"| {'on (0.25)' if mtc_weight else 'off'} | " + " | ".join(cells) + " |")
+    for key, name in (("temporal_order_accuracy", "temporal-order accuracy"), ("R@1", "val R@1")):
+        on = {r["seed"]: r[key] for r in rows if r["mtc_weight"]}
+        off = {r["seed"]: r[key] for r in rows if not r["mtc_weight"]}
+        diffs = [on[seed] - off[seed] for seed in sorted(on)]
+        print(f"MTC on − off, {name}, paired by seed: {confidence_interval(diffs)}")
+    pairs = rows[0]["pairs"] or 0
+    if pairs:
+        p_order = statistics.mean(r["temporal_order_accuracy"] for r in rows)
+        print(f"sampling noise of one run's temporal-order accuracy: sd {binomial_sd(p_order, pairs):.3f} ({pairs} paragraphs)")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
     return rows

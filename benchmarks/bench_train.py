@@ -50,6 +50,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -81,13 +82,14 @@ def quickstart_layer(stage_name: str) -> dict:
     raise KeyError(f"{QUICKSTART} has no {stage_name} stage")
 
 
-def build_data(root: Path, workers: int, codec: str = "jpeg") -> tuple[Path, str]:
+def build_data(root: Path, workers: int, codec: str = "jpeg", prepare: Sequence[str] = ()) -> tuple[Path, str]:
     """The quickstart's corpus and frame store (frames stored with ``codec``), via its prepare
-    and cache stages (a hit when ``root`` already holds them)."""
+    and cache stages (a hit when ``root`` already holds them); ``prepare``: overrides of the
+    prepare stage's config (e.g. ``example.val_videos=100``)."""
     wd = Workdir(root)
     echo = lambda line: print(f"  {line}")  # noqa: E731
     produced = {}
-    for name, overrides in (("prepare", []), ("cache", [f"workers={workers}", f"codec={codec}"])):
+    for name, overrides in (("prepare", list(prepare)), ("cache", [f"workers={workers}", f"codec={codec}"])):
         stage = STAGES[name]
         config = resolve_config(stage, layers=[quickstart_layer(name)], overrides=overrides)
         inputs = {n: produced[n] for n in stage.inputs}

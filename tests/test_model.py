@@ -198,7 +198,8 @@ def test_building_on_meta_leaves_module_construction_alone_and_materialises_like
     """``build_model(config, "meta")`` builds under ``torch.device("meta")`` (nothing global is
     patched); ``materialise_meta`` gives every tensor the init its module draws when built:
     non-persistent index buffers recomputed, LayerNorms 1 / 0, BERT's normal(initializer_range),
-    the video encoder's truncated normal, the fusion embeddings' 0.02·N(0, 1), zero MLM bias."""
+    the video encoder's truncated normal, the fusion embeddings' N(0, 1), the heads' N(0, 0.02),
+    zero MLM bias."""
     config = variant_config("lfvila-tiny", "stage2")
     model = build_model(config, "meta")
     assert not nn.Linear(2, 3).weight.is_meta
@@ -220,9 +221,9 @@ def test_building_on_meta_leaves_module_construction_alone_and_materialises_like
     qkv = model.video_encoder.layers[0].blocks[0].attn.qkv
     assert abs(float(qkv.weight.std()) - 0.02) < 0.002 and torch.equal(qkv.bias, torch.zeros_like(qkv.bias))
     spatial = model.fusion.video_tokens.spatial_embedding
-    assert 0.01 < float(spatial.std()) < 0.03
+    assert 0.8 < float(spatial.std()) < 1.2
     assert torch.equal(model.mlm_head.bias, torch.zeros_like(model.mlm_head.bias))
-    assert abs(float(model.vtm_head.classifier.weight.std()) - std) < 0.5 * std
+    assert abs(float(model.vtm_head.classifier.weight.std()) - 0.02) < 0.01
 
 
 # --------------------------------------------------------------------------- tiny model, every stage

@@ -53,6 +53,15 @@ from ..errors import ConfigError
 from .text_encoder import attention_bias, run_layer
 
 
+# The spatial and temporal embeddings start at the scale of the tokens they are added to: the
+# video encoder's final LayerNorm output, about unit standard deviation per channel. BERT starts
+# its position table at the scale of its word embeddings (both 0.02); the release started these
+# tables at 0.02 too, but beside unit-scale video features, where a frame's position was 2% of
+# its token: the cross-modal encoder could barely tell frames apart by when they are, and the
+# How2QA span head never left ln 2 (docs/method.md §7). Imported weights replace the start.
+TOKEN_EMBEDDING_STD = 1.0
+
+
 @dataclass
 class CrossModalConfig:
     first_layer: int = 12  # first BERT layer of the cross-modal encoder
@@ -162,9 +171,9 @@ class VideoTokenEmbedding(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """The two embeddings: 0.02·N(0, 1), as the authors initialise them (spatial, then temporal)."""
+        """The two embeddings: ``TOKEN_EMBEDDING_STD``·N(0, 1) (spatial, then temporal)."""
         for table in (self.spatial_embedding, self.temporal_embedding):
-            table.copy_(0.02 * torch.randn(table.shape, device=table.device))
+            table.copy_(TOKEN_EMBEDDING_STD * torch.randn(table.shape, device=table.device))
 
     def pool(self, video_map: torch.Tensor) -> torch.Tensor:
         """(B, T, h, w, C) -> (B, T, S, C), S = pooled_height·pooled_width, cells row-major."""
