@@ -22,8 +22,10 @@ is the same numerator unscaled. The text is each item's question and its first c
         --model lfvila-base:192x320 --items 8
 
 A ``--model`` is a model directory (its weights) or a preset name (random weights, seeded with
-``--seed``), optionally ``:HxW`` to resize the frames first (the base preset takes 192×320).
-Presets use the first model directory's tokenizer (their random BERT reads the ids alike).
+``--seed``), optionally ``:HxW`` to resize the frames first (the base preset takes 192×320), and
+``@STD`` to start its spatial and temporal embeddings at that standard deviation instead of
+``fusion.TOKEN_EMBEDDING_STD`` (``lfvila-tiny@0.02``: the release's start). Presets use the first
+model directory's tokenizer (their random BERT reads the ids alike).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from lfvila_cli.data.corpus import read_corpus  # noqa: E402
 from lfvila_cli.data.loader_config import LoaderConfig  # noqa: E402
 from lfvila_cli.data.task_data import TaskDataset  # noqa: E402
 from lfvila_cli.data.tokenizer import load_tokenizer  # noqa: E402
+from lfvila_cli.model import fusion  # noqa: E402
 from lfvila_cli.model.lfvila import LfvilaModel, build_model  # noqa: E402
 from lfvila_cli.model.presets import PRESETS, get_preset  # noqa: E402
 
@@ -58,12 +61,18 @@ def temporal_ratio(video: torch.Tensor) -> tuple[float, float]:
 
 
 def load(spec: str, seed: int):
-    """(model, frame size or None) for a model directory or preset name, ``:HxW`` optional."""
+    """(model, frame size or None) for a model directory or preset name, ``:HxW`` and ``@STD`` optional."""
+    spec, _, std = spec.partition("@")
     name, _, size = spec.partition(":")
     hw = tuple(int(v) for v in size.split("x")) if size else None
     if name in PRESETS:
         torch.manual_seed(seed)
-        model = build_model(get_preset(name, "qa-multichoice")).eval()
+        default = fusion.TOKEN_EMBEDDING_STD
+        fusion.TOKEN_EMBEDDING_STD = float(std) if std else default
+        try:
+            model = build_model(get_preset(name, "qa-multichoice", text_model="random")).eval()
+        finally:
+            fusion.TOKEN_EMBEDDING_STD = default
     else:
         model = LfvilaModel.from_pretrained(name).eval()
     if model.fusion is None:
@@ -117,7 +126,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
 
-    dirs = [m.partition(":")[0] for m in args.model if m.partition(":")[0] not in PRESETS]
+    dirs = [m.partition("@")[0].partition(":")[0] for m in args.model]
+    dirs = [d for d in dirs if d not in PRESETS]
     if not dirs:
         raise SystemExit("give at least one model directory (its tokenizer tokenizes the items)")
     tokenizer = load_tokenizer(str(Path(dirs[0]) / "tokenizer"))
@@ -130,7 +140,10 @@ def main() -> None:
         model, size = load(spec, args.seed)
         results[spec] = measure(model, batch, size)
         del model
-    labels = [label for label, _, _ in max(results.values(), key=len)]
+    labels = []  # every model's steps in order (their cross-modal layers differ), the frame states last
+    for rows in results.values():
+        labels += [label for label, _, _ in rows if label not in labels and label != "frame states"]
+    labels.append("frame states")
     print(f"{len(samples)} test items, {batch['frames'].shape[1]} frames each; temporal ratio (sd across frames / sd), per model")
     print("| step | " + " | ".join(results) + " |")
     print("|---|" + "---|" * len(results))
