@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dir", type=Path, default=None, help="work directory for the data and runs (default: a temporary one)")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds − 1")
     parser.add_argument("--epochs", type=int, default=None, help="train.epochs (default: the quickstart's)")
     parser.add_argument("--workers", type=int, default=2, help="cache workers")
     parser.add_argument("--val-videos", type=int, default=100, help="val base videos, each with a twin (the quickstart: 12)")
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     corpus, store = build_data(root, args.workers, prepare=[f"example.val_videos={args.val_videos}"])
     rows = []
     for mtc_weight in (0.25, 0.0):
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             rows.append(run_one(corpus, store, root / "runs" / f"mtc{mtc_weight}-seed{seed}", mtc_weight, seed, args))
 
     chance = rows[0]["chance_R@1"]

@@ -352,3 +352,54 @@ def test_stage2_loss_moves_labels_to_the_logits_device_and_dtype():
     # Logits on another device than the CPU labels (meta stands in for an accelerator here).
     meta = pretrain_stage2_loss(mlm_logits.to("meta"), mlm_labels, vtm_logits.to("meta"), vtm_labels)
     assert all(t.device.type == "meta" for t in meta.values())
+
+
+def test_order_negatives_keep_the_video_and_reorder_the_sentences():
+    """vtm_order_negatives: that share of the mismatched pairs keep their own video, their
+    sentences (ids and mask alike) in another order; at 0 the draws are the paper's, unchanged."""
+    from lfvila_cli.objectives import draw_stage2_targets
+
+    b, m, length = 8, 4, 6
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(1000, 2000, (b, m, length), generator=g)
+    mask = torch.ones(b, m, length, dtype=torch.long)
+    mask[:, :, 3 + torch.arange(3)] = 0  # sentences of different lengths: the mask must move with them
+    mask[:, 1, 3:] = 1
+    mask[5, 1:] = 0  # text 5 has one sentence: it cannot be reordered
+    special, vocab, mask_id = [0, 1, 2], 3000, 2
+
+    def draw(share, seed=0):
+        cfg = ObjectiveConfig(vtm_order_negatives=share, mlm_probability=1e-9)  # (no token masked)
+        return draw_stage2_targets(ids, mask, special, vocab, mask_id, torch.Generator().manual_seed(seed), cfg)
+
+    paper = draw(0.0)
+    assert torch.equal(paper.input_ids, ids) and torch.equal(paper.attention_mask, mask)
+    mismatched = (paper.vtm_labels == 0).nonzero().flatten().tolist()
+    assert len(mismatched) == b // 2 and all(int(paper.video_index[r]) != r for r in mismatched)
+
+    for seed in range(5):
+        t = draw(1.0, seed)
+        assert torch.equal(t.vtm_labels, draw(0.0, seed).vtm_labels)  # the pairing is drawn first, as before
+        for row in range(b):
+            if t.vtm_labels[row] == 1 or row == 5:
+                assert torch.equal(t.input_ids[row], ids[row]) and torch.equal(t.attention_mask[row], mask[row])
+                continue
+            assert int(t.video_index[row]) == row  # its own video ...
+            assert not torch.equal(t.input_ids[row], ids[row])  # ... and its sentences in another order
+            order = [next(j for j in range(m) if torch.equal(t.input_ids[row, i], ids[row, j])) for i in range(m)]
+            assert sorted(order) == list(range(m)) and order != list(range(m))
+            assert all(torch.equal(t.attention_mask[row, i], mask[row, j]) for i, j in enumerate(order))
+    half = draw(0.5)
+    kept = [r for r in (half.vtm_labels == 0).nonzero().flatten().tolist() if int(half.video_index[r]) == r]
+    assert len(kept) == 2  # round(0.5 × 4) of the mismatched pairs
+    with pytest.raises(ConfigError, match="vtm_order_negatives"):
+        ObjectiveConfig(vtm_order_negatives=1.5)
+
+
+def test_order_negatives_enter_the_stage_two_key_only_when_set():
+    from lfvila_cli.stages.pretrain import key_config
+    from lfvila_cli.train.config import PretrainConfig
+
+    assert "vtm_order_negatives" not in key_config(PretrainConfig(stage=2))["objectives"]  # older keys stay valid
+    cfg = resolve(PretrainConfig, overrides=["stage=2", "objectives.vtm_order_negatives=0.5"])
+    assert key_config(cfg)["objectives"]["vtm_order_negatives"] == 0.5

@@ -24,6 +24,9 @@ class ObjectiveConfig:
     mtc_num_value: int = 2
     mtc_num_other_neg: int = 3
     mlm_probability: float = 0.15
+    # Share of VTM's mismatched pairs that keep their own video and get their sentences in another
+    # order (temporal negatives, docs/method.md §4); 0 = the paper's: every one gets another video.
+    vtm_order_negatives: float = 0.0
     seed: int = 0  # base seed of the MTC / MLM / VTM generators (same on every rank)
 
     def __post_init__(self) -> None:
@@ -38,5 +41,10 @@ class ObjectiveConfig:
             0.0 < self.mlm_probability <= 1.0,
             "mlm_probability",
             f"must be in (0, 1], got {self.mlm_probability}",
+        )
+        check(
+            0.0 <= self.vtm_order_negatives <= 1.0,
+            "vtm_order_negatives",
+            f"must be in [0, 1], got {self.vtm_order_negatives}",
         )
         check(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")

@@ -367,7 +367,8 @@ def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 class VideoTextMatchingPairs(NamedTuple):
     video_index: torch.Tensor  # (B,) long: the sample whose video pairs with text b
-    labels: torch.Tensor  # (B,) long: 1 matched (video_index[b] == b), 0 mismatched
+    labels: torch.Tensor  # (B,) long: 1 matched (video_index[b] == b), 0 mismatched (another video, or its own
+    #                      with the sentences reordered: order_negatives)
 
 
 def _derangement(n: int, generator: torch.Generator) -> torch.Tensor:
@@ -481,6 +482,7 @@ class Stage2Targets(NamedTuple):
     mlm_labels: torch.Tensor  # (B, M·L) original id at the selected tokens, IGNORE_INDEX elsewhere
     video_index: torch.Tensor  # (B,) long: the sample whose video pairs with text b
     vtm_labels: torch.Tensor  # (B,) long: 1 matched, 0 mismatched
+    attention_mask: torch.Tensor  # (B, M, L): the text's mask, its slots in input_ids' order
 
 
 def draw_stage2_targets(
@@ -493,19 +495,51 @@ def draw_stage2_targets(
     cfg: ObjectiveConfig | None = None,
 ) -> Stage2Targets:
     """Stage 2's draws for a batch of texts input_ids, attention_mask (B, M, L): first the VTM
-    pairing (``video_text_matching_pairs``), then the MLM masking (``mask_tokens``, probability
-    ``cfg.mlm_probability``; tokens whose id is in ``special_token_ids`` and padding are never
-    selected), both from ``generator``, in that order."""
+    pairing (``video_text_matching_pairs``), then the temporal negatives (``order_negatives``,
+    only when ``cfg.vtm_order_negatives`` > 0), then the MLM masking (``mask_tokens``,
+    probability ``cfg.mlm_probability``; tokens whose id is in ``special_token_ids`` and padding
+    are never selected), all from ``generator``, in that order."""
     cfg = cfg or ObjectiveConfig()
     b, m, length = input_ids.shape
     pairs = video_text_matching_pairs(b, generator)
+    if cfg.vtm_order_negatives > 0:
+        pairs, input_ids, attention_mask = order_negatives(pairs, input_ids, attention_mask, cfg.vtm_order_negatives, generator)
     flat = input_ids.reshape(b * m, length)
     special = torch.tensor(sorted(set(special_token_ids)), dtype=flat.dtype, device=flat.device)
     masked = mask_tokens(
         flat, torch.isin(flat, special), vocab_size, mask_token_id,
         cfg.mlm_probability, generator, attention_mask=attention_mask.reshape(b * m, length),
     )
-    return Stage2Targets(masked.input_ids.reshape(b, m, length), masked.labels.reshape(b, m * length), pairs.video_index, pairs.labels)
+    return Stage2Targets(
+        masked.input_ids.reshape(b, m, length), masked.labels.reshape(b, m * length), pairs.video_index, pairs.labels,
+        attention_mask,
+    )
+
+
+def order_negatives(
+    pairs: VideoTextMatchingPairs, input_ids: torch.Tensor, attention_mask: torch.Tensor, share: float, generator: torch.Generator
+) -> tuple[VideoTextMatchingPairs, torch.Tensor, torch.Tensor]:
+    """Turn ``share`` of the mismatched pairs into temporal negatives: the text keeps its own
+    video and its sentences come in another order (a permutation of its filled slots other than
+    the identity; texts of one sentence stay as they were). input_ids, attention_mask (B, M, L).
+    Draws from ``generator``: the order of the mismatched rows, then one permutation per row
+    taken. Returns the pairs (labels unchanged: 0) and the reordered ids and mask."""
+    mismatched = (pairs.labels == 0).nonzero().flatten()
+    picked = mismatched[torch.randperm(len(mismatched), generator=generator, device=generator.device).to(mismatched.device)]
+    picked = picked[: int(round(share * len(mismatched)))]
+    video_index, ids, mask = pairs.video_index.clone(), input_ids.clone(), attention_mask.clone()
+    filled = attention_mask.to(torch.bool).any(dim=-1).sum(dim=-1)  # (B,) sentences per text
+    for row in picked.tolist():
+        n = int(filled[row])
+        if n < 2:
+            continue
+        order = torch.randperm(n, generator=generator, device=generator.device)
+        while bool((order == torch.arange(n, device=order.device)).all()):
+            order = torch.randperm(n, generator=generator, device=generator.device)
+        order = order.to(ids.device)
+        ids[row, :n], mask[row, :n] = input_ids[row, order], attention_mask[row, order]
+        video_index[row] = row
+    return VideoTextMatchingPairs(video_index, pairs.labels), ids, mask
 
 
 def stage2_mlm_positions(targets: Stage2Targets) -> torch.Tensor:

@@ -27,6 +27,7 @@ def key_config(cfg: PretrainConfig) -> dict:
     ``video_init`` and ``features`` only when set (keys made before it existed stay valid; ``fingerprints`` adds
     the checkpoint's digest); ``train`` as ``train_key`` has it."""
     own = omit_when({k: v for k, v in to_dict(cfg).items() if k not in POLICY_FIELDS}, video_init="", features=False)
+    own["objectives"] = omit_when(own["objectives"], vtm_order_negatives=0.0)  # keys from before it existed
     return {**validation_key(own, cfg.train), "train": train_key(cfg.train)}
 
 

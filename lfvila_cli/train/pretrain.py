@@ -113,9 +113,11 @@ def stage2_loss(
     targets = draw_stage2_targets(ids, mask, tokenizer.all_special_ids, len(tokenizer), tokenizer.mask_token_id, gen, objectives)
     positions = None if score_every_token else stage2_mlm_positions(targets)
     if "video_tokens" in batch:  # cached features: the frozen video encoder already ran (docs/method.md §8)
-        out = model_call(None, targets.input_ids, mask, video_index=targets.video_index, mlm_positions=positions, video_tokens=video)
+        out = model_call(
+            None, targets.input_ids, targets.attention_mask, video_index=targets.video_index, mlm_positions=positions, video_tokens=video,
+        )
     else:
-        out = model_call(video, targets.input_ids, mask, video_index=targets.video_index, mlm_positions=positions)
+        out = model_call(video, targets.input_ids, targets.attention_mask, video_index=targets.video_index, mlm_positions=positions)
     return stage2_output_loss(out, targets, objectives, with_accuracy)
 
 
