@@ -157,7 +157,7 @@ def test_quickstart_pipeline_end_to_end(tmp_path):
     assert "activitynet: 2 steps, selected step" in lines[6] and "how2qa: " in lines[12]
     assert "video + text encoders (fp32), 32 frames at 64×96" in lines[8] and "ranking same" in lines[8]
     assert "videos indexed with onnx" in lines[9]
-    assert "how2qa test: accuracy" in lines[13] and "(chance 0.250, 4 items)" in lines[13]
+    assert "how2qa test: accuracy" in lines[13] and "(chance 0.250, 12 items)" in lines[13]
     # The How2QA-shaped corpus asks for the same chunks of the same videos as the retrieval one:
     # its cache stores none of its frames again, and survives deleting the retrieval cache.
     shared = re.search(r"cache: done \((\w+)\) .* (\d+)/(\d+) segments cached, 0 failed, (\d+) shared with earlier caches", lines[11])

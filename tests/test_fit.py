@@ -36,7 +36,8 @@ PRETRAIN = {
     "loader": LOADER,
     "objectives": {
         "vpc_weight": 1.0, "mtc_weight": 0.25, "mlm_weight": 1.0, "vtm_weight": 10.0, "temperature": 0.05,
-        "mtc_num_key": 2, "mtc_num_value": 2, "mtc_num_other_neg": 3, "mlm_probability": 0.15, "seed": 0,
+        "mtc_num_key": 2, "mtc_num_value": 2, "mtc_num_other_neg": 3, "mlm_probability": 0.15,
+        "vtm_order_negatives": 0.0, "seed": 0,
     },
     "train": _train(20), "val_every": 50, "val_max_samples": 256, "val_batch": 8, "val_precision": "auto", "workers": 1, "video_init": "", "features": False,
 }
