@@ -78,7 +78,7 @@ class BertInitialised(nn.Module):
     calls it for the parts a checkpoint lacks); ``init_weights`` applies it to every submodule,
     in order, as the constructor does once its layers exist."""
 
-    initializer_range: float = 0.02
+    initializer_range: float = HEAD_INITIALIZER_RANGE
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
@@ -151,7 +151,7 @@ class MaskedLanguageModelingHead(BertInitialised):
         hidden_act: str = "gelu",
         layer_norm_eps: float = 1e-12,
         tied_embedding: nn.Embedding | None = None,
-        initializer_range: float = 0.02,
+        initializer_range: float = HEAD_INITIALIZER_RANGE,
     ) -> None:
         super().__init__()
         self.transform = PredictionTransform(hidden_size, hidden_act, layer_norm_eps)
@@ -199,7 +199,7 @@ class MaskedLanguageModelingHead(BertInitialised):
 class VideoTextMatchingHead(BertInitialised):
     """Pooled fusion output (B, H) -> (B, 2) logits: 0 = mismatched, 1 = matched."""
 
-    def __init__(self, hidden_size: int, initializer_range: float = 0.02) -> None:
+    def __init__(self, hidden_size: int, initializer_range: float = HEAD_INITIALIZER_RANGE) -> None:
         super().__init__()
         self.classifier = nn.Linear(hidden_size, 2)
         self.initializer_range = initializer_range
@@ -218,7 +218,7 @@ class MultipleChoiceOutput:
 class MultipleChoiceHead(BertInitialised):
     """How2QA head: 1 logit per candidate, plus the per-frame span classifier."""
 
-    def __init__(self, hidden_size: int, dropout: float = 0.1, initializer_range: float = 0.02) -> None:
+    def __init__(self, hidden_size: int, dropout: float = 0.1, initializer_range: float = HEAD_INITIALIZER_RANGE) -> None:
         super().__init__()
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(hidden_size, 1)
@@ -246,7 +246,7 @@ class ClassificationHead(BertInitialised):
     """Pooled fusion output (B, H) -> (B, num_labels): VIOLIN (2), ActivityNet-QA (1654)."""
 
     def __init__(
-        self, hidden_size: int, num_labels: int, dropout: float = 0.1, initializer_range: float = 0.02
+        self, hidden_size: int, num_labels: int, dropout: float = 0.1, initializer_range: float = HEAD_INITIALIZER_RANGE
     ) -> None:
         super().__init__()
         self.dropout = nn.Dropout(dropout)

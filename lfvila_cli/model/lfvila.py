@@ -73,7 +73,6 @@ from .files import (
 )
 from .fusion import CrossModalConfig, CrossModalEncoder, CrossModalOutput
 from .heads import (
-    HEAD_INITIALIZER_RANGE,
     ClassificationHead,
     ContrastiveProjections,
     MaskedLanguageModelingHead,
@@ -316,8 +315,7 @@ class LfvilaModel(nn.Module):
         self.text_encoder = HierarchicalTextEncoder(config.text)
         bert = self.text_encoder.bert
         hidden = self.text_encoder.hidden_size
-        # Fresh heads start at BERT's 0.02 whatever the text model's own initializer_range (heads.py).
-        init_range = HEAD_INITIALIZER_RANGE
+        # Fresh heads start at heads.HEAD_INITIALIZER_RANGE (BERT's 0.02) whatever the text model's own.
         dropout = getattr(bert.config, "hidden_dropout_prob", 0.1)
 
         if heads.projections != "none" and config.projections.text_dim != hidden:
@@ -343,12 +341,12 @@ class LfvilaModel(nn.Module):
         self.mlm_head = (
             MaskedLanguageModelingHead.from_bert(bert, tie_word_embeddings=heads.tie_mlm_decoder) if heads.mlm else None
         )
-        self.vtm_head = VideoTextMatchingHead(hidden, init_range) if heads.vtm else None
+        self.vtm_head = VideoTextMatchingHead(hidden) if heads.vtm else None
         self.multiple_choice_head = (
-            MultipleChoiceHead(hidden, dropout, init_range) if heads.multiple_choice else None
+            MultipleChoiceHead(hidden, dropout) if heads.multiple_choice else None
         )
         self.classification_head = (
-            ClassificationHead(hidden, heads.num_labels, dropout, init_range) if heads.num_labels else None
+            ClassificationHead(hidden, heads.num_labels, dropout) if heads.num_labels else None
         )
 
     # ----------------------------------------------------------------------------- encoders
