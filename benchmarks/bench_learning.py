@@ -23,6 +23,7 @@ over the seeds).
 
     python benchmarks/bench_learning.py                        # 2 × 3 runs, ~20 min on 2 cores
     python benchmarks/bench_learning.py --seeds 1 --epochs 4   # a quick look
+    python benchmarks/bench_learning.py --first-seed 3 --include seeds012.json   # 3 more seeds; the summary over all 6
 """
 
 from __future__ import annotations
@@ -91,6 +92,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--val-videos", type=int, default=100, help="val base videos, each with a twin (the quickstart: 12)")
     parser.add_argument("--set", action="append", help="extra PretrainConfig override, e.g. train.lr=3e-4 (repeatable)")
     parser.add_argument("--json", type=Path, default=None, help="write every run's figures here")
+    parser.add_argument(
+        "--include", type=Path, action="append", default=[],
+        help="an earlier run's --json whose seeds join the summary (repeatable; e.g. seeds 0-2 beside --first-seed 3)",
+    )
     args = parser.parse_args(argv)
 
     root = args.dir or Path(tempfile.mkdtemp(prefix="lfvila-bench-learning-"))
@@ -100,9 +105,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for mtc_weight in (0.25, 0.0):
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             rows.append(run_one(corpus, store, root / "runs" / f"mtc{mtc_weight}-seed{seed}", mtc_weight, seed, args))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+    for path in args.include:
+        earlier = json.loads(path.read_text(encoding="utf-8"))
+        ours = {(r["mtc_weight"], r["seed"]) for r in rows}
+        clash = sorted({r["seed"] for r in earlier if (r["mtc_weight"], r["seed"]) in ours})
+        if clash:
+            raise SystemExit(f"{path}: seeds {clash} were run again here; include only other seeds")
+        setting = {(r["steps"], r["pairs"], r["chance_R@1"]) for r in earlier} - {(r["steps"], r["pairs"], r["chance_R@1"]) for r in rows}
+        if setting:
+            raise SystemExit(f"{path}: runs of another setting (steps, val paragraphs, chance R@1) {sorted(setting)}; include only runs of this one")
+        rows = earlier + rows
+    seeds = sorted({r["seed"] for r in rows})
 
     chance = rows[0]["chance_R@1"]
-    print(f"\nstage 1, lfvila-tiny, {rows[0]['steps']} steps per run, val split of {round(1 / chance)} videos; mean ± sd over {args.seeds} seeds\n")
+    print(f"\nstage 1, lfvila-tiny, {rows[0]['steps']} steps per run, val split of {round(1 / chance)} videos; mean ± sd over seeds {seeds}\n")
     print("| MTC | val R@1 (chance %.3f) | val R@5 | MedR | temporal-order accuracy (chance 0.5) | untrained R@1 | untrained order |" % chance)
     print("|---|---|---|---|---|---|---|")
     for mtc_weight in (0.25, 0.0):
@@ -112,14 +130,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for key, name in (("temporal_order_accuracy", "temporal-order accuracy"), ("R@1", "val R@1")):
         on = {r["seed"]: r[key] for r in rows if r["mtc_weight"]}
         off = {r["seed"]: r[key] for r in rows if not r["mtc_weight"]}
-        diffs = [on[seed] - off[seed] for seed in sorted(on)]
+        diffs = [on[seed] - off[seed] for seed in sorted(on) if seed in off]
         print(f"MTC on − off, {name}, paired by seed: {confidence_interval(diffs)}")
     pairs = rows[0]["pairs"] or 0
     if pairs:
         p_order = statistics.mean(r["temporal_order_accuracy"] for r in rows)
         print(f"sampling noise of one run's temporal-order accuracy: sd {binomial_sd(p_order, pairs):.3f} ({pairs} paragraphs)")
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
     return rows
 
 
