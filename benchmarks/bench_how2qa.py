@@ -6,10 +6,11 @@ pre-training help, and does the span head find the answer clip?
 Runs ``stages/quickstart.yaml`` in ``--workdir`` first (every stage already there is reused, so
 run the quickstart first to share its pre-training), then, in the same work directory, builds a
 larger How2QA-shaped example from the same videos and more test videos (``--qa-per-video``
-questions per video instead of 2, ``--test-videos`` base test videos instead of 24, each with
+questions per video, 6 as in the quickstart; ``--test-videos`` base test videos instead of 24, each with
 its reordered twin: 96 × 2 × 6 = 1152 test questions by default; the training videos are the
 quickstart's, since the example draws each video from its own seed), caches its frames as the
-quickstart does, and fine-tunes per seed and start: from the quickstart's stage-2 model and from
+quickstart does, and fine-tunes per seed and start: from the quickstart's stage-2 model (or, with
+``--stage2 KEY=VALUE``, a stage 2 trained for this check from the quickstart's stage 1) and from
 scratch (``init=scratch``: random weights, a tokenizer trained on the task's texts), with the
 quickstart's How2QA recipe run for ``--steps`` steps (200) at peak lr ``--lr`` (2e-4), validated
 4 times and selected on val accuracy, scored on test.
@@ -51,12 +52,13 @@ LN2 = 0.6931
 
 
 def how2qa_layers() -> dict[str, dict]:
-    """The quickstart's How2QA entries: its prepare, cache and finetune configs (the last ones)."""
+    """The quickstart's How2QA entries (its prepare, cache and finetune configs: the last ones) and its stage 2's."""
     entries = load_pipeline(PIPELINE)
     prepare = [e.config for e in entries if e.stage.name == "prepare" and e.config.get("example", {}).get("task") == "how2qa"][-1]
     finetune = [e.config for e in entries if e.stage.name == "finetune" and e.config.get("task") == "how2qa"][-1]
     cache = [e.config for e in entries if e.stage.name == "cache"][-1]
-    return {"prepare": prepare, "cache": cache, "finetune": finetune}
+    pretrain2 = [e.config for e in entries if e.stage.name == "pretrain2"][-1]
+    return {"prepare": prepare, "cache": cache, "finetune": finetune, "pretrain2": pretrain2}
 
 
 def stage(wd: Workdir, name: str, layer: dict, overrides: list[str], inputs: dict):
@@ -81,6 +83,11 @@ def main() -> None:
     parser.add_argument("--test-videos", type=int, default=96)
     parser.add_argument("--inits", nargs="+", default=["pretrained", "scratch"])
     parser.add_argument("--set", action="append", default=[], help="extra finetune override (repeatable)")
+    parser.add_argument(
+        "--stage2", action="append", default=[],
+        help="pretrain2 override (repeatable, e.g. train.epochs=15): the pre-trained start is a stage 2 trained "
+             "for this check from the quickstart's stage 1 and layer with these overrides, not the quickstart's own",
+    )
     parser.add_argument("--json", default="")
     args = parser.parse_args()
 
@@ -88,6 +95,10 @@ def main() -> None:
     results = run_pipeline(wd, PIPELINE, progress=False, echo=lambda line: print(f"  {line}", flush=True))
     pretrain2 = next(r.artifact for r in results if r.stage == "pretrain2")
     layers = how2qa_layers()
+    if args.stage2:
+        clips = next(r.artifact for r in results if r.stage == "cache")
+        pretrain1 = next(r.artifact for r in results if r.stage == "pretrain1")
+        pretrain2 = stage(wd, "pretrain2", layers["pretrain2"], args.stage2, {"cache": clips, "pretrain1": pretrain1})
     corpus = stage(wd, "prepare", layers["prepare"], [f"example.qa_per_video={args.qa_per_video}", f"example.test_videos={args.test_videos}"], {})
     cache = stage(wd, "cache", layers["cache"], [], {"prepare": corpus})
 
@@ -121,7 +132,9 @@ def main() -> None:
         Path(args.json).write_text(json.dumps(runs, indent=2) + "\n")
 
     first = runs[0]
-    print(f"\nHow2QA-shaped test split: {first['items']} questions (chance {first['chance']:.2f}); {args.steps} fine-tuning steps; mean ± sd over seeds {args.seeds}\n")
+    print(f"\nHow2QA-shaped test split: {first['items']} questions (chance {first['chance']:.2f}); {args.steps} fine-tuning steps; mean ± sd over seeds {args.seeds}")
+    origin = "overrides " + ", ".join(args.stage2) if args.stage2 else "the quickstart's"
+    print(f"pre-trained start: stage 2 {pretrain2.key[:16]} ({origin})\n")
     print("| start | test accuracy | span IoU | random-run IoU | whole-video IoU | span loss, step 1 | span loss, last 10 steps (ln 2 = 0.693) |")
     print("|---|---|---|---|---|---|---|")
     for init in args.inits:
