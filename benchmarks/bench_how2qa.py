@@ -22,8 +22,9 @@ alone gives 25%, telling present from absent events 50%, and only the order give
 Prints per run the test accuracy, the span head's IoU with the answer clip (and a random run's,
 ``evaluation.span_metrics``), and the span loss at the first step and over the last 10 steps
 (ln 2 = 0.693 means the head separates nothing); then mean ± sd per start, the sampling noise
-of one run's accuracy on that many questions, and pre-trained minus scratch paired by seed with
-its 95% confidence interval.
+of one run's accuracy on that many questions, and, each with its 95% confidence interval over
+the seeds: pre-trained minus scratch paired by seed, and per start its accuracy minus 0.5 and its
+span IoU minus a random run's.
 """
 
 from __future__ import annotations
@@ -148,8 +149,10 @@ def main() -> None:
         diffs = [by["pretrained", s]["accuracy"] - by["scratch", s]["accuracy"] for s in args.seeds]
         print(f"pre-trained − scratch, accuracy, paired by seed: {confidence_interval(diffs)}")
     for init in args.inits:
-        accuracy = [r["accuracy"] for r in runs if r["init"] == init]
-        print(f"{init}: accuracy − 0.5: {confidence_interval([a - 0.5 for a in accuracy])}")
+        rows = [r for r in runs if r["init"] == init]
+        print(f"{init}: accuracy − 0.5: {confidence_interval([r['accuracy'] - 0.5 for r in rows])}")
+        if all(r["span_iou"] is not None for r in rows):
+            print(f"{init}: span IoU − a random run's: {confidence_interval([r['span_iou'] - r['chance_iou'] for r in rows])}")
 
 
 if __name__ == "__main__":
