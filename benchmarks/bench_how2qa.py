@@ -82,6 +82,10 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-4, help="peak lr (the commands' default; the quickstart's 36 steps: 5e-4)")
     parser.add_argument("--qa-per-video", type=int, default=6)
     parser.add_argument("--test-videos", type=int, default=96)
+    parser.add_argument(
+        "--train-videos", type=int, default=0,
+        help="fine-tuning videos (default 0: the quickstart's 192; more adds videos the pre-training never saw)",
+    )
     parser.add_argument("--inits", nargs="+", default=["pretrained", "scratch"])
     parser.add_argument("--set", action="append", default=[], help="extra finetune override (repeatable)")
     parser.add_argument(
@@ -100,7 +104,8 @@ def main() -> None:
         clips = next(r.artifact for r in results if r.stage == "cache")
         pretrain1 = next(r.artifact for r in results if r.stage == "pretrain1")
         pretrain2 = stage(wd, "pretrain2", layers["pretrain2"], args.stage2, {"cache": clips, "pretrain1": pretrain1})
-    corpus = stage(wd, "prepare", layers["prepare"], [f"example.qa_per_video={args.qa_per_video}", f"example.test_videos={args.test_videos}"], {})
+    sizes = [f"example.qa_per_video={args.qa_per_video}", f"example.test_videos={args.test_videos}"]
+    corpus = stage(wd, "prepare", layers["prepare"], sizes + ([f"example.train_videos={args.train_videos}"] if args.train_videos else []), {})
     cache = stage(wd, "cache", layers["cache"], [], {"prepare": corpus})
 
     runs = []
