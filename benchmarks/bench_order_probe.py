@@ -28,7 +28,9 @@ Starts (``--inits``):
 Prints per run the test accuracy at each ``--every`` step and at the end, the training batches'
 choice loss and accuracy over the last 200 steps, then per start mean ± sd over the seeds, the
 sampling sd of one run's accuracy, and 95% confidence intervals of accuracy − 0.5 per start and of
-pre-trained − each other start, paired by seed.
+pre-trained − each other start, paired by seed. ``--json`` writes this invocation's runs;
+``--include`` adds earlier JSON files of the same steps and lr to the summary (``--seeds`` with no
+seeds and ``--include`` only summarises), so seeds can run as separate invocations.
 """
 
 from __future__ import annotations
@@ -179,7 +181,7 @@ def probe(init: str, seed: int, args, corpus, cache, pretrain2) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="lfvila-work")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], help="none: only summarise --include")
     parser.add_argument("--inits", nargs="+", choices=["pretrained", "scratch", "oracle"], default=["pretrained", "scratch"])
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--lr", type=float, default=3e-4, help="peak lr")
@@ -187,7 +189,7 @@ def main() -> None:
     parser.add_argument("--qa-per-video", type=int, default=6)
     parser.add_argument("--test-videos", type=int, default=96)
     parser.add_argument("--train-videos", type=int, default=768, help="training videos (the quickstart's 192 and 576 more)")
-    parser.add_argument("--include", default="", help="a JSON of earlier runs of the same settings to summarise with these")
+    parser.add_argument("--include", nargs="*", default=[], help="JSON files of earlier runs of the same settings to summarise with these")
     parser.add_argument("--json", default="", help="write this invocation's runs here")
     args = parser.parse_args()
 
@@ -202,14 +204,16 @@ def main() -> None:
     runs = [probe(init, seed, args, corpus, cache, pretrain2) for init in args.inits for seed in args.seeds]
     if args.json:
         Path(args.json).write_text(json.dumps(runs, indent=2) + "\n")
-    if args.include:
-        earlier = json.loads(Path(args.include).read_text())
+    for path in args.include:
+        earlier = json.loads(Path(path).read_text())
         clash = [(r["init"], r["seed"]) for r in earlier if any((r["init"], r["seed"]) == (x["init"], x["seed"]) for x in runs)]
-        other = [r for r in earlier if (r["steps"], r["lr"]) != (args.steps, args.lr)]
-        if clash or other:
-            raise SystemExit(f"--include {args.include}: runs {clash} repeat this invocation's" if clash else f"--include {args.include}: other steps or lr")
-        runs = earlier + runs
-
+        if clash:
+            raise SystemExit(f"--include {path}: runs {clash} are already in the summary")
+        if any((r["steps"], r["lr"]) != (args.steps, args.lr) for r in earlier):
+            raise SystemExit(f"--include {path}: runs of other steps or lr than --steps {args.steps} --lr {args.lr}")
+        runs = runs + earlier
+    if not runs:
+        raise SystemExit("no runs: give --seeds or --include")
     inits = list(dict.fromkeys(r["init"] for r in runs))
     by = {(r["init"], r["seed"]): r for r in runs}
     print(f"\nHow2QA-shaped test split: {runs[0]['items']} questions (chance 0.25); {args.steps} steps of {BATCH} at peak lr {args.lr}; video encoder frozen")
