@@ -47,7 +47,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_how2qa import how2qa_layers, stage  # noqa: E402  (sets HF_HUB_OFFLINE and the import path)
+from bench_how2qa import PIPELINE, how2qa_layers, stage  # noqa: E402  (sets HF_HUB_OFFLINE and the import path)
 from seeds import binomial_sd, confidence_interval, mean_sd  # noqa: E402
 
 from lfvila_cli.config import resolve  # noqa: E402
@@ -61,7 +61,6 @@ from lfvila_cli.train.config import FinetuneConfig  # noqa: E402
 from lfvila_cli.train.finetune import build_task_model  # noqa: E402
 from lfvila_cli.train.schedule import lr_factor, parameter_groups  # noqa: E402
 
-PIPELINE = Path(__file__).resolve().parents[1] / "stages" / "quickstart.yaml"
 BATCH = 16
 SPLITS = ("train", "test")
 
@@ -81,9 +80,8 @@ def narration_tokens(sample, times: torch.Tensor, shape: tuple[int, ...], words:
     return torch.stack(rows)[:, None, None, :].expand(-1, *shape[1:]).contiguous()
 
 
-def probe(init: str, seed: int, args, corpus, cache, pretrain2) -> dict:
+def probe(init: str, seed: int, args, layer: dict, corpus, cache, pretrain2) -> dict:
     began = time.perf_counter()
-    layer = how2qa_layers()["finetune"]
     cfg = resolve(FinetuneConfig, layers=[layer], overrides=[f"train.seed={seed}", f"loader.seed={seed}", f"init={'scratch' if init == 'scratch' else 'pretrained'}"])
     tokenizer = load_tokenizer(str(pretrain2.path / "tokenizer"))
     model, _, _ = build_task_model(cfg, pretrain2.path, tokenizer, None)
@@ -94,6 +92,7 @@ def probe(init: str, seed: int, args, corpus, cache, pretrain2) -> dict:
     data: dict[str, tuple[list, list]] = {}
     maps: dict[str, torch.Tensor] = {}
     words: dict[str, torch.Tensor] = {}
+    shape: tuple[int, ...] = ()
     generator = torch.Generator().manual_seed(1000 + seed)
     model.eval()
     with torch.no_grad():
@@ -103,9 +102,12 @@ def probe(init: str, seed: int, args, corpus, cache, pretrain2) -> dict:
             for i, sample in enumerate(ds.samples):
                 item = ds[i]
                 if sample.video not in maps:
-                    video_map = model.video_encoder(item.pop("frames")[None]).tokens[0]
+                    # The oracle needs the encoder only once, for the map's shape.
+                    if not (init == "oracle" and shape):
+                        video_map = model.video_encoder(item["frames"][None]).tokens[0]
+                        shape = tuple(video_map.shape)
                     if init == "oracle":
-                        video_map = narration_tokens(sample, item["times"], tuple(video_map.shape), words, generator)
+                        video_map = narration_tokens(sample, item["times"], shape, words, generator)
                     maps[sample.video] = video_map
                 item.pop("frames", None)
                 items.append(item)
@@ -201,7 +203,7 @@ def main() -> None:
     corpus = stage(wd, "prepare", layers["prepare"], sizes, {})
     cache = stage(wd, "cache", layers["cache"], [], {"prepare": corpus})
 
-    runs = [probe(init, seed, args, corpus, cache, pretrain2) for init in args.inits for seed in args.seeds]
+    runs = [probe(init, seed, args, layers["finetune"], corpus, cache, pretrain2) for init in args.inits for seed in args.seeds]
     if args.json:
         Path(args.json).write_text(json.dumps(runs, indent=2) + "\n")
     for path in args.include:
