@@ -25,11 +25,16 @@ Starts (``--inits``):
   exactly; if the cross-modal layers learn no faster from these, the video features are not what
   holds them back.
 
+``--set KEY=VALUE`` adds a fine-tune override (``choice_head_init=vtm``: the candidate scorer starts as
+stage 2's VTM head); ``--steps 0`` scores the start as it is (with ``choice_head_init=vtm``, VTM's
+zero-shot judgement of each candidate).
+
 Prints per run the test accuracy at each ``--every`` step and at the end, the training batches'
 choice loss and accuracy over the last 200 steps, then per start mean ± sd over the seeds, the
-sampling sd of one run's accuracy, and 95% confidence intervals of accuracy − 0.5 per start and of
-pre-trained − each other start, paired by seed. ``--json`` writes this invocation's runs;
-``--include`` adds earlier JSON files of the same steps and lr to the summary (``--seeds`` with no
+sampling sd of one run's accuracy, the presence bar (``example.presence_accuracy``: knowing which
+events occur and not their order), and 95% confidence intervals of accuracy − the presence bar per
+start and of pre-trained − each other start, paired by seed. ``--json`` writes this invocation's
+runs; ``--include`` adds earlier JSON files of the same steps, lr and corpus to the summary (``--seeds`` with no
 seeds and ``--include`` only summarises), so seeds can run as separate invocations.
 """
 
@@ -47,7 +52,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_how2qa import PIPELINE, how2qa_layers, stage  # noqa: E402  (sets HF_HUB_OFFLINE and the import path)
+from bench_how2qa import PIPELINE, how2qa_layers, presence_bar, stage  # noqa: E402  (sets HF_HUB_OFFLINE and the import path)
 from seeds import binomial_sd, confidence_interval, mean_sd  # noqa: E402
 
 from lfvila_cli.config import resolve  # noqa: E402
@@ -82,7 +87,8 @@ def narration_tokens(sample, times: torch.Tensor, shape: tuple[int, ...], words:
 
 def probe(init: str, seed: int, args, layer: dict, corpus, cache, pretrain2) -> dict:
     began = time.perf_counter()
-    cfg = resolve(FinetuneConfig, layers=[layer], overrides=[f"train.seed={seed}", f"loader.seed={seed}", f"init={'scratch' if init == 'scratch' else 'pretrained'}"])
+    overrides = [f"train.seed={seed}", f"loader.seed={seed}", f"init={'scratch' if init == 'scratch' else 'pretrained'}", *args.set]
+    cfg = resolve(FinetuneConfig, layers=[layer], overrides=overrides)
     tokenizer = load_tokenizer(str(pretrain2.path / "tokenizer"))
     model, _, _ = build_task_model(cfg, pretrain2.path, tokenizer, None)
     samples = list(read_corpus(corpus.path / "samples.jsonl"))
@@ -166,9 +172,9 @@ def probe(init: str, seed: int, args, layer: dict, corpus, cache, pretrain2) -> 
         if (step + 1) % args.every == 0 and step + 1 < args.steps:
             curve.append((step + 1, test_accuracy()))
             print(f"  {init} seed {seed} step {step + 1}: test accuracy {curve[-1][1]:.3f}", flush=True)
-    last = np.array(history[-200:])
+    last = np.array(history[-200:]) if history else np.full((1, 2), np.nan)  # --steps 0: the start as it is
     run = {
-        "init": init, "seed": seed, "steps": args.steps, "lr": args.lr, "accuracy": test_accuracy(), "items": len(data["test"][1]),
+        "init": init, "seed": seed, "corpus": corpus.key[:16], "set": args.set, "steps": args.steps, "lr": args.lr, "accuracy": test_accuracy(), "items": len(data["test"][1]),
         "curve": curve, "train_choice_loss_last200": float(last[:, 0].mean()), "train_accuracy_last200": float(last[:, 1].mean()),
         "minutes": (time.perf_counter() - began) / 60,
     }
@@ -192,6 +198,7 @@ def main() -> None:
     parser.add_argument("--test-videos", type=int, default=96)
     parser.add_argument("--train-videos", type=int, default=768, help="training videos (the quickstart's 192 and 576 more)")
     parser.add_argument("--include", nargs="*", default=[], help="JSON files of earlier runs of the same settings to summarise with these")
+    parser.add_argument("--set", action="append", default=[], help="extra finetune override (repeatable), e.g. choice_head_init=vtm")
     parser.add_argument("--json", default="", help="write this invocation's runs here")
     args = parser.parse_args()
 
@@ -213,6 +220,10 @@ def main() -> None:
             raise SystemExit(f"--include {path}: runs {clash} are already in the summary")
         if any((r["steps"], r["lr"]) != (args.steps, args.lr) for r in earlier):
             raise SystemExit(f"--include {path}: runs of other steps or lr than --steps {args.steps} --lr {args.lr}")
+        if any(r.get("set", []) != args.set for r in earlier):
+            raise SystemExit(f"--include {path}: runs of other --set overrides than {args.set}")
+        if any(r.get("corpus") != corpus.key[:16] for r in earlier):
+            raise SystemExit(f"--include {path}: runs on another corpus than {corpus.key[:16]} (other questions)")
         runs = runs + earlier
     if not runs:
         raise SystemExit("no runs: give --seeds or --include")
@@ -231,8 +242,11 @@ def main() -> None:
         )
     p = statistics.mean(r["accuracy"] for r in runs)
     print(f"\nsampling noise of one run's accuracy: sd {binomial_sd(p, runs[0]['items']):.3f} ({runs[0]['items']} questions)")
+    bar = presence_bar(corpus)
+    print(f"presence bar (knows which events occur, not their order): {bar:.3f}")
     for init in inits:
-        print(f"{init}: accuracy − 0.5: {confidence_interval([r['accuracy'] - 0.5 for r in runs if r['init'] == init])}")
+        print(f"{init}: accuracy − chance: {confidence_interval([r['accuracy'] - 0.25 for r in runs if r['init'] == init])}")
+        print(f"{init}: accuracy − presence bar: {confidence_interval([r['accuracy'] - bar for r in runs if r['init'] == init])}")
     for init in inits:
         seeds = [s for (i, s) in by if i == init and ("pretrained", s) in by]
         if init != "pretrained" and seeds:

@@ -43,7 +43,7 @@ PRETRAIN = {
 }
 FINETUNE = {
     "task": "activitynet", "init": "pretrained", "release_checkpoint": "", "model": "lfvila-tiny", "text_model": "random",
-    "tokenizer": "", "tokenizer_vocab_size": 2000, "loader": LOADER, "max_subtitles": -1, "span_weight": 1.0,
+    "tokenizer": "", "tokenizer_vocab_size": 2000, "loader": LOADER, "max_subtitles": -1, "span_weight": 1.0, "choice_head_init": "fresh",
     "train": _train(10), "val_every": 50, "val_max_samples": 0, "val_batch": 8, "val_precision": "auto", "workers": 1,
 }
 TRAIN_CONFIG = {

@@ -244,3 +244,53 @@ def test_hub_ids_resolve_from_the_local_cache_offline(tmp_path, monkeypatch, tok
     # a local directory of the same name wins over the hub id
     tiny_model("stage1").save_pretrained(tmp_path / "lfvila-test" / "tiny-retrieval")
     assert type(LfvilaModel.from_pretrained("lfvila-test/tiny-retrieval")) is LfvilaForPretrainingStage1
+
+
+def test_the_choice_head_can_start_as_the_vtm_head(tokenizer_dir, tmp_path):
+    """finetune choice_head_init=vtm: each candidate's first choice logit is stage 2's VTM
+    match-minus-mismatch logit on the same fused state; fresh (the default) leaves the head as
+    built, and a start without a VTM head (a retrieval model) keeps it fresh."""
+    from lfvila_cli.config import resolve
+    from lfvila_cli.data.tokenizer import load_tokenizer
+    from lfvila_cli.model.pretrained import choice_head_from_vtm
+    from lfvila_cli.train.config import FinetuneConfig
+    from lfvila_cli.train.finetune import build_task_model
+
+    stage2 = tiny_model("stage2", seed=1, vocab=len(load_tokenizer(str(tokenizer_dir))))
+    with torch.no_grad():
+        stage2.vtm_head.classifier.weight.normal_(0, 1)  # far from any fresh head
+        stage2.vtm_head.classifier.bias.normal_(0, 1)
+    stage2.save_pretrained(tmp_path / "s2", tokenizer=tokenizer_dir)
+    tokenizer = load_tokenizer(str(tmp_path / "s2" / "tokenizer"))
+    pooled = torch.randn(6, stage2.vtm_head.classifier.in_features)
+    match = stage2.vtm_head(pooled)
+    match = match[:, 1] - match[:, 0]
+    heads = {}
+    for init in ("vtm", "fresh"):
+        cfg = resolve(FinetuneConfig, overrides=["task=how2qa", f"choice_head_init={init}"])
+        model, _, report = build_task_model(cfg, tmp_path / "s2", tokenizer, None)
+        heads[init] = model.multiple_choice_head.classifier
+        assert report.get("choice_head") == ("vtm" if init == "vtm" else None)
+    with torch.no_grad():
+        assert torch.allclose(heads["vtm"](pooled)[:, 0], match, atol=1e-5)
+        assert not torch.allclose(heads["fresh"](pooled)[:, 0], match, atol=1e-2)
+        assert heads["fresh"].weight.std() < 0.05  # N(0, 0.02)
+
+    tiny_model("retrieval").save_pretrained(tmp_path / "r")
+    head = tiny_model("qa-multichoice", seed=2).multiple_choice_head
+    before = head.classifier.weight.clone()
+    assert not choice_head_from_vtm(head, tmp_path / "r")
+    assert torch.equal(head.classifier.weight, before)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["task=activitynet", "choice_head_init=vtm"], "task activitynet is retrieval"),
+    (["task=how2qa", "choice_head_init=stage2"], "expected fresh or vtm"),
+])
+def test_choice_head_init_is_checked(overrides, message):
+    from lfvila_cli.config import resolve
+    from lfvila_cli.train.config import FinetuneConfig
+
+    with pytest.raises(ConfigError, match="choice_head_init") as caught:
+        resolve(FinetuneConfig, overrides=overrides)
+    assert message in str(caught.value)

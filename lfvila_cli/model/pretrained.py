@@ -120,6 +120,21 @@ def load_stage1_into(model, stage1_dir: str | Path) -> dict[str, int]:
     return {"loaded": len(state), "fresh": len(result.missing_keys)}
 
 
+def choice_head_from_vtm(head, model_dir: str | Path) -> bool:
+    """Start a multiple-choice ``head``'s candidate scorer as the model directory's video-text
+    matching head: the logit of "matched" minus that of "mismatched", so that before any
+    fine-tuning each candidate scores as VTM judges it with the video. False (the head untouched)
+    where the directory has no VTM head (a retrieval model; a stage-1 model keeps an untrained one)."""
+    state = load_weights(Path(model_dir) / WEIGHTS_FILE)
+    weight, bias = state.get("vtm_head.classifier.weight"), state.get("vtm_head.classifier.bias")
+    if weight is None or bias is None:
+        return False
+    with torch.no_grad():
+        head.classifier.weight.copy_((weight[1] - weight[0])[None])
+        head.classifier.bias.copy_((bias[1] - bias[0])[None])
+    return True
+
+
 def load_pretrained_into(model, model_dir: str | Path) -> dict[str, Any]:
     """Copy a pre-trained model directory's weights into a task ``model``: every tensor both have
     (same name) must have the same shape; the directory's extra tensors (heads the task does not

@@ -9,7 +9,7 @@ plus the digest of the authors' checkpoint with ``init=release``. Resumable.
 
 from __future__ import annotations
 
-from ..config import to_dict
+from ..config import omit_when, to_dict
 from ..pipeline.artifacts import file_digest
 from ..pipeline.stage import Stage, StageContext
 from ..train.config import FinetuneConfig
@@ -21,6 +21,7 @@ POLICY_FIELDS = ("workers",)
 
 def key_config(cfg: FinetuneConfig) -> dict:
     own = {k: v for k, v in to_dict(cfg).items() if k not in POLICY_FIELDS}
+    own = omit_when(own, choice_head_init="fresh")  # keys from before it existed
     return {**validation_key(own, cfg.train), "train": train_key(cfg.train)}
 
 

@@ -54,7 +54,9 @@ STAGE = Stage(
     name="prepare",
     # 2: untimed segments, task fields checked; the example's How2QA distractors;
     # 3: reader fixes (ActivityNet and VALUE VIOLIN ids, clamped and clipped times, How2QA test split)
-    version=3,
+    # 4: the example's How2QA items: text alone at chance (absent events drawn as the video's own,
+    #    the object named by its shape)
+    version=4,
     config_class=PrepareConfig,
     run=run,
     fingerprints=fingerprints,

@@ -192,6 +192,10 @@ class FinetuneConfig:
     loader: LoaderConfig = field(default_factory=lambda: LoaderConfig(max_tokens=MAX_TOKENS))
     max_subtitles: int = -1  # subtitle slots after the question / statement; -1 = the task's (How2QA 6, VIOLIN 4)
     span_weight: float = 1.0  # How2QA: weight of the per-frame span loss
+    # multiple choice: how the candidate scorer starts. fresh = N(0, 0.02); vtm = the start's
+    # video-text matching head (its match minus mismatch logit), where the pre-trained start has one
+    # (stage 2's is trained), else fresh; docs/method.md §6
+    choice_head_init: str = "fresh"
     train: TrainConfig = field(default_factory=finetune_train)
     val_every: int = VAL_EVERY  # steps; 0 = only at the end
     val_max_samples: int = FINETUNE_VAL_MAX_SAMPLES  # 0 = the whole val split
@@ -207,6 +211,12 @@ class FinetuneConfig:
         check(self.init != "release" or bool(self.release_checkpoint), "release_checkpoint", "init=release needs the checkpoint file")
         check(self.max_subtitles >= -1, "max_subtitles", f"must be >= -1 (-1 = the task's), got {self.max_subtitles}")
         check(self.span_weight >= 0, "span_weight", f"must be >= 0, got {self.span_weight}")
+        check(self.choice_head_init in ("fresh", "vtm"), "choice_head_init", f"expected fresh or vtm, got {self.choice_head_init!r}")
+        check(
+            self.choice_head_init == "fresh" or self.spec.kind == "multiple_choice",
+            "choice_head_init",
+            f"vtm starts a multiple-choice head; task {self.task} is {self.spec.kind.replace('_', '-')}",
+        )
         check(self.tokenizer_vocab_size > 5, "tokenizer_vocab_size", f"must be > 5, got {self.tokenizer_vocab_size}")
         check(self.val_every >= 0, "val_every", f"must be >= 0, got {self.val_every}")
         check(self.val_max_samples >= 0, "val_max_samples", f"must be >= 0, got {self.val_max_samples}")

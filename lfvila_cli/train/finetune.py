@@ -111,6 +111,15 @@ def init_task_model(cfg: FinetuneConfig, config, init_from: Optional[Path], toke
         report = {"from": cfg.release_checkpoint, "summary": imported.summary()}
     else:
         report = {"from": "scratch"}
+    if cfg.choice_head_init == "vtm":
+        from ..model.pretrained import choice_head_from_vtm
+
+        if cfg.init != "pretrained":
+            report["choice_head"] = f"fresh (init={cfg.init}: vtm applies to a pre-trained artifact)"
+        elif choice_head_from_vtm(model.multiple_choice_head, init_from):
+            report["choice_head"] = "vtm"
+        else:
+            report["choice_head"] = "fresh (the pre-trained model has no VTM head)"
     return model, report
 
 
