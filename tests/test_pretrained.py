@@ -252,7 +252,7 @@ def test_the_choice_head_can_start_as_the_vtm_head(tokenizer_dir, tmp_path):
     built, and a start without a VTM head (a retrieval model) keeps it fresh."""
     from lfvila_cli.config import resolve
     from lfvila_cli.data.tokenizer import load_tokenizer
-    from lfvila_cli.model.pretrained import choice_head_from_vtm
+    from lfvila_cli.model.pretrained import WEIGHTS_FILE, choice_head_from_vtm, load_weights
     from lfvila_cli.train.config import FinetuneConfig
     from lfvila_cli.train.finetune import build_task_model
 
@@ -279,7 +279,7 @@ def test_the_choice_head_can_start_as_the_vtm_head(tokenizer_dir, tmp_path):
     tiny_model("retrieval").save_pretrained(tmp_path / "r")
     head = tiny_model("qa-multichoice", seed=2).multiple_choice_head
     before = head.classifier.weight.clone()
-    assert not choice_head_from_vtm(head, tmp_path / "r")
+    assert not choice_head_from_vtm(head, load_weights(tmp_path / "r" / WEIGHTS_FILE))
     assert torch.equal(head.classifier.weight, before)
 
 

@@ -526,9 +526,9 @@ def how2qa_items(plan: VideoPlan, cfg: ExampleConfig) -> list[Sample]:
         absent = _absent_events(plan, rng)
         picked = others[:SAME_VIDEO_DISTRACTORS] + absent[: 3 - SAME_VIDEO_DISTRACTORS]
         picked += others[SAME_VIDEO_DISTRACTORS : SAME_VIDEO_DISTRACTORS + 3 - len(picked)]
-        distractors = [f"the {plan.shape} {event.phrase}." for event in picked]
         answer = int(rng.integers(4))
-        candidates = distractors[:answer] + [f"the {plan.shape} {plan.events[answer_clip].phrase}."] + distractors[answer:]
+        picked.insert(answer, plan.events[answer_clip])
+        candidates = [f"the {plan.shape} {event.phrase}." for event in picked]
         items.append(
             Sample(
                 id=f"{plan.id}-how2qa{k}",
@@ -548,11 +548,14 @@ def how2qa_items(plan: VideoPlan, cfg: ExampleConfig) -> list[Sample]:
     return items
 
 
-def event_phrase(sentence: str) -> str:
-    """The verb phrase of an example sentence or candidate: "the green triangle spins." -> "spins"."""
-    words = sentence.rstrip(".?").split(" ")
-    at = next(i for i, word in enumerate(words) if word in SHAPES)
-    return " ".join(words[at + 1 :])
+def event_phrase(text: str) -> str:
+    """The verb phrase of an example sentence, candidate or question: "the green triangle spins."
+    -> "spins"; "What does the circle do after it grows?" -> "grows" (the anchor's event)."""
+    words = text.rstrip(".?").split(" ")
+    at = next(i for i, word in enumerate(words) if word in SHAPES) + 1
+    if words[at : at + 1] == ["do"]:  # "do after it <phrase>"
+        at += 3
+    return " ".join(words[at:])
 
 
 def presence_accuracy(items: list[Sample]) -> float:

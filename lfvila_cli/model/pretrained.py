@@ -120,12 +120,11 @@ def load_stage1_into(model, stage1_dir: str | Path) -> dict[str, int]:
     return {"loaded": len(state), "fresh": len(result.missing_keys)}
 
 
-def choice_head_from_vtm(head, model_dir: str | Path) -> bool:
-    """Start a multiple-choice ``head``'s candidate scorer as the model directory's video-text
-    matching head: the logit of "matched" minus that of "mismatched", so that before any
+def choice_head_from_vtm(head, state: dict[str, torch.Tensor]) -> bool:
+    """Start a multiple-choice ``head``'s candidate scorer as the video-text matching head of a
+    pre-trained ``state``: the logit of "matched" minus that of "mismatched", so that before any
     fine-tuning each candidate scores as VTM judges it with the video. False (the head untouched)
-    where the directory has no VTM head (a retrieval model; a stage-1 model keeps an untrained one)."""
-    state = load_weights(Path(model_dir) / WEIGHTS_FILE)
+    where the state has no VTM head (a retrieval model; a stage-1 model keeps an untrained one)."""
     weight, bias = state.get("vtm_head.classifier.weight"), state.get("vtm_head.classifier.bias")
     if weight is None or bias is None:
         return False
@@ -135,11 +134,12 @@ def choice_head_from_vtm(head, model_dir: str | Path) -> bool:
     return True
 
 
-def load_pretrained_into(model, model_dir: str | Path) -> dict[str, Any]:
+def load_pretrained_into(model, model_dir: str | Path, choice_head_vtm: bool = False) -> dict[str, Any]:
     """Copy a pre-trained model directory's weights into a task ``model``: every tensor both have
     (same name) must have the same shape; the directory's extra tensors (heads the task does not
-    use) are left out and the task's own (new heads) stay freshly initialised. Returns counts
-    and the fresh parameter groups."""
+    use) are left out and the task's own (new heads) stay freshly initialised, except, with
+    ``choice_head_vtm``, the multiple-choice scorer (``choice_head_from_vtm``). Returns counts
+    and the fresh parameter groups (and with ``choice_head_vtm``, ``choice_head``: how it started)."""
     model_dir = Path(model_dir)
     state = load_weights(model_dir / WEIGHTS_FILE)
     own = model.state_dict()
@@ -154,4 +154,8 @@ def load_pretrained_into(model, model_dir: str | Path) -> dict[str, Any]:
         raise LfvilaError(f"{model_dir}: no tensor of the pre-trained model fits the task model")
     model.load_state_dict(shared, strict=False)
     fresh = sorted({k.split(".")[0] for k in own if k not in shared})  # top-level modules
-    return {"loaded": len(shared), "left_out": len(state) - len(shared), "fresh": fresh}
+    report = {"loaded": len(shared), "left_out": len(state) - len(shared), "fresh": fresh}
+    if choice_head_vtm:
+        from_vtm = choice_head_from_vtm(model.multiple_choice_head, state)
+        report["choice_head"] = "vtm" if from_vtm else "fresh (the pre-trained model has no VTM head)"
+    return report

@@ -97,7 +97,7 @@ def init_task_model(cfg: FinetuneConfig, config, init_from: Optional[Path], toke
     if len(tokenizer) > rows:
         raise ConfigError(f"config key 'tokenizer': {len(tokenizer)} tokens, but the model has {rows} embedding rows")
     if cfg.init == "pretrained":
-        report = {"from": str(init_from), **load_pretrained_into(model, init_from)}
+        report = {"from": str(init_from), **load_pretrained_into(model, init_from, choice_head_vtm=cfg.choice_head_init == "vtm")}
     elif cfg.init == "release":
         from ..model.weights import load_official_checkpoint
 
@@ -111,15 +111,8 @@ def init_task_model(cfg: FinetuneConfig, config, init_from: Optional[Path], toke
         report = {"from": cfg.release_checkpoint, "summary": imported.summary()}
     else:
         report = {"from": "scratch"}
-    if cfg.choice_head_init == "vtm":
-        from ..model.pretrained import choice_head_from_vtm
-
-        if cfg.init != "pretrained":
-            report["choice_head"] = f"fresh (init={cfg.init}: vtm applies to a pre-trained artifact)"
-        elif choice_head_from_vtm(model.multiple_choice_head, init_from):
-            report["choice_head"] = "vtm"
-        else:
-            report["choice_head"] = "fresh (the pre-trained model has no VTM head)"
+    if cfg.choice_head_init == "vtm" and cfg.init != "pretrained":
+        report["choice_head"] = f"fresh (init={cfg.init}: vtm applies to a pre-trained artifact)"
     return model, report
 
 
