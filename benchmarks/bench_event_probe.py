@@ -43,7 +43,7 @@ from bench_how2qa import PIPELINE, how2qa_layers, stage  # noqa: E402  (sets HF_
 from lfvila_cli.api import load_model  # noqa: E402
 from lfvila_cli.config import resolve  # noqa: E402
 from lfvila_cli.data.corpus import read_corpus  # noqa: E402
-from lfvila_cli.data.example import PHRASES, event_phrase, presence_accuracy  # noqa: E402
+from lfvila_cli.data.example import COLOURS, PHRASES, event_phrase, presence_accuracy  # noqa: E402
 from lfvila_cli.data.task_data import TaskDataset  # noqa: E402
 from lfvila_cli.data.tokenizer import load_tokenizer  # noqa: E402
 from lfvila_cli.pipeline.artifacts import Workdir  # noqa: E402
@@ -63,7 +63,7 @@ def event_kind(sentence: str) -> int:
     for kind, wordings in PHRASES.items():
         for wording in wordings:
             words = wording.split(" ")
-            if len(words) == len(phrase) and all(w == p or w == "{colour}" for w, p in zip(words, phrase)):
+            if len(words) == len(phrase) and all(w == p or (w == "{colour}" and p in COLOURS) for w, p in zip(words, phrase)):
                 return KINDS.index(kind)
     raise ValueError(f"no event kind matches {sentence!r}")
 
@@ -162,7 +162,7 @@ def main() -> None:
     samples = list(read_corpus(corpus.path / "samples.jsonl"))
     store = str(cache.path / "frames.zarr")
 
-    print(f"\nEvent kind of each clip from frozen features ({len(KINDS)} kinds), linear probe; stage 1 of stage 2 {pretrain2.key[:16]}\n")
+    print(f"\nEvent kind of each clip from frozen features ({len(KINDS)} kinds), linear probe; the video encoder of stage 2 {pretrain2.key[:16]} (stage 1's, frozen)\n")
     print("| features | train clips | test clips | most common kind (test) | train accuracy | test accuracy | weight decay (val) |")
     print("|---|---|---|---|---|---|---|")
     for init in args.inits:
