@@ -44,7 +44,7 @@ from lfvila_cli.api import load_model  # noqa: E402
 from lfvila_cli.config import resolve  # noqa: E402
 from lfvila_cli.data.corpus import read_corpus  # noqa: E402
 from lfvila_cli.data.example import COLOURS, PHRASES, event_phrase, presence_accuracy  # noqa: E402
-from lfvila_cli.data.task_data import TaskDataset  # noqa: E402
+from lfvila_cli.data.task_data import TaskDataset, tokenize_texts  # noqa: E402
 from lfvila_cli.data.tokenizer import load_tokenizer  # noqa: E402
 from lfvila_cli.pipeline.artifacts import Workdir  # noqa: E402
 from lfvila_cli.stages import run_pipeline  # noqa: E402
@@ -82,29 +82,38 @@ def clip_features(frame_features: torch.Tensor, times: torch.Tensor, segments) -
     return out
 
 
-def features(init: str, layer: dict, samples: list, store: str, pretrain2) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Per split: (clip features (N, 3·D), event kinds (N,)), one entry per clip of each video."""
-    cfg = resolve(FinetuneConfig, layers=[layer], overrides=[f"init={'scratch' if init == 'scratch' else 'pretrained'}", "train.seed=0"])
-    tokenizer = load_tokenizer(str(pretrain2.path / "tokenizer"))
-    model, _, _ = build_task_model(cfg, pretrain2.path, tokenizer, None)
-    model.eval()
+def read_videos(samples: list, store: str, tokenizer, loader) -> dict[str, list[tuple]]:
+    """Per split, each video once (its questions share it): (sample, frames (T, 3, H, W), times (T,)),
+    read and normalised as the fine-tune's evaluation reads them."""
+    first = {}
+    for sample in samples:
+        first.setdefault(sample.video, sample)
+    videos = {}
+    for split in SPLITS:
+        ds = TaskDataset([s for s in first.values() if s.split == split], store, tokenizer, "multiple_choice", loader, train=False, max_subtitles=0)
+        videos[split] = [(sample, ds[i]["frames"], ds[i]["times"]) for i, sample in enumerate(ds.samples)]
+    return videos
+
+
+def features(per_frame, videos: dict[str, list[tuple]]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per split: (clip features (N, 3·D), event kinds (N,)), one entry per clip of each video;
+    ``per_frame`` maps a video's frames (T, 3, H, W) to (T, D)."""
     out = {}
     with torch.no_grad():
-        for split in SPLITS:
-            ds = TaskDataset([s for s in samples if s.split == split], store, tokenizer, "multiple_choice", cfg.loader, train=False, max_subtitles=0)
-            rows, seen = [], set()
-            for i, sample in enumerate(ds.samples):
-                if sample.video in seen:  # a video's questions share its frames
-                    continue
-                seen.add(sample.video)
-                item = ds[i]
-                if init == "pixels":
-                    per_frame = torch.nn.functional.adaptive_avg_pool2d(item["frames"], PIXEL_GRID).flatten(1)
-                else:
-                    per_frame = model.video_encoder(item["frames"][None]).tokens[0].flatten(1)
-                rows += clip_features(per_frame, item["times"], sample.segments)
-            out[split] = (torch.stack([r[0] for r in rows]), torch.tensor([r[1] for r in rows]))
+        for split, rows in videos.items():
+            clips = [clip for sample, frames, times in rows for clip in clip_features(per_frame(frames), times, sample.segments)]
+            out[split] = (torch.stack([c[0] for c in clips]), torch.tensor([c[1] for c in clips]))
     return out
+
+
+def frame_encoder(init: str, layer: dict, pretrain2, tokenizer):
+    """``features``' per-frame map of an init: the video encoder's final map flattened, or pooled pixels."""
+    if init == "pixels":
+        return lambda frames: torch.nn.functional.adaptive_avg_pool2d(frames, PIXEL_GRID).flatten(1)
+    cfg = resolve(FinetuneConfig, layers=[layer], overrides=[f"init={init}", "train.seed=0"])
+    model, _, _ = build_task_model(cfg, pretrain2.path, tokenizer, None)
+    model.eval()
+    return lambda frames: model.video_encoder(frames[None]).tokens[0].flatten(1)
 
 
 def linear_probe(data: dict, seed: int = 0) -> dict:
@@ -128,23 +137,20 @@ def linear_probe(data: dict, seed: int = 0) -> dict:
     return best
 
 
-def zero_shot_presence(pretrain1, layer: dict, samples: list, store: str) -> float:
-    """Test accuracy of picking the candidate whose sentence embedding best matches any clip embedding."""
-    cfg = resolve(FinetuneConfig, layers=[layer], overrides=[])
+def zero_shot_presence(pretrain1, questions: list, videos: list[tuple], max_tokens: int) -> float:
+    """Accuracy on ``questions`` of picking the candidate whose sentence embedding best matches any
+    clip embedding of the video (``videos``: ``read_videos``' rows of their split)."""
     tokenizer = load_tokenizer(str(pretrain1.path / "tokenizer"))
     model = load_model(pretrain1.path, device="cpu")
-    ds = TaskDataset(samples, store, tokenizer, "multiple_choice", cfg.loader, train=False, max_subtitles=0)
-    clips: dict[str, torch.Tensor] = {}
     correct = 0
     with torch.no_grad():
-        for i, sample in enumerate(ds.samples):
-            item = ds[i]
-            if sample.video not in clips:
-                clips[sample.video] = model.encode_video(item["frames"][None]).clip_embeddings[0]  # (M, D)
-            # Slot 1 of each candidate's text is the candidate (slot 0 the question).
-            sentences = model.encode_text(item["input_ids"][:, 1:2], item["attention_mask"][:, 1:2]).sentence_embeddings[:, 0]
-            correct += int((sentences @ clips[sample.video].T).amax(1).argmax() == sample.task["answer"])
-    return correct / len(ds.samples)
+        clips = {sample.video: model.encode_video(frames[None]).clip_embeddings[0] for sample, frames, _ in videos}  # (M, D) each
+        for question in questions:
+            # Each candidate alone, as a one-sentence text (the candidate slot of a multiple-choice item).
+            ids, mask = tokenize_texts(tokenizer, question.task["candidates"], max_tokens)
+            sentences = model.encode_text(ids[:, None], mask[:, None]).sentence_embeddings[:, 0]
+            correct += int((sentences @ clips[question.video].T).amax(1).argmax() == question.task["answer"])
+    return correct / len(questions)
 
 
 def main() -> None:
@@ -162,11 +168,15 @@ def main() -> None:
     samples = list(read_corpus(corpus.path / "samples.jsonl"))
     store = str(cache.path / "frames.zarr")
 
+    loader = resolve(FinetuneConfig, layers=[layers["finetune"]], overrides=[]).loader
+    tokenizer = load_tokenizer(str(pretrain2.path / "tokenizer"))
+    videos = read_videos(samples, store, tokenizer, loader)
+
     print(f"\nEvent kind of each clip from frozen features ({len(KINDS)} kinds), linear probe; the video encoder of stage 2 {pretrain2.key[:16]} (stage 1's, frozen)\n")
     print("| features | train clips | test clips | most common kind (test) | train accuracy | test accuracy | weight decay (val) |")
     print("|---|---|---|---|---|---|---|")
     for init in args.inits:
-        data = features(init, layers["finetune"], samples, store, pretrain2)
+        data = features(frame_encoder(init, layers["finetune"], pretrain2, tokenizer), videos)
         counts = torch.bincount(data["test"][1], minlength=len(KINDS))
         best = linear_probe(data)
         print(
@@ -177,10 +187,10 @@ def main() -> None:
     pretrain1 = next(r.artifact for r in results if r.stage == "pretrain1")
     test = [s for s in samples if s.split == "test"]
     print(
-        f"\nZero-shot, stage 1 {pretrain1.key[:16]}'s sentence and clip embeddings: {zero_shot_presence(pretrain1, layers['finetune'], test, store):.3f} "
+        f"\nZero-shot, stage 1 {pretrain1.key[:16]}'s sentence and clip embeddings: "
+        f"{zero_shot_presence(pretrain1, test, videos['test'], loader.max_tokens):.3f} "
         f"of {len(test)} test questions (chance 0.25, presence bar {presence_accuracy(test):.3f})"
     )
-
 
 if __name__ == "__main__":
     main()
